@@ -1,0 +1,3 @@
+"""uplinkd: multi-uplink policy routing controller."""
+
+__version__ = "0.1.0"
