@@ -1,0 +1,146 @@
+"""The controller's nftables table: rendering, loading, reading back, and watching.
+
+The table's shape is fixed; only the uplinks (interface → mark) change. It is loaded as
+one atomic `nft -f` transaction (add, delete, add: never a moment without the table) and
+carries a comment with the digest of what it was rendered from, so reading it back is cheap.
+
+What the table does, for uplink `u` with mark `M_u` under the mask:
+
+- remember: a new connection leaving through `u` (postrouting) or arriving from `u`
+  (prerouting) gets `ct mark M_u`.
+- restore: every later packet of a marked connection gets `meta mark M_u` before routing
+  (prerouting for forwarded traffic, the `route` output hook for the router's own), so the
+  `fwmark M_u lookup T_u` rule keeps the connection on its uplink for life.
+- masquerade out of every uplink, and clamp TCP MSS to the route's MTU.
+
+Only the mask's bits of `meta mark` and `ct mark` are written; other bits are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import subprocess
+
+from uplinkd.model import NftState, NftUplink
+
+log = logging.getLogger(__name__)
+
+NFT = "nft"
+
+
+class NftError(Exception):
+    """nft refused or failed; carries its stderr."""
+
+
+def render(state: NftState) -> str:
+    """The whole table as an nft script (one atomic transaction)."""
+    mask = state.mask
+    keep = 0xFFFFFFFF & ~mask
+    t = state.table
+
+    def per_uplink(template: str) -> str:
+        return "".join(
+            "\t\t" + template.format(ifname=u.ifname, mark=u.mark, keep=keep, mask=mask) + "\n"
+            for u in state.uplinks
+        )
+
+    names = ", ".join(f'"{u.ifname}"' for u in state.uplinks)
+    elements = f"\t\telements = {{ {names} }}\n" if state.uplinks else ""
+    return (
+        f"table inet {t}\n"
+        f"delete table inet {t}\n"
+        f"table inet {t} {{\n"
+        f'\tcomment "uplinkd {state.digest}"\n'
+        f"\tset uplinks {{\n\t\ttype ifname\n{elements}\t}}\n"
+        f"\tchain restore_mark {{\n"
+        + per_uplink("ct mark & {mask:#x} == {mark:#x} meta mark set meta mark & {keep:#x} | {mark:#x}")
+        + "\t}\n"
+        "\tchain remember_in {\n"
+        + per_uplink('iifname "{ifname}" ct mark set ct mark & {keep:#x} | {mark:#x}')
+        + "\t}\n"
+        "\tchain remember_out {\n"
+        + per_uplink('oifname "{ifname}" ct mark set ct mark & {keep:#x} | {mark:#x}')
+        + "\t}\n"
+        f"\tchain prerouting {{\n"
+        f"\t\ttype filter hook prerouting priority mangle; policy accept;\n"
+        f"\t\tct mark & {mask:#x} != 0 jump restore_mark\n"
+        f"\t\tct state new ct mark & {mask:#x} == 0 jump remember_in\n"
+        f"\t}}\n"
+        f"\tchain output {{\n"
+        f"\t\ttype route hook output priority mangle; policy accept;\n"
+        f"\t\tct mark & {mask:#x} != 0 jump restore_mark\n"
+        f"\t}}\n"
+        f"\tchain postrouting {{\n"
+        f"\t\ttype filter hook postrouting priority mangle; policy accept;\n"
+        f"\t\tct state new ct mark & {mask:#x} == 0 jump remember_out\n"
+        f"\t}}\n"
+        f"\tchain forward {{\n"
+        f"\t\ttype filter hook forward priority mangle; policy accept;\n"
+        f"\t\toifname @uplinks tcp flags syn tcp option maxseg size set rt mtu\n"
+        f"\t\tiifname @uplinks tcp flags syn tcp option maxseg size set rt mtu\n"
+        f"\t}}\n"
+        f"\tchain nat {{\n"
+        f"\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+        f"\t\toifname @uplinks masquerade\n"
+        f"\t}}\n"
+        f"}}\n"
+    )
+
+
+def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, timeout=10)
+
+
+def load(state: NftState) -> None:
+    result = _run([NFT, "-f", "-"], render(state))
+    if result.returncode != 0:
+        raise NftError(result.stderr.strip() or f"nft exited {result.returncode}")
+
+
+def delete(table: str) -> None:
+    result = _run([NFT, "-f", "-"], f"table inet {table}\ndelete table inet {table}\n")
+    if result.returncode != 0:
+        raise NftError(result.stderr.strip() or f"nft exited {result.returncode}")
+
+
+_COMMENT = re.compile(r'^\s*comment "uplinkd ([0-9a-f]+)"', re.MULTILINE)
+
+
+def listing(table: str) -> str | None:
+    """The table as the kernel has it (nft's text), or None when it does not exist."""
+    result = _run([NFT, "list", "table", "inet", table])
+    if result.returncode != 0:
+        if "No such file or directory" in result.stderr:
+            return None
+        raise NftError(result.stderr.strip() or f"nft exited {result.returncode}")
+    return result.stdout
+
+
+def read(table: str, mask: int, *, trusted: dict[str, str]) -> NftState | None:
+    """Our table as it stands, reduced to the state it was rendered from.
+
+    The digest in the comment says what it was rendered from. `trusted` maps a digest to
+    the hash of the listing we saw right after loading it; if the listing has changed
+    since (someone edited a chain), the table is reported as drifted (None)."""
+    text = listing(table)
+    if text is None:
+        return None
+    found = _COMMENT.search(text)
+    if found is None:
+        return None
+    digest = found.group(1)
+    seen = trusted.get(digest)
+    if seen is not None and seen != listing_hash(text):
+        return None
+    uplinks = tuple(
+        NftUplink(m.group(1), int(m.group(2), 16))
+        for m in re.finditer(r'oifname "([^"]+)" ct mark set ct mark & 0x[0-9a-f]+ \| (0x[0-9a-f]+)', text)
+    )
+    state = NftState(table=table, mask=mask, uplinks=tuple(sorted(uplinks, key=lambda u: u.ifname)))
+    return state if state.digest == digest else None
+
+
+def listing_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
