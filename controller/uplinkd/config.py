@@ -52,7 +52,7 @@ class _Strict(BaseModel):
 def _hex_id(value: object, what: str) -> str:
     text = str(value).lower().removeprefix("0x")
     if not re.fullmatch(r"[0-9a-f]{4}", text):
-        raise ValueError(f"{value!r} is not a USB {what} id; write four hex digits, e.g. \"12d1\"")
+        raise ValueError(f'{value!r} is not a USB {what} id; write four hex digits, e.g. "12d1"')
     return text
 
 
@@ -97,9 +97,7 @@ class Match(_Strict):
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         if v is not None and (not v or len(v) > 15 or "/" in v or " " in v):
-            raise ValueError(
-                f"{v!r} cannot be an interface name; use 1-15 characters without '/' or spaces"
-            )
+            raise ValueError(f"{v!r} cannot be an interface name; use 1-15 characters without '/' or spaces")
         return v
 
     @model_validator(mode="after")
@@ -148,9 +146,7 @@ class DhcpAddress(_Strict):
     hostname: str | None = None
 
 
-Address = Annotated[
-    ExternalAddress | StaticAddress | DhcpAddress, Field(discriminator="mode")
-]
+Address = Annotated[ExternalAddress | StaticAddress | DhcpAddress, Field(discriminator="mode")]
 
 
 class Uplink(_Strict):
@@ -226,9 +222,7 @@ class Balance(_Strict):
 
 
 class Rules(_Strict):
-    priority: int = Field(
-        default=10000, description="base of the rule band; uses base+0 .. base+30"
-    )
+    priority: int = Field(default=10000, description="base of the rule band; uses base+0 .. base+30")
 
     @field_validator("priority")
     @classmethod
@@ -246,7 +240,7 @@ def _int_or_hex(v: object) -> object:
         try:
             return int(v, 0)
         except ValueError:
-            raise ValueError(f"{v!r} is not a number; write e.g. 65280 or \"0xff00\"") from None
+            raise ValueError(f'{v!r} is not a number; write e.g. 65280 or "0xff00"') from None
     return v
 
 
@@ -401,10 +395,10 @@ _FIXES = {
     "literal_error": "",
     "union_tag_invalid": "",
     "union_tag_not_found": "needs a 'mode'; use one of 'external', 'static', 'dhcp'",
-    "ip_v4_interface": "expected an IPv4 address with prefix, e.g. \"10.64.0.2/30\"",
-    "ip_v6_interface": "expected an IPv6 address with prefix, e.g. \"2001:db8::2/64\"",
-    "ip_v4_address": "expected an IPv4 address, e.g. \"10.64.0.1\"",
-    "ip_v6_address": "expected an IPv6 address, e.g. \"2001:db8::1\"",
+    "ip_v4_interface": 'expected an IPv4 address with prefix, e.g. "10.64.0.2/30"',
+    "ip_v6_interface": 'expected an IPv6 address with prefix, e.g. "2001:db8::2/64"',
+    "ip_v4_address": 'expected an IPv4 address, e.g. "10.64.0.1"',
+    "ip_v6_address": 'expected an IPv6 address, e.g. "2001:db8::1"',
 }
 
 

@@ -116,9 +116,7 @@ class _Way:
     gateway: IPAddress | None  # None: point-to-point, `default dev X`
 
 
-def _ways(
-    uplink: Uplink, link: Link, observed: Observed, lease: Lease | None
-) -> dict[int, _Way]:
+def _ways(uplink: Uplink, link: Link, observed: Observed, lease: Lease | None) -> dict[int, _Way]:
     """Per family, the addresses and gateway the uplink can use (only families that work)."""
     ways: dict[int, _Way] = {}
     addr = uplink.address
@@ -287,9 +285,7 @@ def desired(
             if way is None:
                 continue
             key = RouteKey(family, status.table, default)
-            routes[key] = Route(
-                key, oif=status.ifindex, gateway=way.gateway, dev=status.dev or ""
-            )
+            routes[key] = Route(key, oif=status.ifindex, gateway=way.gateway, dev=status.dev or "")
             nhid = nexthop_id(config, status.table, family)
             nexthops[nhid] = Nexthop(nhid, family, status.ifindex, way.gateway, dev=status.dev or "")
             for addr in way.addresses:
@@ -302,11 +298,7 @@ def desired(
             gid = group_id(config, family)
             groups[gid] = NexthopGroup(
                 gid,
-                tuple(
-                    sorted(
-                        Member(nexthop_id(config, s.table, family), s.weight) for s in members
-                    )
-                ),
+                tuple(sorted(Member(nexthop_id(config, s.table, family), s.weight) for s in members)),
                 buckets=config.balance.buckets,
                 idle_timer_cs=round(config.balance.idle_timer * 100),
                 unbalanced_timer_cs=round(config.balance.unbalanced_timer * 100),
@@ -414,9 +406,7 @@ def diff(actual: KernelState, wanted: KernelState) -> Plan:
 
     ops += [Op("add", a) for a in sorted(wanted.addresses - actual.addresses, key=str)]
     ops += [
-        Op("replace", nh)
-        for key, nh in sorted(wanted.nexthops.items())
-        if actual.nexthops.get(key) != nh
+        Op("replace", nh) for key, nh in sorted(wanted.nexthops.items()) if actual.nexthops.get(key) != nh
     ]
     # A resilient group's bucket count cannot change in place: recreate it, which makes the
     # kernel drop the routes that use it, so those must be written again too.
@@ -452,4 +442,3 @@ def diff(actual: KernelState, wanted: KernelState) -> Plan:
 def teardown(actual: KernelState) -> Plan:
     """Everything we own, removed (what `uplinkctl flush` does)."""
     return diff(actual, KernelState())
-

@@ -186,9 +186,7 @@ class Kernel:
                         fwmark=msg.get("FRA_FWMARK"),
                         fwmask=msg.get("FRA_FWMASK") if msg.get("FRA_FWMARK") is not None else None,
                         src=ipaddress.ip_network(f"{src}/{msg['src_len']}") if src else None,
-                        suppress_prefixlength=None
-                        if suppress in (None, FRA_NO_SUPPRESS)
-                        else suppress,
+                        suppress_prefixlength=None if suppress in (None, FRA_NO_SUPPRESS) else suppress,
                     )
                 )
         return out
@@ -367,4 +365,3 @@ def _sysfs_identity(name: str, kind: str | None) -> dict[str, str | None]:
             value = (usb / attr).read_text().strip()
             ident[key] = value if attr == "serial" else value.lower()
     return ident
-

@@ -1,0 +1,302 @@
+"""uplinkctl: talk to uplinkd, or act on the kernel directly where that makes sense.
+
+Exit codes: 0 success; 1 `plan` found changes / a command failed; 2 bad input (an invalid
+config for `check`, a wrong argument, an unknown uplink); 3 the daemon is unreachable.
+
+`--json` output is stable: the objects documented in the README ("uplinkctl --json").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from uplinkd import control
+from uplinkd.config import Config, ConfigError, load, schema
+from uplinkd.kernel import explain as explain_mod
+from uplinkd.kernel.state import Kernel
+from uplinkd.model import KernelState
+from uplinkd.plan import desired, diff
+
+DEFAULT_CONFIG = Path("/etc/uplinkd/config.json")
+EXIT_OK, EXIT_CHANGES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except control.ControlError as e:
+        print(f"uplinkctl: {e}", file=sys.stderr)
+        unreachable = "cannot reach" in str(e)
+        return EXIT_UNREACHABLE if unreachable else EXIT_USAGE
+    except (UsageError, ConfigError) as e:
+        print(f"uplinkctl: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="uplinkctl", description="inspect and steer uplinkd")
+    p.add_argument("--socket", type=Path, default=None, help="control socket of the daemon")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("status", help="each uplink: state, device, address, gateway, table, weight")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("plan", help="what would change (exit 1 if anything would)")
+    s.add_argument("--config", type=Path, help="compute locally from this config, without the daemon")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("explain", help="the rule, table, route and uplink the kernel picks")
+    s.add_argument("dst", help="destination address")
+    s.add_argument("--from", dest="src", help="source address")
+    s.add_argument("--iif", help="incoming interface (as if forwarded from it)")
+    s.add_argument("--mark", help="fwmark, e.g. 0x6500")
+    s.add_argument("--ipproto", choices=["tcp", "udp", "icmp"])
+    s.add_argument("--sport", type=int)
+    s.add_argument("--dport", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_explain)
+
+    for name, text in (("drain", "take an uplink out of the balance group"), ("undrain", "put it back")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("uplink")
+        s.set_defaults(func=cmd_drain)
+
+    s = sub.add_parser("flush", help="remove everything uplinkd owns from the kernel")
+    s.add_argument("--config", type=Path, help="when the daemon is not running (default: %(default)s)")
+    s.set_defaults(func=cmd_flush)
+
+    s = sub.add_parser("resume", help="after flush: let the daemon manage the kernel again")
+    s.set_defaults(func=cmd_simple, request="resume")
+    s = sub.add_parser("reload", help="re-read the config file (like SIGHUP)")
+    s.set_defaults(func=cmd_simple, request="reload")
+
+    s = sub.add_parser("check", help="validate a config file (exit 0 valid, 2 invalid)")
+    s.add_argument("file", type=Path)
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("schema", help="print the config's JSON Schema")
+    s.set_defaults(func=cmd_schema)
+    return p
+
+
+def _socket(args: argparse.Namespace, config: Config | None = None) -> Path:
+    if args.socket is not None:
+        return Path(args.socket)
+    return (config or Config()).control.socket
+
+
+def _call(args: argparse.Namespace, request: dict[str, Any]) -> Any:
+    return control.call(_socket(args), request)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _call(args, {"command": "status"})
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    print(status["summary"])
+    rows = [("UPLINK", "STATE", "FOR", "DEV", "ADDRESS", "GATEWAY", "TABLE", "WEIGHT", "GROUP", "WHY")]
+    for u in status["uplinks"]:
+        rows.append(
+            (
+                u["name"] + (" (drained)" if u["drained"] else ""),
+                u["state"],
+                _age(u["since_s"]),
+                u["dev"] or "-",
+                ",".join(u["addresses"]) or "-",
+                u["gateway4"] or ("dev" if u["state"] in ("up", "down", "degraded", "probing") else "-"),
+                str(u["table"]),
+                str(u["weight"] or "-"),
+                "yes" if u["in_group"] else "no",
+                u["reason"],
+            )
+        )
+    print(_table(rows))
+    for f in status["failures"]:
+        print(f"failing: {f['op']}: {f['error']}")
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        ops = asyncio.run(_local_plan(load(args.config)))
+    else:
+        ops = _call(args, {"command": "plan"})["ops"]
+    if args.json:
+        print(json.dumps({"ops": ops}, indent=2))
+    else:
+        print("\n".join(ops) if ops else "nothing to do: the kernel is as planned")
+    return EXIT_CHANGES if ops else EXIT_OK
+
+
+async def _local_plan(config: Config) -> list[str]:
+    """Plan as the daemon would, assuming every ready uplink healthy and none drained."""
+    kernel = Kernel(config)
+    try:
+        observed, actual = await kernel.read()
+    finally:
+        kernel.close()
+    return [str(op) for op in diff(actual, desired(config, observed).kernel).ops]
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    try:
+        dst = ipaddress.ip_address(args.dst)
+        src = ipaddress.ip_address(args.src) if args.src else None
+        mark = int(args.mark, 0) if args.mark is not None else None
+    except ValueError as e:
+        raise UsageError(f"explain: {e}; give addresses like 198.51.100.1 and marks like 0x6500") from None
+    request = {
+        "command": "explain",
+        "dst": str(dst),
+        "src": str(src) if src else None,
+        "iif": args.iif,
+        "mark": mark,
+        "ipproto": args.ipproto,
+        "sport": args.sport,
+        "dport": args.dport,
+    }
+    try:
+        ex = _call(args, request)
+    except control.ControlError as e:
+        if "cannot reach" not in str(e):
+            raise
+        ex = asyncio.run(_local_explain(request)).as_dict()  # the daemon is not needed for this
+    if args.json:
+        print(json.dumps(ex, indent=2))
+        return EXIT_OK
+    rows = [
+        ("packet", f"{ex['src'] or '*'} → {ex['dst']}" + (f" iif {ex['iif']}" if ex["iif"] else "")),
+        ("mark", f"{ex['mark']:#x}" if ex["mark"] is not None else "-"),
+        ("rule", ex["rule"] or "-"),
+        ("table", str(ex["table"]) if ex["table"] is not None else "-"),
+        (
+            "route",
+            ex["type"]
+            + (f" via {ex['gateway']}" if ex["gateway"] else "")
+            + (f" dev {ex['dev']}" if ex["dev"] else ""),
+        ),
+        ("uplink", ex["uplink"] or "-"),
+    ]
+    if ex.get("error"):
+        rows.append(("error", ex["error"]))
+    print(_table(rows))
+    return EXIT_OK if not ex.get("error") else EXIT_CHANGES
+
+
+async def _local_explain(request: dict[str, Any]) -> explain_mod.Explanation:
+    kernel = Kernel(Config())
+    try:
+        return await explain_mod.explain(
+            kernel.ipr,
+            dst=ipaddress.ip_address(request["dst"]),
+            src=ipaddress.ip_address(request["src"]) if request["src"] else None,
+            iif=request["iif"],
+            mark=request["mark"],
+            ipproto=request["ipproto"],
+            sport=request["sport"],
+            dport=request["dport"],
+        )
+    finally:
+        kernel.close()
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    _call(args, {"command": args.command, "uplink": args.uplink})
+    print(f"{args.uplink}: {'drained' if args.command == 'drain' else 'back in service'}")
+    return EXIT_OK
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    try:
+        result = _call(args, {"command": "flush"})
+        removed, failed = result["removed"], result["failed"]
+        note = "the daemon is paused; `uplinkctl resume` or a restart hands the kernel back to it"
+    except control.ControlError as e:
+        if "cannot reach" not in str(e):
+            raise
+        path = args.config or DEFAULT_CONFIG
+        config = load(path) if (args.config or path.exists()) else Config()
+        removed, failed = asyncio.run(_local_flush(config))
+        note = "done without the daemon"
+    for line in removed:
+        print(line)
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    print(f"removed {len(removed)} objects; {note}", file=sys.stderr)
+    return EXIT_OK if not failed else EXIT_CHANGES
+
+
+async def _local_flush(config: Config) -> tuple[list[str], list[str]]:
+    kernel = Kernel(config)
+    try:
+        _, actual = await kernel.read()
+        result = await kernel.apply(diff(actual, KernelState()))
+    finally:
+        kernel.close()
+    return [str(op) for op in result.done], [f"{f.op}: {f.error}" for f in result.failed]
+
+
+def cmd_simple(args: argparse.Namespace) -> int:
+    _call(args, {"command": args.request})
+    print(f"{args.request}: done")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load(args.file)
+    except ConfigError as e:
+        print(f"{args.file}: invalid", file=sys.stderr)
+        for line in e.problems:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.file}: valid ({len(config.uplinks)} uplinks)")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(schema(), indent=2))
+    return EXIT_OK
+
+
+# --- formatting -------------------------------------------------------------------------------
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
