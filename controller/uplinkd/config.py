@@ -249,7 +249,7 @@ class Kernel(_Strict):
 
     protocol: int = Field(default=77, description="route/rule/nexthop protocol number (rt_protos)")
     nexthop_base: int = Field(
-        default=0x75000000,
+        default=100_000_000,
         description="first nexthop id owned; ids base .. base+2^25 are reserved",
     )
     mark_mask: int = Field(default=0xFF00, description="fwmark/ct mark bits the controller owns")

@@ -295,6 +295,15 @@ class Controller:
             self.rt.paused = True
         return {"removed": [str(op) for op in result.done], "failed": [f.error for f in result.failed]}
 
+    async def _handle_safely(self, line: bytes) -> bytes:
+        """A request must never take the daemon down: anything unexpected is logged, reported
+        to the client, and the daemon carries on."""
+        try:
+            return await self.handle(line)
+        except Exception as e:
+            log.exception("control request failed: %r", line[:200])
+            return control.reply(False, error=f"internal error: {type(e).__name__}: {e}")
+
     async def handle(self, line: bytes) -> bytes:
         try:
             req = control.parse_request(line)
@@ -352,7 +361,7 @@ class Controller:
                 if len(line) > control.MAX_REQUEST:
                     answer = control.reply(False, error="request too large")
                 else:
-                    answer = await self.handle(line)
+                    answer = await self._handle_safely(line)
                 writer.write(answer)
                 await writer.drain()
             except (ConnectionError, asyncio.LimitOverrunError, ValueError) as e:
