@@ -149,6 +149,151 @@ class DhcpAddress(_Strict):
 Address = Annotated[ExternalAddress | StaticAddress | DhcpAddress, Field(discriminator="mode")]
 
 
+PROFILES: dict[str, dict[str, float | int]] = {
+    # An idle uplink costs ~2 targets x 72 B every 20 s = 0.6 MB/day; traffic that gets no
+    # answer for `suspect_after` starts fast rounds, so a dead uplink in use is seen in ~2-3 s.
+    "default": {
+        "interval": 20.0,
+        "fast_interval": 0.5,
+        "down_interval": 2.0,
+        "timeout": 1.0,
+        "suspect_after": 1.0,
+        "down_after": 3,
+        "up_after": 3,
+    },
+    # Sub-second: a blackholed uplink in use is down in ~0.6 s; idle cost ~1.2 MB/day.
+    "fast": {
+        "interval": 10.0,
+        "fast_interval": 0.1,
+        "down_interval": 0.5,
+        "timeout": 0.2,
+        "suspect_after": 0.2,
+        "down_after": 2,
+        "up_after": 3,
+    },
+}
+
+
+class Probe(_Strict):
+    """Health checks for one uplink, sent through it (its fwmark and SO_BINDTODEVICE)."""
+
+    profile: Literal["default", "fast"] = Field(
+        default="default", description="timing preset; fields given explicitly win"
+    )
+    method: Literal["icmp", "tcp", "dns"] = "icmp"
+    targets: tuple[str, ...] = Field(
+        default=(),
+        description="icmp/dns: addresses; tcp: address:port (IPv6: [addr]:port). "
+        "Empty: no probes, the uplink is healthy while it has carrier and an address",
+    )
+    dns_name: str = Field(default=".", description="name asked of DNS targets (type NS)")
+    quorum: int = Field(default=1, description="targets that must answer for a round to pass")
+    interval: float = Field(default=20.0, description="seconds between rounds while healthy")
+    fast_interval: float = Field(default=0.5, description="seconds between rounds while suspicious")
+    down_interval: float = Field(default=2.0, description="seconds between rounds while down")
+    timeout: float = Field(default=1.0, description="seconds to wait for an answer")
+    suspect_after: float = Field(default=1.0, description="packets out but none in for this long: probe hard")
+    down_after: int = Field(default=3, description="failed rounds in a row before down")
+    up_after: int = Field(default=3, description="good rounds in a row before up")
+    loss_threshold: float = Field(default=20.0, description="percent loss (EWMA) that degrades")
+    rtt_threshold: float = Field(default=500.0, description="milliseconds RTT (EWMA) that degrades")
+    degraded_weight: float = Field(default=0.5, description="weight factor while degraded")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            preset = PROFILES.get(str(data.get("profile", "default")))
+            if preset is not None:
+                return {**preset, **data}
+        return data
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) > 16:
+            raise ValueError(f"{len(v)} targets; use at most 16")
+        return v
+
+    @field_validator("interval", "fast_interval", "down_interval")
+    @classmethod
+    def _intervals(cls, v: float) -> float:
+        if not 0.05 <= v <= 3600:
+            raise ValueError(f"{v} is out of range; use 0.05 to 3600 seconds")
+        return v
+
+    @field_validator("timeout", "suspect_after")
+    @classmethod
+    def _short(cls, v: float) -> float:
+        if not 0.01 <= v <= 60:
+            raise ValueError(f"{v} is out of range; use 0.01 to 60 seconds")
+        return v
+
+    @field_validator("down_after", "up_after", "quorum")
+    @classmethod
+    def _counts(cls, v: int) -> int:
+        if not 1 <= v <= 100:
+            raise ValueError(f"{v} is out of range; use 1 to 100")
+        return v
+
+    @field_validator("loss_threshold")
+    @classmethod
+    def _loss(cls, v: float) -> float:
+        if not 0 < v <= 100:
+            raise ValueError(f"{v} is out of range; use a percentage above 0, at most 100")
+        return v
+
+    @field_validator("rtt_threshold")
+    @classmethod
+    def _rtt(cls, v: float) -> float:
+        if not 1 <= v <= 60000:
+            raise ValueError(f"{v} is out of range; use 1 to 60000 milliseconds")
+        return v
+
+    @field_validator("degraded_weight")
+    @classmethod
+    def _factor(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError(f"{v} is out of range; use a factor above 0, at most 1")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Probe:
+        problems = []
+        if self.quorum > max(1, len(self.targets)) and self.targets:
+            problems.append(
+                f"quorum: {self.quorum} is more than the {len(self.targets)} targets; "
+                f"use 1 to {len(self.targets)}"
+            )
+        for target in self.targets:
+            try:
+                parse_target(self.method, target)
+            except ValueError as e:
+                problems.append(f"targets: {e}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def parse_target(method: str, text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None]:
+    """A probe target as (address, port). tcp needs a port; icmp/dns take an address."""
+    if method == "tcp":
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f'{text!r} needs a port for tcp; write e.g. "198.51.100.1:443"')
+        try:
+            return ipaddress.ip_address(host), int(port)
+        except ValueError:
+            raise ValueError(
+                f'{text!r}: {host!r} is not an IP address; write e.g. "198.51.100.1:443"'
+            ) from None
+    try:
+        return ipaddress.ip_address(text), 53 if method == "dns" else None
+    except ValueError:
+        raise ValueError(f'{text!r} is not an IP address; write e.g. "198.51.100.1"') from None
+
+
 class Uplink(_Strict):
     match: Match
     address: Address = Field(default_factory=ExternalAddress)
@@ -157,6 +302,7 @@ class Uplink(_Strict):
     mark: int | None = Field(
         default=None, description="fwmark value under kernel.mark_mask; default: table mod 256"
     )
+    probe: Probe = Field(default_factory=Probe, description="health checks; defaults from top-level probe")
 
     @field_validator("table")
     @classmethod
@@ -313,12 +459,42 @@ class Control(_Strict):
         return v
 
 
+class Hooks(_Strict):
+    on_change: Path | None = Field(
+        default=None,
+        description="program run on every uplink state change, with UPLINKD_UPLINK, "
+        "UPLINKD_STATE, UPLINKD_OLD_STATE, UPLINKD_REASON, UPLINKD_DEV in its environment",
+    )
+    timeout: float = Field(default=10.0, description="seconds before a hook is killed")
+
+
 class Config(_Strict):
     uplinks: dict[str, Uplink] = Field(default_factory=dict)
+    probe: Probe = Field(default_factory=Probe, description="defaults for every uplink's probe")
+    hooks: Hooks = Field(default_factory=Hooks)
     balance: Balance = Field(default_factory=Balance)
     rules: Rules = Field(default_factory=Rules)
     kernel: Kernel = Field(default_factory=Kernel)
     control: Control = Field(default_factory=Control)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _probe_defaults(cls, data: Any) -> Any:
+        """Each uplink's probe settings start from the top-level `probe` section."""
+        if not isinstance(data, dict):
+            return data
+        defaults = data.get("probe")
+        uplinks = data.get("uplinks")
+        if not isinstance(defaults, dict) or not isinstance(uplinks, dict):
+            return data
+        merged: dict[Any, Any] = {}
+        for name, up in uplinks.items():
+            own = up.get("probe") if isinstance(up, dict) else None
+            if isinstance(up, dict) and (own is None or isinstance(own, dict)):
+                merged[name] = {**up, "probe": {**defaults, **(own or {})}}
+            else:
+                merged[name] = up
+        return {**data, "uplinks": merged}
 
     @field_validator("uplinks")
     @classmethod
@@ -424,8 +600,15 @@ def describe(error: ValidationError) -> list[str]:
         if kind == "value_error":
             text = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
             # A model-level check may report several problems, already prefixed with paths.
-            # Model-wide checks (empty location) already name their fields.
-            lines.extend(f"{where}: {line}" if where else line for line in text.splitlines())
+            # Model-wide checks (empty location) already name their fields; a model's own
+            # checks name a field inside it ("quorum: ..."), which joins the path.
+            for line in text.splitlines():
+                if not where:
+                    lines.append(line)
+                elif re.match(r"[a-z_]+: ", line):
+                    lines.append(f"{where}.{line}")
+                else:
+                    lines.append(f"{where}: {line}")
             continue
         fix = _FIXES.get(kind)
         if kind == "literal_error":
