@@ -184,6 +184,19 @@ class StaticAddr:
 
 
 @dataclass(frozen=True)
+class ConntrackFlush:
+    """Delete the connections pinned to one uplink (its ct mark), and only those."""
+
+    uplink: str
+    mark: int
+    mask: int
+    why: str
+
+    def __str__(self) -> str:
+        return f"conntrack -D --mark {self.mark:#x}/{self.mask:#x}  # {self.uplink}: {self.why}"
+
+
+@dataclass(frozen=True)
 class KernelState:
     """Everything the controller owns, as desired or as read back from the kernel."""
 

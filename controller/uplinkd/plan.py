@@ -29,6 +29,7 @@ from uplinkd.model import (
     AF_INET,
     AF_INET6,
     FAMILIES,
+    ConntrackFlush,
     Health,
     HealthVerdict,
     IPAddress,
@@ -357,7 +358,7 @@ def _with_group(status: UplinkStatus, weight: int | None) -> UplinkStatus:
 # --- diff --------------------------------------------------------------------------------------
 
 Verb = Literal["add", "replace", "delete"]
-KernelObject = Rule | Route | Nexthop | NexthopGroup | StaticAddr | NftState
+KernelObject = Rule | Route | Nexthop | NexthopGroup | StaticAddr | NftState | ConntrackFlush
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,8 @@ class Op:
     obj: KernelObject
 
     def __str__(self) -> str:
+        if isinstance(self.obj, ConntrackFlush):
+            return str(self.obj)
         if isinstance(self.obj, NftState):
             names = ", ".join(f"{u.ifname}={u.mark:#x}" for u in self.obj.uplinks) or "no uplinks"
             return f"nft -f - # {self.verb} table inet {self.obj.table} ({names})"
@@ -442,3 +445,24 @@ def diff(actual: KernelState, wanted: KernelState) -> Plan:
 def teardown(actual: KernelState) -> Plan:
     """Everything we own, removed (what `uplinkctl flush` does)."""
     return diff(actual, KernelState())
+
+
+# States in which an uplink carries nothing: its pinned connections must move.
+FAILED = frozenset({State.ABSENT, State.PRESENT, State.ADDRESSED, State.DOWN})
+
+
+def failover(before: Sequence[UplinkStatus], after: Sequence[UplinkStatus], *, mask: int) -> tuple[Op, ...]:
+    """Conntrack flushes for uplinks that just failed: their pinned connections (ct mark)
+    are deleted so their next packet starts afresh through a live uplink. Uplinks that are
+    only drained keep their connections. Runs after the group change, in the same plan."""
+    was = {s.name: s for s in before}
+    ops: list[Op] = []
+    for s in after:
+        old = was.get(s.name)
+        if old is None or s.state not in FAILED:
+            continue
+        if old.state not in FAILED or old.in_group:
+            ops.append(
+                Op("delete", ConntrackFlush(s.name, s.mark, mask, f"{old.state} → {s.state}: {s.reason}"))
+            )
+    return tuple(ops)

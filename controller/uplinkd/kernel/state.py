@@ -25,11 +25,12 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from uplinkd.config import Config
-from uplinkd.kernel import nft, rtnl
+from uplinkd.kernel import conntrack, nft, rtnl
 from uplinkd.model import (
     AF_INET,
     AF_INET6,
     Addr,
+    ConntrackFlush,
     Gateway,
     IPAddress,
     KernelState,
@@ -320,6 +321,11 @@ class Kernel:
                 prefixlen=a.network.prefixlen,
                 **({"proto": proto} if op.verb != "delete" else {}),
             )
+        elif isinstance(obj, ConntrackFlush):
+            try:
+                conntrack.flush_mark(obj.mark, obj.mask)
+            except conntrack.ConntrackError as e:
+                raise NetlinkError(e.errno or errno.EIO, str(e)) from None
         elif isinstance(obj, NftState):
             if op.verb == "delete":
                 nft.delete(obj.table)

@@ -1,0 +1,248 @@
+"""Probes: ask targets beyond an uplink whether it works, through that uplink only.
+
+Every probe socket carries the uplink's fwmark (SO_MARK → `fwmark M_u lookup T_u`) and is
+bound to its interface (SO_BINDTODEVICE), so it leaves through the uplink whether or not
+the uplink is in the balance group. All targets of a round are asked in parallel.
+
+Methods: ICMP echo (an unprivileged ping socket where `ping_group_range` allows it, a raw
+socket otherwise), TCP connect (a refusal counts as an answer: the path works), and a DNS
+query (any reply with our id counts). Bytes are counted as they cross the wire, IP
+headers included, so `status` can say what probing costs on a metered link.
+
+A `Prober` runs one uplink's probing: it reads the interface's packet counters every tick,
+folds them and the rounds into the pure `health.Tracker`, and reports verdict changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from uplinkd.config import Probe, parse_target
+from uplinkd.health import RoundResult, Tracker, after_round, after_traffic, next_round
+from uplinkd.model import HealthVerdict, IPAddress
+
+log = logging.getLogger("uplinkd.probes")
+
+SO_MARK = 36
+SO_BINDTODEVICE = 25
+ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
+ICMP6_ECHO, ICMP6_ECHOREPLY = 128, 129
+PAYLOAD = 8  # bytes of echo payload: a sequence stamp, no more (every byte is paid for on LTE)
+IP_HEADER = {4: 20, 6: 40}
+TCP_PROBE_PACKETS = (60, 60, 52, 40)  # SYN, SYN-ACK, ACK, RST (we close with linger 0)
+
+
+def _bind(sock: socket.socket, *, dev: str, mark: int) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+    sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, dev.encode())
+    sock.setblocking(False)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return int(~total & 0xFFFF)
+
+
+def _icmp_socket(family: int) -> tuple[socket.socket, bool]:
+    """A socket for echo requests; True if raw (we see IP headers and others' packets)."""
+    proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
+    try:
+        return socket.socket(family, socket.SOCK_DGRAM, proto), False
+    except PermissionError:
+        return socket.socket(family, socket.SOCK_RAW, proto), True
+
+
+async def icmp_probe(addr: IPAddress, *, dev: str, mark: int, timeout: float) -> tuple[float | None, int]:
+    """One echo request. Returns (rtt or None, bytes on the wire)."""
+    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    sock, raw = _icmp_socket(family)
+    wire = IP_HEADER[addr.version] + 8 + PAYLOAD
+    try:
+        _bind(sock, dev=dev, mark=mark)
+        ident = int.from_bytes(os.urandom(2), "big")
+        seq = int.from_bytes(os.urandom(2), "big")
+        kind = ICMP_ECHO if family == socket.AF_INET else ICMP6_ECHO
+        payload = struct.pack("!Q", time.monotonic_ns())
+        packet = struct.pack("!BBHHH", kind, 0, 0, ident, seq) + payload
+        if family == socket.AF_INET:  # the kernel fills in ICMPv6 checksums itself
+            packet = packet[:2] + struct.pack("!H", _checksum(packet)) + packet[4:]
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        await loop.sock_sendto(sock, packet, (str(addr), 0))
+        deadline = start + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            data, peer = await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), left)
+            if raw and family == socket.AF_INET:
+                data = data[(data[0] & 0x0F) * 4 :]
+            if len(data) < 8 or ipaddress.ip_address(peer[0]) != addr:
+                continue
+            rtype, _code, _sum, rid, rseq = struct.unpack_from("!BBHHH", data)
+            reply = ICMP_ECHOREPLY if family == socket.AF_INET else ICMP6_ECHOREPLY
+            # ping sockets rewrite the id to their port, so match on seq there
+            if rtype == reply and rseq == seq and (rid == ident or not raw):
+                return time.monotonic() - start, 2 * wire
+        return None, wire
+    except (TimeoutError, OSError):
+        return None, wire
+    finally:
+        sock.close()
+
+
+async def tcp_probe(
+    addr: IPAddress, port: int, *, dev: str, mark: int, timeout: float
+) -> tuple[float | None, int]:
+    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    extra = IP_HEADER[addr.version] - 20
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        _bind(sock, dev=dev, mark=mark)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        start = time.monotonic()
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (str(addr), port)), timeout)
+        except ConnectionRefusedError:  # an RST came back: the path works
+            return time.monotonic() - start, TCP_PROBE_PACKETS[0] + 40 + 2 * extra
+        return time.monotonic() - start, sum(TCP_PROBE_PACKETS) + 4 * extra
+    except (TimeoutError, OSError):
+        return None, TCP_PROBE_PACKETS[0] + extra
+    finally:
+        sock.close()
+
+
+def _dns_query(name: str, ident: int) -> bytes:
+    labels = [p for p in name.strip(".").split(".") if p]
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in labels) + b"\0"
+    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 2, 1)
+
+
+async def dns_probe(
+    addr: IPAddress, port: int, name: str, *, dev: str, mark: int, timeout: float
+) -> tuple[float | None, int]:
+    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    header = IP_HEADER[addr.version] + 8
+    ident = int.from_bytes(os.urandom(2), "big")
+    query = _dns_query(name, ident)
+    try:
+        _bind(sock, dev=dev, mark=mark)
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        await loop.sock_sendto(sock, query, (str(addr), port))
+        deadline = start + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            data, _peer = await asyncio.wait_for(loop.sock_recvfrom(sock, 4096), left)
+            if len(data) >= 2 and struct.unpack_from("!H", data)[0] == ident:
+                return time.monotonic() - start, 2 * header + len(query) + len(data)
+        return None, header + len(query)
+    except (TimeoutError, OSError):
+        return None, header + len(query)
+    finally:
+        sock.close()
+
+
+async def probe_round(probe: Probe, *, dev: str, mark: int) -> RoundResult:
+    """Ask every target once, all at the same time."""
+    started = time.monotonic()
+    jobs = []
+    for text in probe.targets:
+        addr, port = parse_target(probe.method, text)
+        if probe.method == "icmp":
+            jobs.append(icmp_probe(addr, dev=dev, mark=mark, timeout=probe.timeout))
+        elif probe.method == "tcp":
+            assert port is not None
+            jobs.append(tcp_probe(addr, port, dev=dev, mark=mark, timeout=probe.timeout))
+        else:
+            jobs.append(
+                dns_probe(addr, port or 53, probe.dns_name, dev=dev, mark=mark, timeout=probe.timeout)
+            )
+    results = await asyncio.gather(*jobs)
+    rtts = tuple(rtt for rtt, _ in results if rtt is not None)
+    return RoundResult(
+        started=started,
+        sent=len(results),
+        answered=len(rtts),
+        rtts=rtts,
+        bytes=sum(n for _, n in results),
+    )
+
+
+def read_counters(dev: str, sysfs: Path = Path("/sys/class/net")) -> tuple[int, int] | None:
+    """(tx_packets, rx_packets) of an interface, or None if it is gone."""
+    stats = sysfs / dev / "statistics"
+    try:
+        return int((stats / "tx_packets").read_text()), int((stats / "rx_packets").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Prober:
+    """Probes one uplink for as long as it is ready; reports each verdict change."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        dev: str,
+        mark: int,
+        probe: Probe,
+        on_verdict: Callable[[str, HealthVerdict], None],
+    ) -> None:
+        self.name = name
+        self.dev = dev
+        self.mark = mark
+        self.probe = probe
+        self.on_verdict = on_verdict
+        self.tracker = Tracker()
+        self._bytes: collections.deque[tuple[float, int]] = collections.deque()
+        self.tick = min(0.5, max(0.05, probe.suspect_after / 4))
+
+    @property
+    def key(self) -> tuple[str, int, Probe]:
+        return (self.dev, self.mark, self.probe)
+
+    def bytes_per_minute(self, now: float) -> int:
+        while self._bytes and self._bytes[0][0] < now - 60:
+            self._bytes.popleft()
+        return sum(n for _, n in self._bytes)
+
+    async def run(self) -> None:
+        last: HealthVerdict | None = None
+        probe = self.probe
+        while True:
+            now = time.monotonic()
+            counters = read_counters(self.dev)
+            if counters is not None:
+                self.tracker = after_traffic(
+                    self.tracker, now=now, tx=counters[0], rx=counters[1], probe=probe
+                )
+            if now >= next_round(self.tracker, now=now, probe=probe):
+                result = await probe_round(probe, dev=self.dev, mark=self.mark)
+                self._bytes.append((result.started, result.bytes))
+                self.tracker = after_round(self.tracker, result, probe)
+                log.debug(
+                    "%s: %d/%d answered, tracker %s",
+                    self.name,
+                    result.answered,
+                    result.sent,
+                    self.tracker.health,
+                )
+            verdict = self.tracker.verdict(probe)
+            if verdict != last:
+                last = verdict
+                self.on_verdict(self.name, verdict)
+            now = time.monotonic()
+            due = next_round(self.tracker, now=now, probe=probe)
+            await asyncio.sleep(max(0.0, min(due - now, self.tick)))
