@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from uplinkd import __version__, control
-from uplinkd.config import Config, ConfigError, load
+from uplinkd.config import Config, ConfigError, Probe, load
 from uplinkd.kernel import explain as explain_mod
 from uplinkd.kernel.state import ApplyResult, Kernel
 from uplinkd.kernel.watch import (
@@ -36,8 +36,9 @@ from uplinkd.kernel.watch import (
     ROUTING_GROUPS,
     NetlinkWatch,
 )
-from uplinkd.model import HealthVerdict, KernelState, Lease, State, UplinkStatus
-from uplinkd.plan import Intent, Plan, desired, diff
+from uplinkd.model import Health, HealthVerdict, KernelState, Lease, Observed, State, UplinkStatus
+from uplinkd.plan import Intent, Plan, desired, diff, failover
+from uplinkd.probes import Prober
 
 log = logging.getLogger("uplinkd")
 
@@ -106,6 +107,8 @@ class Controller:
         self.notifier = Notifier()
         self._lock = asyncio.Lock()
         self._retry = RETRY_MIN
+        self._tasks: asyncio.TaskGroup | None = None
+        self.probers: dict[str, tuple[Prober, asyncio.Task[None]]] = {}
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class Controller:
 
         try:
             async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
                 tasks.create_task(self._guard("reconcile", self._reconcile_loop()))
                 tasks.create_task(self._guard("resync", self._resync_loop()))
                 if self.notifier.watchdog_interval:
@@ -189,15 +193,29 @@ class Controller:
             await asyncio.sleep(self.notifier.watchdog_interval)
 
     async def compute(self) -> tuple[Intent, Plan]:
-        _observed, actual = await self.kernel.read()
-        intent = self._intent(_observed)
-        return intent, diff(actual, intent.kernel)
+        observed, actual = await self.kernel.read()
+        intent = self._intent(observed)
+        plan = diff(actual, intent.kernel)
+        if self.rt.intent is not None:
+            flushes = failover(self.rt.intent.uplinks, intent.uplinks, mask=self.config.kernel.mark_mask)
+            plan = Plan(plan.ops + flushes)
+        return intent, plan
 
-    def _intent(self, observed: Any) -> Intent:
+    def _health(self) -> dict[str, HealthVerdict]:
+        """Verdicts from the probers; an uplink with targets but no verdict yet is unknown."""
+        health = {
+            name: HealthVerdict(Health.UNKNOWN, "not probed yet")
+            for name, up in self.config.uplinks.items()
+            if up.probe.targets
+        }
+        health.update({k: v for k, v in self.rt.health.items() if k in health})
+        return health
+
+    def _intent(self, observed: Observed) -> Intent:
         return desired(
             self.config,
             observed,
-            health=self.rt.health,
+            health=self._health(),
             drained=frozenset(self.rt.drained),
             leases=self.rt.leases,
         )
@@ -206,6 +224,7 @@ class Controller:
         async with self._lock:
             intent, plan = await self.compute()
             self._record(intent)
+            self._sync_probers(intent)
             self.rt.plan = plan
             self.rt.passes += 1
             if self.rt.paused or not plan:
@@ -225,11 +244,67 @@ class Controller:
                 self.rt.since[s.name] = now
                 ev = Event(wall, s.name, old.state if old else None, s.state, s.reason)
                 self.rt.events.append(ev)
+                if old is not None:
+                    self._hook(ev, s.dev)
                 level = logging.INFO if old is not None or s.state != State.ABSENT else logging.DEBUG
                 log.log(
                     level, "uplink %s: %s → %s (%s)", s.name, old.state if old else "-", s.state, s.reason
                 )
         self.rt.intent = intent
+
+    def _sync_probers(self, intent: Intent) -> None:
+        """One prober per ready uplink that has probe targets; none for the others."""
+        wanted: dict[str, tuple[str, int, Probe]] = {}
+        for s in intent.uplinks:
+            probe = self.config.uplinks[s.name].probe
+            if s.ready and s.dev is not None and probe.targets:
+                wanted[s.name] = (s.dev, s.mark, probe)
+        for name, (prober, task) in list(self.probers.items()):
+            if wanted.get(name) != prober.key:
+                task.cancel()
+                del self.probers[name]
+                self.rt.health.pop(name, None)
+        for name, (dev, mark, probe) in wanted.items():
+            if name in self.probers or self._tasks is None:
+                continue
+            prober = Prober(name=name, dev=dev, mark=mark, probe=probe, on_verdict=self._verdict)
+            task = self._tasks.create_task(self._guard(f"probe {name}", prober.run()))
+            self.probers[name] = (prober, task)
+
+    def _verdict(self, name: str, verdict: HealthVerdict) -> None:
+        if self.rt.health.get(name) != verdict:
+            self.rt.health[name] = verdict
+            self.wake.set()
+
+    def _hook(self, event: Event, dev: str | None) -> None:
+        hook = self.config.hooks.on_change
+        if hook is None or self._tasks is None:
+            return
+        env = {
+            **os.environ,
+            "UPLINKD_UPLINK": event.uplink,
+            "UPLINKD_STATE": str(event.new),
+            "UPLINKD_OLD_STATE": str(event.old or ""),
+            "UPLINKD_REASON": event.reason,
+            "UPLINKD_DEV": dev or "",
+        }
+        self._tasks.create_task(self._run_hook(hook, env))
+
+    async def _run_hook(self, hook: Path, env: dict[str, str]) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(str(hook), env=env, stdin=asyncio.subprocess.DEVNULL)
+        except OSError as e:
+            log.warning("hook %s could not start: %s", hook, e)
+            return
+        try:
+            code = await asyncio.wait_for(proc.wait(), self.config.hooks.timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            log.warning("hook %s killed after %gs", hook, self.config.hooks.timeout)
+            return
+        if code != 0:
+            log.warning("hook %s exited %d for %s", hook, code, env["UPLINKD_UPLINK"])
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -254,7 +329,13 @@ class Controller:
             "version": __version__,
             "paused": self.rt.paused,
             "summary": self.summary(),
-            "uplinks": [_status_json(s, now - self.rt.since.get(s.name, now)) for s in ups],
+            "uplinks": [
+                {
+                    **_status_json(s, now - self.rt.since.get(s.name, now)),
+                    "probe": self._probe_json(s.name, now),
+                }
+                for s in ups
+            ],
             "balance": {
                 "table": self.config.balance.table,
                 "ipv4": self.rt.intent.balance_reason.get(socket.AF_INET) if self.rt.intent else None,
@@ -268,6 +349,22 @@ class Controller:
             ],
             "passes": self.rt.passes,
             "writes": self.rt.writes,
+        }
+
+    def _probe_json(self, name: str, now: float) -> dict[str, Any] | None:
+        probe = self.config.uplinks[name].probe if name in self.config.uplinks else None
+        if probe is None or not probe.targets:
+            return None
+        entry = self.probers.get(name)
+        tracker = entry[0].tracker if entry else None
+        return {
+            "method": probe.method,
+            "targets": list(probe.targets),
+            "health": str(tracker.health) if tracker else "unknown",
+            "loss_pct": round(tracker.loss * 100, 1) if tracker else None,
+            "rtt_ms": round(tracker.rtt * 1000, 2) if tracker and tracker.rtt is not None else None,
+            "suspicious": tracker.suspicious if tracker else False,
+            "bytes_per_minute": entry[0].bytes_per_minute(now) if entry else 0,
         }
 
     async def reload(self) -> str | None:
