@@ -8,8 +8,8 @@ to addresses inside the lab's own namespaces.  Needs root.
 from uplinkd.lab.addresses import ClientAddresses, IspAddresses
 from uplinkd.lab.flows import NO_REPLY, Flow, FlowReport, FlowsRun, Run
 from uplinkd.lab.isp import AddressMode, DhcpServer, Faults, Isp, IspOptions, Lease
-from uplinkd.lab.netns import LabError, cleanup_stale, lab_prefixes
-from uplinkd.lab.topology import Client, Lab, wait_until
+from uplinkd.lab.netns import LabError, cleanup_stale, lab_prefixes, wait_until
+from uplinkd.lab.topology import Client, Lab
 
 __all__ = [
     "NO_REPLY",

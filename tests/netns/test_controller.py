@@ -1,0 +1,293 @@
+"""The controller core against the real kernel: layout, spread, drain, restart, ownership,
+drift, carrier, nftables, config reloads. Every test builds its own lab and tears it down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from running import (
+    NH_BASE,
+    PROTO,
+    Controller,
+    all_rules,
+    group_members,
+    ip_json,
+    nexthops,
+    nft_tables,
+    nhid,
+    routes,
+    rules,
+    wait_until,
+)
+
+from uplinkd.lab import Lab
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.timeout(120),
+]
+
+TABLES = {101: "wan", 102: "lte1", 103: "lte2"}
+
+
+def three_uplinks() -> dict[str, Any]:
+    """wan: learned from a default route someone else put in main (external);
+    lte1, lte2: static addresses the controller puts on the interface."""
+    return {
+        "uplinks": {
+            "wan": {"match": {"name": "wan"}, "address": {"mode": "external"}, "table": 101, "weight": 3},
+            "lte1": {
+                "match": {"name": "lte1"},
+                "address": {"mode": "static", "cidr": "10.102.0.2/24", "gateway": "10.102.0.1"},
+                "table": 102,
+            },
+            "lte2": {
+                "match": {"name": "lte*", "driver": "veth"},
+                "address": {"mode": "static", "cidr": "10.103.0.2/24", "gateway": "10.103.0.1"},
+                "table": 103,
+            },
+        },
+        "balance": {"table": 200},
+    }
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with Lab() as lab:
+        wan = lab.add_isp("wan")  # the lab puts 10.101.0.2/24 on it, like networkd would
+        lab.add_isp("lte1", address="none")
+        lab.add_isp("lte2", address="none")
+        lab.add_client()
+        # someone else's default route on wan (a DHCP client's, say), in main
+        lab.run("router", ["ip", "route", "add", "default", "via", str(wan.addresses.gateway4.ip),
+                           "dev", "wan", "metric", "100"])  # fmt: skip
+        yield lab
+
+
+@pytest.fixture
+def controller(lab: Lab, tmp_path: Path) -> Iterator[Controller]:
+    c = Controller(lab, three_uplinks(), tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_layout_after_start(lab: Lab, controller: Controller) -> None:
+    controller.start()
+    wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
+    r = lab.router
+    expected_v4 = [
+        (10000, None, None, "main", 0),
+        (10010, None, "0x6500/0xff00", "101", None),
+        (10010, None, "0x6600/0xff00", "102", None),
+        (10010, None, "0x6700/0xff00", "103", None),
+        (10020, "10.101.0.2", None, "101", None),
+        (10020, "10.102.0.2", None, "102", None),
+        (10020, "10.103.0.2", None, "103", None),
+        (10030, None, None, "200", None),
+    ]
+    got = sorted(
+        (
+            x["priority"],
+            x.get("src") if x.get("src") != "all" else None,
+            f"{x['fwmark']}/{x['fwmask']}" if "fwmark" in x else None,
+            str(x["table"]),
+            x.get("suppress_prefixlen"),
+        )
+        for x in rules(r)
+    )
+    assert got == sorted(expected_v4, key=lambda t: (t[0], t[1] or "", t[2] or "", t[3]))
+    v6 = {(x["priority"], str(x["table"])) for x in rules(r, "-6")}
+    assert v6 == {(10000, "main"), (10010, "101"), (10010, "102"), (10010, "103"), (10030, "200")}
+    # per-uplink tables: one default each, ours
+    for table, gw, dev in ((101, "10.101.0.1", "wan"), (102, "10.102.0.1", "lte1"), (103, "10.103.0.1", "lte2")):
+        (route,) = routes(r, table)
+        assert (route["dst"], route["gateway"], route["dev"], route["protocol"]) == ("default", gw, dev, str(PROTO))
+    # balance: a resilient group of the three nexthops, weights from config
+    nhs = nexthops(r)
+    group = nhs[NH_BASE]
+    assert group["type"] == "resilient"
+    assert {(m["id"], m.get("weight", 1)) for m in group["group"]} == {(nhid(101), 3), (nhid(102), 1), (nhid(103), 1)}
+    assert nhs[nhid(101)]["gateway"] == "10.101.0.1" and nhs[nhid(101)]["dev"] == "wan"
+    (balance,) = routes(r, 200)
+    assert balance["nhid"] == NH_BASE and balance["protocol"] == str(PROTO)
+    # no IPv6 uplink: IPv6 is refused, not leaked to main's routes
+    (balance6,) = routes(r, 200, "-6")
+    assert balance6["type"] == "unreachable"
+    assert ("inet", "uplinkd") in nft_tables(r)
+    # the static addresses are on their interfaces, tagged as ours
+    addrs = {a["ifname"]: [i["local"] for i in a["addr_info"] if i["family"] == "inet"] for a in ip_json(r, "addr")}
+    assert addrs["lte1"] == ["10.102.0.2"] and addrs["lte2"] == ["10.103.0.2"]
+
+
+def test_flows_spread_by_weight(lab: Lab, controller: Controller) -> None:
+    controller.start()
+    wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
+    report = lab.flows(tcp=40, udp=60, interval_ms=50, duration=2.0)
+    counts = report.by_uplink()
+    assert sum(counts.values()) == 100 and "no reply" not in counts, counts
+    # weights 3:1:1 → expect 60/20/20; allow 3 standard deviations of the binomial
+    assert 45 <= counts.get("wan", 0) <= 75, counts
+    assert 8 <= counts.get("lte1", 0) <= 32 and 8 <= counts.get("lte2", 0) <= 32, counts
+    assert not report.moved(), "a flow changed uplink while nothing changed"
+
+
+def test_drain_moves_only_new_flows_of_the_drained_uplink(lab: Lab, controller: Controller) -> None:
+    controller.start()
+    wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
+    before = lab.start_flows(tcp=30, udp=30, interval_ms=20, duration=5.0)
+    controller.ctl("drain", "lte1")
+    assert set(group_members(lab.router, TABLES)) == {"wan", "lte2"}
+    after = lab.flows(tcp=20, udp=40, interval_ms=50, duration=1.5)
+    old = before.result()
+    assert not old.moved(), "draining moved an existing connection"
+    assert old.lost() == 0, "draining lost packets of existing connections"
+    assert old.by_uplink(at="first").get("lte1", 0) > 0, "no flow started on lte1; the test proves nothing"
+    assert "lte1" not in after.by_uplink(), "a new flow went out of a drained uplink"
+    controller.ctl("undrain", "lte1")
+    assert set(group_members(lab.router, TABLES)) == {"wan", "lte1", "lte2"}
+
+
+def test_restart_makes_no_writes_and_interrupts_no_flow(lab: Lab, controller: Controller) -> None:
+    controller.start()
+    wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
+    before_rules, before_nh = rules(lab.router), nexthops(lab.router)
+    flows = lab.start_flows(tcp=20, udp=20, interval_ms=20, duration=4.0)
+    assert controller.stop() == 0
+    assert rules(lab.router) == before_rules and nexthops(lab.router) == before_nh, "SIGTERM changed the kernel"
+    writes_before = len(controller.writes())
+    controller.start()
+    status = controller.status()  # start() waited for the first full pass
+    assert status["passes"] >= 1 and status["writes"] == 0
+    assert len(controller.writes()) == writes_before, controller.writes()[writes_before:]
+    report = flows.result()
+    assert report.lost() == 0 and not report.moved() and report.reconnects() == 0
+
+
+def test_foreign_objects_are_never_touched(lab: Lab, controller: Controller) -> None:
+    r = lab.router
+    foreign = [
+        ["ip", "route", "add", "default", "via", "10.101.0.1", "dev", "wan", "table", "50"],
+        ["ip", "rule", "add", "priority", "500", "fwmark", "0x6500", "lookup", "50"],
+        ["ip", "rule", "add", "priority", "10010", "from", "192.0.2.0/24", "lookup", "50"],
+        ["ip", "nexthop", "add", "id", "5", "via", "10.101.0.1", "dev", "wan"],
+        ["ip", "route", "add", "198.18.0.0/15", "nhid", "5", "table", "101"],
+        ["nft", "add", "table", "inet", "foreign"],
+    ]
+    for argv in foreign:
+        lab.run("router", argv)
+    snapshot = lambda: (  # noqa: E731
+        [x for x in all_rules(r) if x.get("protocol") != str(PROTO)],
+        routes(r, 50),
+        [x for x in routes(r, 101) if x.get("protocol") != str(PROTO)],
+        nexthops(r)[5],
+    )
+    before = snapshot()
+    controller.start()
+    wait_until(lambda: len(group_members(r, TABLES)) == 3, what="three uplinks in the group")
+    lab.run("router", ["ip", "link", "set", "lte2", "down"])  # a reconcile with changes
+    wait_until(lambda: len(group_members(r, TABLES)) == 2, what="lte2 out of the group")
+    assert snapshot() == before
+    controller.stop()
+    out = controller.ctl("flush", "--config", str(controller.config_path))
+    assert "removed" in out.stderr
+    assert snapshot() == before
+    assert ("inet", "foreign") in nft_tables(r) and ("inet", "uplinkd") not in nft_tables(r)
+    assert rules(r) == [] and routes(r, 200) == [] and NH_BASE not in nexthops(r)
+
+
+def test_drift_is_healed(lab: Lab, controller: Controller) -> None:
+    r = lab.router
+    controller.start()
+    wait_until(lambda: len(group_members(r, TABLES)) == 3, what="three uplinks in the group")
+    lab.run("router", ["ip", "rule", "del", "priority", "10030"])
+    wait_until(lambda: any(x["priority"] == 10030 for x in rules(r)), what="the balance rule back")
+    lab.run("router", ["ip", "route", "del", "default", "table", "102"])
+    wait_until(lambda: routes(r, 102), what="lte1's default route back")
+    lab.run("router", ["ip", "nexthop", "replace", "id", str(nhid(103)), "dev", "lte2"])
+    wait_until(lambda: nexthops(r)[nhid(103)].get("gateway") == "10.103.0.1", what="lte2's nexthop restored")
+    lab.run("router", ["ip", "nexthop", "del", "id", str(NH_BASE)])
+    wait_until(lambda: len(group_members(r, TABLES)) == 3, what="the group rebuilt")
+    assert routes(r, 200)[0].get("nhid") == NH_BASE
+
+
+def test_carrier_loss_and_return(lab: Lab, controller: Controller) -> None:
+    r = lab.router
+    controller.start()
+    wait_until(lambda: len(group_members(r, TABLES)) == 3, what="three uplinks in the group")
+    lab.isp("lte1").carrier(False)
+    controller.wait_state("lte1", "present")
+    assert set(group_members(r, TABLES)) == {"wan", "lte2"}
+    report = lab.flows(tcp=10, udp=20, duration=1.0)
+    assert "lte1" not in report.by_uplink() and report.lost() == 0
+    lab.isp("lte1").carrier(True)
+    controller.wait_state("lte1", "up")
+    wait_until(lambda: set(group_members(r, TABLES)) == {"wan", "lte1", "lte2"}, what="lte1 back in the group")
+    assert routes(r, 102)[0]["gateway"] == "10.102.0.1"
+
+
+def test_nft_table_restored_after_flush_ruleset(lab: Lab, controller: Controller) -> None:
+    controller.start()
+    wait_until(lambda: ("inet", "uplinkd") in nft_tables(lab.router), what="our nft table")
+    lab.run("router", ["nft", "flush", "ruleset"])
+    wait_until(lambda: ("inet", "uplinkd") in nft_tables(lab.router), timeout=5, what="our nft table restored")
+    report = lab.flows(tcp=5, udp=5, duration=1.0)
+    assert report.lost() == 0 and "no reply" not in report.by_uplink()
+
+
+def test_invalid_config_is_refused_and_sighup_keeps_the_running_one(lab: Lab, controller: Controller) -> None:
+    bad = controller.workdir / "bad.json"
+    bad.write_text(json.dumps({"uplinks": {"x": {"match": {"name": "x"}, "table": 254}}}))
+    run = subprocess.run(
+        ["ip", "netns", "exec", lab.router, sys.executable, "-m", "uplinkd.daemon", "--config", str(bad)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "uplinks.x.table: 254 is the kernel's 'main' table" in run.stderr
+    assert rules(lab.router) == [], "an invalid config changed the kernel"
+
+    controller.start()
+    wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
+    before = (rules(lab.router), nexthops(lab.router))
+    controller.write_config('{"uplinks": {"wan": {"table": "x"')
+    controller.signal(signal.SIGHUP)
+    wait_until(lambda: "keeping the running config" in controller.log(), what="the reload to be refused")
+    assert controller.running
+    assert (rules(lab.router), nexthops(lab.router)) == before
+    # a good config takes effect on SIGHUP: lte2 leaves
+    good = three_uplinks()
+    del good["uplinks"]["lte2"]
+    good["control"] = controller.config["control"]
+    controller.write_config(good)
+    controller.signal(signal.SIGHUP)
+    wait_until(lambda: set(group_members(lab.router, TABLES)) == {"wan", "lte1"}, what="lte2 removed by reload")
+    assert not routes(lab.router, 103)
+
+
+def test_bad_control_requests_get_clear_errors(lab: Lab, controller: Controller) -> None:
+    controller.start()
+    out = controller.ctl("drain", "nosuch", check=False)
+    assert out.returncode == 2 and "uplink: 'nosuch' is not configured; known: wan, lte1, lte2" in out.stderr
+    import socket
+
+    for raw, expected in (
+        (b"hello\n", "not JSON"),
+        (b"[]\n", "send a JSON object"),
+        (b'{"command": "explode"}\n', "command: 'explode' is unknown"),
+        (b'{"command": "explain", "dst": "nope"}\n', "dst"),
+    ):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(controller.socket))
+            s.sendall(raw)
+            answer = json.loads(s.makefile().readline())
+        assert answer["ok"] is False and expected in answer["error"], answer
+    assert controller.running and controller.status()["passes"] > 0
