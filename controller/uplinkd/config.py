@@ -449,6 +449,7 @@ class Kernel(_Strict):
 
 class Control(_Strict):
     socket: Path = Field(default=Path("/run/uplinkd/control.sock"))
+    state_dir: Path = Field(default=Path("/var/lib/uplinkd"), description="DHCP leases kept across restarts")
     resync_interval: float = Field(default=30.0, description="full kernel resync, seconds")
 
     @field_validator("resync_interval")

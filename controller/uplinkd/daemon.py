@@ -27,6 +27,7 @@ from typing import Any
 
 from uplinkd import __version__, control
 from uplinkd.config import Config, ConfigError, Probe, load
+from uplinkd.dhcp import DhcpClient, stored_lease
 from uplinkd.kernel import explain as explain_mod
 from uplinkd.kernel.state import ApplyResult, Kernel
 from uplinkd.kernel.watch import (
@@ -39,6 +40,7 @@ from uplinkd.kernel.watch import (
 from uplinkd.model import Health, HealthVerdict, KernelState, Lease, Observed, State, UplinkStatus
 from uplinkd.plan import Intent, Plan, desired, diff, failover
 from uplinkd.probes import Prober
+from uplinkd.udev import UdevWatch, enrich
 
 log = logging.getLogger("uplinkd")
 
@@ -109,6 +111,11 @@ class Controller:
         self._retry = RETRY_MIN
         self._tasks: asyncio.TaskGroup | None = None
         self.probers: dict[str, tuple[Prober, asyncio.Task[None]]] = {}
+        self.dhcp: dict[str, tuple[DhcpClient, asyncio.Task[None]]] = {}
+        self.udev = UdevWatch(self.poke)
+        for name, uplink in config.uplinks.items():
+            if uplink.address.mode == "dhcp" and (lease := stored_lease(self._lease_file(name))):
+                self.rt.leases[name] = lease  # adopt what the last run had: a restart changes nothing
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -120,6 +127,10 @@ class Controller:
         ]
         for w in watches:
             w.start(loop)
+        try:
+            self.udev.start(loop)
+        except (OSError, ImportError) as e:  # no libudev: netlink link events still tell us
+            log.warning("udev unavailable (%s); matching by sysfs facts only", e)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -145,6 +156,7 @@ class Controller:
             server.close()
             for w in watches:
                 w.stop()
+            self.udev.stop()
             with contextlib.suppress(OSError):
                 self.socket_path.unlink()
             self.kernel.close()
@@ -194,7 +206,7 @@ class Controller:
 
     async def compute(self) -> tuple[Intent, Plan]:
         observed, actual = await self.kernel.read()
-        intent = self._intent(observed)
+        intent = self._intent(enrich(observed, self.udev.facts))
         plan = diff(actual, intent.kernel)
         if self.rt.intent is not None:
             flushes = failover(self.rt.intent.uplinks, intent.uplinks, mask=self.config.kernel.mark_mask)
@@ -225,6 +237,7 @@ class Controller:
             intent, plan = await self.compute()
             self._record(intent)
             self._sync_probers(intent)
+            self._sync_dhcp(intent)
             self.rt.plan = plan
             self.rt.passes += 1
             if self.rt.paused or not plan:
@@ -270,6 +283,44 @@ class Controller:
             prober = Prober(name=name, dev=dev, mark=mark, probe=probe, on_verdict=self._verdict)
             task = self._tasks.create_task(self._guard(f"probe {name}", prober.run()))
             self.probers[name] = (prober, task)
+
+    def _lease_file(self, name: str) -> Path:
+        return self.config.control.state_dir / f"{name}.lease.json"
+
+    def _sync_dhcp(self, intent: Intent) -> None:
+        """One DHCP client per present `dhcp` uplink whose interface is up with carrier; it
+        keeps running through carrier flaps and stops when the interface goes away."""
+        wanted: dict[str, tuple[str, Path, str | None]] = {}
+        for s in intent.uplinks:
+            addr = self.config.uplinks[s.name].address
+            if addr.mode != "dhcp" or s.dev is None:
+                continue
+            running = self.dhcp.get(s.name)
+            if s.link_ready or (running is not None and running[0].dev == s.dev):
+                wanted[s.name] = (s.dev, self._lease_file(s.name), addr.hostname)
+        for name, (client, task) in list(self.dhcp.items()):
+            if wanted.get(name) != client.key:
+                task.cancel()
+                del self.dhcp[name]
+                if self.rt.leases.pop(name, None) is not None:
+                    self.wake.set()
+        for name, (dev, path, hostname) in wanted.items():
+            if name in self.dhcp or self._tasks is None:
+                continue
+            client = DhcpClient(name=name, dev=dev, state_file=path, hostname=hostname, on_lease=self._lease)
+            self.dhcp[name] = (client, self._tasks.create_task(self._guard(f"dhcp {name}", client.run())))
+            log.info("%s: DHCP client started on %s", name, dev)
+
+    def _lease(self, name: str, lease: Lease | None, why: str) -> None:
+        if self.rt.leases.get(name) == lease:
+            return
+        if lease is None:
+            self.rt.leases.pop(name, None)
+            log.info("%s: no lease (%s)", name, why)
+        else:
+            self.rt.leases[name] = lease
+            log.info("%s: lease %s via %s (%s)", name, lease.address, lease.gateway or "point-to-point", why)
+        self.wake.set()
 
     def _verdict(self, name: str, verdict: HealthVerdict) -> None:
         if self.rt.health.get(name) != verdict:

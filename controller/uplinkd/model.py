@@ -184,6 +184,18 @@ class StaticAddr:
 
 
 @dataclass(frozen=True)
+class LinkUp:
+    """An uplink interface the controller configures (static, dhcp) must be up.
+    A hot-plugged USB NIC appears administratively down; nobody else will raise it."""
+
+    ifindex: int
+    dev: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        return f"ip link set dev {self.dev or self.ifindex} up"
+
+
+@dataclass(frozen=True)
 class ConntrackFlush:
     """Delete the connections pinned to one uplink (its ct mark), and only those."""
 
@@ -206,6 +218,7 @@ class KernelState:
     groups: Mapping[int, NexthopGroup] = field(default_factory=dict)
     addresses: frozenset[StaticAddr] = frozenset()
     nft: NftState | None = None
+    links_up: frozenset[LinkUp] = frozenset()  # only raised, never lowered
 
     @property
     def empty(self) -> bool:
@@ -333,6 +346,7 @@ class UplinkStatus:
     gateway4: IPAddress | None = None
     gateway6: IPAddress | None = None
     pointopoint: bool = False
+    link_ready: bool = False  # up with carrier
     table: int = 0
     mark: int = 0
     weight: int = 0  # effective weight in the balance group (0: not a member)

@@ -37,6 +37,7 @@ from uplinkd.model import (
     KernelState,
     Lease,
     Link,
+    LinkUp,
     Member,
     Nexthop,
     NexthopGroup,
@@ -190,6 +191,7 @@ def uplink_statuses(
         if not link.up or not link.carrier:
             statuses.append(status)
             continue
+        status = replace(status, link_ready=True)
         ways = _ways(uplink, link, observed, leases.get(name))
         seen = observed.addrs_of(link.index, AF_INET) + observed.addrs_of(link.index, AF_INET6)
         status = replace(
@@ -310,10 +312,13 @@ def desired(
         else:
             routes[bkey] = Route(bkey, type="unreachable")
 
+    links_up: set[LinkUp] = set()
     for status in statuses:
         uplink = config.uplinks[status.name]
         if status.ifindex is None:
             continue
+        if uplink.address.mode != "external":
+            links_up.add(LinkUp(status.ifindex, dev=status.dev or ""))
         for addr in _owned_addresses(uplink, (leases or {}).get(status.name)):
             addresses.add(StaticAddr(status.ifindex, addr, dev=status.dev or ""))
 
@@ -336,6 +341,7 @@ def desired(
             groups=groups,
             addresses=frozenset(addresses),
             nft=nft,
+            links_up=frozenset(links_up),
         ),
         final,
         reasons,
@@ -358,7 +364,7 @@ def _with_group(status: UplinkStatus, weight: int | None) -> UplinkStatus:
 # --- diff --------------------------------------------------------------------------------------
 
 Verb = Literal["add", "replace", "delete"]
-KernelObject = Rule | Route | Nexthop | NexthopGroup | StaticAddr | NftState | ConntrackFlush
+KernelObject = Rule | Route | Nexthop | NexthopGroup | StaticAddr | NftState | ConntrackFlush | LinkUp
 
 
 @dataclass(frozen=True)
@@ -369,7 +375,7 @@ class Op:
     obj: KernelObject
 
     def __str__(self) -> str:
-        if isinstance(self.obj, ConntrackFlush):
+        if isinstance(self.obj, ConntrackFlush | LinkUp):
             return str(self.obj)
         if isinstance(self.obj, NftState):
             names = ", ".join(f"{u.ifname}={u.mark:#x}" for u in self.obj.uplinks) or "no uplinks"
@@ -407,6 +413,7 @@ def diff(actual: KernelState, wanted: KernelState) -> Plan:
     after nothing uses them (a group before its nexthops, a route before its group)."""
     ops: list[Op] = []
 
+    ops += [Op("replace", link) for link in sorted(wanted.links_up - actual.links_up, key=str)]
     ops += [Op("add", a) for a in sorted(wanted.addresses - actual.addresses, key=str)]
     ops += [
         Op("replace", nh) for key, nh in sorted(wanted.nexthops.items()) if actual.nexthops.get(key) != nh

@@ -102,7 +102,11 @@ class Controller:
         self.socket = workdir / "control.sock"
         self.log_path = workdir / "uplinkd.log"
         config = dict(config)
-        config["control"] = {**config.get("control", {}), "socket": str(self.socket)}
+        config["control"] = {
+            **config.get("control", {}),
+            "socket": str(self.socket),
+            "state_dir": str(workdir / "state"),
+        }
         self.config = config
         self.write_config(config)
         self.proc: subprocess.Popen[bytes] | None = None

@@ -35,6 +35,7 @@ from uplinkd.model import (
     IPAddress,
     KernelState,
     Link,
+    LinkUp,
     Member,
     Nexthop,
     NexthopGroup,
@@ -115,6 +116,7 @@ class Kernel:
             groups=groups,
             addresses=frozenset(owned_addrs),
             nft=self._nft(),
+            links_up=frozenset(LinkUp(i, dev=link.name) for i, link in links.items() if link.up),
         )
         return Observed(links=links, addrs=tuple(addrs), gateways=tuple(gateways)), state
 
@@ -321,6 +323,8 @@ class Kernel:
                 prefixlen=a.network.prefixlen,
                 **({"proto": proto} if op.verb != "delete" else {}),
             )
+        elif isinstance(obj, LinkUp):
+            await self.ipr.link("set", index=obj.ifindex, state="up")
         elif isinstance(obj, ConntrackFlush):
             try:
                 conntrack.flush_mark(obj.mark, obj.mask)

@@ -1,0 +1,155 @@
+"""DHCPv4 for uplinks in `dhcp` mode: pyroute2's asyncio client, run by the controller.
+
+Why this client: it is the DHCP implementation of the netlink library we already use, runs
+in our event loop (no extra process to supervise, no scripts), and speaks through a raw
+socket, so it works before the interface has an address and ignores our policy rules.
+It handles renew, rebind, expiry and NAK itself; we only listen to its hooks.
+
+The client never touches the kernel. A lease is a fact: it is recorded and wakes the
+loop, and the planner puts the address on the interface and the default route into the
+uplink's own table — never into main, so no DHCP client fights over main's default route.
+
+Leases are kept in the state directory, so a restarted controller asks for the same
+lease again (INIT-REBOOT) and, meanwhile, keeps the address it had: a restart changes
+nothing in the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
+from pyroute2.dhcp.hooks import Hook, Trigger
+from pyroute2.dhcp.leases import Lease as PyLease
+
+from uplinkd.model import Lease
+
+log = logging.getLogger("uplinkd.dhcp")
+
+RETRY_MIN, RETRY_MAX = 1.0, 30.0
+
+
+@dataclass
+class _StoredLease(PyLease):  # type: ignore[misc]
+    """A pyroute2 lease kept as JSON in our state directory, one file per uplink."""
+
+    path: ClassVar[Path]
+
+    def dump(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, interface: str) -> _StoredLease | None:
+        try:
+            lease = cls(**json.loads(cls.path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+        return None if lease.expired else lease
+
+
+def lease_class(path: Path) -> type[_StoredLease]:
+    return type(f"Lease_{path.stem}", (_StoredLease,), {"path": path})
+
+
+def to_lease(lease: Any) -> Lease | None:
+    """Our view of a pyroute2 lease: address/prefix and the first router (None: none given)."""
+    try:
+        address = ipaddress.IPv4Interface(f"{lease.ip}/{lease.prefixlen}")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    try:
+        routers = lease.routers or []
+    except (KeyError, AttributeError):
+        routers = []
+    gateway = ipaddress.IPv4Address(routers[0]) if routers else None
+    return Lease(address=address, gateway=gateway)
+
+
+def stored_lease(path: Path) -> Lease | None:
+    """A lease left by a previous run, if it has not expired (used at start)."""
+    loaded = lease_class(path).load("")
+    return to_lease(loaded) if loaded is not None else None
+
+
+class DhcpClient:
+    """Keeps a lease for one uplink's interface for as long as it is present."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        dev: str,
+        state_file: Path,
+        hostname: str | None,
+        on_lease: Callable[[str, Lease | None, str], None],
+    ) -> None:
+        self.name = name
+        self.dev = dev
+        self.state_file = state_file
+        self.hostname = hostname
+        self.on_lease = on_lease
+        self.bound_at: float | None = None
+
+    @property
+    def key(self) -> tuple[str, Path, str | None]:
+        return (self.dev, self.state_file, self.hostname)
+
+    async def _bound(self, lease: Any) -> None:
+        ours = to_lease(lease)
+        self.bound_at = time.monotonic()
+        self.on_lease(self.name, ours, "bound" if ours else "lease without an address")
+
+    async def _lost(self, lease: Any) -> None:
+        self.state_file.unlink(missing_ok=True)
+        self.on_lease(self.name, None, "lease expired or refused")
+
+    def _config(self) -> ClientConfig:
+        kwargs: dict[str, Any] = {}
+        if self.hostname is not None:
+            kwargs["host_name"] = self.hostname
+        return ClientConfig(
+            interface=self.dev,
+            lease_type=lease_class(self.state_file),
+            hooks=(
+                Hook(self._bound, {Trigger.BOUND, Trigger.RENEWED, Trigger.REBOUND}),
+                Hook(self._lost, {Trigger.UNBOUND, Trigger.EXPIRED}),
+            ),
+            handle_signals=False,  # the daemon owns its signals
+            write_pidfile=False,
+            release=False,  # fail static: a stopping controller keeps the lease in use
+            vendor_id="uplinkd",
+            **kwargs,
+        )
+
+    async def run(self) -> None:
+        retry = RETRY_MIN
+        while True:
+            try:
+                async with AsyncDHCPClient(self._config()) as client:
+                    await client.bootstrap()
+                    retry = RETRY_MIN
+                    while True:
+                        await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                raise
+            except OSError as e:  # the interface went away under the client, or is not up yet
+                log.info(
+                    "%s: DHCP client on %s stopped (%s); retrying in %.0fs", self.name, self.dev, e, retry
+                )
+            except (ValueError, RuntimeError) as e:  # a malformed packet or a state the client refused
+                log.warning(
+                    "%s: DHCP client on %s failed (%s); retrying in %.0fs", self.name, self.dev, e, retry
+                )
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, RETRY_MAX)
