@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything uplinkd's demo and tests need on a Debian 12 machine (run as root).
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+apt_packages=(
+  iproute2 nftables conntrack dnsmasq-base procps iputils-ping udhcpc kmod  # the lab and the kernel tools
+  udev libudev1                                                             # pyudev, the VM tier's udevd
+  libsystemd-dev pkg-config gcc python3-dev                                 # systemd-python builds here
+  wireguard-tools wireguard-go                                              # tunnels (netns tier)
+  qemu-system-x86 linux-image-amd64                                         # the VM tier (TCG)
+  nix-bin                                                                   # nix-instantiate --parse
+)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e "$here/controller[test,systemd]" virtme-ng
