@@ -133,7 +133,7 @@ class StaticAddress(_Strict):
     def _gateway_on_link(self) -> StaticAddress:
         if self.gateway is not None and self.gateway not in self.cidr.network:
             raise ValueError(
-                f"gateway {self.gateway} is outside {self.cidr.network}; "
+                f"gateway: {self.gateway} is outside {self.cidr.network}; "
                 "use a gateway inside the uplink's subnet, or null for point-to-point"
             )
         return self
@@ -488,6 +488,10 @@ class Config(_Strict):
         uplinks = data.get("uplinks")
         if not isinstance(defaults, dict) or not isinstance(uplinks, dict):
             return data
+        try:
+            Probe.model_validate(defaults)
+        except ValidationError:
+            return data  # reported once, at `probe.*`, not again under every uplink
         merged: dict[Any, Any] = {}
         for name, up in uplinks.items():
             own = up.get("probe") if isinstance(up, dict) else None
@@ -638,13 +642,16 @@ def load(path: Path) -> Config:
         text = path.read_text()
     except OSError as e:
         raise ConfigError([f"{path}: cannot read ({e.strerror}); check the path"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text ({e}); save it as UTF-8 JSON or TOML"]) from None
     try:
         if path.suffix == ".toml":
             data: Any = tomllib.loads(text)
         else:
             data = json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError([f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({e})"]) from None
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise ConfigError([f"{path}: not valid {kind} ({e})"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be an object with 'uplinks'"])
     return parse(data)

@@ -201,7 +201,7 @@ def uplink_statuses(
             gateway6=ways[AF_INET6].gateway if AF_INET6 in ways else None,
         )
         if not ways:
-            if uplink.address.mode == "dhcp" and not status.addresses:
+            if uplink.address.mode == "dhcp" and name not in leases:
                 status = replace(status, reason="waiting for a DHCP lease")
             elif not status.addresses:
                 status = replace(status, reason="no address")
