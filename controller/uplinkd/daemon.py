@@ -110,6 +110,7 @@ class Controller:
         self._lock = asyncio.Lock()
         self._retry = RETRY_MIN
         self._tasks: asyncio.TaskGroup | None = None
+        self.first_pass = asyncio.Event()
         self.probers: dict[str, tuple[Prober, asyncio.Task[None]]] = {}
         self.dhcp: dict[str, tuple[DhcpClient, asyncio.Task[None]]] = {}
         self.udev = UdevWatch(self.poke)
@@ -182,6 +183,7 @@ class Controller:
             self.wake.clear()
             result = await self.reconcile()
             if first:
+                self.first_pass.set()
                 self.notifier.send(ready="1", status=self.summary())
                 first = False
             else:
@@ -323,8 +325,11 @@ class Controller:
         self.wake.set()
 
     def _verdict(self, name: str, verdict: HealthVerdict) -> None:
-        if self.rt.health.get(name) != verdict:
-            self.rt.health[name] = verdict
+        """Record a prober's verdict; only a change of health or weight needs a pass (the
+        reason text changes every round, with the RTT in it)."""
+        old = self.rt.health.get(name)
+        self.rt.health[name] = verdict
+        if old is None or (old.health, old.weight_factor) != (verdict.health, verdict.weight_factor):
             self.wake.set()
 
     def _hook(self, event: Event, dev: str | None) -> None:
@@ -383,6 +388,10 @@ class Controller:
             "uplinks": [
                 {
                     **_status_json(s, now - self.rt.since.get(s.name, now)),
+                    # the latest round's words (a new verdict's reason alone does not re-plan)
+                    "reason": self.rt.health[s.name].reason
+                    if s.ready and s.name in self.rt.health
+                    else s.reason,
                     "probe": self._probe_json(s.name, now),
                 }
                 for s in ups
@@ -460,7 +469,8 @@ class Controller:
         if isinstance(req, control.Status):
             return control.reply(True, self.status())
         if isinstance(req, control.PlanReq):
-            _, plan = await self.compute()
+            async with self._lock:  # one netlink conversation at a time on our socket
+                _, plan = await self.compute()
             return control.reply(True, {"ops": [str(op) for op in plan.ops], "paused": self.rt.paused})
         if isinstance(req, control.Drain):
             if req.uplink not in self.config.uplinks:
@@ -483,8 +493,12 @@ class Controller:
             error = await self.reload()
             return control.reply(error is None, self.status() if error is None else None, error)
         assert isinstance(req, control.Explain)
+        async with self._lock:
+            return control.reply(True, (await self._explain(req)).as_dict())
+
+    async def _explain(self, req: control.Explain) -> explain_mod.Explanation:
         by_dev = {s.dev: s.name for s in (self.rt.intent.uplinks if self.rt.intent else ()) if s.dev}
-        ex = await explain_mod.explain(
+        return await explain_mod.explain(
             self.kernel.ipr,
             dst=req.dst,
             src=req.src,
@@ -495,7 +509,6 @@ class Controller:
             dport=req.dport,
             uplinks_by_dev=by_dev,
         )
-        return control.reply(True, ex.as_dict())
 
     async def _serve(self) -> asyncio.AbstractServer:
         path = self.socket_path
@@ -505,6 +518,7 @@ class Controller:
 
         async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
+                await self.first_pass.wait()  # before it, status would say "no uplinks"
                 line = await reader.readline()
                 if len(line) > control.MAX_REQUEST:
                     answer = control.reply(False, error="request too large")

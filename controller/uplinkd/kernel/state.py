@@ -11,6 +11,7 @@ that says whether retrying can help.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import ipaddress
@@ -115,7 +116,7 @@ class Kernel:
             nexthops=nexthops,
             groups=groups,
             addresses=frozenset(owned_addrs),
-            nft=self._nft(),
+            nft=await asyncio.to_thread(self._nft),  # nft is a subprocess: off the loop
             links_up=frozenset(LinkUp(i, dev=link.name) for i, link in links.items() if link.up),
         )
         return Observed(links=links, addrs=tuple(addrs), gateways=tuple(gateways)), state
@@ -327,16 +328,16 @@ class Kernel:
             await self.ipr.link("set", index=obj.ifindex, state="up")
         elif isinstance(obj, ConntrackFlush):
             try:
-                conntrack.flush_mark(obj.mark, obj.mask)
+                await asyncio.to_thread(conntrack.flush_mark, obj.mark, obj.mask)
             except conntrack.ConntrackError as e:
                 raise NetlinkError(e.errno or errno.EIO, str(e)) from None
         elif isinstance(obj, NftState):
             if op.verb == "delete":
-                nft.delete(obj.table)
+                await asyncio.to_thread(nft.delete, obj.table)
                 self.nft_listings.clear()
             else:
-                nft.load(obj)
-                text = nft.listing(obj.table)
+                await asyncio.to_thread(nft.load, obj)
+                text = await asyncio.to_thread(nft.listing, obj.table)
                 if text is not None:
                     self.nft_listings = {obj.digest: nft.listing_hash(text)}
 
