@@ -291,3 +291,42 @@ def test_bad_control_requests_get_clear_errors(lab: Lab, controller: Controller)
             answer = json.loads(s.makefile().readline())
         assert answer["ok"] is False and expected in answer["error"], answer
     assert controller.running and controller.status()["passes"] > 0
+
+
+def test_ipv6_uplinks_get_their_own_resilient_group(tmp_path: Path) -> None:
+    """IPv6 mirrors IPv4: per-uplink v6 tables and a v6 group; v6 flows spread over both."""
+    with Lab() as lab:
+        lab.add_isp("wan", address="none")
+        lab.add_isp("lte1", address="none")
+        lab.add_client()
+        config = {
+            "uplinks": {
+                name: {
+                    "match": {"name": name},
+                    "address": {
+                        "mode": "static",
+                        "cidr": f"10.{100 + n}.0.2/24",
+                        "gateway": f"10.{100 + n}.0.1",
+                        "cidr6": f"2001:db8:{n}::2/64",
+                        "gateway6": f"2001:db8:{n}::1",
+                    },
+                    "table": 100 + n,
+                }
+                for n, name in ((1, "wan"), (2, "lte1"))
+            }
+        }
+        c = Controller(lab, config, tmp_path)
+        try:
+            c.start()
+            tables = {101: "wan", 102: "lte1"}
+            wait_until(lambda: len(group_members(lab.router, tables, v6=True)) == 2, what="a v6 group of two")
+            (route6,) = routes(lab.router, 101, "-6")
+            assert route6["gateway"] == "2001:db8:1::1" and route6["protocol"] == str(PROTO)
+            (balance6,) = routes(lab.router, 200, "-6")
+            assert balance6["nhid"] == NH_BASE + 1
+            report = lab.flows(tcp=20, udp=30, interval_ms=50, duration=1.5, family=6)
+            counts = report.by_uplink()
+            assert set(counts) == {"wan", "lte1"}, counts
+            assert report.lost() == 0 and not report.moved()
+        finally:
+            c.stop()
