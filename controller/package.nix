@@ -1,0 +1,63 @@
+# The uplinkd controller: the `uplinkd` daemon and the `uplinkctl` CLI.
+# Built from this directory (pyproject.toml); the unit tests, which need no root, run in the
+# check phase. Call it with python3Packages.callPackage (the flake's overlay does).
+{
+  lib,
+  buildPythonApplication,
+  setuptools,
+  pydantic,
+  pyroute2,
+  pyudev,
+  systemd-python,
+  pytestCheckHook,
+  pytest-timeout,
+}:
+let
+  pyproject = lib.importTOML ./pyproject.toml;
+in
+buildPythonApplication {
+  pname = "uplinkd";
+  inherit (pyproject.project) version;
+  pyproject = true;
+
+  # The package, and from the repository around it what the build and the tests read:
+  # the README (pyproject's `readme`), pytest.ini and tests/unit.
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ./pyproject.toml
+      ./uplinkd
+      (lib.fileset.maybeMissing ../README.md)
+      (lib.fileset.maybeMissing ../pytest.ini)
+      ../tests/unit
+    ];
+  };
+  sourceRoot = "source/controller";
+
+  build-system = [ setuptools ];
+
+  dependencies = [
+    pydantic
+    pyroute2
+    pyudev
+    systemd-python # logging to the journal (pyproject's `systemd` extra)
+  ];
+
+  nativeCheckInputs = [
+    pytestCheckHook
+    pytest-timeout
+  ];
+  enabledTestPaths = [ "../tests/unit" ];
+
+  pythonImportsCheck = [
+    "uplinkd.cli"
+    "uplinkd.daemon"
+  ];
+
+  meta = {
+    description = pyproject.project.description;
+    license = lib.licenses.mit;
+    mainProgram = "uplinkd";
+    platforms = lib.platforms.linux;
+  };
+}

@@ -1,0 +1,135 @@
+# A home router with three uplinks used at once: a wired ISP and two USB LTE sticks.
+# New connections are spread over the healthy uplinks by weight (the fibre gets 4 of 6); a
+# connection stays on the uplink it started on; a dead uplink is out within a second; either
+# stick can be unplugged and plugged into any USB port at any time.
+#
+# LAN: two ports bridged as br-lan, 192.168.1.0/24, DHCP from networkd, DNS from a local
+# recursive resolver (so names resolve over whichever uplinks are up), and a firewall that lets
+# the LAN out and nothing in.
+#
+# Import it from your configuration next to your hardware-configuration.nix, with uplinkd's
+# NixOS module (the flake's nixosModules.default). Adjust the interface names and the sticks'
+# identities: `ip link` and `udevadm info /sys/class/net/<if>` (ID_VENDOR_ID, ID_MODEL_ID,
+# ID_SERIAL_SHORT) tell them.
+{ pkgs, ... }:
+{
+  networking.hostName = "home-router";
+
+  # networkd configures the LAN; uplinkd configures the uplinks and all routing to them.
+  networking.useNetworkd = true;
+  networking.useDHCP = false;
+
+  services.uplinkd = {
+    enable = true;
+    # Each uplink is probed through itself (ICMP echo to these, all at once); one answer a
+    # round is enough. The default profile costs an idle LTE stick about 0.6 MB a day, and
+    # probes fast as soon as traffic goes out without anything coming back.
+    settings.probe.targets = [
+      "1.1.1.1"
+      "9.9.9.9"
+      "8.8.8.8"
+    ];
+    settings.uplinks = {
+      # The fibre box on the first built-in port.
+      wan = {
+        match.name = "enp1s0";
+        address.mode = "dhcp";
+        table = 101;
+        weight = 4;
+      };
+      # Two LTE sticks in "HiLink" mode: each is a small router with its own DHCP server.
+      # Matched by USB identity, they are renamed lte1 and lte2 whichever port they are in.
+      # Two sticks of the same model also need `serial` to be told apart, and each its own
+      # LAN subnet (set in the stick's web page) since both would hand out 192.168.8.0/24.
+      lte1 = {
+        match.usb = {
+          vendor = "12d1"; # Huawei
+          product = "14dc"; # E3372h in HiLink mode
+          serial = "0123456789ABCDEF";
+        };
+        address.mode = "dhcp";
+        table = 102;
+      };
+      lte2 = {
+        match.usb = {
+          vendor = "19d2"; # ZTE
+          product = "1405"; # MF79U / MF833V in NDIS mode
+        };
+        address.mode = "dhcp";
+        table = 103;
+      };
+    };
+  };
+
+  systemd.network = {
+    netdevs."20-br-lan".netdevConfig = {
+      Kind = "bridge";
+      Name = "br-lan";
+    };
+    networks = {
+      "30-lan-ports" = {
+        matchConfig.Name = [
+          "enp2s0"
+          "enp3s0"
+        ];
+        networkConfig.Bridge = "br-lan";
+        linkConfig.RequiredForOnline = "enslaved";
+      };
+      "40-br-lan" = {
+        matchConfig.Name = "br-lan";
+        address = [ "192.168.1.1/24" ];
+        networkConfig = {
+          DHCPServer = true;
+          ConfigureWithoutCarrier = true;
+        };
+        dhcpServerConfig = {
+          PoolOffset = 100;
+          PoolSize = 100;
+          EmitDNS = true;
+          DNS = [ "192.168.1.1" ];
+        };
+        linkConfig.RequiredForOnline = "routable";
+      };
+    };
+  };
+
+  # DNS for the LAN and the router itself, from a local recursive resolver: names resolve over
+  # whichever uplinks are up, whatever DNS each ISP would hand out.
+  services.resolved.enable = false;
+  services.unbound = {
+    enable = true;
+    settings.server = {
+      interface = [
+        "127.0.0.1"
+        "::1"
+        "192.168.1.1"
+      ];
+      access-control = [
+        "127.0.0.0/8 allow"
+        "::1/128 allow"
+        "192.168.1.0/24 allow"
+      ];
+    };
+  };
+
+  # The LAN may reach the router and go out through any uplink; nothing comes in unasked.
+  # uplinkd adds masquerading and MSS clamping on the uplinks in its own nftables table, and
+  # sets reverse-path filtering to "loose", which ECMP needs.
+  networking.nftables.enable = true;
+  networking.firewall = {
+    enable = true;
+    trustedInterfaces = [ "br-lan" ];
+    filterForward = true;
+    extraForwardRules = ''
+      iifname "br-lan" oifname { "enp1s0", "lte1", "lte2" } accept
+    '';
+  };
+
+  environment.systemPackages = with pkgs; [
+    conntrack-tools
+    ethtool
+    tcpdump
+  ];
+
+  system.stateVersion = "26.05";
+}

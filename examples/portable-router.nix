@@ -1,0 +1,121 @@
+# A travel router: one uplink of whatever kind the place offers, and a LAN for your own devices.
+#
+# The uplink is whatever USB network device is plugged in: a USB Ethernet adapter into the
+# hotel's wall socket, a phone sharing its connection over USB, or an LTE stick. Another kind
+# is a small change, shown below (Wi-Fi). The home tunnel (WireGuard over whichever uplink is
+# healthy, with the home LAN bridged in over VXLAN) is added here once the controller has its
+# options; the LAN bridge below is where that segment will join.
+#
+# Import it from your configuration next to your hardware-configuration.nix, with uplinkd's
+# NixOS module (the flake's nixosModules.default).
+{ pkgs, ... }:
+{
+  networking.hostName = "portable-router";
+
+  networking.useNetworkd = true;
+  networking.useDHCP = false;
+
+  services.uplinkd = {
+    enable = true;
+    # Probed through the uplink itself, so a network that lets the router on but nothing
+    # through (a captive portal, a dead LTE cell) is seen as down.
+    settings.probe.targets = [
+      "1.1.1.1"
+      "9.9.9.9"
+    ];
+    settings.uplinks.wan = {
+      # USB Ethernet adapters (cdc_ether, cdc_ncm, r8152, ax88179_178a, asix), phones in USB
+      # tethering mode (rndis_host, cdc_ncm) and LTE sticks in HiLink/NDIS mode (cdc_ether).
+      match.driver = [
+        "cdc_ether"
+        "cdc_ncm"
+        "rndis_host"
+        "r8152"
+        "ax88179_178a"
+        "asix"
+      ];
+      address.mode = "dhcp";
+      table = 101;
+    };
+    # A Wi-Fi uplink instead: iwd joins the network and networkd takes the lease, uplinkd
+    # learns address and gateway from the kernel.
+    #
+    #   settings.uplinks.wan = {
+    #     match.name = "wlan0";
+    #     address.mode = "external";
+    #     table = 101;
+    #   };
+    #   networking.wireless.iwd.enable = true;
+    #   systemd.network.networks."50-wlan0" = {
+    #     matchConfig.Name = "wlan0";
+    #     networkConfig.DHCP = "ipv4";
+    #     linkConfig.RequiredForOnline = "no";
+    #   };
+  };
+
+  # The built-in port is the LAN, bridged so the home segment can join it later.
+  systemd.network = {
+    netdevs."20-br-lan".netdevConfig = {
+      Kind = "bridge";
+      Name = "br-lan";
+    };
+    networks = {
+      "30-lan-port" = {
+        matchConfig.Name = "enp1s0";
+        networkConfig.Bridge = "br-lan";
+        linkConfig.RequiredForOnline = "enslaved";
+      };
+      "40-br-lan" = {
+        matchConfig.Name = "br-lan";
+        address = [ "192.168.77.1/24" ];
+        networkConfig = {
+          DHCPServer = true;
+          ConfigureWithoutCarrier = true;
+        };
+        dhcpServerConfig = {
+          PoolOffset = 100;
+          PoolSize = 100;
+          EmitDNS = true;
+          DNS = [ "192.168.77.1" ];
+        };
+        linkConfig.RequiredForOnline = "routable";
+      };
+    };
+  };
+
+  # DNS for the LAN and the router itself, from a local recursive resolver. (Networks that
+  # allow only their own resolver need a forward-zone to it instead.)
+  services.resolved.enable = false;
+  services.unbound = {
+    enable = true;
+    settings.server = {
+      interface = [
+        "127.0.0.1"
+        "::1"
+        "192.168.77.1"
+      ];
+      access-control = [
+        "127.0.0.0/8 allow"
+        "::1/128 allow"
+        "192.168.77.0/24 allow"
+      ];
+    };
+  };
+
+  networking.nftables.enable = true;
+  networking.firewall = {
+    enable = true;
+    trustedInterfaces = [ "br-lan" ];
+    filterForward = true;
+    extraForwardRules = ''
+      iifname "br-lan" accept
+    '';
+  };
+
+  environment.systemPackages = with pkgs; [
+    conntrack-tools
+    tcpdump
+  ];
+
+  system.stateVersion = "26.05";
+}

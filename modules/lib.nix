@@ -1,0 +1,167 @@
+# Pure helpers shared by the uplinkd module's parts: rendering the settings, telling how an
+# uplink is matched, and a little IPv4 and bit arithmetic for the assertions.
+# Computes only; nothing here reads `config`.
+{ lib }:
+let
+  inherit (lib)
+    all
+    elemAt
+    filterAttrsRecursive
+    foldl'
+    hasInfix
+    head
+    optional
+    splitString
+    toInt
+    ;
+
+  pow2 = n: foldl' (acc: _: acc * 2) 1 (lib.range 1 n);
+in
+rec {
+  # What the controller reads: the settings without their nulls. Every nullable field of the
+  # controller's config defaults to null, so dropping them changes nothing but the noise.
+  render = settings: filterAttrsRecursive (_: value: value != null) settings;
+
+  # A USB-matched uplink is renamed to its attribute name by a systemd .link file, so its
+  # interface name is known whatever port or order it was plugged in.
+  isUsb = uplink: uplink.match.usb != null;
+
+  isGlob = name: hasInfix "*" name || hasInfix "?" name || hasInfix "[" name;
+
+  # The interface name an uplink will have, when the config tells it; null for uplinks matched
+  # only by driver, path or a name glob.
+  ifnameOf =
+    name: uplink:
+    if isUsb uplink then
+      name
+    else if uplink.match.name != null && !isGlob uplink.match.name then
+      uplink.match.name
+    else
+      null;
+
+  # A name pattern for tools that take globs (dhcpcd, NetworkManager); null when unknown.
+  namePatternOf = name: uplink: if isUsb uplink then name else uplink.match.name;
+
+  # The controller runs DHCP or sets the address itself: nobody else may configure the link.
+  controllerAddresses = uplink: uplink.address.mode != "external";
+
+  # udev property matches for a USB identity, as .link/.network [Match] Property= takes them.
+  usbProperties =
+    usb:
+    optional (usb.vendor != null) "ID_VENDOR_ID=${usb.vendor}"
+    ++ optional (usb.product != null) "ID_MODEL_ID=${usb.product}"
+    ++ optional (usb.serial != null) "ID_SERIAL_SHORT=${usb.serial}";
+
+  # The same identity as a udev rule's match keys.
+  usbRuleKeys =
+    usb:
+    optional (usb.vendor != null) ''ENV{ID_VENDOR_ID}=="${usb.vendor}"''
+    ++ optional (usb.product != null) ''ENV{ID_MODEL_ID}=="${usb.product}"''
+    ++ optional (usb.serial != null) ''ENV{ID_SERIAL_SHORT}=="${usb.serial}"'';
+
+  # [Match] for the .link file that renames a USB uplink: its USB identity, narrowed by driver
+  # and path when given (one stick can expose several interfaces). The controller's `name`
+  # criterion is about the name after the rename, so it has no place here.
+  linkMatch =
+    uplink:
+    let
+      m = uplink.match;
+    in
+    {
+      Property = usbProperties m.usb;
+    }
+    // lib.optionalAttrs (m.driver != [ ]) { Driver = m.driver; }
+    // lib.optionalAttrs (m.path != null) { Path = m.path; };
+
+  # [Match] for the .network file that keeps networkd off an uplink. Every criterion must hold
+  # and Driver= is any-of, as in the controller's `match`.
+  networkMatch =
+    name: uplink:
+    let
+      m = uplink.match;
+    in
+    if isUsb uplink then
+      { Name = name; }
+    else
+      lib.optionalAttrs (m.name != null) { Name = m.name; }
+      // lib.optionalAttrs (m.driver != [ ]) { Driver = m.driver; }
+      // lib.optionalAttrs (m.path != null) { Path = m.path; };
+
+  # The sysctl key net.ipv6.conf.<ifname>.<key>; names with dots need the slash form.
+  ipv6ConfKey =
+    ifname: key:
+    if hasInfix "." ifname then
+      "net/ipv6/conf/${ifname}/${key}"
+    else
+      "net.ipv6.conf.${ifname}.${key}";
+
+  # --- addresses -----------------------------------------------------------------------------
+
+  ipv4Pattern =
+    let
+      octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+    in
+    "${octet}\\.${octet}\\.${octet}\\.${octet}";
+
+  isIPv4 = text: builtins.match ipv4Pattern text != null;
+
+  # lib.network parses IPv6 fully where this nixpkgs has it; the shape check is the fallback.
+  isIPv6 =
+    text:
+    builtins.match "[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*" text != null
+    && (
+      !(lib ? network)
+      || (builtins.tryEval (builtins.deepSeq (lib.network.ipv6.fromString text) true)).success
+    );
+
+  isIP = text: isIPv4 text || isIPv6 text;
+
+  # A probe target as the controller's parse_target takes it: an address, or for tcp
+  # address:port with IPv6 in brackets.
+  isProbeTarget =
+    method: text:
+    if method == "tcp" then
+      let
+        parts = builtins.match "\\[?([^]]*)]?:([0-9]{1,5})" text;
+      in
+      parts != null
+      && isIP (lib.head parts)
+      && lib.toInt (lib.last parts) >= 1
+      && lib.toInt (lib.last parts) <= 65535
+    else
+      isIP text;
+
+  # --- numbers -------------------------------------------------------------------------------
+
+  # The controller's default mark: table mod 256.
+  markOf = uplink: if uplink.mark != null then uplink.mark else lib.mod uplink.table 256;
+
+  lowestBit = v: builtins.bitAnd v (0 - v);
+
+  # Mark values that fit under the mask (1 .. slots).
+  markSlots = mask: mask / lowestBit mask;
+
+  isContiguousMask =
+    v:
+    let
+      run = v / lowestBit v;
+    in
+    v > 0 && builtins.bitAnd run (run + 1) == 0;
+
+  ipv4ToInt = address: foldl' (acc: octet: acc * 256 + toInt octet) 0 (splitString "." address);
+
+  # Whether `address` lies in the subnet of `cidr` ("10.64.0.2/30").
+  ipv4InSubnet =
+    cidr: address:
+    let
+      parts = splitString "/" cidr;
+      size = pow2 (32 - toInt (elemAt parts 1));
+    in
+    ipv4ToInt (head parts) / size == ipv4ToInt address / size;
+
+  allDistinct = values: all (v: lib.count (w: w == v) values == 1) values;
+
+  # `name` if it needs quoting as an attribute in a message.
+  attr =
+    name: if builtins.match "[A-Za-z_][A-Za-z0-9_'-]*" name != null then name else ''"${name}"'';
+}

@@ -1,0 +1,104 @@
+# What the rest of the system must do so the controller can route: kernel settings, names for
+# its tables and protocol, stable names for USB sticks, and networkd, dhcpcd, NetworkManager and
+# the firewall kept out of its way.
+{ config, lib, ... }:
+let
+  cfg = config.services.uplinkd;
+  helpers = import ./lib.nix { inherit lib; };
+
+  inherit (cfg.settings) uplinks balance kernel;
+
+  usbUplinks = lib.filterAttrs (_: helpers.isUsb) uplinks;
+
+  # NixOS always has it; the fallback keeps the module evaluable without NixOS (tests/nix).
+  systemdVersion = lib.attrByPath [ "systemd" "package" "version" ] "0" config;
+
+  # Uplinks whose address the controller sets (static) or leases (dhcp).
+  ownedUplinks = lib.filterAttrs (_: helpers.controllerAddresses) uplinks;
+
+  # Interface names (and name globs) of the owned uplinks, where the config tells them.
+  ownedNames = lib.filter (n: n != null) (lib.mapAttrsToList helpers.ifnameOf ownedUplinks);
+  ownedPatterns = lib.filter (n: n != null) (lib.mapAttrsToList helpers.namePatternOf ownedUplinks);
+  dhcpNames = lib.filter (n: n != null) (
+    lib.mapAttrsToList helpers.ifnameOf (lib.filterAttrs (_: u: u.address.mode == "dhcp") uplinks)
+  );
+in
+{
+  config = lib.mkIf cfg.enable {
+    boot.kernel.sysctl = {
+      # A router forwards.
+      "net.ipv4.conf.all.forwarding" = true;
+      "net.ipv6.conf.all.forwarding" = true;
+      # Hash on the 5-tuple, so the flows of one client spread over the uplinks.
+      "net.ipv4.fib_multipath_hash_policy" = 1;
+      "net.ipv6.fib_multipath_hash_policy" = 1;
+      # Loose reverse-path filtering: with ECMP and per-uplink tables the reverse route of a
+      # packet that arrived on one uplink may well point out of another.
+      "net.ipv4.conf.all.rp_filter" = 2;
+      "net.ipv4.conf.default.rp_filter" = 2;
+    }
+    # With forwarding on, the kernel ignores router advertisements unless accept_ra is 2. The
+    # uplinks networkd manages learn by RA in networkd itself; the ones the controller owns
+    # rely on the kernel. systemd applies these again when a stick is plugged in
+    # (99-systemd.rules runs systemd-sysctl for each new interface).
+    // lib.listToAttrs (
+      map (ifname: lib.nameValuePair (helpers.ipv6ConfKey ifname "accept_ra") 2) ownedNames
+    );
+
+    # `ip route show table lte1`, `ip rule` showing `proto uplinkd`.
+    networking.iproute2 = {
+      enable = true;
+      rttablesExtraConfig = lib.concatStrings (
+        lib.mapAttrsToList (name: uplink: "${toString uplink.table} ${name}\n") uplinks
+        ++ [ "${toString balance.table} balance\n" ]
+      );
+    };
+    environment.etc."iproute2/rt_protos.d/uplinkd.conf".text = ''
+      ${toString kernel.protocol} uplinkd
+    '';
+
+    # Stable names: a USB-matched uplink is renamed to its attribute name, whatever port or
+    # order it was plugged in. udev applies .link files with or without networkd; only the
+    # first matching file counts, and 10- sorts before NixOS's and systemd's own.
+    systemd.network.links = lib.mapAttrs' (
+      name: uplink:
+      lib.nameValuePair "10-uplinkd-${name}" {
+        matchConfig = helpers.linkMatch uplink;
+        linkConfig.Name = name;
+      }
+    ) usbUplinks;
+
+    # networkd must not configure what the controller configures, and must not delete routes,
+    # rules and nexthops it did not make. Both only take effect where networkd runs.
+    systemd.network.networks = lib.mapAttrs' (
+      name: uplink:
+      lib.nameValuePair "10-uplinkd-${name}" {
+        matchConfig = helpers.networkMatch name uplink;
+        linkConfig.Unmanaged = true;
+      }
+    ) ownedUplinks;
+    systemd.network.config.networkConfig = {
+      ManageForeignRoutes = false;
+      ManageForeignRoutingPolicyRules = false;
+    }
+    // lib.optionalAttrs (lib.versionAtLeast systemdVersion "256") {
+      ManageForeignNextHops = false;
+    };
+    # A stick that is plugged in but has no signal must not hold up network-online.target.
+    # (Absent sticks never do: wait-online only waits for links that exist.)
+    systemd.network.wait-online.ignoredInterfaces = lib.attrNames usbUplinks;
+
+    # The same for the other network managers, where they run.
+    networking.dhcpcd.denyInterfaces = ownedPatterns;
+    networking.networkmanager.unmanaged = map (pattern: "interface-name:${pattern}") ownedPatterns;
+
+    # Replies on one uplink to connections the balance table sent out of another are fine.
+    networking.firewall.checkReversePath = lib.mkIf (lib.length (lib.attrNames uplinks) > 1) (
+      lib.mkDefault "loose"
+    );
+    # DHCP replies to the controller's client; harmless when it reads a packet socket.
+    networking.firewall.interfaces = lib.genAttrs dhcpNames (_: {
+      allowedUDPPorts = [ 68 ];
+    });
+  };
+}

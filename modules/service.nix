@@ -1,0 +1,184 @@
+# The uplinkd service: its config file (checked by the controller at build time), the unit,
+# its user, and the udev rule that starts it when an uplink's USB stick is plugged in.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.services.uplinkd;
+  helpers = import ./lib.nix { inherit lib; };
+
+  settingsFormat = pkgs.formats.json { };
+  configFile = settingsFormat.generate "uplinkd.json" (helpers.render cfg.settings);
+  configPath = "/etc/uplinkd/config.json";
+
+  # The controller validates its own config: a bad one fails the system build, not the router.
+  checkedConfig =
+    pkgs.runCommand "uplinkd-config-check"
+      {
+        nativeBuildInputs = [ cfg.package ];
+        preferLocalBuild = true;
+      }
+      ''
+        uplinkctl check ${configFile}
+        touch $out
+      '';
+
+  usbUplinks = lib.filterAttrs (_: helpers.isUsb) cfg.settings.uplinks;
+
+  usbWantsRule =
+    name: uplink:
+    lib.concatStringsSep ", " (
+      [
+        ''ACTION=="add"''
+        ''SUBSYSTEM=="net"''
+      ]
+      ++ helpers.usbRuleKeys uplink.match.usb
+      ++ [
+        ''TAG+="systemd"''
+        ''ENV{SYSTEMD_WANTS}+="uplinkd.service"''
+      ]
+    );
+in
+{
+  config = lib.mkMerge [
+    # A matching stick appearing starts the controller if it is not running (after a failure,
+    # or when it was stopped by hand). The rule runs after 75-net-description.rules, which
+    # imports the ID_* properties, and after the .link file renamed the stick.
+    # Defined whether enabled or not (empty then): a definition beside services.uplinkd that
+    # exists only under mkIf cannot be evaluated outside NixOS (tests/nix, shared tools).
+    {
+      services.udev.extraRules = lib.optionalString cfg.enable (
+        lib.concatStrings (
+          lib.mapAttrsToList (name: uplink: ''
+            # uplinkd: uplink ${name}
+            ${usbWantsRule name uplink}
+          '') usbUplinks
+        )
+      );
+    }
+
+    (lib.mkIf cfg.enable {
+      environment.etc."uplinkd/config.json".source = configFile;
+      system.checks = lib.optional cfg.checkConfig checkedConfig;
+
+      # uplinkctl for the admin; members of group uplinkd may use it without root.
+      environment.systemPackages = [ cfg.package ];
+
+      users.users.uplinkd = {
+        isSystemUser = true;
+        group = "uplinkd";
+        description = "uplinkd routing controller";
+      };
+      users.groups.uplinkd = { };
+
+      systemd.services.uplinkd = {
+        description = "uplinkd multi-uplink routing controller";
+        wantedBy = [ "multi-user.target" ];
+        before = [ "network.target" ];
+        wants = [ "network-pre.target" ];
+        # After the firewall: NixOS loads its nftables ruleset with `flush ruleset`, which also
+        # removes the controller's table. The controller notices (it watches nftables events)
+        # and restores its table within a second, so a later `systemctl reload nftables` or a
+        # `nixos-rebuild switch` that changes the firewall is harmless; starting after the boot
+        # time load just avoids doing that work twice. Established connections keep their NAT
+        # and marks in conntrack meanwhile. The unit is not PartOf= nftables on purpose:
+        # restarting the controller with the firewall would gain nothing.
+        after = [
+          "network-pre.target"
+          "systemd-udevd.service"
+          "systemd-networkd.service"
+          "nftables.service"
+          "firewall.service"
+        ];
+
+        # The config lives at a stable path, so a changed config changes no unit: the switch
+        # reloads (SIGHUP) instead of restarting. The controller keeps the running config if the
+        # new one were invalid. A restart (new package) drops no traffic either: on SIGTERM the
+        # controller leaves the kernel as it is, and adopts it again when it starts.
+        reloadTriggers = [ configFile ];
+        stopIfChanged = false;
+
+        # The controller loads its nftables table with `nft -f -`.
+        path = [ pkgs.nftables ];
+
+        # Never give up on the router's routing: back off up to a minute, retry forever.
+        startLimitIntervalSec = 0;
+
+        serviceConfig = {
+          Type = "notify";
+          NotifyAccess = "main";
+          ExecStart = lib.escapeShellArgs (
+            [
+              (lib.getExe' cfg.package "uplinkd")
+              "--config"
+              configPath
+            ]
+            ++ cfg.extraArgs
+          );
+          ExecReload = "${lib.getExe' pkgs.coreutils "kill"} -HUP $MAINPID";
+          WatchdogSec = "20s";
+          Restart = "on-failure";
+          RestartSec = "1s";
+          RestartSteps = 6;
+          RestartMaxDelaySec = "1min";
+
+          User = "uplinkd";
+          Group = "uplinkd";
+          RuntimeDirectory = "uplinkd";
+          RuntimeDirectoryMode = "0750";
+          StateDirectory = "uplinkd"; # DHCP leases, kept across restarts
+          StateDirectoryMode = "0750";
+          UMask = "0007";
+
+          # Exactly what routing needs: netlink writes, nftables, SO_MARK (CAP_NET_ADMIN);
+          # probes, SO_BINDTODEVICE and the DHCP client's packet socket (CAP_NET_RAW).
+          CapabilityBoundingSet = [
+            "CAP_NET_ADMIN"
+            "CAP_NET_RAW"
+          ];
+          AmbientCapabilities = [
+            "CAP_NET_ADMIN"
+            "CAP_NET_RAW"
+          ];
+          NoNewPrivileges = true;
+
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          PrivateTmp = true;
+          PrivateDevices = true;
+          # PrivateUsers stays off: capabilities inside a user namespace do not reach the
+          # host's network namespace. PrivateNetwork, obviously, too.
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectControlGroups = true;
+          ProtectClock = true;
+          ProtectHostname = true;
+          ProtectProc = "invisible";
+          RestrictAddressFamilies = [
+            "AF_UNIX" # control socket, sd_notify, journal
+            "AF_NETLINK" # rtnetlink, nfnetlink, udev
+            "AF_INET"
+            "AF_INET6"
+            "AF_PACKET" # DHCP client
+          ];
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          MemoryDenyWriteExecute = true;
+          RemoveIPC = true;
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [
+            "@system-service"
+            "~@privileged"
+          ];
+          SystemCallErrorNumber = "EPERM";
+        };
+      };
+    })
+  ];
+}

@@ -1,0 +1,432 @@
+"""The NixOS module, evaluated with nixpkgs' `lib` and held against the controller.
+
+- every example evaluates with no failed assertion, and the controller accepts the config file
+  it renders (`uplinkctl check`, run as ``python -m uplinkd.cli`` so it is the code under test);
+- the rendered file is exactly what the controller reads: no value renamed, coerced or dropped,
+  and every field the controller has is written out (probe settings excepted: the controller
+  layers those itself);
+- each bad config in fixtures/bad fails its one assertion, with a message that says how to fix
+  it; where the controller would also refuse it, it does;
+- values the controller refuses, the module's types refuse too, at the same option;
+- the option tree under services.uplinkd.settings has the names and defaults of the
+  controller's JSON Schema, so a field added on one side only fails here.
+
+Needs `nix-instantiate` and a checkout of github:nix-community/nixpkgs.lib (the folder holding
+lib/) named by UPLINKD_NIXPKGS_LIB; tests/nix/eval.nix stands in for the rest of NixOS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from uplinkd.config import ConfigError, parse, schema
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+MODULE = REPO / "modules" / "uplinkd.nix"
+HARNESS = HERE / "eval.nix"
+EXAMPLES = sorted((REPO / "examples").glob("*.nix"))
+BAD = HERE / "fixtures" / "bad"
+GOOD = HERE / "fixtures" / "good"
+OPTION = "services.uplinkd.settings"
+LIB_VARIABLE = "UPLINKD_NIXPKGS_LIB"
+NIX = shutil.which("nix-instantiate")
+
+pytestmark = [
+    pytest.mark.nix,
+    pytest.mark.skipif(NIX is None, reason="nix-instantiate is not installed"),
+    pytest.mark.skipif(
+        not os.environ.get(LIB_VARIABLE),
+        reason=f"set {LIB_VARIABLE} to a checkout of github:nix-community/nixpkgs.lib to evaluate the module",
+    ),
+]
+
+
+# --- running Nix and the controller ----------------------------------------------------------
+
+
+class EvalError(Exception):
+    """nix-instantiate refused the config; carries its message."""
+
+
+def nixpkgs_lib() -> Path:
+    root = Path(os.environ[LIB_VARIABLE])
+    for candidate in (root / "lib", root):
+        if (candidate / "default.nix").is_file() and (candidate / "modules.nix").is_file():
+            return candidate
+    pytest.fail(f"{LIB_VARIABLE}={root} holds no nixpkgs lib (no lib/default.nix and lib/modules.nix)")
+
+
+def evaluate(config: Path, show: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The harness's answer for `config`: failedAssertions, warnings, settings, config, options."""
+    assert NIX is not None
+    argv = [
+        NIX, "--eval", "--strict", "--json", str(HARNESS),
+        "--arg", "lib", f"import {nixpkgs_lib()}",
+        "--arg", "module", str(MODULE),
+        "--arg", "config", str(config),
+        "--argstr", "show", ",".join(show),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    if done.returncode != 0:
+        raise EvalError(done.stderr)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def uplinkctl_check(settings: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(settings, indent=2))
+    return subprocess.run(
+        [sys.executable, "-m", "uplinkd.cli", "check", str(path)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+def to_nix(value: Any) -> str:
+    """A JSON-like value as a Nix expression."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return f"({value!r})"
+    if isinstance(value, str):
+        return json.dumps(value).replace("${", "\\${")
+    if isinstance(value, list):
+        return "[ " + " ".join(to_nix(v) for v in value) + " ]"
+    if isinstance(value, dict):
+        return "{ " + " ".join(f"{json.dumps(k)} = {to_nix(v)};" for k, v in value.items()) + " }"
+    raise TypeError(f"no Nix for {value!r}")
+
+
+def settings_module(settings: dict[str, Any], tmp_path: Path) -> Path:
+    path = tmp_path / "config.nix"
+    path.write_text(to_nix({"services": {"uplinkd": {"enable": True, "settings": settings}}}) + "\n")
+    return path
+
+
+# --- the examples and the good fixtures --------------------------------------------------------
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_example_evaluates_and_the_controller_accepts_it(example: Path, tmp_path: Path) -> None:
+    result = evaluate(example)
+    assert result["failedAssertions"] == []
+    assert result["warnings"] == []
+    assert result["settings"] is not None, "the example does not enable services.uplinkd"
+    done = uplinkctl_check(result["settings"], tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+VM_TESTS = sorted((REPO / "nixos-tests").glob("*.nix"))
+
+
+@pytest.mark.parametrize(
+    "test", [t for t in VM_TESTS if t.stem != "lab"], ids=lambda p: f"nixos-tests/{p.stem}"
+)
+def test_vm_test_router_config_is_valid(test: Path, tmp_path: Path) -> None:
+    """The VM tests need KVM; their router's config is checked here, where they cannot run."""
+    router = tmp_path / "router.nix"
+    router.write_text(
+        f"{{ lib, ... }}: {{ imports = [ (import {test} {{ inherit lib; }}).nodes.router ]; }}\n"
+    )
+    result = evaluate(router)
+    assert result["failedAssertions"] == []
+    done = uplinkctl_check(result["settings"], tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def differences(rendered: Any, kept: Any, path: str = "") -> list[str]:
+    """Where the rendered file says something other than what the controller keeps."""
+    if isinstance(rendered, dict) and isinstance(kept, dict):
+        out = []
+        for key, value in rendered.items():
+            where = f"{path}.{key}" if path else key
+            out += (
+                [f"{where}: dropped by the controller"]
+                if key not in kept
+                else differences(value, kept[key], where)
+            )
+        return out
+    return [] if rendered == kept else [f"{path}: rendered {rendered!r}, the controller keeps {kept!r}"]
+
+
+def missing(rendered: Any, kept: Any, path: str = "") -> list[str]:
+    """Fields the controller has that the file does not write out (probe sections excepted)."""
+    layered = path == "probe" or path.endswith(".probe")
+    if layered or not (isinstance(rendered, dict) and isinstance(kept, dict)):
+        return []
+    out = []
+    for key, value in kept.items():
+        where = f"{path}.{key}" if path else key
+        out += [where] if key not in rendered else missing(rendered[key], value, where)
+    return out
+
+
+@pytest.mark.parametrize(
+    "config", [*EXAMPLES, *sorted(GOOD.glob("*.nix"))], ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
+def test_rendered_file_is_what_the_controller_reads(config: Path) -> None:
+    rendered = evaluate(config)["settings"]
+    kept = parse(rendered).model_dump(mode="json", exclude_none=True)
+    assert differences(rendered, kept) == []
+    assert missing(rendered, kept) == []
+
+
+def test_disabled_module_adds_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "disabled.nix"
+    path.write_text('{ services.uplinkd.settings.uplinks.wan = { match.name = "eth1"; table = 101; }; }\n')
+    result = evaluate(path, show=("systemd.services", "boot.kernel.sysctl"))
+    assert result["settings"] is None
+    assert result["failedAssertions"] == []
+    assert result["config"] == {"systemd.services": None, "boot.kernel.sysctl": None}
+
+
+def test_all_fields_fixture_sets_every_option() -> None:
+    """fixtures/good/all-fields.nix must keep up with the options, or rendering goes untested.
+    (An uplink's `probe` is the top-level `probe`'s type: setting the latter covers both.)"""
+    result = evaluate(GOOD / "all-fields.nix")
+    leaves = leaf_paths(result["options"]["settings"]["children"])
+    unset = [
+        p for p in leaves if p[:3] != ("uplinks", "<name>", "probe") and not is_set(result["settings"], p)
+    ]
+    assert unset == [], f"set these in {GOOD / 'all-fields.nix'}"
+
+
+def leaf_paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for name, node in tree.items():
+        if "children" in node:
+            named = ("<name>",) if "attrsOf" in node["type"] else ()
+            out += leaf_paths(node["children"], (*prefix, name, *named))
+        else:
+            out.append((*prefix, name))
+    return out
+
+
+def is_set(settings: Any, path: tuple[str, ...]) -> bool:
+    """Whether some value sits at `path` ("<name>" stands for any attribute)."""
+    if not path:
+        return True
+    if not isinstance(settings, dict):
+        return False
+    head, rest = path[0], path[1:]
+    if head == "<name>":
+        return any(is_set(v, rest) for v in settings.values())
+    return head in settings and is_set(settings[head], rest)
+
+
+# --- assertions: one bad config each -----------------------------------------------------------
+
+U = f"{OPTION}.uplinks"
+
+# fixture → (what its one failed assertion must say, whether the controller refuses it too).
+# Those the controller accepts are about the system around it (names, networkd, the firewall,
+# the sandbox), which only the module can see.
+BAD_CASES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "bad-uplink-name": ((f'{U}."1wan"', "is not a usable uplink name", "use a letter"), True),
+    "reserved-table-name": ((f"{U}.main", '"main" is taken', "rename the uplink"), False),
+    "no-match": ((f"{U}.wan.match", "matches no interface", "set at least one of"), True),
+    "empty-usb": ((f"{U}.lte1.match.usb", "every USB device", "set at least one of vendor"), True),
+    "usb-long-name": ((f"{U}.lte-in-the-attic", "at most 15 characters", "shorten it"), False),
+    "usb-with-name": ((f"{U}.lte1.match.name", "would never match", "remove match.name"), False),
+    "static-without-cidr": ((f"{U}.wan.address.cidr", 'mode "static"', "set address.cidr"), True),
+    "field-of-other-mode": ((f"{U}.wan.address", 'cidr cannot be used with mode "dhcp"', "remove it"), True),
+    "gateway-outside-subnet": ((f"{U}.wan.address.gateway", "is outside 10.64.0.2/30", "inside"), True),
+    "mark-outside-mask": ((f"{U}.wan.mark", "does not fit", "from 1 to 15"), True),
+    "mark-zero": ((f"{U}.wan.mark", "mod 256 is 0", "from 1 to 255"), True),
+    "duplicate-table": (
+        (f"{OPTION}.balance.table and {U}.wan.table", "routing table 200", "own table id"),
+        True,
+    ),
+    "duplicate-table-networkd": (
+        (f"{U}.wan.table and systemd.network.config.routeTables.vpn", "routing table 101", "own table id"),
+        False,
+    ),
+    "duplicate-mark": ((f"{U}.wan.mark", f"{U}.wan2.mark", "both use mark 101", "free value"), True),
+    "duplicate-interface": ((f"{U}.wan and {U}.wan2", 'both match the interface "eth1"', "only one"), True),
+    "duplicate-usb": ((f"{U}.lte1 and {U}.lte2", "12d1:14dc", "set match.usb.serial on each"), False),
+    "socket-outside-runtime-dir": ((f"{OPTION}.control.socket", "outside /run/uplinkd", "use a path"), False),
+    "state-dir-outside": ((f"{OPTION}.control.state_dir", "outside /var/lib/uplinkd", "use /var/lib"), False),
+    "nft-table-taken": (
+        ("networking.nftables.tables.uplinkd", "belongs to uplinkd", "rename that table"),
+        False,
+    ),
+    "strict-reverse-path": (("networking.firewall.checkReversePath", 'set it to "loose"'), False),
+    "probe-target-not-an-address": (
+        (f"{OPTION}.probe.targets", '"one.one.one.one" is not an IP address', "write targets like"),
+        True,
+    ),
+    "probe-tcp-target-without-port": (
+        (f"{U}.wan.probe.targets", "is not address:port (method tcp)", '"198.51.100.1:443"'),
+        True,
+    ),
+    "probe-quorum-above-targets": ((f"{OPTION}.probe.quorum", "more than the 2 targets", "use 1 to 2"), True),
+}
+
+
+def test_every_bad_fixture_has_a_case() -> None:
+    assert sorted(p.stem for p in BAD.glob("*.nix")) == sorted(BAD_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CASES))
+def test_bad_config_fails_with_a_message_that_says_how_to_fix(name: str, tmp_path: Path) -> None:
+    expected, controller_refuses = BAD_CASES[name]
+    result = evaluate(BAD / f"{name}.nix")
+    assert len(result["failedAssertions"]) == 1, result["failedAssertions"]
+    message = result["failedAssertions"][0]
+    for text in expected:
+        assert text in message, f"{text!r} not in {message!r}"
+    done = uplinkctl_check(result["settings"], tmp_path)
+    assert done.returncode == (2 if controller_refuses else 0), done.stderr
+
+
+# --- types: what the controller refuses, the module refuses at the same option ----------------
+
+BASE: dict[str, Any] = {"uplinks": {"wan": {"match": {"name": "eth1"}, "table": 101}}}
+
+# (option path below `settings`, bad value); the controller's message names the same path.
+TYPE_CASES: list[tuple[str, Any]] = [
+    ("uplinks.wan.weight", 0),
+    ("uplinks.wan.table", 254),
+    ("uplinks.wan.mark", -1),
+    ("uplinks.wan.speed", 100),
+    ("uplinks.wan.match.name", "an-interface-name-too-long"),
+    ("uplinks.wan.match.usb", {"vendor": "12d"}),
+    ("uplinks.wan.address", {"mode": "ppp"}),
+    ("uplinks.wan.address", {"mode": "static", "cidr": "10.64.0.300/30"}),
+    ("uplinks.wan.address", {"mode": "static", "cidr": "10.64.0.2/30", "gateway6": "2001:db8::g"}),
+    ("uplinks.wan.probe", {"degraded_weight": 0}),
+    ("probe.interval", 0.01),
+    ("probe.targets", [f"198.51.100.{i}" for i in range(17)]),
+    ("probe.method", "http"),
+    ("balance.buckets", 8),
+    ("balance.last_resort", "nope"),
+    ("balance.idle_timer", 3601),
+    ("rules.priority", 32727),
+    ("kernel.protocol", 300),
+    ("kernel.mark_mask", "0xff0f"),
+    ("kernel.nft_table", "bad-name"),
+    ("control.resync_interval", 0),
+]
+
+
+def with_value(path: str, value: Any) -> dict[str, Any]:
+    settings = json.loads(json.dumps(BASE))
+    *parents, last = path.split(".")
+    node = settings
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return settings
+
+
+@pytest.mark.parametrize(("path", "value"), TYPE_CASES, ids=[f"{p}={v!r}"[:60] for p, v in TYPE_CASES])
+def test_module_refuses_what_the_controller_refuses(path: str, value: Any, tmp_path: Path) -> None:
+    settings = with_value(path, value)
+    with pytest.raises(ConfigError) as refused:
+        parse(settings)
+    assert any(problem.startswith(path) for problem in refused.value.problems), refused.value.problems
+    with pytest.raises(EvalError) as error:
+        evaluate(settings_module(settings, tmp_path))
+    assert f"{OPTION}.{path}" in str(error.value), str(error.value)[-2000:]
+
+
+# --- the option tree against the controller's schema --------------------------------------------
+
+
+def test_options_mirror_the_controller_schema(tmp_path: Path) -> None:
+    options = evaluate(settings_module({}, tmp_path))["options"]["settings"]["children"]
+    root = schema()
+    problems = compare_tree(options, properties(root, root["$defs"]), root["$defs"], prefix="")
+    assert problems == [], "\n".join(problems)
+
+
+Props = dict[str, list[tuple[dict[str, Any], bool]]]
+"""field → [(its schema, whether required)], one entry per model (several for a union)."""
+
+
+def resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "anyOf" in node:
+        real = [n for n in node["anyOf"] if n.get("type") != "null"]
+        if len(real) == 1:
+            node = real[0]
+    while "$ref" in node:
+        node = defs[node["$ref"].rsplit("/", 1)[-1]]
+    return node
+
+
+def properties(model: dict[str, Any], defs: dict[str, Any]) -> Props:
+    """A model's fields. A discriminated union's are those of all its variants, none of them
+    required of the union as a whole."""
+    union = "oneOf" in model
+    variants = [resolve(v, defs) for v in model["oneOf"]] if union else [model]
+    props: Props = {}
+    for variant in variants:
+        for name, field in variant.get("properties", {}).items():
+            required = not union and name in variant.get("required", [])
+            props.setdefault(name, []).append((field, required))
+    return props
+
+
+def compare_tree(nix: dict[str, Any], props: Props, defs: dict[str, Any], *, prefix: str) -> list[str]:
+    problems = [
+        f"{prefix}{name}: in the controller's schema, but no option (add it to modules/options.nix)"
+        for name in sorted(set(props) - set(nix))
+    ] + [
+        f"{prefix}{name}: an option the controller does not know (remove it, or add it to config.py)"
+        for name in sorted(set(nix) - set(props))
+    ]
+    for name in sorted(set(props) & set(nix)):
+        problems += compare_field(name, nix[name], props[name], defs, prefix=prefix)
+    return problems
+
+
+def compare_field(
+    name: str,
+    option: dict[str, Any],
+    variants: list[tuple[dict[str, Any], bool]],
+    defs: dict[str, Any],
+    *,
+    prefix: str,
+) -> list[str]:
+    where = f"{prefix}{name}"
+    field, required = variants[0]
+    node = resolve(field, defs)
+    if node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
+        if "attrsOf" not in option["type"] or "children" not in option:
+            return [f"{where}: a table of named entries in the controller, {option['type']} in the module"]
+        value = resolve(node["additionalProperties"], defs)
+        return compare_tree(option["children"], properties(value, defs), defs, prefix=f"{where}.<name>.")
+    if "properties" in node or "oneOf" in node:
+        if "children" not in option:
+            return [f"{where}: a section in the controller, a single value in the module"]
+        return compare_tree(option["children"], properties(node, defs), defs, prefix=f"{where}.")
+    if "children" in option:
+        return [f"{where}: a single value in the controller, a section in the module"]
+    # Probe settings are layered by the controller (profile, top level, uplink): unset is null.
+    if where.startswith("probe.") or ".probe." in where:
+        return [] if option.get("default", "none") is None else [f"{where}: must default to null (unset)"]
+    defaults = [f["default"] for f, _ in variants if "default" in f]
+    if defaults:
+        if "default" not in option:
+            return [f"{where}: the controller's default is {defaults[0]!r}, the module has none"]
+        if option["default"] != defaults[0]:
+            return [
+                f"{where}: default {option['default']!r} in the module, {defaults[0]!r} in the controller"
+            ]
+        return []
+    if required:
+        if "default" in option:
+            return [
+                f"{where}: required by the controller, but the module defaults it to {option['default']!r}"
+            ]
+        return []
+    # A field of some variants of a union: unset unless one of them is chosen.
+    return [] if option.get("default", "none") is None else [f"{where}: must default to null (unset)"]
