@@ -184,7 +184,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         ex = asyncio.run(_local_explain(request)).as_dict()  # the daemon is not needed for this
     if args.json:
         print(json.dumps(ex, indent=2))
-        return EXIT_OK
+        return EXIT_OK if not ex.get("error") else EXIT_CHANGES
     rows = [
         ("packet", f"{ex['src'] or '*'} → {ex['dst']}" + (f" iif {ex['iif']}" if ex["iif"] else "")),
         ("mark", f"{ex['mark']:#x}" if ex["mark"] is not None else "-"),

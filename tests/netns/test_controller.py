@@ -330,3 +330,40 @@ def test_ipv6_uplinks_get_their_own_resilient_group(tmp_path: Path) -> None:
             assert report.lost() == 0 and not report.moved()
         finally:
             c.stop()
+
+
+def test_explain_shows_the_kernels_choice(lab: Lab, controller: Controller) -> None:
+    controller.start()
+    wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
+
+    def explain(*args: str) -> dict[str, Any]:
+        return dict(json.loads(controller.ctl("explain", *args, "--json", check=False).stdout))
+
+    new = explain("198.51.100.100", "--from", "192.168.50.11", "--iif", "lan0", "--ipproto", "udp",
+                  "--sport", "40000", "--dport", "9000")  # fmt: skip
+    assert new["rule"] == "10030: from all lookup 200" and new["table"] == 200
+    assert new["uplink"] in TABLES.values() and new["dev"] == new["uplink"]
+    pinned = explain("198.51.100.100", "--from", "192.168.50.11", "--iif", "lan0", "--mark", "0x6600")
+    assert (pinned["rule"], pinned["table"], pinned["uplink"], pinned["gateway"]) == (
+        "10010: from all fwmark 0x6600/0xff00 lookup 102",
+        102,
+        "lte1",
+        "10.102.0.1",
+    )
+    own = explain("198.51.100.100", "--from", "10.103.0.2")
+    assert (own["rule"], own["uplink"]) == ("10020: from 10.103.0.2/32 lookup 103", "lte2")
+    lan = explain("192.168.50.11")
+    assert (lan["rule"], lan["table"], lan["dev"], lan["uplink"]) == (
+        "10000: from all lookup main suppress_prefixlength 0",
+        254,
+        "lan0",
+        None,
+    )
+    v6 = controller.ctl("explain", "2001:db8:100::100", "--json", check=False)
+    assert v6.returncode == 1
+    refused = json.loads(v6.stdout)
+    assert (refused["rule"], refused["table"], refused["type"]) == ("10030: from all lookup 200", 200, "unreachable")
+    # the same flow asked twice picks the same uplink (the multipath hash uses the ports)
+    again = explain("198.51.100.100", "--from", "192.168.50.11", "--iif", "lan0", "--ipproto", "udp",
+                    "--sport", "40000", "--dport", "9000")  # fmt: skip
+    assert again["uplink"] == new["uplink"]

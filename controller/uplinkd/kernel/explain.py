@@ -89,6 +89,12 @@ async def explain(
     table = route.table if route is not None else None
     rules = [m async for m in await ipr.rule("dump", family=family)]
     rule_text = _matching_rule(rules, table=table, dst=dst, src=src, iif=iif, mark=mark)
+    kind = RTN_NAMES.get(route.type, str(route.type)) if route is not None else "none"
+    if route is None:
+        # No route: find the rule whose table answered with unreachable/prohibit/blackhole.
+        found = await _refusing_rule(ipr, rules, family=family, dst=dst, src=src, iif=iif, mark=mark)
+        if found is not None:
+            rule_text, table, kind = found
     dev = names.get(route.oif) if route is not None and route.oif is not None else None
     return Explanation(
         dst=str(dst),
@@ -97,7 +103,7 @@ async def explain(
         mark=mark,
         rule=rule_text,
         table=table,
-        type=RTN_NAMES.get(route.type, str(route.type)) if route is not None else "unreachable",
+        type=kind,
         dev=dev,
         gateway=route.gateway if route is not None else None,
         prefsrc=route.prefsrc if route is not None else None,
@@ -158,18 +164,50 @@ def _selects(msg: Any, *, dst: IPAddress, src: IPAddress | None, iif: str | None
     return not (riif is not None and riif != (iif or "lo"))
 
 
+async def _refusing_rule(
+    ipr: AsyncIPRoute,
+    rules: list[Any],
+    *,
+    family: int,
+    dst: IPAddress,
+    src: IPAddress | None,
+    iif: str | None,
+    mark: int | None,
+) -> tuple[str, int, str] | None:
+    """Walk the rules as the kernel does; the first table holding a route for `dst` decides.
+    Returns (rule, table, route type) when that route refuses the packet."""
+    for msg in sorted(rules, key=lambda m: m.get("FRA_PRIORITY") or 0):
+        if msg["action"] != FR_ACT_TO_TBL or not _selects(msg, dst=dst, src=src, iif=iif, mark=mark):
+            continue
+        table = msg.get("FRA_TABLE") or msg["table"]
+        suppress = msg.get("FRA_SUPPRESS_PREFIXLEN")
+        best: rtnl.RouteInfo | None = None
+        for r in await rtnl.dump_routes(ipr, family=family, table=table):
+            net = ipaddress.ip_network(
+                f"{r.dst or ('0.0.0.0' if family == socket.AF_INET else '::')}/{r.dst_len}"
+            )
+            if dst in net and (best is None or r.dst_len > best.dst_len):
+                best = r
+        if best is None or (suppress not in (None, 0xFFFFFFFF) and best.dst_len <= suppress):
+            continue
+        if best.type in (6, 7, 8):  # blackhole, unreachable, prohibit
+            return _rule_text(msg), table, RTN_NAMES[best.type]
+        return None
+    return None
+
+
 def _rule_text(msg: Any) -> str:
     parts = [f"{msg.get('FRA_PRIORITY') or 0}:"]
     if msg.get("FRA_SRC") is not None:
-        parts.append(f"from {msg['FRA_SRC']}/{msg['src_len']}")
+        parts.append(f"from {msg.get('FRA_SRC')}/{msg['src_len']}")
     else:
         parts.append("from all")
     if msg.get("FRA_DST") is not None:
-        parts.append(f"to {msg['FRA_DST']}/{msg['dst_len']}")
+        parts.append(f"to {msg.get('FRA_DST')}/{msg['dst_len']}")
     if msg.get("FRA_FWMARK") is not None:
-        parts.append(f"fwmark {msg['FRA_FWMARK']:#x}/{msg.get('FRA_FWMASK', 0xFFFFFFFF):#x}")
+        parts.append(f"fwmark {msg.get('FRA_FWMARK'):#x}/{msg.get('FRA_FWMASK', 0xFFFFFFFF):#x}")
     if msg.get("FRA_IIFNAME") is not None:
-        parts.append(f"iif {msg['FRA_IIFNAME']}")
+        parts.append(f"iif {msg.get('FRA_IIFNAME')}")
     table = msg.get("FRA_TABLE") or msg["table"]
     parts.append(f"lookup {({254: 'main', 255: 'local', 253: 'default'}).get(table, table)}")
     sup = msg.get("FRA_SUPPRESS_PREFIXLEN")
