@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from uplinkd.lab import Lab
+
 from running import (
     NH_BASE,
     PROTO,
@@ -27,8 +31,6 @@ from running import (
     rules,
     wait_until,
 )
-
-from uplinkd.lab import Lab
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -109,14 +111,27 @@ def test_layout_after_start(lab: Lab, controller: Controller) -> None:
     v6 = {(x["priority"], str(x["table"])) for x in rules(r, "-6")}
     assert v6 == {(10000, "main"), (10010, "101"), (10010, "102"), (10010, "103"), (10030, "200")}
     # per-uplink tables: one default each, ours
-    for table, gw, dev in ((101, "10.101.0.1", "wan"), (102, "10.102.0.1", "lte1"), (103, "10.103.0.1", "lte2")):
+    for table, gw, dev in (
+        (101, "10.101.0.1", "wan"),
+        (102, "10.102.0.1", "lte1"),
+        (103, "10.103.0.1", "lte2"),
+    ):
         (route,) = routes(r, table)
-        assert (route["dst"], route["gateway"], route["dev"], route["protocol"]) == ("default", gw, dev, str(PROTO))
+        assert (route["dst"], route["gateway"], route["dev"], route["protocol"]) == (
+            "default",
+            gw,
+            dev,
+            str(PROTO),
+        )
     # balance: a resilient group of the three nexthops, weights from config
     nhs = nexthops(r)
     group = nhs[NH_BASE]
     assert group["type"] == "resilient"
-    assert {(m["id"], m.get("weight", 1)) for m in group["group"]} == {(nhid(101), 3), (nhid(102), 1), (nhid(103), 1)}
+    assert {(m["id"], m.get("weight", 1)) for m in group["group"]} == {
+        (nhid(101), 3),
+        (nhid(102), 1),
+        (nhid(103), 1),
+    }
     assert nhs[nhid(101)]["gateway"] == "10.101.0.1" and nhs[nhid(101)]["dev"] == "wan"
     (balance,) = routes(r, 200)
     assert balance["nhid"] == NH_BASE and balance["protocol"] == str(PROTO)
@@ -125,7 +140,9 @@ def test_layout_after_start(lab: Lab, controller: Controller) -> None:
     assert balance6["type"] == "unreachable"
     assert ("inet", "uplinkd") in nft_tables(r)
     # the static addresses are on their interfaces, tagged as ours
-    addrs = {a["ifname"]: [i["local"] for i in a["addr_info"] if i["family"] == "inet"] for a in ip_json(r, "addr")}
+    addrs = {
+        a["ifname"]: [i["local"] for i in a["addr_info"] if i["family"] == "inet"] for a in ip_json(r, "addr")
+    }
     assert addrs["lte1"] == ["10.102.0.2"] and addrs["lte2"] == ["10.103.0.2"]
 
 
@@ -163,7 +180,9 @@ def test_restart_makes_no_writes_and_interrupts_no_flow(lab: Lab, controller: Co
     before_rules, before_nh = rules(lab.router), nexthops(lab.router)
     flows = lab.start_flows(tcp=20, udp=20, interval_ms=20, duration=4.0)
     assert controller.stop() == 0
-    assert rules(lab.router) == before_rules and nexthops(lab.router) == before_nh, "SIGTERM changed the kernel"
+    assert rules(lab.router) == before_rules and nexthops(lab.router) == before_nh, (
+        "SIGTERM changed the kernel"
+    )
     writes_before = len(controller.writes())
     controller.start()
     status = controller.status()  # start() waited for the first full pass
@@ -231,7 +250,9 @@ def test_carrier_loss_and_return(lab: Lab, controller: Controller) -> None:
     assert "lte1" not in report.by_uplink() and report.lost() == 0
     lab.isp("lte1").carrier(True)
     controller.wait_state("lte1", "up")
-    wait_until(lambda: set(group_members(r, TABLES)) == {"wan", "lte1", "lte2"}, what="lte1 back in the group")
+    wait_until(
+        lambda: set(group_members(r, TABLES)) == {"wan", "lte1", "lte2"}, what="lte1 back in the group"
+    )
     assert routes(r, 102)[0]["gateway"] == "10.102.0.1"
 
 
@@ -239,7 +260,9 @@ def test_nft_table_restored_after_flush_ruleset(lab: Lab, controller: Controller
     controller.start()
     wait_until(lambda: ("inet", "uplinkd") in nft_tables(lab.router), what="our nft table")
     lab.run("router", ["nft", "flush", "ruleset"])
-    wait_until(lambda: ("inet", "uplinkd") in nft_tables(lab.router), timeout=5, what="our nft table restored")
+    wait_until(
+        lambda: ("inet", "uplinkd") in nft_tables(lab.router), timeout=5, what="our nft table restored"
+    )
     report = lab.flows(tcp=5, udp=5, duration=1.0)
     assert report.lost() == 0 and "no reply" not in report.by_uplink()
 
@@ -249,7 +272,7 @@ def test_invalid_config_is_refused_and_sighup_keeps_the_running_one(lab: Lab, co
     bad.write_text(json.dumps({"uplinks": {"x": {"match": {"name": "x"}, "table": 254}}}))
     run = subprocess.run(
         ["ip", "netns", "exec", lab.router, sys.executable, "-m", "uplinkd.daemon", "--config", str(bad)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert run.returncode == 2
     assert "uplinks.x.table: 254 is the kernel's 'main' table" in run.stderr
@@ -269,7 +292,9 @@ def test_invalid_config_is_refused_and_sighup_keeps_the_running_one(lab: Lab, co
     good["control"] = controller.config["control"]
     controller.write_config(good)
     controller.signal(signal.SIGHUP)
-    wait_until(lambda: set(group_members(lab.router, TABLES)) == {"wan", "lte1"}, what="lte2 removed by reload")
+    wait_until(
+        lambda: set(group_members(lab.router, TABLES)) == {"wan", "lte1"}, what="lte2 removed by reload"
+    )
     assert not routes(lab.router, 103)
 
 
@@ -277,8 +302,6 @@ def test_bad_control_requests_get_clear_errors(lab: Lab, controller: Controller)
     controller.start()
     out = controller.ctl("drain", "nosuch", check=False)
     assert out.returncode == 2 and "uplink: 'nosuch' is not configured; known: wan, lte1, lte2" in out.stderr
-    import socket
-
     for raw, expected in (
         (b"hello\n", "not JSON"),
         (b"[]\n", "send a JSON object"),
@@ -362,7 +385,11 @@ def test_explain_shows_the_kernels_choice(lab: Lab, controller: Controller) -> N
     v6 = controller.ctl("explain", "2001:db8:100::100", "--json", check=False)
     assert v6.returncode == 1
     refused = json.loads(v6.stdout)
-    assert (refused["rule"], refused["table"], refused["type"]) == ("10030: from all lookup 200", 200, "unreachable")
+    assert (refused["rule"], refused["table"], refused["type"]) == (
+        "10030: from all lookup 200",
+        200,
+        "unreachable",
+    )
     # the same flow asked twice picks the same uplink (the multipath hash uses the ports)
     again = explain("198.51.100.100", "--from", "192.168.50.11", "--iif", "lan0", "--ipproto", "udp",
                     "--sport", "40000", "--dport", "9000")  # fmt: skip
