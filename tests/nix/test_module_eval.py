@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from uplinkd.config import ConfigError, parse, schema
 
 HERE = Path(__file__).resolve().parent

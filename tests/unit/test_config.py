@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from uplinkd import config as cfgmod
 from uplinkd.config import ConfigError, load, parse, schema
 

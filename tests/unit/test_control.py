@@ -6,6 +6,7 @@ import ipaddress
 import json
 
 import pytest
+
 from uplinkd import control
 from uplinkd.control import BadRequest, parse_request
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+
 from uplinkd import plan
 from uplinkd.config import Config, parse
 from uplinkd.model import (
