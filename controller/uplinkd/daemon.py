@@ -232,6 +232,9 @@ class Controller:
             health=self._health(),
             drained=frozenset(self.rt.drained),
             leases=self.rt.leases,
+            previous={s.name: s.ifindex for s in self.rt.intent.uplinks if s.ifindex is not None}
+            if self.rt.intent
+            else None,
         )
 
     async def reconcile(self) -> ApplyResult:
@@ -295,7 +298,13 @@ class Controller:
         wanted: dict[str, tuple[str, Path, str | None]] = {}
         for s in intent.uplinks:
             addr = self.config.uplinks[s.name].address
-            if addr.mode != "dhcp" or s.dev is None:
+            if addr.mode != "dhcp":
+                continue
+            if s.dev is None:
+                # a stick that is not plugged in has no lease in force (its file stays, so a
+                # replug asks for the same address again)
+                if self.rt.leases.pop(s.name, None) is not None:
+                    self.wake.set()
                 continue
             running = self.dhcp.get(s.name)
             if s.link_ready or (running is not None and running[0].dev == s.dev):
@@ -572,6 +581,8 @@ def setup_logging(verbose: bool) -> None:
         handler.setFormatter(logging.Formatter(fmt))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    # its DHCP client logs an ERROR on every unplug ("network is down"); ours logs the restart
+    logging.getLogger("pyroute2.dhcp").setLevel(logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -63,14 +64,17 @@ def lease_class(path: Path) -> type[_StoredLease]:
 
 
 def to_lease(lease: Any) -> Lease | None:
-    """Our view of a pyroute2 lease: address/prefix and the first router (None: none given)."""
+    """Our view of a pyroute2 lease: address/prefix and the first router (None: none given).
+
+    pyroute2 raises MissingOptionError, a LookupError (not a KeyError), for an option the
+    server did not send; uncaught, it would end the hook and the lease would never be used."""
     try:
         address = ipaddress.IPv4Interface(f"{lease.ip}/{lease.prefixlen}")
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, LookupError, TypeError, AttributeError):
         return None
     try:
         routers = lease.routers or []
-    except (KeyError, AttributeError):
+    except (LookupError, AttributeError):
         routers = []
     gateway = ipaddress.IPv4Address(routers[0]) if routers else None
     return Lease(address=address, gateway=gateway)
@@ -132,18 +136,53 @@ class DhcpClient:
             **kwargs,
         )
 
+    async def _expire_stored(self, stored: PyLease, started: float) -> None:
+        """A lease loaded from the state file is one pyroute2 arms no timer for: it asks for
+        it again (INIT-REBOOT) and, if nobody answers, falls back to DISCOVER without a hook.
+        So we let it go ourselves when it runs out, unless a lease was bound since."""
+        try:
+            left = stored.expiration_in
+        except LookupError:  # no lease time: pyroute2 does not take such leases
+            return
+        if left is None:  # infinite
+            return
+        await asyncio.sleep(max(0.0, left))
+        if self.bound_at is None or self.bound_at < started:
+            await self._lost(stored)
+
+    async def _session(self) -> None:
+        """One AsyncDHCPClient, for as long as its socket works."""
+        started = time.monotonic()
+        stored = lease_class(self.state_file).load(self.dev)
+        if stored is None:
+            # nothing stored, or it ran out: a lease kept from before (adopted at start) is gone
+            self.on_lease(self.name, None, "no stored lease")
+        expiry = asyncio.create_task(self._expire_stored(stored, started)) if stored is not None else None
+        try:
+            async with AsyncDHCPClient(self._config()) as client:
+                await client.bootstrap()
+                # pyroute2's receiver and sender tasks end, logging only, when the interface
+                # goes down (ENETDOWN), and the client then hears nothing for ever: start anew.
+                tasks = (getattr(client, "_receiver_task", None), getattr(client, "_sender_task", None))
+                workers = [task for task in tasks if isinstance(task, asyncio.Task)]
+                if workers:
+                    await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
+                else:  # another pyroute2: nothing to watch
+                    await asyncio.Event().wait()
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+        raise OSError(errno.ENETDOWN, "its socket stopped (interface down)")
+
     async def run(self) -> None:
         retry = RETRY_MIN
         while True:
+            began = time.monotonic()
             try:
-                async with AsyncDHCPClient(self._config()) as client:
-                    await client.bootstrap()
-                    retry = RETRY_MIN
-                    while True:
-                        await asyncio.sleep(3600)
+                await self._session()
             except asyncio.CancelledError:
                 raise
-            except OSError as e:  # the interface went away under the client, or is not up yet
+            except OSError as e:  # the interface went down or away, or is not up yet
                 log.info(
                     "%s: DHCP client on %s stopped (%s); retrying in %.0fs", self.name, self.dev, e, retry
                 )
@@ -152,4 +191,5 @@ class DhcpClient:
                     "%s: DHCP client on %s failed (%s); retrying in %.0fs", self.name, self.dev, e, retry
                 )
             await asyncio.sleep(retry)
-            retry = min(retry * 2, RETRY_MAX)
+            # a client that ran for a while starts again at once; one that keeps failing backs off
+            retry = RETRY_MIN if time.monotonic() - began > RETRY_MAX else min(retry * 2, RETRY_MAX)

@@ -92,13 +92,25 @@ def link_matches(uplink: Uplink, link: Link) -> bool:
     return True
 
 
-def assign_links(config: Config, observed: Observed) -> dict[str, Link]:
-    """Uplink name → its link. An uplink takes the lowest-index matching link nobody has taken;
-    uplinks claim in config order, so the first uplink to match an interface wins it."""
+def assign_links(
+    config: Config, observed: Observed, previous: Mapping[str, int] | None = None
+) -> dict[str, Link]:
+    """Uplink name → its link. An uplink keeps the link it had (`previous`, uplink → ifindex)
+    while that link is there and still matches, so pulling one of two sticks that match the
+    same glob never moves the other; then each remaining uplink, in config order, takes the
+    lowest-index matching link nobody has taken."""
     taken: set[int] = set()
     assigned: dict[str, Link] = {}
+    for name, index in (previous or {}).items():
+        link = observed.links.get(index)
+        uplink = config.uplinks.get(name)
+        if link is not None and uplink is not None and index not in taken and link_matches(uplink, link):
+            assigned[name] = link
+            taken.add(index)
     links = sorted(observed.links.values(), key=lambda link: link.index)
     for name, uplink in config.uplinks.items():
+        if name in assigned:
+            continue
         for link in links:
             if link.index not in taken and link_matches(uplink, link):
                 assigned[name] = link
@@ -162,9 +174,10 @@ def uplink_statuses(
     health: Mapping[str, HealthVerdict],
     drained: frozenset[str],
     leases: Mapping[str, Lease],
+    previous: Mapping[str, int] | None = None,
 ) -> tuple[tuple[UplinkStatus, ...], dict[str, dict[int, _Way]]]:
     """Each configured uplink's state and the reason for it, plus how each ready one routes."""
-    links = assign_links(config, observed)
+    links = assign_links(config, observed, previous)
     statuses: list[UplinkStatus] = []
     all_ways: dict[str, dict[int, _Way]] = {}
     for name, uplink in config.uplinks.items():
@@ -254,10 +267,12 @@ def desired(
     health: Mapping[str, HealthVerdict] | None = None,
     drained: frozenset[str] = frozenset(),
     leases: Mapping[str, Lease] | None = None,
+    previous: Mapping[str, int] | None = None,
 ) -> Intent:
-    """The kernel state the controller wants, given the config and the facts. Computes only."""
+    """The kernel state the controller wants, given the config and the facts. Computes only.
+    `previous` (uplink → ifindex from the last pass) keeps uplinks on their interfaces."""
     statuses, ways = uplink_statuses(
-        config, observed, health=health or {}, drained=drained, leases=leases or {}
+        config, observed, health=health or {}, drained=drained, leases=leases or {}, previous=previous
     )
     prio = config.rules.priority
     rules: set[Rule] = set()
@@ -415,6 +430,11 @@ def diff(actual: KernelState, wanted: KernelState) -> Plan:
 
     ops += [Op("replace", link) for link in sorted(wanted.links_up - actual.links_up, key=str)]
     ops += [Op("add", a) for a in sorted(wanted.addresses - actual.addresses, key=str)]
+    # nftables in two steps. Uplinks join the table before any route leads out of them (a
+    # connection routed in between would be confirmed without NAT and stay broken); they
+    # leave it only after nothing routes to them any more.
+    early, late = _nft_steps(actual.nft, wanted.nft)
+    ops += [Op("replace", early)] if early is not None else []
     ops += [
         Op("replace", nh) for key, nh in sorted(wanted.nexthops.items()) if actual.nexthops.get(key) != nh
     ]
@@ -437,16 +457,30 @@ def diff(actual: KernelState, wanted: KernelState) -> Plan:
         if actual.routes.get(key) != r or (r.nhid is not None and r.nhid in recreated)
     ]
     ops += [Op("add", r) for r in sorted(wanted.rules - actual.rules)]
-    if wanted.nft is not None and (actual.nft is None or actual.nft.digest != wanted.nft.digest):
-        ops.append(Op("replace", wanted.nft))
     ops += [Op("delete", r) for r in sorted(actual.rules - wanted.rules)]
     ops += [Op("delete", r) for key, r in sorted(actual.routes.items()) if key not in wanted.routes]
     ops += [Op("delete", g) for gid, g in sorted(actual.groups.items()) if gid not in wanted.groups]
     ops += [Op("delete", n) for key, n in sorted(actual.nexthops.items()) if key not in wanted.nexthops]
     ops += [Op("delete", a) for a in sorted(actual.addresses - wanted.addresses, key=str)]
+    ops += [Op("replace", late)] if late is not None else []
     if actual.nft is not None and wanted.nft is None:
         ops.append(Op("delete", actual.nft))
     return Plan(tuple(ops))
+
+
+def _nft_steps(have: NftState | None, want: NftState | None) -> tuple[NftState | None, NftState | None]:
+    """(early, late) table loads: early adds the wanted uplinks to what is there, late makes
+    it exactly what is wanted. Either is None when it would change nothing."""
+    if want is None:
+        return None, None
+    same_shape = have is not None and (have.table, have.mask) == (want.table, want.mask)
+    kept = {u.ifname: u for u in have.uplinks} if have is not None and same_shape else {}
+    kept.update({u.ifname: u for u in want.uplinks})
+    union = NftState(want.table, want.mask, tuple(sorted(kept.values(), key=lambda u: u.ifname)))
+    current = have.digest if have is not None else None
+    early = union if union.digest != current else None
+    late = want if want.digest != union.digest else None
+    return early, late
 
 
 def teardown(actual: KernelState) -> Plan:

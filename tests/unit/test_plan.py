@@ -689,7 +689,7 @@ def test_dhcp_uplink_takes_ipv6_from_ra() -> None:
 
 # --- diff -------------------------------------------------------------------------------------------------
 
-KIND_ORDER_CREATE = [LinkUp, StaticAddr, Nexthop, NexthopGroup, Route, Rule, NftState]
+KIND_ORDER_CREATE = [LinkUp, StaticAddr, NftState, Nexthop, NexthopGroup, Route, Rule]
 KIND_ORDER_DELETE = [Rule, Route, NexthopGroup, Nexthop, StaticAddr, NftState]
 
 
@@ -774,7 +774,9 @@ def test_plan_strings_are_ip_syntax() -> None:
         "ip address add 10.64.0.2/30 dev wwan0",
         "ip address add 100.64.0.10/24 dev usb0",
     ]
-    assert lines[-1] == "nft -f - # replace table inet uplinkd (eth1=0x6500, usb0=0x6600, wwan0=0x6700)"
+    # a new uplink joins masquerade before any route leads out of it
+    nft_at = lines.index("nft -f - # replace table inet uplinkd (eth1=0x6500, usb0=0x6600, wwan0=0x6700)")
+    assert nft_at < min(i for i, line in enumerate(lines) if " route " in line or " nexthop " in line)
     down = str(teardown(issue_intent().kernel)).splitlines()
     assert "ip -4 rule del priority 10010 fwmark 0x6500/0xff00 lookup 101" in down
     assert "ip -4 route del default nhid 100000000 table 200" in down
@@ -840,12 +842,13 @@ def test_unplug_removes_group_member_before_its_nexthop() -> None:
     assert strs == [
         "ip nexthop replace id 100000000 group 100000202,3/100000206,2 "
         "type resilient buckets 512 idle_timer 10 unbalanced_timer 0",
-        "nft -f - # replace table inet uplinkd (eth1=0x6500, eth3=0x6700)",
         "ip -4 rule del priority 10010 fwmark 0x6600/0xff00 lookup 102",
         "ip -4 rule del priority 10020 from 198.51.100.2/32 lookup 102",
         "ip -6 rule del priority 10010 fwmark 0x6600/0xff00 lookup 102",
         "ip -4 route del default via 198.51.100.1 dev eth2 table 102",
         "ip -4 nexthop del id 100000204 via 198.51.100.1 dev eth2",
+        # the interface leaves masquerade only once nothing routes to it
+        "nft -f - # replace table inet uplinkd (eth1=0x6500, eth3=0x6700)",
     ]
 
 
@@ -949,3 +952,30 @@ def test_links_up(uplinks: dict[str, Any], lnk: Link, leases: dict[str, Lease], 
     ops = [op for op in diff(KernelState(), k).ops if isinstance(op.obj, LinkUp)]
     assert [str(op) for op in ops] == [f"ip link set dev {lnk.name} up" for _ in up]
     assert not [op for op in teardown(k).ops if isinstance(op.obj, LinkUp)]
+
+
+@pytest.mark.parametrize(
+    ("have", "want", "early", "late"),
+    [
+        pytest.param(None, {"a": 1}, {"a": 1}, None, id="first-load"),
+        pytest.param({"a": 1}, {"a": 1}, None, None, id="unchanged"),
+        pytest.param({"a": 1}, {"a": 1, "b": 2}, {"a": 1, "b": 2}, None, id="join-early"),
+        pytest.param({"a": 1, "b": 2}, {"a": 1}, None, {"a": 1}, id="leave-late"),
+        pytest.param({"a": 1}, {"b": 2}, {"a": 1, "b": 2}, {"b": 2}, id="swap-both"),
+        pytest.param({"a": 1}, {"a": 3}, {"a": 3}, None, id="new-mark"),
+    ],
+)
+def test_nft_uplinks_join_before_routes_and_leave_after(
+    have: dict[str, int] | None,
+    want: dict[str, int],
+    early: dict[str, int] | None,
+    late: dict[str, int] | None,
+) -> None:
+    def state(d: dict[str, int] | None) -> NftState | None:
+        if d is None:
+            return None
+        return NftState("uplinkd", 0xFF00, tuple(NftUplink(k, v << 8) for k, v in sorted(d.items())))
+
+    ops = diff(KernelState(nft=state(have)), KernelState(nft=state(want))).ops
+    loads = [op.obj for op in ops if isinstance(op.obj, NftState)]
+    assert loads == [s for s in (state(early), state(late)) if s is not None]
