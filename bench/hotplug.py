@@ -52,6 +52,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from uplinkd.lab import wait_until
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "hotplug.json"
 TABLE = 101
@@ -172,14 +174,7 @@ def status(sock: Path) -> dict[str, Any] | None:
 
 
 def wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
+    return wait_until(predicate, timeout=timeout, what=what, interval=0.01)
 
 
 def measure_mode(mode: str, reps: int, interval_ms: float) -> dict[str, Any]:

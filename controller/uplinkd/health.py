@@ -14,6 +14,22 @@ Two kinds of evidence:
   for `suspect_after` seconds makes the uplink *suspicious*, and suspicion switches
   probing from the slow idle cadence (cheap on metered LTE) to fast rounds. So an idle
   uplink costs little, and a dead uplink that carries traffic is seen in a second or two.
+  "Nothing comes back" alone is fooled when only the way out is dead: the far end keeps
+  retransmitting what we never acknowledged (TCP backs off 0.2, 0.4, 0.8 s...), and each
+  retransmission resets the quiet timer, so suspicion came 0.7-1 s late in the lab. So an
+  uplink is also suspicious when, over the last `suspect_after` seconds, far fewer packets
+  came in than went out (fewer than 1 in `SUSPECT_RATIO`). A healthy bulk upload with
+  stretch ACKs can look like that too; it only costs fast rounds, which pass.
+
+Rounds while down come every `down_interval` (the prober's own unanswered packets must not
+make a dead uplink "suspicious" and probe it at the fast rate forever); once a round passes,
+the next ones come at `fast_interval` until `up_after` confirm it (the hysteresis counts
+rounds, so recovery takes `up_after` fast rounds, not `up_after` slow ones).
+
+Loss and RTT smoothing restart when an uplink that was down or unknown answers again: the
+rounds that failed while it was dead are not "loss" of the working uplink, and counting them
+made every uplink come up `degraded` (the first round, sent before its routes existed,
+failed) and stay so for many slow rounds.
 """
 
 from __future__ import annotations
@@ -25,6 +41,8 @@ from uplinkd.model import Health, HealthVerdict
 
 EWMA_ALPHA = 0.3
 RECOVER_FRACTION = 0.5  # degraded → up once smoothed loss/RTT fall below half the threshold
+SUSPECT_RATIO = 4  # over suspect_after: fewer than 1 packet in per this many out is suspicious
+SUSPECT_MIN_TX = 8  # ... once at least this many went out (a few packets prove nothing)
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,7 @@ class Tracker:
     tx: int | None = None
     rx: int | None = None
     quiet_since: float | None = None  # first packet out with nothing back since
+    window: tuple[tuple[float, int, int], ...] = ()  # counter readings (time, tx, rx), oldest first
     suspicious: bool = False
 
     def verdict(self, probe: Probe) -> HealthVerdict:
@@ -69,8 +88,10 @@ def after_round(t: Tracker, r: RoundResult, probe: Probe) -> Tracker:
     """Fold one probe round into the tracker."""
     quorum = min(probe.quorum, r.sent) if r.sent else probe.quorum
     passed = r.sent > 0 and r.answered >= quorum
-    loss = r.loss if t.rounds == 0 else EWMA_ALPHA * r.loss + (1 - EWMA_ALPHA) * t.loss
-    rtt = t.rtt
+    # back from the dead (or first answer ever): smoothing starts afresh with this round
+    fresh = t.rounds == 0 or (passed and t.good_streak == 0 and t.health in (Health.UNKNOWN, Health.DOWN))
+    loss = r.loss if fresh else EWMA_ALPHA * r.loss + (1 - EWMA_ALPHA) * t.loss
+    rtt = None if fresh else t.rtt
     if r.rtts:
         sample = sum(r.rtts) / len(r.rtts)
         rtt = sample if rtt is None else EWMA_ALPHA * sample + (1 - EWMA_ALPHA) * rtt
@@ -85,7 +106,7 @@ def after_round(t: Tracker, r: RoundResult, probe: Probe) -> Tracker:
     )
     if passed:
         # an answer is traffic coming back: whatever made us suspicious is answered
-        t = replace(t, suspicious=False, quiet_since=None)
+        t = replace(t, suspicious=False, quiet_since=None, window=t.window[-1:])
     answered = f"{r.answered}/{r.sent} targets answered"
     if not passed:
         if t.health != Health.DOWN and t.bad_streak >= probe.down_after:
@@ -110,24 +131,36 @@ def after_round(t: Tracker, r: RoundResult, probe: Probe) -> Tracker:
 def after_traffic(t: Tracker, *, now: float, tx: int, rx: int, probe: Probe) -> Tracker:
     """Fold a reading of the interface's packet counters into the tracker."""
     if t.tx is None or t.rx is None or tx < t.tx or rx < t.rx:  # first reading, or counters reset
-        return replace(t, tx=tx, rx=rx, quiet_since=None, suspicious=False)
+        return replace(t, tx=tx, rx=rx, quiet_since=None, window=((now, tx, rx),), suspicious=False)
     quiet_since = t.quiet_since
     if rx > t.rx:
         quiet_since = None
     elif tx > t.tx and quiet_since is None:
         quiet_since = now
-    suspicious = quiet_since is not None and now - quiet_since >= probe.suspect_after
-    return replace(t, tx=tx, rx=rx, quiet_since=quiet_since, suspicious=suspicious)
+    quiet = quiet_since is not None and now - quiet_since >= probe.suspect_after
+    # keep the newest reading that is at least suspect_after old, and all after it
+    window = (*t.window, (now, tx, rx))
+    start = 0
+    for i, (at, _, _) in enumerate(window):
+        if now - at >= probe.suspect_after:
+            start = i
+    window = window[start:]
+    since, tx0, rx0 = window[0]
+    sent, got = tx - tx0, rx - rx0
+    lopsided = now - since >= probe.suspect_after and sent >= SUSPECT_MIN_TX and got * SUSPECT_RATIO < sent
+    return replace(t, tx=tx, rx=rx, quiet_since=quiet_since, window=window, suspicious=quiet or lopsided)
 
 
 def next_round(t: Tracker, *, now: float, probe: Probe) -> float:
     """When the next probe round is due (monotonic time)."""
     if t.last_round is None:
         return now
-    if t.suspicious or t.health == Health.UNKNOWN or (0 < t.bad_streak < probe.down_after):
+    if t.health == Health.DOWN:
+        # our own unanswered probes make a dead uplink look "suspicious": ignore that here;
+        # once it answers, confirm quickly (hysteresis counts rounds)
+        gap = probe.fast_interval if 0 < t.good_streak < probe.up_after else probe.down_interval
+    elif t.suspicious or t.health == Health.UNKNOWN or (0 < t.bad_streak < probe.down_after):
         gap = probe.fast_interval
-    elif t.health == Health.DOWN:
-        gap = probe.down_interval
     else:
         gap = probe.interval
     return t.last_round + gap

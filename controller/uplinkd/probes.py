@@ -221,6 +221,10 @@ class Prober:
     async def run(self) -> None:
         last: HealthVerdict | None = None
         probe = self.probe
+        # The daemon starts a prober in the pass that writes the uplink's route and rule;
+        # a probe sent before they exist is not dropped but sent as if the target were
+        # on-link (SO_BINDTODEVICE), and is lost. Let that pass finish first.
+        await asyncio.sleep(self.tick)
         while True:
             now = time.monotonic()
             counters = read_counters(self.dev)

@@ -11,12 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from uplinkd.lab import Lab
+from uplinkd.lab import wait_until as lab_wait_until
 
 PROTO = 77
 NH_BASE = 100_000_000
@@ -27,15 +27,8 @@ def nhid(table: int, v6: bool = False) -> int:
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll until `predicate()` is truthy; fail the test with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
+    """Poll until `predicate()` is truthy and return it; fail the test with `what` after `timeout`."""
+    return lab_wait_until(predicate, timeout=timeout, what=what, interval=0.05)
 
 
 def ip_json(netns: str, *args: str) -> Any:

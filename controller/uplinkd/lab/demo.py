@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import uplinkd
 from uplinkd.lab.addresses import SERVER4
 from uplinkd.lab.flows import FlowReport
-from uplinkd.lab.netns import LabError
+from uplinkd.lab.netns import LabError, wait_until
 from uplinkd.lab.topology import LAN_BRIDGE, Lab
 
 T = TypeVar("T")
@@ -116,14 +116,10 @@ class Narrator:
 
 
 def _poll(predicate: Callable[[], T | None], *, timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise DemoError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
+    try:
+        return wait_until(predicate, timeout=timeout, what=what, interval=0.05)  # type: ignore[return-value]
+    except LabError as e:
+        raise DemoError(str(e)) from None
 
 
 # --- the daemon ----------------------------------------------------------------------------------

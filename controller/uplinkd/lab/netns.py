@@ -17,7 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ PREFIX_RE = re.compile(r"^ul[0-9a-f]{6}-$")
 """What :func:`new_prefix` makes; :func:`cleanup_stale` insists on prefixes of this shape."""
 
 File = int | IO[Any] | None
+
+T = TypeVar("T")
 
 
 class LabError(RuntimeError):
@@ -206,15 +208,15 @@ def lab_prefixes() -> list[str]:
     return sorted(prefixes)
 
 
-def wait_until(
-    predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.02
-) -> None:
-    """Poll ``predicate()`` until it is true; :class:`LabError` after ``timeout`` s."""
+def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.02) -> T:
+    """Poll ``predicate()`` until it returns something true, and return that;
+    :class:`LabError` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := predicate()):
         if time.monotonic() >= deadline:
             raise LabError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+    return value
 
 
 def _quote(argv: Sequence[str]) -> str:
