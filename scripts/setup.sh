@@ -9,7 +9,7 @@ apt_packages=(
   udev libudev1                                                             # pyudev, the VM tier's udevd
   libsystemd-dev pkg-config gcc python3-dev                                 # systemd-python builds here
   wireguard-tools wireguard-go                                              # tunnels (netns tier)
-  qemu-system-x86 linux-image-amd64                                         # the VM tier (TCG)
+  qemu-system-x86 linux-image-amd64 busybox-static file                     # the VM tier (TCG, virtme-ng)
   nix-bin                                                                   # nix-instantiate --parse
 )
 missing=()

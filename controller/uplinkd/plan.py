@@ -140,7 +140,9 @@ def _ways(uplink: Uplink, link: Link, observed: Observed, lease: Lease | None) -
             ways[AF_INET6] = _Way((addr.cidr6,), addr.gateway6)
         return ways
     if addr.mode == "dhcp":
-        if lease is not None:
+        # A lease without a router is a way out only on a point-to-point link; on Ethernet
+        # `default dev X` would ARP for the whole internet.
+        if lease is not None and (lease.gateway is not None or link.pointopoint):
             ways[AF_INET] = _Way((lease.address,), lease.gateway)
         families: tuple[int, ...] = (AF_INET6,)  # IPv6 on a DHCPv4 uplink comes from RA
     else:
@@ -216,6 +218,8 @@ def uplink_statuses(
         if not ways:
             if uplink.address.mode == "dhcp" and name not in leases:
                 status = replace(status, reason="waiting for a DHCP lease")
+            elif uplink.address.mode == "dhcp":
+                status = replace(status, state=State.ADDRESSED, reason="the DHCP lease names no router")
             elif not status.addresses:
                 status = replace(status, reason="no address")
             else:

@@ -979,3 +979,22 @@ def test_nft_uplinks_join_before_routes_and_leave_after(
     ops = diff(KernelState(nft=state(have)), KernelState(nft=state(want))).ops
     loads = [op.obj for op in ops if isinstance(op.obj, NftState)]
     assert loads == [s for s in (state(early), state(late)) if s is not None]
+
+
+@pytest.mark.parametrize(
+    ("pointopoint", "state", "route"),
+    [
+        pytest.param(False, State.ADDRESSED, None, id="ethernet-needs-a-router"),
+        pytest.param(True, State.UP, "dev", id="point-to-point-goes-by-device"),
+    ],
+)
+def test_dhcp_lease_without_router(pointopoint: bool, state: State, route: str | None) -> None:
+    bare = Lease(iface("100.64.0.10/24"), None)
+    intent = desired(config(DHCP), observed(link(2, "eth1", pointopoint=pointopoint)), leases={"a": bare})
+    a = status(intent, "a")
+    assert a.state == state
+    assert StaticAddr(2, iface("100.64.0.10/24")) in intent.kernel.addresses  # the address is used either way
+    got = intent.kernel.routes.get(RouteKey(AF_INET, 101, V4_ANY))
+    assert (got is not None and got.gateway is None and got.oif == 2) if route else got is None
+    if not route:
+        assert a.reason == "the DHCP lease names no router"
