@@ -135,7 +135,7 @@ class Controller:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
         server = await self._serve()
 
         async def until_stopped() -> None:
@@ -171,6 +171,10 @@ class Controller:
             log.exception("task %s died; exiting so the service manager restarts us", name)
             raise
 
+    def _sighup(self) -> None:
+        if self._tasks is not None:
+            self._tasks.create_task(self._guard("reload", self.reload()))
+
     def poke(self, why: str = "") -> None:
         self.wake.set()
 
@@ -189,9 +193,9 @@ class Controller:
             else:
                 self.notifier.send(status=self.summary())
             if result.failed and any(f.transient for f in result.failed):
-                await asyncio.sleep(self._retry)
+                # retry later, but stay awake for events meanwhile (a plug may be what fixes it)
+                asyncio.get_running_loop().call_later(self._retry, self.wake.set)
                 self._retry = min(self._retry * 2, RETRY_MAX)
-                self.wake.set()
             else:
                 self._retry = RETRY_MIN
 
