@@ -245,17 +245,17 @@ class Controller:
         async with self._lock:
             intent, plan = await self.compute()
             self._record(intent)
-            self._sync_probers(intent)
             self._sync_dhcp(intent)
             self.rt.plan = plan
             self.rt.passes += 1
             if self.rt.paused or not plan:
                 self.rt.result = ApplyResult()
-                return self.rt.result
-            result = await self.kernel.apply(plan)
-            self.rt.writes += len(result.done)
-            self.rt.result = result
-            return result
+            else:
+                self.rt.result = await self.kernel.apply(plan)
+                self.rt.writes += len(self.rt.result.done)
+            # after the writes: a probe sent before its uplink's route exists is lost
+            self._sync_probers(intent)
+            return self.rt.result
 
     def _record(self, intent: Intent) -> None:
         now, wall = time.monotonic(), time.time()

@@ -19,7 +19,9 @@ Two kinds of evidence:
   retransmission resets the quiet timer, so suspicion came 0.7-1 s late in the lab. So an
   uplink is also suspicious when, over the last `suspect_after` seconds, far fewer packets
   came in than went out (fewer than 1 in `SUSPECT_RATIO`). A healthy bulk upload with
-  stretch ACKs can look like that too; it only costs fast rounds, which pass.
+  stretch ACKs can look like that too; it only costs fast rounds, which pass. And one packet
+  out with no answer is not suspicious: a connection's last ACK expects none (every close
+  of a connection the client ended cost a probe round).
 
 Rounds while down come every `down_interval` (the prober's own unanswered packets must not
 make a dead uplink "suspicious" and probe it at the fast rate forever); once a round passes,
@@ -43,6 +45,7 @@ EWMA_ALPHA = 0.3
 RECOVER_FRACTION = 0.5  # degraded → up once smoothed loss/RTT fall below half the threshold
 SUSPECT_RATIO = 4  # over suspect_after: fewer than 1 packet in per this many out is suspicious
 SUSPECT_MIN_TX = 8  # ... once at least this many went out (a few packets prove nothing)
+QUIET_MIN_TX = 2  # "nothing came back" needs this many out: a lone last ACK expects no answer
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Tracker:
     tx: int | None = None
     rx: int | None = None
     quiet_since: float | None = None  # first packet out with nothing back since
+    quiet_tx: int = 0  # tx just before that packet
     window: tuple[tuple[float, int, int], ...] = ()  # counter readings (time, tx, rx), oldest first
     suspicious: bool = False
 
@@ -123,8 +127,9 @@ def after_round(t: Tracker, r: RoundResult, probe: Probe) -> Tracker:
         return replace(t, health=Health.DEGRADED, reason=over)
     if t.health == Health.DEGRADED and _recovered(t, probe):
         return replace(t, health=Health.UP, reason=f"recovered: {_loss_text(t)}, {_rtt_text(t)}")
-    if t.health == Health.UP:
-        return replace(t, reason=f"{answered}, {_rtt_text(t)}")
+    # The reason says why the state is what it is; it is not refreshed every round (a new
+    # RTT in it made every round a verdict change, and so a full daemon pass). Live loss
+    # and RTT are in the tracker, which `status` shows.
     return t
 
 
@@ -132,12 +137,14 @@ def after_traffic(t: Tracker, *, now: float, tx: int, rx: int, probe: Probe) -> 
     """Fold a reading of the interface's packet counters into the tracker."""
     if t.tx is None or t.rx is None or tx < t.tx or rx < t.rx:  # first reading, or counters reset
         return replace(t, tx=tx, rx=rx, quiet_since=None, window=((now, tx, rx),), suspicious=False)
-    quiet_since = t.quiet_since
+    quiet_since, quiet_tx = t.quiet_since, t.quiet_tx
     if rx > t.rx:
         quiet_since = None
     elif tx > t.tx and quiet_since is None:
-        quiet_since = now
-    quiet = quiet_since is not None and now - quiet_since >= probe.suspect_after
+        quiet_since, quiet_tx = now, t.tx
+    quiet = (
+        quiet_since is not None and now - quiet_since >= probe.suspect_after and tx - quiet_tx >= QUIET_MIN_TX
+    )
     # keep the newest reading that is at least suspect_after old, and all after it
     window = (*t.window, (now, tx, rx))
     start = 0
@@ -148,7 +155,15 @@ def after_traffic(t: Tracker, *, now: float, tx: int, rx: int, probe: Probe) -> 
     since, tx0, rx0 = window[0]
     sent, got = tx - tx0, rx - rx0
     lopsided = now - since >= probe.suspect_after and sent >= SUSPECT_MIN_TX and got * SUSPECT_RATIO < sent
-    return replace(t, tx=tx, rx=rx, quiet_since=quiet_since, window=window, suspicious=quiet or lopsided)
+    return replace(
+        t,
+        tx=tx,
+        rx=rx,
+        quiet_since=quiet_since,
+        quiet_tx=quiet_tx,
+        window=window,
+        suspicious=quiet or lopsided,
+    )
 
 
 def next_round(t: Tracker, *, now: float, probe: Probe) -> float:

@@ -504,8 +504,8 @@ def failover(before: Sequence[UplinkStatus], after: Sequence[UplinkStatus], *, m
     ops: list[Op] = []
     for s in after:
         old = was.get(s.name)
-        if old is None or s.state not in FAILED:
-            continue
+        if old is None or s.state not in FAILED or s.in_group:
+            continue  # still carrying traffic (the last resort): its connections stay
         if old.state not in FAILED or old.in_group:
             ops.append(
                 Op("delete", ConntrackFlush(s.name, s.mark, mask, f"{old.state} → {s.state}: {s.reason}"))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from uplinkd import control
 from uplinkd.lab import Lab
 from uplinkd.lab import wait_until as lab_wait_until
 
@@ -126,7 +127,7 @@ class Controller:
             raise AssertionError(f"uplinkd exited with {self.proc.returncode}:\n{self.log()}")
         try:
             return int(self.status()["passes"]) > 0
-        except (subprocess.CalledProcessError, json.JSONDecodeError, KeyError):
+        except (control.ControlError, KeyError):
             return False
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
@@ -156,7 +157,8 @@ class Controller:
         )  # fmt: skip
 
     def status(self) -> dict[str, Any]:
-        return dict(json.loads(self.ctl("status", "--json").stdout))
+        """Straight from the control socket (spawning uplinkctl at every poll loads the box)."""
+        return dict(control.call(self.socket, {"command": "status"}))
 
     def uplink(self, name: str) -> dict[str, Any]:
         return next(u for u in self.status()["uplinks"] if u["name"] == name)

@@ -998,3 +998,22 @@ def test_dhcp_lease_without_router(pointopoint: bool, state: State, route: str |
     assert (got is not None and got.gateway is None and got.oif == 2) if route else got is None
     if not route:
         assert a.reason == "the DHCP lease names no router"
+
+
+def test_failover_keeps_connections_of_a_down_uplink_that_the_last_resort_keeps_in_service() -> None:
+    """All down, last resort `carrier`: they stay in the group, so nothing is flushed; losing
+    carrier later takes one out of the group, and then its connections go."""
+    all_down = {n: HealthVerdict(Health.DOWN, "no answer") for n in ("a", "b", "c")}
+    up = desired(THREE, THREE_OBS).uplinks
+    down = desired(THREE, THREE_OBS, health=all_down).uplinks
+    assert all(s.in_group for s in down)
+    assert plan.failover(up, down, mask=0xFF00) == ()
+    assert plan.failover(down, down, mask=0xFF00) == ()  # every later pass, too
+    no_carrier = replace(
+        THREE_OBS,
+        links={
+            i: replace(li, carrier=False) if li.name == "eth2" else li for i, li in THREE_OBS.links.items()
+        },
+    )
+    gone = desired(THREE, no_carrier, health=all_down).uplinks
+    assert [op.obj.uplink for op in plan.failover(down, gone, mask=0xFF00)] == ["b"]  # type: ignore[union-attr]

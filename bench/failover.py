@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""Failover benchmark: what live flows see when an uplink dies, and what probing costs.
+
+    sudo python3 bench/failover.py [--profiles fast,default] [--repeat 3]
+
+Runs the real daemon in a lab (three uplinks wan/lte1/lte2, one LAN client, the lab's
+server as the internet; see uplinkd.lab). For each probe profile and each scenario:
+
+1. all three uplinks up; the client runs --tcp + --udp flows to the server, one request
+   every --interval-ms each (UDP flows keep their socket, like a VPN);
+2. the fault hits lte1: `blackhole` (its ISP drops everything from the router, carrier
+   stays up: only probes can tell) or `carrier` (its link loses carrier);
+3. the flows' reports say, per flow, the longest time it sent without a reply: for the
+   flows that were on lte1 that is the outage they saw; flows on wan/lte2 must lose
+   nothing and not move;
+4. the fault is undone; the time until lte1 is back in service (`rejoin_ms`: the daemon's
+   state change, which it writes to the group at once) and until a new connection gets a reply through it
+   (`new_flows_ms`: a LAN poller opens four new UDP flows every 20 ms).
+
+Meanwhile a second lab sits idle with one uplink per profile for a minute, to read what
+probing an idle uplink costs (`uplinkctl status` → probe.bytes_per_minute).
+
+Prints JSON on stdout (also written to bench/results/failover.json) and a short table on
+stderr. A full run takes about two minutes. Needs root (network namespaces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "netns"))  # the test harness that runs the real daemon
+
+from uplinkd import control  # noqa: E402
+from uplinkd.lab import FlowReport, Lab  # noqa: E402
+
+from running import Controller, group_members, wait_until  # noqa: E402
+
+NAMES = ("wan", "lte1", "lte2")
+TABLES = {101: "wan", 102: "lte1", 103: "lte2"}
+FAILED = "lte1"
+SERVER = "198.51.100.100"
+TARGET_P95_MS = {("fast", "blackhole"): 1000.0, ("fast", "carrier"): 100.0}
+IDLE_S = 61.0  # bytes_per_minute sums the last 60 s of rounds: wait that long after start-up
+# How long the flows run: before the fault, and in all
+PRE_FAULT_S = 1.5
+DURATION_S = {("default", "blackhole"): 14.0, ("fast", "blackhole"): 6.0}
+CARRIER_DURATION_S = 5.0
+WAIT_S = 60.0
+
+
+def log(msg: str) -> None:
+    print(f"[failover] {msg}", file=sys.stderr, flush=True)
+
+
+def uplink(index: int, name: str, probe: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "match": {"name": name},
+        "address": {"mode": "static", "cidr": f"10.{100 + index}.0.2/24", "gateway": f"10.{100 + index}.0.1"},
+        "table": 100 + index,
+        # the server, and the ISP's own upstream address
+        "probe": {"targets": [SERVER, f"198.51.100.{index}"], **probe},
+    }
+
+
+def config(profile: str) -> dict[str, Any]:
+    return {
+        "uplinks": {name: uplink(i + 1, name, {}) for i, name in enumerate(NAMES)},
+        "probe": {"profile": profile},
+        "balance": {"table": 200},
+    }
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    """p50, p95 (nearest rank) and max; None for no values."""
+    if not values:
+        return {"p50": None, "p95": None, "max": None, "n": 0}
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+    return {"p50": rank(0.50), "p95": rank(0.95), "max": ordered[-1], "n": len(ordered)}
+
+
+@contextmanager
+def running_lab(
+    n: int, cfg: dict[str, Any], names: Sequence[str] = NAMES
+) -> Iterator[tuple[Lab, Controller]]:
+    with Lab() as lab, tempfile.TemporaryDirectory(prefix="uplinkd-bench-") as tmp:
+        for name in names[:n]:
+            lab.add_isp(name, address="none")  # the controller puts the static address on
+        lab.add_client()
+        c = Controller(lab, cfg, Path(tmp))
+        try:
+            c.start()
+            yield lab, c
+        except BaseException:
+            log(f"daemon log tail:\n{c.log()[-4000:]}")
+            raise
+        finally:
+            c.stop()
+
+
+def status(c: Controller) -> dict[str, Any]:
+    """`uplinkctl status`, asked over the control socket from this process: polling the CLI
+    (a Python start-up per call) would load the CPUs and disturb the flows being measured."""
+    return dict(control.call(c.socket, {"command": "status"}))
+
+
+def wait_state(c: Controller, name: str, *states: str) -> dict[str, Any]:
+    def state() -> dict[str, Any] | None:
+        up = next(u for u in status(c)["uplinks"] if u["name"] == name)
+        return up if up["state"] in states else None
+
+    return dict(wait_until(state, timeout=WAIT_S, what=f"{name} to be {'/'.join(states)}"))
+
+
+def all_up(lab: Lab, c: Controller) -> None:
+    for name in NAMES:
+        wait_state(c, name, "up")
+    wait_until(lambda: set(group_members(lab.router, TABLES)) == set(NAMES), timeout=WAIT_S,
+               what="every uplink in the group")  # fmt: skip
+
+
+def fault(lab: Lab, scenario: str, on: bool) -> None:
+    isp = lab.isp(FAILED)
+    if scenario == "blackhole":
+        isp.blackhole(on)
+    else:
+        isp.carrier(not on)
+
+
+# A LAN-side poller: every 20 ms, four new UDP flows (new sockets, so new connections that
+# the balance group places); prints the wall-clock time of the first reply that came back
+# through `want` (the failed uplink's ISP address), then exits.
+POLLER = r"""
+import select, socket, sys, time
+server, port, want, limit = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+print("ready", flush=True)
+end, seq, socks = time.monotonic() + limit, 0, []
+while time.monotonic() < end:
+    for _ in range(4):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        s.connect((server, port))
+        s.send(b"%d" % seq)
+        seq += 1
+        socks.append((time.monotonic(), s))
+    tick = time.monotonic() + 0.02
+    while (left := tick - time.monotonic()) > 0:
+        for s in select.select([s for _, s in socks], [], [], left)[0]:
+            try:
+                words = s.recv(100).split()
+            except OSError:
+                continue
+            if len(words) == 3 and words[1].decode() == want:
+                print(f"{time.time():.6f}", flush=True)
+                sys.exit(0)
+    now = time.monotonic()
+    for t, s in socks:
+        if now - t > 1.0:
+            s.close()
+    socks = [(t, s) for t, s in socks if now - t <= 1.0]
+print("timeout", flush=True)
+sys.exit(1)
+"""
+
+
+def new_flows_through(lab: Lab, name: str) -> subprocess.Popen[str]:
+    """Start the poller in lan1; its stdout says when a new flow went through `name`."""
+    want = str(lab.isp(name).addresses.upstream4.ip)
+    proc = lab.popen(
+        "lan1", [sys.executable, "-c", POLLER, SERVER, "9000", want, str(WAIT_S)], stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("the new-flow poller did not start")
+    return proc
+
+
+def one_run(lab: Lab, c: Controller, profile: str, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
+    all_up(lab, c)
+    duration = DURATION_S.get((profile, scenario), CARRIER_DURATION_S)
+    flows = lab.start_flows(tcp=args.tcp, udp=args.udp, interval_ms=args.interval_ms, duration=duration)
+    time.sleep(PRE_FAULT_S)
+    at = time.time()
+    fault(lab, scenario, True)
+    failed_state = "down" if scenario == "blackhole" else "present"
+    wait_state(c, FAILED, failed_state)
+    events = [e for e in status(c)["events"] if e["uplink"] == FAILED and e["to"] == failed_state]
+    detect_ms = round((events[-1]["at"] - at) * 1000, 1) if events else None
+    report = flows.result()
+
+    # recovery: undo the fault; when is the uplink back in the group, and carrying new flows?
+    poller = new_flows_through(lab, FAILED)
+    undone = time.time()
+    fault(lab, scenario, False)
+    assert poller.stdout is not None
+    line = poller.stdout.readline().strip()
+    lab.stop(poller)
+    new_flows_ms = round((float(line) - undone) * 1000, 1) if line and line != "timeout" else None
+    wait_state(c, FAILED, "up", "degraded")
+    back = [
+        e["at"]
+        for e in status(c)["events"]
+        if e["uplink"] == FAILED and e["to"] in ("up", "degraded") and e["at"] >= undone
+    ]
+    rejoin_ms = round((back[0] - undone) * 1000, 1) if back else None
+    return {"detect_ms": detect_ms, "report": report, "rejoin_ms": rejoin_ms, "new_flows_ms": new_flows_ms}
+
+
+def summarize(profile: str, scenario: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    affected: list[tuple[str, float]] = []
+    healthy = not_recovered = 0
+    disturbed: list[dict[str, Any]] = []
+    for i, run in enumerate(runs):
+        report: FlowReport = run["report"]
+        for flow in report.flows:
+            first = report.uplink(flow.first_source)
+            if first == FAILED:
+                affected.append((flow.proto, flow.max_gap_ms))
+                if report.uplink(flow.last_source) in (FAILED, "none"):
+                    not_recovered += 1
+            else:
+                healthy += 1
+                if flow.lost or flow.moved or flow.reconnects:
+                    disturbed.append(
+                        {
+                            "run": i,
+                            "proto": flow.proto,
+                            "uplinks": report.uplinks_of(flow),
+                            "lost": flow.lost,
+                            "max_gap_ms": flow.max_gap_ms,
+                            "reconnects": flow.reconnects,
+                        }
+                    )
+    outage = percentiles([gap for _, gap in affected])
+    target = TARGET_P95_MS.get((profile, scenario))
+    return {
+        "runs": len(runs),
+        "affected_flows": len(affected),
+        "outage_ms": outage,
+        "outage_ms_tcp": percentiles([gap for proto, gap in affected if proto == "tcp"]),
+        "outage_ms_udp": percentiles([gap for proto, gap in affected if proto == "udp"]),
+        "not_recovered": not_recovered,
+        "healthy_flows": healthy,
+        "healthy_disturbed": len(disturbed),
+        "healthy_disturbed_flows": disturbed[:20],
+        "detect_ms": [run["detect_ms"] for run in runs],
+        "rejoin_ms": [run["rejoin_ms"] for run in runs],
+        "new_flows_ms": [run["new_flows_ms"] for run in runs],
+        "target_p95_ms": target,
+        "met": None
+        if target is None
+        else (outage["p95"] is not None and outage["p95"] <= target and not disturbed),
+    }
+
+
+def run_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    with running_lab(3, config(profile)) as (lab, c):
+        for scenario in ("blackhole", "carrier"):
+            runs = []
+            for i in range(args.repeat):
+                log(f"{profile}: {scenario} run {i + 1}/{args.repeat}")
+                runs.append(one_run(lab, c, profile, scenario, args))
+            result[scenario] = summarize(profile, scenario, runs)
+        # the last minute, faults included
+        result["bytes_per_minute"] = {
+            u["name"]: u["probe"]["bytes_per_minute"] for u in status(c)["uplinks"] if u["probe"]
+        }
+    return result
+
+
+class IdleLab:
+    """One uplink per profile, no traffic, for a minute; then each one's probe cost."""
+
+    def __init__(self, profiles: Sequence[str]) -> None:
+        self.profiles = list(profiles)
+        self.result: dict[str, int] = {}
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            names = [f"idle{i}" for i in range(len(self.profiles))]
+            cfg: dict[str, Any] = {
+                "uplinks": {
+                    name: uplink(i + 1, name, {"profile": profile})
+                    for i, (name, profile) in enumerate(zip(names, self.profiles, strict=True))
+                },
+                "balance": {"table": 200},
+            }
+            with running_lab(len(names), cfg, names) as (_lab, c):
+                for name in names:  # the start-up rounds (fast, until up) must leave the window
+                    wait_state(c, name, "up")
+                time.sleep(IDLE_S)
+                by_name = {u["name"]: u for u in status(c)["uplinks"]}
+                self.result = {
+                    profile: by_name[name]["probe"]["bytes_per_minute"]
+                    for name, profile in zip(names, self.profiles, strict=True)
+                }
+        except BaseException as e:  # reported by join()
+            self.error = e
+
+    def join(self) -> dict[str, int]:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    head = (
+        f"{'profile':8} {'fault':9} {'flows':>5} {'outage p50/p95/max ms':>22} {'tcp p95':>7} "
+        f"{'udp p95':>7} {'detect ms':>10} {'healthy hit':>11} {'rejoin ms':>10} {'new flows ms':>12} "
+        f"{'target':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for profile, by_scenario in results["profiles"].items():
+        for scenario in ("blackhole", "carrier"):
+            s = by_scenario[scenario]
+            o = s["outage_ms"]
+            target = (
+                "-"
+                if s["target_p95_ms"] is None
+                else f"{'ok' if s['met'] else 'MISSED'} {s['target_p95_ms']:.0f}"
+            )
+            lines.append(
+                f"{profile:8} {scenario:9} {s['affected_flows']:>5} "
+                f"{fmt(o['p50']) + '/' + fmt(o['p95']) + '/' + fmt(o['max']):>22} "
+                f"{fmt(s['outage_ms_tcp']['p95']):>7} {fmt(s['outage_ms_udp']['p95']):>7} "
+                f"{'/'.join(fmt(v) for v in s['detect_ms']):>10} "
+                f"{str(s['healthy_disturbed']) + '/' + str(s['healthy_flows']):>11} "
+                f"{'/'.join(fmt(v) for v in s['rejoin_ms']):>10} "
+                f"{'/'.join(fmt(v) for v in s['new_flows_ms']):>12} {target:>8}"
+            )
+    idle = results.get("idle_bytes_per_minute") or {}
+    if idle:
+        lines.append(
+            "idle probe cost per uplink: "
+            + ", ".join(f"{p} {b} B/min ({b * 1440 / 1e6:.2f} MB/day)" for p, b in idle.items())
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/failover.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profiles", default="fast,default", help="comma-separated probe profiles")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (more flows per percentile)")
+    parser.add_argument("--tcp", type=int, default=24, help="TCP flows per run")
+    parser.add_argument("--udp", type=int, default=24, help="UDP flows per run")
+    parser.add_argument("--interval-ms", type=int, default=20, help="each flow sends this often")
+    parser.add_argument("--no-idle", action="store_true", help="skip the idle probe-cost minute")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "failover.json")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces)")
+    profiles = [p for p in args.profiles.split(",") if p]
+    started = time.monotonic()
+    idle = None if args.no_idle else IdleLab(profiles)
+    results: dict[str, Any] = {
+        "benchmark": "failover",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "flows": {"tcp": args.tcp, "udp": args.udp, "interval_ms": args.interval_ms},
+        "failed_uplink": FAILED,
+        "profiles": {},
+    }
+    for profile in profiles:
+        results["profiles"][profile] = run_profile(profile, args)
+    if idle is not None:
+        results["idle_bytes_per_minute"] = idle.join()
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    text = json.dumps(results, indent=2)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text + "\n")
+    print(text)
+    print(table(results), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
