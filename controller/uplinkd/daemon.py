@@ -124,7 +124,7 @@ class Controller:
         loop = asyncio.get_running_loop()
         watches = [
             NetlinkWatch("rtnetlink", NETLINK_ROUTE, ROUTING_GROUPS, self.poke),
-            NetlinkWatch("nftables", NETLINK_NETFILTER, (NFNLGRP_NFTABLES,), self.poke),
+            NetlinkWatch("nftables", NETLINK_NETFILTER, (NFNLGRP_NFTABLES,), self._nft_changed),
         ]
         for w in watches:
             w.start(loop)
@@ -175,6 +175,10 @@ class Controller:
         if self._tasks is not None:
             self._tasks.create_task(self._guard("reload", self.reload()))
 
+    def _nft_changed(self, why: str) -> None:
+        self.kernel.nft_stale = True
+        self.wake.set()
+
     def poke(self, why: str = "") -> None:
         self.wake.set()
 
@@ -202,6 +206,7 @@ class Controller:
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.control.resync_interval)
+            self.kernel.nft_stale = True
             self.wake.set()
 
     async def _watchdog_loop(self) -> None:
@@ -452,6 +457,7 @@ class Controller:
         async with self._lock:
             self.config = config
             self.kernel.config = config
+            self.kernel.nft_stale = True
             self.rt.drained &= set(config.uplinks)
         log.info("reload: %s loaded (%d uplinks)", self.config_path, len(config.uplinks))
         self.wake.set()

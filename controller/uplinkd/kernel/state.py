@@ -99,6 +99,10 @@ class Kernel:
     ipr: AsyncIPRoute = field(default_factory=AsyncIPRoute)
     # digest → hash of nft's listing right after we loaded it (tamper detection)
     nft_listings: dict[str, str] = field(default_factory=dict)
+    # Reading nft is a subprocess; it is read again only after an nftables event (the
+    # daemon sets `nft_stale`), a periodic resync, or our own load.
+    nft_stale: bool = True
+    _nft_cache: NftState | None = None
 
     def close(self) -> None:
         self.ipr.close()
@@ -116,7 +120,7 @@ class Kernel:
             nexthops=nexthops,
             groups=groups,
             addresses=frozenset(owned_addrs),
-            nft=await asyncio.to_thread(self._nft),  # nft is a subprocess: off the loop
+            nft=await self._nft_state(),
             links_up=frozenset(LinkUp(i, dev=link.name) for i, link in links.items() if link.up),
         )
         return Observed(links=links, addrs=tuple(addrs), gateways=tuple(gateways)), state
@@ -218,6 +222,12 @@ class Kernel:
                     nh.id, nh.family, nh.oif, _ip(nh.gateway), dev=link.name if link else ""
                 )
         return singles, groups
+
+    async def _nft_state(self) -> NftState | None:
+        if self.nft_stale:
+            self.nft_stale = False  # an event during the read sets it again
+            self._nft_cache = await asyncio.to_thread(self._nft)  # off the event loop
+        return self._nft_cache
 
     def _nft(self) -> NftState | None:
         return nft.read(self.config.kernel.nft_table, self.config.kernel.mark_mask, trusted=self.nft_listings)
@@ -332,6 +342,7 @@ class Kernel:
             except conntrack.ConntrackError as e:
                 raise NetlinkError(e.errno or errno.EIO, str(e)) from None
         elif isinstance(obj, NftState):
+            self.nft_stale = True
             if op.verb == "delete":
                 await asyncio.to_thread(nft.delete, obj.table)
                 self.nft_listings.clear()
