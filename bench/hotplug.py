@@ -33,8 +33,7 @@ Each repetition:
 Reported: p50 / p95 (nearest rank), min, max per mode, in ms. Prints a table, and the JSON
 (also written to bench/results/hotplug.json). HOTPLUG_DEBUG=1 prints the router's UDP
 conntrack entries and the daemon's log when a flow never got its reply. The VM tier (a
-USB NIC hot-plugged into a QEMU guest) is not measured by this script yet; the JSON's
-`vm` says why.
+USB NIC hot-plugged into a QEMU guest) is measured by bench/hotplug_vm.py.
 """
 
 from __future__ import annotations
@@ -289,8 +288,7 @@ def vm_part() -> dict[str, Any]:
         return {"measured": False, "why": "VM harness cannot run here: " + "; ".join(missing)}
     return {
         "measured": False,
-        "why": "the VM harness can run here (tests/vm), but this script does not drive it yet; "
-        "left to the VM tier",
+        "why": "measured by bench/hotplug_vm.py (results in bench/results/hotplug_vm.json)",
     }
 
 

@@ -145,11 +145,33 @@ class UserNet:
     net: str = "10.0.2.0/24"
     restrict: bool = True
     guestfwds: Sequence[GuestFwd] = ()
+    ipv6: bool = True
+    """False: ``ipv6=off``, no router advertisements (with ``restrict=off`` QEMU otherwise
+    advertises fec0::/64 and a default route via fe80::2, which the kernel installs in main)."""
 
     def option(self) -> str:
         parts = [f"user,id={self.id}", f"net={self.net}", f"restrict={'on' if self.restrict else 'off'}"]
+        if not self.ipv6:
+            parts.append("ipv6=off")
         parts += [fwd.option() for fwd in self.guestfwds]
         return ",".join(parts)
+
+
+class GuestClock(NamedTuple):
+    """How the guest's clocks relate to this host's (guest minus host, seconds), measured
+    over one agent round trip of ``rtt`` s (the uncertainty is about ``rtt / 2``)."""
+
+    wall_offset: float
+    """``time.time()`` in the guest minus on the host."""
+    mono_offset: float
+    """``time.monotonic()`` in the guest minus on the host."""
+    rtt: float
+
+    def host_wall(self, guest_wall: float) -> float:
+        return guest_wall - self.wall_offset
+
+    def host_mono(self, guest_mono: float) -> float:
+        return guest_mono - self.mono_offset
 
 
 class GuestLease(NamedTuple):
@@ -516,6 +538,23 @@ class Vm:
             raise VmError(f"in the guest: cannot start {shlex.join(argv)}: {reply['error']}")
         return int(reply["pid"])
 
+    def clock(self, samples: int = 5) -> GuestClock:
+        """The guest's clocks against this host's: the agent's ``time.time()`` and
+        ``time.monotonic()``, from the quickest of ``samples`` round trips."""
+        best: GuestClock | None = None
+        for _ in range(max(1, samples)):
+            wall0, mono0 = time.time(), time.monotonic()
+            reply = self._request({"op": "clock"}, COMMAND_TIMEOUT_S)
+            mono1, wall1 = time.monotonic(), time.time()
+            if "wall" not in reply:
+                raise VmError(f"the guest agent does not tell the time: {reply}")
+            found = GuestClock(float(reply["wall"]) - (wall0 + wall1) / 2,
+                               float(reply["mono"]) - (mono0 + mono1) / 2, mono1 - mono0)  # fmt: skip
+            if best is None or found.rtt < best.rtt:
+                best = found
+        assert best is not None
+        return best
+
     def read_file(self, path: str, timeout: float = COMMAND_TIMEOUT_S) -> str:
         return self.check(["cat", path], timeout)
 
@@ -874,6 +913,8 @@ def _agent_handle(request: dict[str, Any], children: set[int]) -> dict[str, Any]
             reply["timed_out"] = True
         return {**reply, "rc": proc.returncode, "stdout": out.decode(errors="replace"),
                 "stderr": err.decode(errors="replace")}
+    if op == "clock":
+        return {**reply, "wall": time.time(), "mono": time.monotonic()}
     if op == "spawn":
         try:
             with open(str(request.get("log", "/dev/null")), "ab") as log:
