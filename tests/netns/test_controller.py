@@ -394,3 +394,32 @@ def test_explain_shows_the_kernels_choice(lab: Lab, controller: Controller) -> N
     again = explain("198.51.100.100", "--from", "192.168.50.11", "--iif", "lan0", "--ipproto", "udp",
                     "--sport", "40000", "--dport", "9000")  # fmt: skip
     assert again["uplink"] == new["uplink"]
+
+
+def test_systemd_notify_ready_status_watchdog_and_socket_mode(lab: Lab, tmp_path: Path) -> None:
+    """Type=notify: READY=1 after the first pass, a one-line STATUS, WATCHDOG=1 pings when
+    WATCHDOG_USEC is set; the control socket is mode 0660."""
+    notify = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify))
+    listener.settimeout(20)
+    c = Controller(lab, three_uplinks(), tmp_path)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "400000"}
+    argv = [sys.executable, "-m", "uplinkd.daemon", "--config", str(c.config_path)]
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", lab.router, *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        messages: list[str] = []
+        while not (any("READY=1" in m for m in messages) and sum("WATCHDOG=1" in m for m in messages) >= 3):
+            messages.append(listener.recv(4096).decode())
+        ready = next(m for m in messages if "READY=1" in m)
+        assert "STATUS=" in ready and "uplinks in service" in ready, ready
+        assert (c.socket.stat().st_mode & 0o777) == 0o660
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        listener.close()
