@@ -423,3 +423,37 @@ def test_systemd_notify_ready_status_watchdog_and_socket_mode(lab: Lab, tmp_path
         proc.terminate()
         proc.wait(timeout=10)
         listener.close()
+
+
+def test_tcp_mss_is_clamped_to_the_uplinks_mtu(lab: Lab, controller: Controller) -> None:
+    """A LAN host advertises MSS 1460; leaving through an uplink with MTU 1400 the SYN must
+    carry 1360 (counted by nft in the ISP's namespace, where the SYN arrives)."""
+    controller.start()
+    wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
+    controller.ctl("drain", "wan")
+    controller.ctl("drain", "lte2")
+    lab.run("router", ["ip", "link", "set", "lte1", "mtu", "1400"])
+    isp = lab.netns("isp2")
+    counting = (
+        "table inet msscheck {\n chain pre {\n  type filter hook prerouting priority -300; policy accept;\n"
+        '  iifname "down" tcp flags syn tcp option maxseg size 1360 counter\n'
+        '  iifname "down" tcp flags syn tcp option maxseg size 1460 counter\n }\n}\n'
+    )
+    subprocess.run(["ip", "netns", "exec", isp, "nft", "-f", "-"], input=counting, text=True, check=True)
+    report = lab.flows(tcp=4, udp=0, duration=1.0)
+    assert report.by_uplink() == {"lte1": 4}, report.by_uplink()
+    listing = subprocess.run(
+        ["ip", "netns", "exec", isp, "nft", "-j", "list", "table", "inet", "msscheck"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    counts = {}
+    for item in json.loads(listing)["nftables"]:
+        rule = item.get("rule")
+        if rule:
+            size = next(
+                e["match"]["right"]
+                for e in rule["expr"]
+                if "match" in e and e["match"]["right"] in (1360, 1460)
+            )
+            counts[size] = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+    assert counts[1360] >= 4 and counts[1460] == 0, counts
