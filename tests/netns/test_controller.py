@@ -457,3 +457,20 @@ def test_tcp_mss_is_clamped_to_the_uplinks_mtu(lab: Lab, controller: Controller)
             )
             counts[size] = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
     assert counts[1360] >= 4 and counts[1460] == 0, counts
+
+
+def test_flush_with_the_daemon_running_pauses_it_until_resume(lab: Lab, controller: Controller) -> None:
+    r = lab.router
+    controller.start()
+    wait_until(lambda: len(group_members(r, TABLES)) == 3, what="three uplinks in the group")
+    out = controller.ctl("flush")
+    assert "paused" in out.stderr
+    assert rules(r) == [] and routes(r, 200) == [] and NH_BASE not in nexthops(r)
+    assert ("inet", "uplinkd") not in nft_tables(r)
+    lab.isp("lte2").carrier(False)  # an event: a pass runs, and writes nothing
+    wait_until(lambda: controller.uplink("lte2")["state"] == "present", what="the pass after the event")
+    assert rules(r) == [] and controller.status()["paused"] is True
+    assert controller.ctl("plan", check=False).returncode == 1  # there is work it is holding back
+    controller.ctl("resume")
+    wait_until(lambda: set(group_members(r, TABLES)) == {"wan", "lte1"}, what="the kernel handed back")
+    assert ("inet", "uplinkd") in nft_tables(r)
