@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import secrets
 import shutil
@@ -45,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from uplinkd.lab.stats import percentile
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "control_plane.json"
@@ -113,14 +114,8 @@ def config(n: int, *, probes: bool = False, socket: Path | None = None) -> dict[
 # --- the worker: runs inside the router namespace ---------------------------------------------
 
 
-def pct(samples: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
 def summary(samples: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(samples), 3), "p95": round(pct(samples, 0.95), 3)}
+    return {"median": round(statistics.median(samples), 3), "p95": round(percentile(samples, 0.95), 3)}
 
 
 async def measure(n: int, reps: int) -> dict[str, Any]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -47,6 +46,7 @@ sys.path.insert(0, str(ROOT / "tests" / "netns"))  # the test harness that runs 
 
 from uplinkd import control  # noqa: E402
 from uplinkd.lab import FlowReport, Lab  # noqa: E402
+from uplinkd.lab.stats import percentile  # noqa: E402
 
 from running import Controller, group_members, wait_until  # noqa: E402
 
@@ -89,12 +89,12 @@ def percentiles(values: Sequence[float]) -> dict[str, float | None]:
     """p50, p95 (nearest rank) and max; None for no values."""
     if not values:
         return {"p50": None, "p95": None, "max": None, "n": 0}
-    ordered = sorted(values)
-
-    def rank(p: float) -> float:
-        return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
-
-    return {"p50": rank(0.50), "p95": rank(0.95), "max": ordered[-1], "n": len(ordered)}
+    return {
+        "p50": percentile(values, 0.50),
+        "p95": percentile(values, 0.95),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 @contextmanager

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import select
 import shutil
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from uplinkd.lab import wait_until
+from uplinkd.lab.stats import percentile, summary
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "hotplug.json"
@@ -95,25 +95,6 @@ while time.monotonic() < deadline:
 print(f"timeout {seq}", flush=True)
 sys.exit(1)
 """
-
-
-def pct(samples: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def summary(samples: list[float]) -> dict[str, Any]:
-    if not samples:
-        return {"n": 0}
-    return {
-        "n": len(samples),
-        "p50": round(pct(samples, 0.5), 1),
-        "p95": round(pct(samples, 0.95), 1),
-        "min": round(min(samples), 1),
-        "max": round(max(samples), 1),
-        "samples": [round(s, 1) for s in samples],
-    }
 
 
 def uplink_config(mode: str, socket: Path, state_dir: Path) -> dict[str, Any]:
@@ -273,7 +254,7 @@ def measure_mode(mode: str, reps: int, interval_ms: float) -> dict[str, Any]:
         "timeouts": timeouts,
         "lab_plug_call_ms": summary(plug_call),
         "unplug_to_clean_ms": summary(clean),
-        "check_ms": round(pct(checks, 0.5), 1) if checks else None,
+        "check_ms": round(percentile(checks, 0.5), 1) if checks else None,
     }
 
 

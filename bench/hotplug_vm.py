@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import re
 import socket
@@ -47,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from uplinkd.lab.stats import percentile, summary
 from uplinkd.lab.vm import GuestClock, GuestFwd, UserNet, Vm, missing_requirements
 from uplinkd.lab.vm_controller import CONNECT_LOOP, GuestController, lease_file, read_kernel
 
@@ -113,23 +113,6 @@ class StampServer:
         self._stop.set()
         self._thread.join(timeout=5)
         self.sock.close()
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def summary(samples: list[float]) -> dict[str, Any]:
-    if not samples:
-        return {"n": 0}
-    return {
-        "n": len(samples),
-        "p50": round(pct(samples, 0.5), 1),
-        "min": round(min(samples), 1),
-        "max": round(max(samples), 1),
-        "samples": [round(s, 1) for s in samples],
-    }
 
 
 def state_of(ctl: GuestController) -> dict[str, Any] | None:
@@ -364,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "interval_ms": args.interval_ms,
         "boot_s": round(boot_s or 0, 1),
         "controller_start_s": round(start_s, 1),
-        "check_ms_p50": round(pct(checks, 0.5), 1) if checks else 0.0,
+        "check_ms_p50": round(percentile(checks, 0.5), 1) if checks else 0.0,
         "status_poll_s": 0.1,
         "summary": {k: summary([r[k] for r in reps if r.get(k) is not None]) for k in keys},
         "first_packet_missing": sum(1 for r in reps if r.get("plug_to_first_packet_ms") is None),
