@@ -17,11 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from uplinkd import control
 from uplinkd.config import Config, ConfigError, load, schema
 from uplinkd.kernel import explain as explain_mod
+from uplinkd.kernel.nft import NftError
 from uplinkd.kernel.state import Kernel
-from uplinkd.model import KernelState
 from uplinkd.plan import desired, diff
 
 DEFAULT_CONFIG = Path("/etc/uplinkd/config.json")
@@ -45,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
+    except (NftError, NetlinkError, OSError) as e:  # acting on the kernel without the daemon
+        hint = " (run as root)" if isinstance(e, PermissionError) or "not permitted" in str(e) else ""
+        print(f"uplinkctl: {args.command}: {e}{hint}", file=sys.stderr)
+        return EXIT_CHANGES
     return code
 
 
@@ -166,6 +172,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
         mark = int(args.mark, 0) if args.mark is not None else None
     except ValueError as e:
         raise UsageError(f"explain: {e}; give addresses like 198.51.100.1 and marks like 0x6500") from None
+    if src is not None and src.version != dst.version:
+        raise UsageError(
+            "explain: --from and DST are of different families; give two IPv4 or two IPv6 addresses"
+        )
+    if mark is not None and not 0 <= mark <= 0xFFFFFFFF:
+        raise UsageError(f"explain: --mark {args.mark} is not a 32-bit mark; use 0 to 0xffffffff")
+    for flag in ("sport", "dport"):
+        port = getattr(args, flag)
+        if port is not None and not 1 <= port <= 65535:
+            raise UsageError(f"explain: --{flag} {port} is not a port; use 1 to 65535")
     request = {
         "command": "explain",
         "dst": str(dst),
@@ -228,6 +244,8 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
+    if args.config is not None and args.socket is None:
+        args.socket = load(args.config).control.socket  # the daemon that file configures
     try:
         result = _call(args, {"command": "flush"})
         removed, failed = result["removed"], result["failed"]
@@ -250,8 +268,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
 async def _local_flush(config: Config) -> tuple[list[str], list[str]]:
     kernel = Kernel(config)
     try:
-        _, actual = await kernel.read()
-        result = await kernel.apply(diff(actual, KernelState()))
+        result = await kernel.teardown()
     finally:
         kernel.close()
     return [str(op) for op in result.done], [f"{f.op}: {f.error}" for f in result.failed]

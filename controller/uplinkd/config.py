@@ -208,6 +208,14 @@ class Probe(_Strict):
                 return {**preset, **data}
         return data
 
+    @field_validator("dns_name")
+    @classmethod
+    def _dns_name(cls, v: str) -> str:
+        labels = [label for label in v.strip(".").split(".") if label]
+        if len(v) > 253 or any(len(label) > 63 for label in labels):
+            raise ValueError(f"{v!r} is not a DNS name; use labels of at most 63 characters, 253 in all")
+        return v
+
     @field_validator("targets")
     @classmethod
     def _targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from uplinkd.config import describe
 
@@ -60,6 +60,12 @@ class Explain(_Req):
     ipproto: Literal["tcp", "udp", "icmp"] | None = None
     sport: int | None = Field(default=None, ge=1, le=65535)
     dport: int | None = Field(default=None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _one_family(self) -> Explain:
+        if self.src is not None and self.src.version != self.dst.version:
+            raise ValueError("src: not the family of dst; give two IPv4 or two IPv6 addresses")
+        return self
 
 
 AnyRequest = Status | PlanReq | Drain | Flush | Resume | Reload | Explain
@@ -109,13 +115,18 @@ def call(path: Path, request: dict[str, Any], *, timeout: float = 10.0) -> Any:
             sock.connect(str(path))
         except OSError as e:
             raise ControlError(f"cannot reach uplinkd at {path} ({e.strerror}); is it running?") from None
-        sock.sendall((json.dumps(request) + "\n").encode())
         data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            data += chunk
+        try:
+            sock.sendall((json.dumps(request) + "\n").encode())
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            raise ControlError(f"uplinkd at {path} did not answer within {timeout:g} s") from None
+        except OSError as e:
+            raise ControlError(f"uplinkd at {path} dropped the connection ({e.strerror})") from None
     try:
         answer = json.loads(data)
     except json.JSONDecodeError:

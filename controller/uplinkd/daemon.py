@@ -44,7 +44,8 @@ from uplinkd.udev import UdevWatch, enrich
 
 log = logging.getLogger("uplinkd")
 
-DEBOUNCE = 0.005  # coalesce a burst of netlink events into one pass
+DEBOUNCE = 0.005
+ADOPTED = "in service when uplinkd started; probing"  # coalesce a burst of netlink events into one pass
 RETRY_MIN, RETRY_MAX = 0.1, 5.0
 
 
@@ -111,6 +112,7 @@ class Controller:
         self._retry = RETRY_MIN
         self._tasks: asyncio.TaskGroup | None = None
         self.first_pass = asyncio.Event()
+        self._adopted: set[str] = set()  # in the group when we started; up until probed
         self.probers: dict[str, tuple[Prober, asyncio.Task[None]]] = {}
         self.dhcp: dict[str, tuple[DhcpClient, asyncio.Task[None]]] = {}
         self.udev = UdevWatch(self.poke)
@@ -217,6 +219,8 @@ class Controller:
 
     async def compute(self) -> tuple[Intent, Plan]:
         observed, actual = await self.kernel.read()
+        if self.rt.intent is None:
+            self._adopt(actual)
         intent = self._intent(enrich(observed, self.udev.facts))
         plan = diff(actual, intent.kernel)
         if self.rt.intent is not None:
@@ -224,10 +228,24 @@ class Controller:
             plan = Plan(plan.ops + flushes)
         return intent, plan
 
+    def _adopt(self, actual: KernelState) -> None:
+        """At start: uplinks already in the kernel's balance group stay in service until their
+        probes say otherwise, so a restart neither moves nor drops anything."""
+        base = self.config.kernel.nexthop_base
+        by_table = {up.table: name for name, up in self.config.uplinks.items()}
+        for group in actual.groups.values():
+            for m in group.members:
+                name = by_table.get((m.id - base) // 2)
+                if name is not None:
+                    self._adopted.add(name)
+
     def _health(self) -> dict[str, HealthVerdict]:
-        """Verdicts from the probers; an uplink with targets but no verdict yet is unknown."""
+        """Verdicts from the probers; an uplink with targets but no verdict yet is unknown,
+        unless it was in service when we started (then it is up until probed otherwise)."""
         health = {
-            name: HealthVerdict(Health.UNKNOWN, "not probed yet")
+            name: HealthVerdict(Health.UP, ADOPTED)
+            if name in self._adopted
+            else HealthVerdict(Health.UNKNOWN, "not probed yet")
             for name, up in self.config.uplinks.items()
             if up.probe.targets
         }
@@ -249,11 +267,14 @@ class Controller:
     async def reconcile(self) -> ApplyResult:
         async with self._lock:
             intent, plan = await self.compute()
-            self._record(intent)
-            self._sync_dhcp(intent)
             self.rt.plan = plan
             self.rt.passes += 1
-            if self.rt.paused or not plan:
+            if self.rt.paused:  # after flush: watch, but neither write nor keep score
+                self.rt.result = ApplyResult()
+                return self.rt.result
+            self._record(intent)
+            self._sync_dhcp(intent)
+            if not plan:
                 self.rt.result = ApplyResult()
             else:
                 self.rt.result = await self.kernel.apply(plan)
@@ -294,7 +315,11 @@ class Controller:
         for name, (dev, mark, probe) in wanted.items():
             if name in self.probers or self._tasks is None:
                 continue
-            prober = Prober(name=name, dev=dev, mark=mark, probe=probe, on_verdict=self._verdict)
+            adopted = name in self._adopted
+            self._adopted.discard(name)
+            prober = Prober(
+                name=name, dev=dev, mark=mark, probe=probe, on_verdict=self._verdict, adopted=adopted
+            )
             task = self._tasks.create_task(self._guard(f"probe {name}", prober.run()))
             self.probers[name] = (prober, task)
 
@@ -373,7 +398,8 @@ class Controller:
         try:
             code = await asyncio.wait_for(proc.wait(), self.config.hooks.timeout)
         except TimeoutError:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
             await proc.wait()
             log.warning("hook %s killed after %gs", hook, self.config.hooks.timeout)
             return
@@ -454,6 +480,13 @@ class Controller:
         except ConfigError as e:
             log.error("reload: keeping the running config; %s is invalid:\n%s", self.config_path, e)
             return str(e)
+        if config.kernel != self.config.kernel:
+            why = (
+                "kernel: protocol, nexthop_base, mark_mask and nft_table say what uplinkd owns; "
+                "changing them live would orphan what it made. Run `uplinkctl flush`, then restart"
+            )
+            log.error("reload: keeping the running config; %s", why)
+            return why
         async with self._lock:
             self.config = config
             self.kernel.config = config
@@ -465,10 +498,13 @@ class Controller:
 
     async def flush(self) -> dict[str, Any]:
         async with self._lock:
-            _, actual = await self.kernel.read()
-            plan = diff(actual, KernelState())
-            result = await self.kernel.apply(plan)
+            result = await self.kernel.teardown()
             self.rt.paused = True
+            # hands off: probes would fail without our rules and report every uplink down
+            for _, task in self.probers.values():
+                task.cancel()
+            self.probers.clear()
+            self.rt.health.clear()
         return {"removed": [str(op) for op in result.done], "failed": [f.error for f in result.failed]}
 
     async def _handle_safely(self, line: bytes) -> bytes:

@@ -54,9 +54,9 @@ class _StoredLease(PyLease):  # type: ignore[misc]
     def load(cls, interface: str) -> _StoredLease | None:
         try:
             lease = cls(**json.loads(cls.path.read_text()))
-        except (OSError, ValueError, TypeError):
+            return None if lease.expired else lease
+        except (OSError, ValueError, TypeError, LookupError, AttributeError):  # missing or mangled
             return None
-        return None if lease.expired else lease
 
 
 def lease_class(path: Path) -> type[_StoredLease]:

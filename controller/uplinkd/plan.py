@@ -455,8 +455,10 @@ def diff(actual: KernelState, wanted: KernelState) -> Plan:
         for gid, g in sorted(wanted.groups.items())
         if gid in recreated or actual.groups.get(gid) != g
     ]
+    # A route we do not have yet is added exclusively, so it can never take over someone
+    # else's route at the same key; only our own routes are replaced.
     ops += [
-        Op("replace", r)
+        Op("replace" if key in actual.routes else "add", r)
         for key, r in sorted(wanted.routes.items())
         if actual.routes.get(key) != r or (r.nhid is not None and r.nhid in recreated)
     ]

@@ -23,12 +23,13 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from uplinkd.config import Probe, parse_target
 from uplinkd.health import RoundResult, Tracker, after_round, after_traffic, next_round
-from uplinkd.model import HealthVerdict, IPAddress
+from uplinkd.model import Health, HealthVerdict, IPAddress
 
 log = logging.getLogger("uplinkd.probes")
 
@@ -153,6 +154,18 @@ async def dns_probe(
         sock.close()
 
 
+async def _unanswered_on_error(
+    job: Coroutine[Any, Any, tuple[float | None, int]],
+) -> tuple[float | None, int]:
+    """A probe that cannot even be sent (no socket: EMFILE, EAFNOSUPPORT) is a failed probe,
+    not a crash."""
+    try:
+        return await job
+    except OSError as e:
+        log.warning("probe failed to start: %s", e)
+        return None, 0
+
+
 async def probe_round(probe: Probe, *, dev: str, mark: int) -> RoundResult:
     """Ask every target once, all at the same time."""
     started = time.monotonic()
@@ -168,7 +181,7 @@ async def probe_round(probe: Probe, *, dev: str, mark: int) -> RoundResult:
             jobs.append(
                 dns_probe(addr, port or 53, probe.dns_name, dev=dev, mark=mark, timeout=probe.timeout)
             )
-    results = await asyncio.gather(*jobs)
+    results = await asyncio.gather(*(_unanswered_on_error(job) for job in jobs))
     rtts = tuple(rtt for rtt, _ in results if rtt is not None)
     return RoundResult(
         started=started,
@@ -199,13 +212,19 @@ class Prober:
         mark: int,
         probe: Probe,
         on_verdict: Callable[[str, HealthVerdict], None],
+        adopted: bool = False,
     ) -> None:
         self.name = name
         self.dev = dev
         self.mark = mark
         self.probe = probe
         self.on_verdict = on_verdict
-        self.tracker = Tracker()
+        # an uplink that was in service when the daemon started stays up until probes disagree
+        self.tracker = (
+            Tracker(health=Health.UP, reason="in service when uplinkd started; probing")
+            if adopted
+            else Tracker()
+        )
         self._bytes: collections.deque[tuple[float, int]] = collections.deque()
         self.tick = min(0.5, max(0.05, probe.suspect_after / 4))
 

@@ -200,6 +200,11 @@ def test_foreign_objects_are_never_touched(lab: Lab, controller: Controller) -> 
         ["ip", "rule", "add", "priority", "10010", "from", "192.0.2.0/24", "lookup", "50"],
         ["ip", "nexthop", "add", "id", "5", "via", "10.101.0.1", "dev", "wan"],
         ["ip", "route", "add", "198.18.0.0/15", "nhid", "5", "table", "101"],
+        # someone else's address on lte2 (the kernel drops a device's routes with its last
+        # address, so the route below must not hang on ours alone), and their default route
+        # at the very key of lte2's table: never taken over
+        ["ip", "address", "add", "10.103.0.9/24", "dev", "lte2"],
+        ["ip", "route", "add", "default", "via", "10.103.0.1", "dev", "lte2", "table", "103"],
         ["nft", "add", "table", "inet", "foreign"],
     ]
     for argv in foreign:
@@ -208,13 +213,22 @@ def test_foreign_objects_are_never_touched(lab: Lab, controller: Controller) -> 
         [x for x in all_rules(r) if x.get("protocol") != str(PROTO)],
         routes(r, 50),
         [x for x in routes(r, 101) if x.get("protocol") != str(PROTO)],
+        routes(r, 103),
         nexthops(r)[5],
+        [
+            a
+            for a in ip_json(r, "-4", "addr", "show", "dev", "lte2")[0]["addr_info"]
+            if a["local"] != "10.103.0.2"
+        ],
     )
     before = snapshot()
     controller.start()
     wait_until(lambda: len(group_members(r, TABLES)) == 3, what="three uplinks in the group")
-    lab.run("router", ["ip", "link", "set", "lte2", "down"])  # a reconcile with changes
-    wait_until(lambda: len(group_members(r, TABLES)) == 2, what="lte2 out of the group")
+    assert any(
+        "a route uplinkd does not own holds this key" in f["error"] for f in controller.status()["failures"]
+    )
+    lab.isp("lte1").carrier(False)  # a reconcile with changes
+    wait_until(lambda: len(group_members(r, TABLES)) == 2, what="lte1 out of the group")
     assert snapshot() == before
     controller.stop()
     out = controller.ctl("flush", "--config", str(controller.config_path))
@@ -474,3 +488,21 @@ def test_flush_with_the_daemon_running_pauses_it_until_resume(lab: Lab, controll
     controller.ctl("resume")
     wait_until(lambda: set(group_members(r, TABLES)) == {"wan", "lte1"}, what="the kernel handed back")
     assert ("inet", "uplinkd") in nft_tables(r)
+
+
+def test_an_edited_nft_table_is_healed_and_still_flushed(lab: Lab, controller: Controller) -> None:
+    r = lab.router
+
+    def counters() -> int:
+        return lab.run("router", ["nft", "list", "chain", "inet", "uplinkd", "forward"]).stdout.count(
+            "counter"
+        )
+
+    controller.start()
+    wait_until(lambda: ("inet", "uplinkd") in nft_tables(r), what="our nft table")
+    lab.run("router", ["nft", "add", "rule", "inet", "uplinkd", "forward", "counter"])
+    wait_until(lambda: counters() == 0, timeout=5, what="the edit undone")
+    controller.stop()
+    lab.run("router", ["nft", "add", "rule", "inet", "uplinkd", "forward", "counter"])
+    controller.ctl("flush", "--config", str(controller.config_path))
+    assert ("inet", "uplinkd") not in nft_tables(r)

@@ -724,8 +724,8 @@ def test_create_from_empty_in_dependency_order() -> None:
     k = issue_intent().kernel
     p = diff(KernelState(), k)
     assert kinds(p) == KIND_ORDER_CREATE
-    assert {op.verb for op in p.ops if isinstance(op.obj, Rule | StaticAddr)} == {"add"}
-    assert {op.verb for op in p.ops if not isinstance(op.obj, Rule | StaticAddr)} == {"replace"}
+    assert {op.verb for op in p.ops if isinstance(op.obj, Rule | StaticAddr | Route)} == {"add"}
+    assert {op.verb for op in p.ops if not isinstance(op.obj, Rule | StaticAddr | Route)} == {"replace"}
     assert len(p) == (
         len(k.links_up)
         + len(k.addresses)
@@ -756,10 +756,10 @@ def test_plan_strings_are_ip_syntax() -> None:
         "ip -4 nexthop replace id 100000206 dev wwan0",
         "ip nexthop replace id 100000000 group 100000202,3/100000204/100000206 "
         "type resilient buckets 512 idle_timer 10 unbalanced_timer 0",
-        "ip -4 route replace default via 192.0.2.1 dev eth1 table 101",
-        "ip -4 route replace default dev wwan0 table 103",
-        "ip -4 route replace default nhid 100000000 table 200",
-        "ip -6 route replace unreachable default table 200",
+        "ip -4 route add default via 192.0.2.1 dev eth1 table 101",
+        "ip -4 route add default dev wwan0 table 103",
+        "ip -4 route add default nhid 100000000 table 200",
+        "ip -6 route add unreachable default table 200",
         "ip -4 rule add priority 10000 lookup main suppress_prefixlength 0",
         "ip -4 rule add priority 10010 fwmark 0x6500/0xff00 lookup 101",
         "ip -6 rule add priority 10010 fwmark 0x6700/0xff00 lookup 103",
@@ -875,8 +875,8 @@ def test_diff_heals_what_the_kernel_dropped() -> None:
     assert p.ops == (
         Op("replace", wanted.nexthops[B]),
         Op("replace", wanted.groups[BASE]),
-        Op("replace", wanted.routes[RouteKey(AF_INET, 200, V4_ANY)]),
-        Op("replace", wanted.routes[RouteKey(AF_INET6, 200, V6_ANY)]),
+        Op("add", wanted.routes[RouteKey(AF_INET, 200, V4_ANY)]),  # exclusively: never a foreign route
+        Op("add", wanted.routes[RouteKey(AF_INET6, 200, V6_ANY)]),
     )
 
 

@@ -90,7 +90,10 @@ def render(state: NftState) -> str:
 
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, timeout=10)
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:  # no nft binary, or it hung
+        raise NftError(f"{argv[0]}: {e}") from None
 
 
 def load(state: NftState) -> None:

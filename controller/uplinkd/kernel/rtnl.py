@@ -56,6 +56,7 @@ from pyroute2.netlink import (
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_DUMP,
+    NLM_F_EXCL,
     NLM_F_REPLACE,
     NLM_F_REQUEST,
     NLMSG_ERROR,
@@ -772,8 +773,10 @@ async def replace_route(
     priority: int | None = None,
     route_type: int = RTN_UNICAST,
     scope: int = RT_SCOPE_UNIVERSE,
+    exclusive: bool = False,
 ) -> None:
-    """Create or replace a route (NLM_F_CREATE | NLM_F_REPLACE).
+    """Create or replace a route (NLM_F_CREATE | NLM_F_REPLACE); with ``exclusive``,
+    only create it (NLM_F_EXCL): EEXIST instead of taking over a route already there.
 
     Either ``nhid`` (a nexthop object or group) or ``oif``/``gateway``; the
     kernel refuses to combine RTA_NH_ID with RTA_OIF/RTA_GATEWAY.
@@ -797,7 +800,8 @@ async def replace_route(
     ):
         if value is not None:
             msg["attrs"].append([name, value])
-    await _request_ack(ipr, msg, RTM_NEWROUTE, _REPLACE)
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL if exclusive else _REPLACE
+    await _request_ack(ipr, msg, RTM_NEWROUTE, flags)
 
 
 async def delete_route(
@@ -808,9 +812,11 @@ async def delete_route(
     dst: str | None,
     dst_len: int,
     priority: int | None = None,
+    protocol: int = 0,
 ) -> None:
-    """Delete a route by table/dst/dst_len(/priority); ESRCH if absent."""
-    msg = _route_msg(family=family, table=table, dst=dst, dst_len=dst_len)
+    """Delete a route by table/dst/dst_len(/priority); with ``protocol``, only a route of
+    that protocol (the kernel skips others); ESRCH if absent."""
+    msg = _route_msg(family=family, table=table, dst=dst, dst_len=dst_len, protocol=protocol)
     msg["scope"] = 255  # RT_SCOPE_NOWHERE: match any scope
     msg["type"] = 0
     if priority is not None:

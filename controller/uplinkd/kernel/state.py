@@ -47,7 +47,7 @@ from uplinkd.model import (
     Rule,
     StaticAddr,
 )
-from uplinkd.plan import Op, Plan, owns_nexthop
+from uplinkd.plan import Op, Plan, diff, owns_nexthop
 
 log = logging.getLogger("uplinkd.kernel")
 
@@ -226,11 +226,27 @@ class Kernel:
     async def _nft_state(self) -> NftState | None:
         if self.nft_stale:
             self.nft_stale = False  # an event during the read sets it again
-            self._nft_cache = await asyncio.to_thread(self._nft)  # off the event loop
+            try:
+                self._nft_cache = await asyncio.to_thread(self._nft)  # off the event loop
+            except nft.NftError as e:
+                log.warning("cannot read nftables (%s); trying again next pass", e)
+                self.nft_stale = True
         return self._nft_cache
 
     def _nft(self) -> NftState | None:
         return nft.read(self.config.kernel.nft_table, self.config.kernel.mark_mask, trusted=self.nft_listings)
+
+    async def teardown(self) -> ApplyResult:
+        """Remove everything we own. Our nft table goes even when it was edited by hand (then
+        `read` reports it as drifted rather than as ours-as-rendered)."""
+        _, actual = await self.read()
+        result = await self.apply(diff(actual, KernelState()))
+        table = self.config.kernel.nft_table
+        if actual.nft is None and await asyncio.to_thread(nft.listing, table) is not None:
+            op = Op("delete", NftState(table, self.config.kernel.mark_mask, ()))
+            extra = await self.apply(Plan((op,)))
+            result = ApplyResult(result.done + extra.done, result.failed + extra.failed)
+        return result
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -246,6 +262,11 @@ class Kernel:
             except NetlinkError as e:
                 if op.verb == "delete" and e.code in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
                     done.append(op)  # already gone: the kernel did it for us (e.g. unplug)
+                    continue
+                if op.verb == "add" and e.code == errno.EEXIST and isinstance(op.obj, Route):
+                    why = "a route uplinkd does not own holds this key; it is left alone"
+                    log.warning("refused: %s: %s", op, why)
+                    failed.append(OpFailure(op, why, transient=False))
                     continue
                 if op.verb == "add" and e.code == errno.EEXIST:
                     done.append(op)
@@ -283,7 +304,12 @@ class Kernel:
             dst = str(net.network_address) if net.prefixlen else None
             if op.verb == "delete":
                 await rtnl.delete_route(
-                    self.ipr, family=key.family, table=key.table, dst=dst, dst_len=net.prefixlen
+                    self.ipr,
+                    family=key.family,
+                    table=key.table,
+                    dst=dst,
+                    dst_len=net.prefixlen,
+                    protocol=proto,
                 )
                 return
             await rtnl.replace_route(
@@ -297,6 +323,7 @@ class Kernel:
                 oif=obj.oif,
                 gateway=str(obj.gateway) if obj.gateway is not None else None,
                 route_type=RTN_UNREACHABLE if obj.type == "unreachable" else RTN_UNICAST,
+                exclusive=op.verb == "add",
             )
         elif isinstance(obj, Nexthop):
             if op.verb == "delete":
@@ -328,7 +355,7 @@ class Kernel:
         elif isinstance(obj, StaticAddr):
             a = obj.address
             await self.ipr.addr(
-                "replace" if op.verb != "delete" else "del",
+                "add" if op.verb != "delete" else "del",  # add: never take over someone else's
                 index=obj.ifindex,
                 address=str(a.ip),
                 prefixlen=a.network.prefixlen,
@@ -339,7 +366,7 @@ class Kernel:
         elif isinstance(obj, ConntrackFlush):
             try:
                 await asyncio.to_thread(conntrack.flush_mark, obj.mark, obj.mask)
-            except conntrack.ConntrackError as e:
+            except OSError as e:  # ConntrackError, or a timeout on the netlink socket
                 raise NetlinkError(e.errno or errno.EIO, str(e)) from None
         elif isinstance(obj, NftState):
             self.nft_stale = True
