@@ -4,4 +4,4 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 "$here/scripts/setup.sh"
-exec uplinkd lab "$@"
+exec python3 -m uplinkd.entry lab "$@"

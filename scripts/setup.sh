@@ -22,4 +22,12 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Debian's own python3 has no pip until python3-pip is installed, and refuses system-wide
+# installs (PEP 668) unless told: this is a test/lab machine, so we tell it.
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends python3-pip python3-venv >/dev/null
+fi
+export PIP_BREAK_SYSTEM_PACKAGES=1
 python3 -m pip install -q --disable-pip-version-check -e "$here/controller[test,systemd]" virtme-ng

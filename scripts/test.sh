@@ -8,9 +8,9 @@ cd "$here"
 "$here/scripts/setup.sh"
 
 echo "== ruff"
-ruff check --config controller/pyproject.toml controller tests bench
+python3 -m ruff check --config controller/pyproject.toml controller tests bench
 echo "== mypy --strict"
-(cd controller && mypy --strict uplinkd)
+(cd controller && python3 -m mypy --strict uplinkd)
 echo "== import layers"
 (cd controller && lint-imports --no-cache)
 echo "== nix-instantiate --parse"
