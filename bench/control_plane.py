@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from uplinkd.lab.stats import percentile
+from uplinkd.lab.stats import percentile, publish
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "control_plane.json"
@@ -381,12 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             run(["ip", "netns", "delete", ns], check=False)
         shutil.rmtree(workdir, ignore_errors=True)
     results["wall_s"] = round(time.monotonic() - began, 1)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(results, indent=1)
-    args.output.write_text(text + "\n")
-    print(text)
-    print()
-    print(table(results))
+    publish(results, args.output, table(results))
     return 0
 
 

@@ -27,7 +27,6 @@ stderr. A full run takes about two minutes. Needs root (network namespaces).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -46,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests" / "netns"))  # the test harness that runs 
 
 from uplinkd import control  # noqa: E402
 from uplinkd.lab import FlowReport, Lab  # noqa: E402
-from uplinkd.lab.stats import percentile  # noqa: E402
+from uplinkd.lab.stats import percentile, publish  # noqa: E402
 
 from running import Controller, group_members, wait_until  # noqa: E402
 
@@ -393,11 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if idle is not None:
         results["idle_bytes_per_minute"] = idle.join()
     results["elapsed_s"] = round(time.monotonic() - started, 1)
-    text = json.dumps(results, indent=2)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text + "\n")
-    print(text)
-    print(table(results), file=sys.stderr)
+    publish(results, args.output, table(results), table_to=sys.stderr)
     return 0
 
 

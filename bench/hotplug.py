@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from uplinkd.lab import wait_until
-from uplinkd.lab.stats import percentile, summary
+from uplinkd.lab.stats import percentile, publish, summary
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "hotplug.json"
@@ -318,12 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         results["modes"][mode] = measure_mode(mode, args.reps, args.interval_ms)
         print(f"  {mode} done ({time.monotonic() - began:.0f} s)", file=sys.stderr)
     results["vm"] = vm_part()
-    text = json.dumps(results, indent=1)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text + "\n")
-    print(text)
-    print()
-    print(table(results))
+    publish(results, args.output, table(results))
     return 0
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import re
 import socket
@@ -46,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from uplinkd.lab.stats import percentile, summary
+from uplinkd.lab.stats import percentile, publish, summary
 from uplinkd.lab.vm import GuestClock, GuestFwd, UserNet, Vm, missing_requirements
 from uplinkd.lab.vm_controller import CONNECT_LOOP, GuestController, lease_file, read_kernel
 
@@ -356,12 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "total_s": round(time.monotonic() - began, 1),
     }
-    text = json.dumps(results, indent=1)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text + "\n")
-    print(text)
-    print()
-    print(table(results))
+    publish(results, args.output, table(results))
     return 0
 
 

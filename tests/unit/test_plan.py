@@ -38,6 +38,8 @@ from uplinkd.model import (
 )
 from uplinkd.plan import Op, Plan, desired, diff, teardown
 
+from examples import ISSUE_EXAMPLE
+
 BASE = 100_000_000
 V4_ANY, V6_ANY = "0.0.0.0/0", "::/0"
 net = ipaddress.ip_network
@@ -92,26 +94,7 @@ def nh(table: int, family: int = AF_INET) -> int:
 
 # --- the issue's three-uplink router ------------------------------------------------------------------
 
-ISSUE = parse(
-    {
-        "uplinks": {
-            "wan": {"match": {"name": "eth1"}, "address": {"mode": "external"}, "table": 101, "weight": 3},
-            "lte1": {
-                "match": {"usb": {"vendor": "12d1", "product": "14db"}},
-                "address": {"mode": "dhcp"},
-                "table": 102,
-                "weight": 1,
-            },
-            "lte2": {
-                "match": {"name": "wwan*", "driver": ["qmi_wwan", "cdc_mbim"]},
-                "address": {"mode": "static", "cidr": "10.64.0.2/30", "gateway": None},
-                "table": 103,
-            },
-        },
-        "balance": {"table": 200, "last_resort": "carrier"},
-        "rules": {"priority": 10000},
-    }
-)
+ISSUE = parse(ISSUE_EXAMPLE)
 ISSUE_OBS = observed(
     link(1, "lo"),
     link(2, "eth1", driver="e1000"),

@@ -1,10 +1,13 @@
-"""Summaries the benchmarks report: nearest-rank percentiles, computed, no side effects."""
+"""What the benchmarks report: nearest-rank percentiles and summaries (pure), and `publish`."""
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -25,3 +28,13 @@ def summary(samples: Sequence[float], *, digits: int = 1) -> dict[str, Any]:
         "max": round(max(samples), digits),
         "samples": [round(s, digits) for s in samples],
     }
+
+
+def publish(results: dict[str, Any], output: Path, table: str, *, table_to: TextIO | None = None) -> None:
+    """What every benchmark ends with: the JSON written to `output` and printed, then the table."""
+    text = json.dumps(results, indent=1)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text + "\n")
+    print(text)
+    print(file=table_to or sys.stdout)
+    print(table, file=table_to or sys.stdout)
