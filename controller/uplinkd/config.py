@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-# Tables the kernel reserves: unspec, default, main, local.
-RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
+from uplinkd.linux import RESERVED_TABLES
+
 # Table ids map onto nexthop ids (see Kernel.nexthop_base), so they are bounded.
 MAX_TABLE = (1 << 24) - 1
 # The rule band: base + 0 .. base + 30 must stay below main's rule at 32766.

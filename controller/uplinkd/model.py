@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from uplinkd.linux import fwmark_text, table_name
+
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
 FAMILIES = (AF_INET, AF_INET6)
@@ -57,8 +59,8 @@ class Rule:
         if self.src is not None:
             parts.append(f"from {self.src}")
         if self.fwmark is not None:
-            parts.append(f"fwmark {self.fwmark:#x}/{self.fwmask or 0xFFFFFFFF:#x}")
-        parts.append(f"lookup {_table_name(self.table)}")
+            parts.append(f"fwmark {fwmark_text(self.fwmark, self.fwmask or None)}")
+        parts.append(f"lookup {table_name(self.table)}")
         if self.suppress_prefixlength is not None:
             parts.append(f"suppress_prefixlength {self.suppress_prefixlength}")
         return " ".join(parts)
@@ -99,7 +101,7 @@ class Route:
             parts.append(f"via {self.gateway}")
         if self.oif is not None:
             parts.append(f"dev {self.dev or self.oif}")
-        parts.append(f"table {_table_name(self.key.table)}")
+        parts.append(f"table {table_name(self.key.table)}")
         return " ".join(parts)
 
 
@@ -357,7 +359,3 @@ class UplinkStatus:
     def ready(self) -> bool:
         """Carrier, address and a way out: can carry traffic if healthy."""
         return self.state in (State.PROBING, State.UP, State.DEGRADED, State.DOWN)
-
-
-def _table_name(table: int) -> str:
-    return {254: "main", 255: "local", 253: "default"}.get(table, str(table))

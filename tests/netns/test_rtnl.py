@@ -28,17 +28,19 @@ from typing import Any, TypeVar
 import pytest
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_DELROUTE
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from uplinkd import linux
 from uplinkd.kernel import rtnl
-from uplinkd.kernel.rtnl import GroupMember, NexthopInfo, ResilientParams
+from uplinkd.kernel.rtnl import GroupMember, NexthopInfo, ResilientParams, messages
+from uplinkd.linux import SOL_NETLINK
 
 T = TypeVar("T")
 
 PROTO = 77
 TABLE = 200
 
-SOL_NETLINK = 270
 NETLINK_LIST_MEMBERSHIPS = 9
 RTM_NEWLINK = 16
 NLMSG_ERROR = 2
@@ -156,7 +158,7 @@ def nh_events(events: list[Any]) -> list[tuple[str, NexthopInfo]]:
     return [
         (msg["event"], rtnl.decode_nexthop(msg))
         for msg in events
-        if msg["header"]["type"] in (rtnl.RTM_NEWNEXTHOP, rtnl.RTM_DELNEXTHOP)
+        if msg["header"]["type"] in (messages.RTM_NEWNEXTHOP, messages.RTM_DELNEXTHOP)
     ]
 
 
@@ -272,7 +274,7 @@ def test_device_only_and_onlink_nexthop(lab: Lab) -> None:
 
     obj3 = lab.nexthop_json(3)
     assert obj3 is not None and "onlink" in obj3["flags"]
-    assert nhs[3].onlink and nhs[3].flags & rtnl.RTNH_F_ONLINK
+    assert nhs[3].onlink and nhs[3].flags & linux.RTNH_F_ONLINK
 
 
 # -- groups ------------------------------------------------------------------------
@@ -431,7 +433,7 @@ def test_route_with_nhid(lab: Lab) -> None:
     assert set(routes) == {(None, 0), ("10.60.0.0", 16)}
     default = routes[(None, 0)]
     assert (default.nhid, default.protocol, default.table) == (10, PROTO, TABLE)
-    assert default.type == rtnl.RTN_UNICAST
+    assert default.type == linux.RTN_UNICAST
     assert routes[("10.60.0.0", 16)].nhid == 1
     assert routes[("10.60.0.0", 16)].protocol == PROTO
 
@@ -515,12 +517,12 @@ def test_delete_nexthops(lab: Lab) -> None:
 # -- events ------------------------------------------------------------------------
 
 EVENT_GROUPS = (
-    rtnl.RTNLGRP_LINK,
-    rtnl.RTNLGRP_IPV4_IFADDR,
-    rtnl.RTNLGRP_IPV4_ROUTE,
-    rtnl.RTNLGRP_IPV4_RULE,
-    rtnl.RTNLGRP_IPV6_ROUTE,
-    rtnl.RTNLGRP_NEXTHOP,
+    linux.RTNLGRP_LINK,
+    linux.RTNLGRP_IPV4_IFADDR,
+    linux.RTNLGRP_IPV4_ROUTE,
+    linux.RTNLGRP_IPV4_RULE,
+    linux.RTNLGRP_IPV6_ROUTE,
+    linux.RTNLGRP_NEXTHOP,
 )
 
 
@@ -585,7 +587,7 @@ def test_events_on_a_socket_that_also_writes(lab: Lab) -> None:
 
     async def go() -> list[Any]:
         async with lab.ipr() as ipr:
-            await rtnl.subscribe(ipr, [rtnl.RTNLGRP_NEXTHOP])
+            await rtnl.subscribe(ipr, [linux.RTNLGRP_NEXTHOP])
             await rtnl.replace_nexthop(
                 ipr, id=1, family=AF_INET, oif=lab.ifindex["a0"], gateway="10.1.0.2",
                 protocol=PROTO,
@@ -594,7 +596,7 @@ def test_events_on_a_socket_that_also_writes(lab: Lab) -> None:
             return await collect_events(ipr, timeout=1.0)
 
     events = run(go())
-    assert [m["header"]["type"] for m in events] == [rtnl.RTM_NEWNEXTHOP, rtnl.RTM_DELNEXTHOP]
+    assert [m["header"]["type"] for m in events] == [messages.RTM_NEWNEXTHOP, messages.RTM_DELNEXTHOP]
     assert NLMSG_ERROR not in [m["header"]["type"] for m in events]
 
 
@@ -622,8 +624,8 @@ def test_carrier_loss_removes_nexthops_silently(lab: Lab) -> None:
             m
             for m in events
             if m["header"]["type"]
-            in (rtnl.RTM_NEWNEXTHOP, rtnl.RTM_DELNEXTHOP, rtnl.RTM_DELROUTE)
-            and not (m["header"]["type"] == rtnl.RTM_DELROUTE and m["family"] != AF_INET)
+            in (messages.RTM_NEWNEXTHOP, messages.RTM_DELNEXTHOP, RTM_DELROUTE)
+            and not (m["header"]["type"] == RTM_DELROUTE and m["family"] != AF_INET)
         ]
 
     async def go() -> None:

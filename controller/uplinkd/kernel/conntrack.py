@@ -17,7 +17,8 @@ import os
 import socket
 import struct
 
-NETLINK_NETFILTER = 12
+from uplinkd.linux import NETLINK_NETFILTER
+
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_DELETE = 2
 NLM_F_REQUEST = 0x1

@@ -21,12 +21,19 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from uplinkd.kernel import rtnl
+from uplinkd.linux import (
+    FR_ACT_TO_TBL,
+    FRA_FWMASK_ALL,
+    FRA_NO_SUPPRESS,
+    RTM_F_LOOKUP_TABLE,
+    RTN_NAMES,
+    RTN_REFUSING,
+    fwmark_text,
+    table_name,
+)
 from uplinkd.model import IPAddress
 
-RTM_F_LOOKUP_TABLE = 0x1000
-FR_ACT_TO_TBL = 1
 IPPROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "icmp": socket.IPPROTO_ICMP}
-RTN_NAMES = {1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,7 @@ def _matching_rule(
 def _selects(msg: Any, *, dst: IPAddress, src: IPAddress | None, iif: str | None, mark: int | None) -> bool:
     fwmark = msg.get("FRA_FWMARK")
     if fwmark is not None:
-        mask = msg.get("FRA_FWMASK", 0xFFFFFFFF)
+        mask = msg.get("FRA_FWMASK", FRA_FWMASK_ALL)
         if ((mark or 0) & mask) != fwmark:
             return False
     rsrc = msg.get("FRA_SRC")
@@ -188,9 +195,9 @@ async def _refusing_rule(
             )
             if dst in net and (best is None or r.dst_len > best.dst_len):
                 best = r
-        if best is None or (suppress not in (None, 0xFFFFFFFF) and best.dst_len <= suppress):
+        if best is None or (suppress not in (None, FRA_NO_SUPPRESS) and best.dst_len <= suppress):
             continue
-        if best.type in (6, 7, 8):  # blackhole, unreachable, prohibit
+        if best.type in RTN_REFUSING:
             return _rule_text(msg), table, RTN_NAMES[best.type]
         return None
     return None
@@ -205,12 +212,12 @@ def _rule_text(msg: Any) -> str:
     if msg.get("FRA_DST") is not None:
         parts.append(f"to {msg.get('FRA_DST')}/{msg['dst_len']}")
     if msg.get("FRA_FWMARK") is not None:
-        parts.append(f"fwmark {msg.get('FRA_FWMARK'):#x}/{msg.get('FRA_FWMASK', 0xFFFFFFFF):#x}")
+        parts.append(f"fwmark {fwmark_text(msg.get('FRA_FWMARK'), msg.get('FRA_FWMASK'))}")
     if msg.get("FRA_IIFNAME") is not None:
         parts.append(f"iif {msg.get('FRA_IIFNAME')}")
     table = msg.get("FRA_TABLE") or msg["table"]
-    parts.append(f"lookup {({254: 'main', 255: 'local', 253: 'default'}).get(table, table)}")
+    parts.append(f"lookup {table_name(table)}")
     sup = msg.get("FRA_SUPPRESS_PREFIXLEN")
-    if sup not in (None, 0xFFFFFFFF):
+    if sup not in (None, FRA_NO_SUPPRESS):
         parts.append(f"suppress_prefixlength {sup}")
     return " ".join(parts)

@@ -27,6 +27,15 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from uplinkd.config import Config
 from uplinkd.kernel import conntrack, nft, rtnl
+from uplinkd.linux import (
+    FRA_NO_SUPPRESS,
+    IFF_LOWER_UP,
+    IFF_NOARP,
+    IFF_POINTOPOINT,
+    IFF_UP,
+    RTN_UNICAST,
+    RTN_UNREACHABLE,
+)
 from uplinkd.model import (
     AF_INET,
     AF_INET6,
@@ -51,13 +60,6 @@ from uplinkd.plan import Op, Plan, diff, owns_nexthop
 
 log = logging.getLogger("uplinkd.kernel")
 
-IFF_UP = 0x1
-IFF_POINTOPOINT = 0x10
-IFF_NOARP = 0x80
-IFF_LOWER_UP = 0x10000
-RTN_UNICAST = 1
-RTN_UNREACHABLE = 7
-FRA_NO_SUPPRESS = 0xFFFFFFFF
 SYSFS_NET = Path("/sys/class/net")
 
 # errors that a later pass may not see again (a link that came back, a race with a DHCP client)

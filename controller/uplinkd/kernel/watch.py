@@ -13,22 +13,28 @@ import logging
 import socket
 from collections.abc import Callable, Iterable
 
+from uplinkd.linux import (
+    NETLINK_ADD_MEMBERSHIP,
+    NETLINK_NETFILTER,
+    NETLINK_ROUTE,
+    NFNLGRP_NFTABLES,
+    RTNLGRP_IPV4_IFADDR,
+    RTNLGRP_IPV4_ROUTE,
+    RTNLGRP_IPV4_RULE,
+    RTNLGRP_IPV6_IFADDR,
+    RTNLGRP_IPV6_ROUTE,
+    RTNLGRP_IPV6_RULE,
+    RTNLGRP_LINK,
+    RTNLGRP_NEXTHOP,
+    SOL_NETLINK,
+)
+
+# The daemon takes the protocol and group numbers it passes to NetlinkWatch from here.
+__all__ = ["NETLINK_NETFILTER", "NETLINK_ROUTE", "NFNLGRP_NFTABLES", "ROUTING_GROUPS", "NetlinkWatch"]
+
 log = logging.getLogger(__name__)
 
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
-NETLINK_ROUTE = 0
-NETLINK_NETFILTER = 12
-
-# rtnetlink groups (enum rtnetlink_groups in linux/rtnetlink.h)
-RTNLGRP_LINK = 1
-RTNLGRP_IPV4_IFADDR = 5
-RTNLGRP_IPV4_ROUTE = 7
-RTNLGRP_IPV4_RULE = 8
-RTNLGRP_IPV6_IFADDR = 9
-RTNLGRP_IPV6_ROUTE = 11
-RTNLGRP_IPV6_RULE = 19
-RTNLGRP_NEXTHOP = 32
+# the rtnetlink groups a pass depends on: links, addresses, routes, rules, nexthops
 ROUTING_GROUPS = (
     RTNLGRP_LINK,
     RTNLGRP_IPV4_IFADDR,
@@ -39,8 +45,6 @@ ROUTING_GROUPS = (
     RTNLGRP_IPV6_RULE,
     RTNLGRP_NEXTHOP,
 )
-# nfnetlink group for nf_tables changes (a `flush ruleset` by someone else, for one)
-NFNLGRP_NFTABLES = 7
 
 
 class NetlinkWatch:
