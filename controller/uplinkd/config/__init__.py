@@ -5,7 +5,9 @@ This is the edge of the program. Everything here is pydantic; everything past
 path, the way the NixOS module spells it) and says how to fix it.
 
 The same schema is rendered by the NixOS module (`services.uplinkd.settings`) and
-printed by `uplinkctl schema`.
+printed by `uplinkctl schema`. The sections are here; the `probe` section and its timing
+profiles are in `config.probe`, the range check every section uses in `config.fields`,
+and the translation of pydantic's errors into "field: problem; fix" in `config.errors`.
 """
 
 from __future__ import annotations
@@ -15,38 +17,48 @@ import ipaddress
 import json
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from uplinkd.config.errors import ConfigError, describe
+from uplinkd.config.fields import Section, check_range, ranged
+from uplinkd.config.probe import PROFILES, Probe, parse_target
 from uplinkd.linux import RESERVED_TABLES
 
-# Table ids map onto nexthop ids (see Kernel.nexthop_base), so they are bounded.
+__all__ = [
+    "PROFILES",
+    "Address",
+    "Balance",
+    "Config",
+    "ConfigError",
+    "Control",
+    "DhcpAddress",
+    "ExternalAddress",
+    "Hooks",
+    "Match",
+    "Ownership",
+    "Probe",
+    "Rules",
+    "StaticAddress",
+    "Uplink",
+    "UsbMatch",
+    "describe",
+    "load",
+    "parse",
+    "parse_target",
+    "schema",
+]
+
+# Table ids map onto nexthop ids (see Ownership.nexthop_base), so they are bounded.
 MAX_TABLE = (1 << 24) - 1
 # The rule band: base + 0 .. base + 30 must stay below main's rule at 32766.
 RULE_BAND = 40
 MAX_RULE_PRIORITY = 32766 - RULE_BAND
-
-
-class ConfigError(Exception):
-    """A config that cannot be used, with one line per problem."""
-
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(self.problems))
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# Nexthop ids base .. base + 2^25 are ours, and must stay 32-bit.
+MAX_NEXTHOP_BASE = (1 << 32) - (1 << 25) - 1
 
 
 def _hex_id(value: object, what: str) -> str:
@@ -56,7 +68,7 @@ def _hex_id(value: object, what: str) -> str:
     return text
 
 
-class UsbMatch(_Strict):
+class UsbMatch(Section):
     """USB identity of the device the uplink's network interface belongs to."""
 
     vendor: str | None = Field(default=None, description="idVendor, four hex digits")
@@ -80,7 +92,7 @@ class UsbMatch(_Strict):
         return self
 
 
-class Match(_Strict):
+class Match(Section):
     """Which network interface is this uplink. Every given criterion must hold."""
 
     name: str | None = Field(default=None, description="kernel interface name, glob allowed")
@@ -114,13 +126,13 @@ class Match(_Strict):
         return self.name is None or fnmatch.fnmatchcase(ifname, self.name)
 
 
-class ExternalAddress(_Strict):
+class ExternalAddress(Section):
     """Someone else (networkd, ModemManager, ppp) configures the interface; learn it."""
 
     mode: Literal["external"] = "external"
 
 
-class StaticAddress(_Strict):
+class StaticAddress(Section):
     """The controller puts this address on the interface. gateway null = point-to-point."""
 
     mode: Literal["static"]
@@ -139,7 +151,7 @@ class StaticAddress(_Strict):
         return self
 
 
-class DhcpAddress(_Strict):
+class DhcpAddress(Section):
     """The controller runs a DHCPv4 client on the interface; the lease goes into T_u only."""
 
     mode: Literal["dhcp"]
@@ -149,160 +161,7 @@ class DhcpAddress(_Strict):
 Address = Annotated[ExternalAddress | StaticAddress | DhcpAddress, Field(discriminator="mode")]
 
 
-PROFILES: dict[str, dict[str, float | int]] = {
-    # An idle uplink costs ~2 targets x 72 B every 20 s = 0.6 MB/day; traffic that gets no
-    # answer for `suspect_after` starts fast rounds, so a dead uplink in use is seen in ~2-3 s.
-    "default": {
-        "interval": 20.0,
-        "fast_interval": 0.5,
-        "down_interval": 2.0,
-        "timeout": 1.0,
-        "suspect_after": 1.0,
-        "down_after": 3,
-        "up_after": 3,
-    },
-    # Sub-second: a blackholed uplink in use is down in ~0.6 s; idle cost ~1.2 MB/day.
-    "fast": {
-        "interval": 10.0,
-        "fast_interval": 0.1,
-        "down_interval": 0.5,
-        "timeout": 0.2,
-        "suspect_after": 0.2,
-        "down_after": 2,
-        "up_after": 3,
-    },
-}
-
-
-class Probe(_Strict):
-    """Health checks for one uplink, sent through it (its fwmark and SO_BINDTODEVICE)."""
-
-    profile: Literal["default", "fast"] = Field(
-        default="default", description="timing preset; fields given explicitly win"
-    )
-    method: Literal["icmp", "tcp", "dns"] = "icmp"
-    targets: tuple[str, ...] = Field(
-        default=(),
-        description="icmp/dns: addresses; tcp: address:port (IPv6: [addr]:port). "
-        "Empty: no probes, the uplink is healthy while it has carrier and an address",
-    )
-    dns_name: str = Field(default=".", description="name asked of DNS targets (type NS)")
-    quorum: int = Field(default=1, description="targets that must answer for a round to pass")
-    interval: float = Field(default=20.0, description="seconds between rounds while healthy")
-    fast_interval: float = Field(default=0.5, description="seconds between rounds while suspicious")
-    down_interval: float = Field(default=2.0, description="seconds between rounds while down")
-    timeout: float = Field(default=1.0, description="seconds to wait for an answer")
-    suspect_after: float = Field(default=1.0, description="packets out but none in for this long: probe hard")
-    down_after: int = Field(default=3, description="failed rounds in a row before down")
-    up_after: int = Field(default=3, description="good rounds in a row before up")
-    loss_threshold: float = Field(default=20.0, description="percent loss (EWMA) that degrades")
-    rtt_threshold: float = Field(default=500.0, description="milliseconds RTT (EWMA) that degrades")
-    degraded_weight: float = Field(default=0.5, description="weight factor while degraded")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _profile(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            preset = PROFILES.get(str(data.get("profile", "default")))
-            if preset is not None:
-                return {**preset, **data}
-        return data
-
-    @field_validator("dns_name")
-    @classmethod
-    def _dns_name(cls, v: str) -> str:
-        labels = [label for label in v.strip(".").split(".") if label]
-        if len(v) > 253 or any(len(label) > 63 for label in labels):
-            raise ValueError(f"{v!r} is not a DNS name; use labels of at most 63 characters, 253 in all")
-        return v
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if len(v) > 16:
-            raise ValueError(f"{len(v)} targets; use at most 16")
-        return v
-
-    @field_validator("interval", "fast_interval", "down_interval")
-    @classmethod
-    def _intervals(cls, v: float) -> float:
-        if not 0.05 <= v <= 3600:
-            raise ValueError(f"{v} is out of range; use 0.05 to 3600 seconds")
-        return v
-
-    @field_validator("timeout", "suspect_after")
-    @classmethod
-    def _short(cls, v: float) -> float:
-        if not 0.01 <= v <= 60:
-            raise ValueError(f"{v} is out of range; use 0.01 to 60 seconds")
-        return v
-
-    @field_validator("down_after", "up_after", "quorum")
-    @classmethod
-    def _counts(cls, v: int) -> int:
-        if not 1 <= v <= 100:
-            raise ValueError(f"{v} is out of range; use 1 to 100")
-        return v
-
-    @field_validator("loss_threshold")
-    @classmethod
-    def _loss(cls, v: float) -> float:
-        if not 0 < v <= 100:
-            raise ValueError(f"{v} is out of range; use a percentage above 0, at most 100")
-        return v
-
-    @field_validator("rtt_threshold")
-    @classmethod
-    def _rtt(cls, v: float) -> float:
-        if not 1 <= v <= 60000:
-            raise ValueError(f"{v} is out of range; use 1 to 60000 milliseconds")
-        return v
-
-    @field_validator("degraded_weight")
-    @classmethod
-    def _factor(cls, v: float) -> float:
-        if not 0 < v <= 1:
-            raise ValueError(f"{v} is out of range; use a factor above 0, at most 1")
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Probe:
-        problems = []
-        if self.quorum > max(1, len(self.targets)) and self.targets:
-            problems.append(
-                f"quorum: {self.quorum} is more than the {len(self.targets)} targets; "
-                f"use 1 to {len(self.targets)}"
-            )
-        for target in self.targets:
-            try:
-                parse_target(self.method, target)
-            except ValueError as e:
-                problems.append(f"targets: {e}")
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
-
-
-def parse_target(method: str, text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None]:
-    """A probe target as (address, port). tcp needs a port; icmp/dns take an address."""
-    if method == "tcp":
-        host, sep, port = text.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f'{text!r} needs a port for tcp; write e.g. "198.51.100.1:443"')
-        try:
-            return ipaddress.ip_address(host), int(port)
-        except ValueError:
-            raise ValueError(
-                f'{text!r}: {host!r} is not an IP address; write e.g. "198.51.100.1:443"'
-            ) from None
-    try:
-        return ipaddress.ip_address(text), 53 if method == "dns" else None
-    except ValueError:
-        raise ValueError(f'{text!r} is not an IP address; write e.g. "198.51.100.1"') from None
-
-
-class Uplink(_Strict):
+class Uplink(Section):
     match: Match
     address: Address = Field(default_factory=ExternalAddress)
     table: int = Field(description="routing table T_u, 1-16777215, not 253/254/255")
@@ -317,12 +176,7 @@ class Uplink(_Strict):
     def _table(cls, v: int) -> int:
         return _check_table(v)
 
-    @field_validator("weight")
-    @classmethod
-    def _weight(cls, v: int) -> int:
-        if not 1 <= v <= 256:
-            raise ValueError(f"{v} is out of range; use a whole number from 1 to 256")
-        return v
+    _weight = ranged("weight", low=1, high=256, use="a whole number from 1 to 256")
 
     @property
     def mark_value(self) -> int:
@@ -335,12 +189,10 @@ def _check_table(v: int) -> int:
         raise ValueError(
             f"{v} is the kernel's '{RESERVED_TABLES[v]}' table; pick another number, e.g. 100-252"
         )
-    if not 1 <= v <= MAX_TABLE:
-        raise ValueError(f"{v} is out of range; use a table id from 1 to {MAX_TABLE}")
-    return v
+    return check_range(v, low=1, high=MAX_TABLE, use=f"a table id from 1 to {MAX_TABLE}")
 
 
-class Balance(_Strict):
+class Balance(Section):
     table: int = Field(default=200, description="T_balance: weighted default for new connections")
     last_resort: Literal["carrier", "unreachable"] = Field(
         default="carrier",
@@ -360,33 +212,19 @@ class Balance(_Strict):
     def _table(cls, v: int) -> int:
         return _check_table(v)
 
-    @field_validator("buckets")
-    @classmethod
-    def _buckets(cls, v: int) -> int:
-        if not 16 <= v <= 4096:
-            raise ValueError(f"{v} is out of range; use 16 to 4096 buckets (512 is a good default)")
-        return v
-
-    @field_validator("idle_timer", "unbalanced_timer")
-    @classmethod
-    def _timer(cls, v: float) -> float:
-        if not 0 <= v <= 3600:
-            raise ValueError(f"{v} is out of range; use 0 to 3600 seconds")
-        return v
+    _buckets = ranged("buckets", low=16, high=4096, use="16 to 4096 buckets (512 is a good default)")
+    _timers = ranged("idle_timer", "unbalanced_timer", low=0, high=3600, unit="seconds")
 
 
-class Rules(_Strict):
+class Rules(Section):
     priority: int = Field(default=10000, description="base of the rule band; uses base+0 .. base+30")
 
-    @field_validator("priority")
-    @classmethod
-    def _priority(cls, v: int) -> int:
-        if not 1 <= v <= MAX_RULE_PRIORITY:
-            raise ValueError(
-                f"{v} is out of range; use 1 to {MAX_RULE_PRIORITY} so the band "
-                "(base .. base+30) stays below main's rule at 32766"
-            )
-        return v
+    _priority = ranged(
+        "priority",
+        low=1,
+        high=MAX_RULE_PRIORITY,
+        use=f"1 to {MAX_RULE_PRIORITY} so the band (base .. base+30) stays below main's rule at 32766",
+    )
 
 
 def _int_or_hex(v: object) -> object:
@@ -398,8 +236,9 @@ def _int_or_hex(v: object) -> object:
     return v
 
 
-class Kernel(_Strict):
-    """What the controller owns in the kernel. Nothing outside these is ever touched."""
+class Ownership(Section):
+    """The `kernel` section: what the controller owns in the kernel (its protocol number,
+    nexthop ids, mark bits, nft table). Nothing outside these is ever touched."""
 
     protocol: int = Field(default=77, description="route/rule/nexthop protocol number (rt_protos)")
     nexthop_base: int = Field(
@@ -413,21 +252,10 @@ class Kernel(_Strict):
         classmethod(lambda cls, v: _int_or_hex(v))
     )
 
-    @field_validator("protocol")
-    @classmethod
-    def _protocol(cls, v: int) -> int:
-        if not 5 <= v <= 254:
-            raise ValueError(
-                f"{v} is out of range; use 5-254, a number no routing daemon here uses (default 77)"
-            )
-        return v
-
-    @field_validator("nexthop_base")
-    @classmethod
-    def _nh_base(cls, v: int) -> int:
-        if not 1 <= v <= (1 << 32) - (1 << 25) - 1:
-            raise ValueError(f"{v} is out of range; use 1 to {(1 << 32) - (1 << 25) - 1}")
-        return v
+    _protocol = ranged(
+        "protocol", low=5, high=254, use="5-254, a number no routing daemon here uses (default 77)"
+    )
+    _nh_base = ranged("nexthop_base", low=1, high=MAX_NEXTHOP_BASE)
 
     @field_validator("mark_mask")
     @classmethod
@@ -455,20 +283,15 @@ class Kernel(_Strict):
         return self.mark_mask >> self.mark_shift
 
 
-class Control(_Strict):
+class Control(Section):
     socket: Path = Field(default=Path("/run/uplinkd/control.sock"))
     state_dir: Path = Field(default=Path("/var/lib/uplinkd"), description="DHCP leases kept across restarts")
     resync_interval: float = Field(default=30.0, description="full kernel resync, seconds")
 
-    @field_validator("resync_interval")
-    @classmethod
-    def _resync(cls, v: float) -> float:
-        if not 1 <= v <= 3600:
-            raise ValueError(f"{v} is out of range; use 1 to 3600 seconds")
-        return v
+    _resync = ranged("resync_interval", low=1, high=3600, unit="seconds")
 
 
-class Hooks(_Strict):
+class Hooks(Section):
     on_change: Path | None = Field(
         default=None,
         description="program run on every uplink state change, with UPLINKD_UPLINK, "
@@ -477,13 +300,13 @@ class Hooks(_Strict):
     timeout: float = Field(default=10.0, description="seconds before a hook is killed")
 
 
-class Config(_Strict):
+class Config(Section):
     uplinks: dict[str, Uplink] = Field(default_factory=dict)
     probe: Probe = Field(default_factory=Probe, description="defaults for every uplink's probe")
     hooks: Hooks = Field(default_factory=Hooks)
     balance: Balance = Field(default_factory=Balance)
     rules: Rules = Field(default_factory=Rules)
-    kernel: Kernel = Field(default_factory=Kernel)
+    kernel: Ownership = Field(default_factory=Ownership)
     control: Control = Field(default_factory=Control)
 
     @model_validator(mode="before")
@@ -565,75 +388,6 @@ class Config(_Strict):
 
 
 # --- loading -------------------------------------------------------------------------------
-
-_FIXES = {
-    "extra_forbidden": "unknown key; remove it or check its spelling",
-    "missing": "is required; add it",
-    "int_parsing": "expected a whole number",
-    "int_type": "expected a whole number",
-    "int_from_float": "expected a whole number",
-    "float_parsing": "expected a number",
-    "float_type": "expected a number",
-    "bool_parsing": "expected true or false",
-    "bool_type": "expected true or false",
-    "string_type": "expected a string",
-    "dict_type": "expected a table/object",
-    "model_type": "expected a table/object",
-    "tuple_type": "expected a list",
-    "list_type": "expected a list",
-    "literal_error": "",
-    "union_tag_invalid": "",
-    "union_tag_not_found": "needs a 'mode'; use one of 'external', 'static', 'dhcp'",
-    "ip_v4_interface": 'expected an IPv4 address with prefix, e.g. "10.64.0.2/30"',
-    "ip_v6_interface": 'expected an IPv6 address with prefix, e.g. "2001:db8::2/64"',
-    "ip_v4_address": 'expected an IPv4 address, e.g. "10.64.0.1"',
-    "ip_v6_address": 'expected an IPv6 address, e.g. "2001:db8::1"',
-}
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for part in loc:
-        text = str(part)
-        # Discriminated unions add the tag as a path element ("address.static.cidr").
-        if parts and parts[-1] == "address" and text in ("external", "static", "dhcp"):
-            continue
-        if text.startswith("function-") or text.endswith("]"):
-            continue
-        parts.append(text)
-    return ".".join(parts)
-
-
-def describe(error: ValidationError) -> list[str]:
-    """One line per problem: `dotted.field: what is wrong; how to fix it`."""
-    lines: list[str] = []
-    for err in error.errors(include_url=False):
-        where = _location(tuple(err["loc"]))
-        kind = err["type"]
-        if kind == "value_error":
-            text = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
-            # A model-level check may report several problems, already prefixed with paths.
-            # Model-wide checks (empty location) already name their fields; a model's own
-            # checks name a field inside it ("quorum: ..."), which joins the path.
-            for line in text.splitlines():
-                if not where:
-                    lines.append(line)
-                elif re.match(r"[a-z_]+: ", line):
-                    lines.append(f"{where}.{line}")
-                else:
-                    lines.append(f"{where}: {line}")
-            continue
-        fix = _FIXES.get(kind)
-        if kind == "literal_error":
-            fix = f"{err['input']!r} is not allowed; use {err['ctx']['expected']}"
-        elif kind == "union_tag_invalid":
-            fix = f"{err['ctx']['tag']!r} is not a mode; use one of {err['ctx']['expected_tags']}"
-        elif fix is None:
-            fix = err["msg"]
-        elif kind not in ("missing", "extra_forbidden"):
-            fix = f"{err['input']!r}: {fix}"
-        lines.append(f"{where}: {fix}" if where else fix)
-    return lines
 
 
 def parse(data: Mapping[str, Any]) -> Config:
