@@ -12,6 +12,12 @@ uplink's own table — never into main, so no DHCP client fights over main's def
 Leases are kept in the state directory, so a restarted controller asks for the same
 lease again (INIT-REBOOT) and, meanwhile, keeps the address it had: a restart changes
 nothing in the kernel.
+
+A stick's own DHCP server often starts a moment after the USB device appears, so the first
+DISCOVERs go unanswered. pyroute2 repeats a request after 4 s, then 4-8 s, ... (RFC 2131
+§4.1), which left such a stick unused for 4-14 s. While it looks for a lease, our client
+repeats itself within a second instead (`Retransmission`), through ClientConfig's
+`retransmission` hook.
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ import errno
 import ipaddress
 import json
 import logging
+import math
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
+from pyroute2.dhcp.fsm import State
 from pyroute2.dhcp.hooks import Hook, Trigger
 from pyroute2.dhcp.leases import Lease as PyLease
 
@@ -37,6 +46,57 @@ from uplinkd.model import Lease
 log = logging.getLogger("uplinkd.dhcp")
 
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
+
+LOOKING = frozenset({State.SELECTING, State.REQUESTING, State.REBOOTING})
+"""States in which the client has no lease in force and the uplink waits for one."""
+
+
+@dataclass(frozen=True)
+class Retransmission:
+    """How long to wait for an answer before sending a DHCP request again.
+
+    RFC 2131 §4.1: wait 4 s, then 8, 16, ... up to 64 s, each randomized by ±1 s. That suits
+    a server that lost a packet; it does not suit a stick whose server comes up a second
+    after the device does, which is when a client looks for a lease (DISCOVER, a REQUEST
+    for an offer, INIT-REBOOT). Then the waits start at `first` and grow by `growth` until
+    they reach `rfc_first`; from there they double as the RFC's, up to `cap` (pyroute2's
+    own cap), for as long as nobody answers. A client with a lease in force (renewing,
+    rebinding) follows the RFC's from the start.
+
+    Every wait is randomized by ±`jitter` of itself, at most ±1 s (the RFC's), so clients
+    that came up together do not stay in step.
+    """
+
+    first: float = 0.25
+    growth: float = math.sqrt(2)
+    rfc_first: float = 4.0
+    cap: float = 32.0
+    jitter: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not (0 < self.first <= self.rfc_first <= self.cap and self.growth > 1 and 0 <= self.jitter < 1):
+            raise ValueError(f"{self}: need 0 < first <= rfc_first <= cap, growth > 1, 0 <= jitter < 1")
+
+    def base(self, *, looking: bool) -> Iterator[float]:
+        """The waits before randomization, for ever."""
+        delay = self.first if looking else self.rfc_first
+        while delay < self.rfc_first * (1 - 1e-9):  # not a second wait of ~rfc_first
+            yield delay
+            delay *= self.growth
+        delay = self.rfc_first
+        while True:
+            yield delay
+            delay = min(delay * 2, self.cap)
+
+    def waits(self, *, looking: bool, rng: random.Random | None = None) -> Iterator[float]:
+        """The randomized waits, for ever."""
+        uniform = (rng or random).uniform
+        for delay in self.base(looking=looking):
+            spread = min(delay * self.jitter, 1.0)
+            yield uniform(delay - spread, delay + spread)
+
+
+RETRANSMISSION = Retransmission()
 
 
 @dataclass
@@ -104,6 +164,7 @@ class DhcpClient:
         self.hostname = hostname
         self.on_lease = on_lease
         self.bound_at: float | None = None
+        self._client: AsyncDHCPClient | None = None
 
     @property
     def key(self) -> tuple[str, Path, str | None]:
@@ -117,6 +178,13 @@ class DhcpClient:
     async def _lost(self, lease: Any) -> None:
         self.state_file.unlink(missing_ok=True)
         self.on_lease(self.name, None, "lease expired or refused")
+
+    def _waits(self) -> Iterator[float]:
+        """ClientConfig.retransmission: called by pyroute2's sender with no arguments each
+        time it starts sending a new message, after the state change that message goes with;
+        so the client's state says whether it is looking for a lease."""
+        client = self._client
+        return RETRANSMISSION.waits(looking=client is None or client.state in LOOKING)
 
     def _config(self) -> ClientConfig:
         kwargs: dict[str, Any] = {}
@@ -133,6 +201,7 @@ class DhcpClient:
             write_pidfile=False,
             release=False,  # fail static: a stopping controller keeps the lease in use
             vendor_id="uplinkd",
+            retransmission=self._waits,
             **kwargs,
         )
 
@@ -158,8 +227,9 @@ class DhcpClient:
             # nothing stored, or it ran out: a lease kept from before (adopted at start) is gone
             self.on_lease(self.name, None, "no stored lease")
         expiry = asyncio.create_task(self._expire_stored(stored, started)) if stored is not None else None
+        self._client = AsyncDHCPClient(self._config())
         try:
-            async with AsyncDHCPClient(self._config()) as client:
+            async with self._client as client:
                 await client.bootstrap()
                 # pyroute2's receiver and sender tasks end, logging only, when the interface
                 # goes down (ENETDOWN), and the client then hears nothing for ever: start anew.
@@ -170,6 +240,7 @@ class DhcpClient:
                 else:  # another pyroute2: nothing to watch
                     await asyncio.Event().wait()
         finally:
+            self._client = None
             if expiry is not None:
                 expiry.cancel()
         raise OSError(errno.ENETDOWN, "its socket stopped (interface down)")
