@@ -171,10 +171,20 @@ def measure(reps: int, server_delay: float, interval_ms: float) -> dict[str, Any
     }
 
 
-def revision() -> str | None:
-    done = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+def controller() -> dict[str, Any]:
+    """Which controller ran (PYTHONPATH decides) and its DHCP retransmission schedule."""
+    import uplinkd  # noqa: PLC0415
+    from uplinkd import dhcp  # noqa: PLC0415
+
+    where = Path(uplinkd.__file__).resolve().parent
+    done = subprocess.run(["git", "-C", str(where), "describe", "--always", "--dirty"],
                           capture_output=True, text=True, check=False)  # fmt: skip
-    return done.stdout.strip() or None
+    schedule = getattr(dhcp, "RETRANSMISSION", None)
+    return {
+        "path": str(where),
+        "revision": done.stdout.strip() or None,
+        "retransmission": repr(schedule) if schedule is not None else "pyroute2's (4 s, then x1-2, <= 32 s)",
+    }
 
 
 def table(results: dict[str, Any]) -> str:
@@ -195,7 +205,7 @@ def table(results: dict[str, Any]) -> str:
     verdict = "no sample" if p95 is None else ("met" if p95 <= GOAL_MS else "missed")
     head = (
         f"Hotplug, server {results['server_delay_s']:g} s after the plug, netns lab, ms, "
-        f"{results['reps']} plugs, {r['timeouts']} timeouts (revision {results['revision']}):"
+        f"{results['reps']} plugs, {r['timeouts']} timeouts (controller {results['controller']['revision']}):"
     )
     return "\n".join([head, *lines, f"goal: routed ≤ {GOAL_MS:.0f} ms at p95: {verdict}"])
 
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_delay_s": args.server_delay,
         "interval_ms": args.interval_ms,
         "goal_ms": GOAL_MS,
-        "revision": revision(),
+        "controller": controller(),
         "result": measure(args.reps, args.server_delay, args.interval_ms),
     }
     print(f"  done ({time.monotonic() - began:.0f} s)", file=sys.stderr)
