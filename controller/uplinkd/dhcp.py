@@ -227,8 +227,8 @@ class DhcpClient:
             # nothing stored, or it ran out: a lease kept from before (adopted at start) is gone
             self.on_lease(self.name, None, "no stored lease")
         expiry = asyncio.create_task(self._expire_stored(stored, started)) if stored is not None else None
-        self._client = AsyncDHCPClient(self._config())
         try:
+            self._client = AsyncDHCPClient(self._config())
             async with self._client as client:
                 await client.bootstrap()
                 # pyroute2's receiver and sender tasks end, logging only, when the interface
