@@ -1,8 +1,7 @@
-# Evaluates modules/uplinkd.nix without NixOS, for test_module_eval.py: nixpkgs' `lib` (the
-# module system and its types) plus stand-ins for the NixOS options the module writes and
-# reads, and for the packages it names. It checks the module's options, types, defaults and
-# assertions, and shows what the module hands to NixOS. It cannot tell whether a NixOS option
-# the module sets really exists: the NixOS VM tests (nixos-tests/) do.
+# Evaluates modules/uplinkd.nix without nixpkgs' NixOS tree, for test_module_eval.py: nixpkgs'
+# `lib` (the module system and its types), the NixOS options the module sets and reads declared
+# with nixpkgs' types and merge semantics (nixos.nix), and stand-ins for the packages it names.
+# There is no catch-all: an option path nothing declares fails, as it does on NixOS.
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval.nix \
 #     --arg lib 'import /path/to/nixpkgs.lib/lib' \
@@ -10,49 +9,40 @@
 #     --argstr show 'systemd.services.uplinkd,systemd.network'
 #
 # Prints {failedAssertions, warnings, settings (the rendered config.json), config (the option
-# paths in `show`), options (the settings' option tree: names, types, defaults)}.
+# paths in `show`), options (the settings' option tree: names, types, defaults), profiles (the
+# probe profile defaults the options' descriptions name), standInsDefinedByModule,
+# optionsDefinedByModule}. With `specialisation`, the system is that specialisation of config.
 {
   lib,
   module,
   config,
   show ? "",
+  specialisation ? "",
+  # false: the build machine cannot run the host's binaries (cross-compiling)
+  canExecute ? true,
 }:
 let
-  inherit (lib) mkOption types;
-
-  # Like types.anything, but lists from several definitions are concatenated, as NixOS's list
-  # options do, instead of having to be equal.
-  stubAny = lib.mkOptionType {
-    name = "stubAny";
-    description = "anything (stand-in for a NixOS option)";
-    check = _: true;
-    merge =
-      loc: defs:
-      let
-        values = map (d: d.value) defs;
-      in
-      if lib.all builtins.isList values then
-        lib.concatLists values
-      else if lib.all (v: builtins.isAttrs v && !(lib.isStringLike v)) values then
-        (types.attrsOf stubAny).merge loc defs
-      else
-        types.anything.merge loc defs;
-  };
-
   fakePackage = name: {
     type = "derivation";
     inherit name;
     pname = name;
     version = "0";
     outPath = "/nix/store/00000000000000000000000000000000-${name}";
+    drvPath = "/nix/store/00000000000000000000000000000000-${name}.drv";
+    outputs = [ "out" ];
     meta.mainProgram = name;
     passthru = { };
   };
 
-  writer = name: _: fakePackage name;
+  writer = name: text: fakePackage name // { inherit text; };
   format = _: {
-    type = stubAny;
+    type = lib.types.anything;
     generate = name: _: fakePackage name;
+  };
+
+  platform = {
+    system = "x86_64-linux";
+    canExecute = _: canExecute;
   };
 
   pkgs =
@@ -67,8 +57,6 @@ let
       "iputils"
       "jq"
       "nftables"
-      "python3"
-      "systemd"
       "tcpdump"
       "uplinkd"
       "util-linux"
@@ -76,19 +64,37 @@ let
     // {
       inherit lib;
       system = "x86_64-linux";
-      stdenv.hostPlatform.system = "x86_64-linux";
+      # NixOS always has a systemd new enough for ManageForeignNextHops (256)
+      systemd = fakePackage "systemd" // {
+        version = "258";
+      };
+      python3 = fakePackage "python3" // {
+        withPackages = _: fakePackage "python3-env";
+      };
+      stdenv = {
+        hostPlatform = platform;
+        buildPlatform = platform;
+      };
+      buildPackages = pkgs;
       writeText = writer;
       writeTextDir = writer;
       writeShellScript = writer;
+      writeShellScriptBin = writer;
       writeTextFile = { name, ... }: fakePackage name;
       writeShellApplication = { name, ... }: fakePackage name;
-      # Builds nothing: the build-time `uplinkctl check` is run by the test itself instead.
-      runCommand = name: _: _: fakePackage name;
+      # Builds nothing: the build-time `uplinkctl check` is run by the test itself instead. The
+      # stand-in keeps what the check's derivation was given, for the tests to read.
+      runCommand =
+        name: env: script:
+        fakePackage name
+        // {
+          inherit env script;
+        };
       formats = {
         # JSON is rendered for real, as the file's text beside the stand-in package, so the
         # test can read what the service gets without writing to the store.
         json = _: {
-          type = stubAny;
+          type = lib.types.anything;
           generate = name: value: fakePackage name // { text = builtins.toJSON value; };
         };
         toml = format;
@@ -96,40 +102,27 @@ let
       };
     };
 
-  nixosStandIn = {
-    options = {
-      assertions = mkOption {
-        type = types.listOf types.unspecified;
-        default = [ ];
-      };
-      warnings = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-    };
-    config = {
-      _module.freeformType = types.lazyAttrsOf stubAny;
-      _module.args = {
-        inherit pkgs;
-        utils = { };
-      };
+  nixos = import ./nixos.nix { inherit lib pkgs; };
 
-      # The NixOS options the module reads, at NixOS's defaults (an option's own default has
-      # mkOptionDefault's priority).
-      networking.firewall.checkReversePath = lib.mkOptionDefault true;
-      networking.nftables.tables = lib.mkOptionDefault { };
-      systemd.network.config.routeTables = lib.mkOptionDefault { };
-      systemd.package = lib.mkOptionDefault (fakePackage "systemd" // { version = "258"; });
-    };
-  };
-
-  evaluated = lib.evalModules {
-    modules = [
-      nixosStandIn
+  base = lib.evalModules {
+    modules = nixos ++ [
+      {
+        _module.args = {
+          inherit pkgs;
+          utils = { };
+        };
+      }
       module
       config
     ];
   };
+  evaluated =
+    if specialisation == "" then
+      base
+    else
+      base.extendModules {
+        modules = [ base.config.specialisation.${specialisation}.configuration ];
+      };
   cfg = evaluated.config;
 
   # The option tree below an option: for each name its type and, for leaves, its default.
@@ -153,12 +146,25 @@ let
     ) (removeAttrs opts [ "_module" ]);
 
   paths = lib.filter (p: p != "") (lib.splitString "," show);
-  etc =
-    let
-      defined = builtins.tryEval cfg.environment.etc;
-    in
-    if defined.success then defined.value else { };
+  etc = cfg.environment.etc;
+
+  # Which options outside services.uplinkd the module's own files define.
+  moduleDir = toString (dirOf module);
+  fromModule = file: lib.hasPrefix "${moduleDir}/" (toString file);
+  allOptions = lib.filter (o: lib.take 2 o.loc != [
+    "services"
+    "uplinkd"
+  ]) (lib.collect lib.isOption (removeAttrs evaluated.options [ "_module" ]));
+  definedByModule = lib.filter (o: lib.any fromModule o.files) allOptions;
+  isStandIn = o: lib.hasPrefix "stand-in" (o.description or "");
+
+  # Every typed option's value, as building the system would force it: a type check or a merge
+  # that fails (two definitions of a sysctl, an unknown networkd key) fails the evaluation.
+  # (NixOS reads only a failed assertion's message, so assertions are left to `failedAssertions`.)
+  typed = lib.filter (o: !isStandIn o && o.isDefined && o.loc != [ "assertions" ]) allOptions;
+  forced = builtins.deepSeq (map (o: o.value) typed) true;
 in
+assert forced;
 {
   failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
   inherit (cfg) warnings;
@@ -167,18 +173,16 @@ in
       builtins.fromJSON etc."uplinkd/config.json".source.text
     else
       null;
-  # An option path nothing defines (all under a false mkIf, say) shows as null.
+  # An option path nothing defines shows as null.
   config = lib.genAttrs paths (
     p:
     let
-      shown = builtins.tryEval (
-        let
-          v = lib.attrByPath (lib.splitString "." p) null cfg;
-        in
-        builtins.deepSeq v v
-      );
+      v = lib.attrByPath (lib.splitString "." p) null cfg;
     in
-    if shown.success then shown.value else null
+    builtins.deepSeq v v
   );
   options = optionTree { inherit (evaluated.options.services.uplinkd) settings; };
+  profiles = (import ../../modules/profiles.nix).probeProfiles;
+  optionsDefinedByModule = map (o: lib.showOption o.loc) definedByModule;
+  standInsDefinedByModule = map (o: lib.showOption o.loc) (lib.filter isStandIn definedByModule);
 }

@@ -11,105 +11,35 @@
 - the option tree under services.uplinkd.settings has the names and defaults of the
   controller's JSON Schema, so a field added on one side only fails here.
 
-Needs `nix-instantiate` and a checkout of github:nix-community/nixpkgs.lib (the folder holding
-lib/) named by UPLINKD_NIXPKGS_LIB; tests/nix/eval.nix stands in for the rest of NixOS.
+Needs `nix-instantiate` and nixpkgs' lib (see nixeval.py: CI finds it beside the clone);
+tests/nix/nixos.nix declares the NixOS options the module uses with nixpkgs' types.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from nixeval import (
+    REPO,
+    EvalError,
+    evaluate,
+    needs_lib,
+    settings_module,
+    uplinkctl_check,
+)
 
 from uplinkd.config import ConfigError, parse, schema
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-MODULE = REPO / "modules" / "uplinkd.nix"
-HARNESS = HERE / "eval.nix"
 EXAMPLES = sorted((REPO / "examples").glob("*.nix"))
 BAD = HERE / "fixtures" / "bad"
 GOOD = HERE / "fixtures" / "good"
 OPTION = "services.uplinkd.settings"
-LIB_VARIABLE = "UPLINKD_NIXPKGS_LIB"
-NIX = shutil.which("nix-instantiate")
 
-pytestmark = [
-    pytest.mark.nix,
-    pytest.mark.skipif(NIX is None, reason="nix-instantiate is not installed"),
-    pytest.mark.skipif(
-        not os.environ.get(LIB_VARIABLE),
-        reason=f"set {LIB_VARIABLE} to a checkout of github:nix-community/nixpkgs.lib to evaluate the module",
-    ),
-]
-
-
-# --- running Nix and the controller ----------------------------------------------------------
-
-
-class EvalError(Exception):
-    """nix-instantiate refused the config; carries its message."""
-
-
-def nixpkgs_lib() -> Path:
-    root = Path(os.environ[LIB_VARIABLE])
-    for candidate in (root / "lib", root):
-        if (candidate / "default.nix").is_file() and (candidate / "modules.nix").is_file():
-            return candidate
-    pytest.fail(f"{LIB_VARIABLE}={root} holds no nixpkgs lib (no lib/default.nix and lib/modules.nix)")
-
-
-def evaluate(config: Path, show: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The harness's answer for `config`: failedAssertions, warnings, settings, config, options."""
-    assert NIX is not None
-    argv = [
-        NIX, "--eval", "--strict", "--json", str(HARNESS),
-        "--arg", "lib", f"import {nixpkgs_lib()}",
-        "--arg", "module", str(MODULE),
-        "--arg", "config", str(config),
-        "--argstr", "show", ",".join(show),
-    ]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
-    if done.returncode != 0:
-        raise EvalError(done.stderr)
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
-
-
-def uplinkctl_check(settings: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(settings, indent=2))
-    return subprocess.run(
-        [sys.executable, "-m", "uplinkd.cli", "check", str(path)],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-
-
-def to_nix(value: Any) -> str:
-    """A JSON-like value as a Nix expression."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return f"({value!r})"
-    if isinstance(value, str):
-        return json.dumps(value).replace("${", "\\${")
-    if isinstance(value, list):
-        return "[ " + " ".join(to_nix(v) for v in value) + " ]"
-    if isinstance(value, dict):
-        return "{ " + " ".join(f"{json.dumps(k)} = {to_nix(v)};" for k, v in value.items()) + " }"
-    raise TypeError(f"no Nix for {value!r}")
-
-
-def settings_module(settings: dict[str, Any], tmp_path: Path) -> Path:
-    path = tmp_path / "config.nix"
-    path.write_text(to_nix({"services": {"uplinkd": {"enable": True, "settings": settings}}}) + "\n")
-    return path
+pytestmark = needs_lib
 
 
 # --- the examples and the good fixtures --------------------------------------------------------
@@ -181,12 +111,13 @@ def test_rendered_file_is_what_the_controller_reads(config: Path) -> None:
 
 
 def test_disabled_module_adds_nothing(tmp_path: Path) -> None:
+    """Disabled, the module defines no NixOS option at all (not even an empty udev rule)."""
     path = tmp_path / "disabled.nix"
     path.write_text('{ services.uplinkd.settings.uplinks.wan = { match.name = "eth1"; table = 101; }; }\n')
-    result = evaluate(path, show=("systemd.services", "boot.kernel.sysctl"))
+    result = evaluate(path)
     assert result["settings"] is None
     assert result["failedAssertions"] == []
-    assert result["config"] == {"systemd.services": None, "boot.kernel.sysctl": None}
+    assert result["optionsDefinedByModule"] == []
 
 
 def test_all_fields_fixture_sets_every_option() -> None:
