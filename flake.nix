@@ -106,8 +106,9 @@
                 mypy
               ]
             ))
-            # `uplinkd` and `uplinkctl` run the controller from this checkout
-            (pkgs.writeShellScriptBin "uplinkd" ''exec python3 -m uplinkd.daemon "$@"'')
+            # `uplinkd` and `uplinkctl` run the controller from this checkout, through the same
+            # entry points as the package's (pyproject's [project.scripts]).
+            (pkgs.writeShellScriptBin "uplinkd" ''exec python3 -m uplinkd.entry "$@"'')
             (pkgs.writeShellScriptBin "uplinkctl" ''exec python3 -m uplinkd.cli "$@"'')
             pkgs.ruff
             pkgs.import-linter

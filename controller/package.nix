@@ -20,14 +20,14 @@ buildPythonApplication {
   inherit (pyproject.project) version;
   pyproject = true;
 
-  # The package, and from the repository around it what the build and the tests read:
-  # the README (pyproject's `readme`), pytest.ini and tests/unit.
+  # The package, and from the repository around it what the check phase reads: pytest.ini
+  # and tests/unit. Nothing else, so editing the README or the docs rebuilds nothing (and
+  # restarts no service).
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
       ./pyproject.toml
       ./uplinkd
-      (lib.fileset.maybeMissing ../README.md)
       (lib.fileset.maybeMissing ../pytest.ini)
       ../tests/unit
     ];

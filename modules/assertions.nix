@@ -1,5 +1,11 @@
-# What one option's type cannot check alone. Each message names the option and says how to fix
-# it; tests/nix has one bad config per assertion.
+# What only NixOS knows, checked with a message that names the option and says how to fix it:
+# the names this module gives (renamed interfaces, rt_tables entries), the paths the sandbox
+# allows, and the rest of the system (networkd's route tables, nftables tables, reverse-path
+# filtering). What the controller itself refuses is left to `uplinkctl check`, which runs on the
+# rendered file at build time (service.nix) and names the field the same way; the exceptions
+# are the checks that keep a `.link` file from renaming interfaces it should not, because a
+# `.link` file takes effect even where the build-time check cannot run (cross builds).
+# tests/nix has one bad config per assertion, and shows the controller refuses the rest.
 { config, lib, ... }:
 let
   cfg = config.services.uplinkd;
@@ -14,7 +20,7 @@ let
   check = assertion: message: { inherit assertion message; };
 
   # Other modules' options. NixOS always defines them; the fallbacks (their NixOS defaults)
-  # keep the module evaluable without NixOS, as tests/nix and the shared eval tool do it.
+  # keep the module evaluable on its own.
   nixos = path: fallback: lib.attrByPath path fallback config;
 
   # Names iproute2 gives tables already; an uplink's table is named after the uplink.
@@ -26,92 +32,35 @@ let
     "balance"
   ];
 
+  renameReason =
+    uplink:
+    if helpers.isUsb uplink then
+      "a USB-matched uplink is renamed to its attribute name"
+    else
+      "an uplink whose address the controller owns, matched by driver or path, is renamed to its attribute name (so other DHCP clients can be kept off it)";
+
   perUplink =
     name: uplink:
     let
       m = uplink.match;
-      a = uplink.address;
       where = at name;
-      setFields = fields: lib.filter (f: a.${f} != null) fields;
-      foreign =
-        {
-          external = setFields [
-            "cidr"
-            "gateway"
-            "cidr6"
-            "gateway6"
-            "hostname"
-          ];
-          static = setFields [ "hostname" ];
-          dhcp = setFields [
-            "cidr"
-            "gateway"
-            "cidr6"
-            "gateway6"
-          ];
-        }
-        .${a.mode};
+      renamed = helpers.isRenamed uplink;
     in
     [
-      (check (builtins.match "[A-Za-z][A-Za-z0-9_-]{0,31}" name != null) ''
-        ${where}: ${builtins.toJSON name} is not a usable uplink name; use a letter, then letters, digits, '-' or '_' (at most 32).'')
       (check (!lib.elem name reservedTableNames) ''
         ${where}: the uplink's routing table is named after it in /etc/iproute2/rt_tables.d, and "${name}" is taken; rename the uplink (e.g. "${name}1").'')
-      (check (m.name != null || m.driver != [ ] || m.usb != null || m.path != null) ''
+      # A .link file with an empty [Match] would rename every interface of the machine.
+      (check (!renamed || m.driver != [ ] || m.usb != null || m.path != null) ''
         ${where}.match: matches no interface; set at least one of match.name, match.driver, match.usb, match.path.'')
       (check (m.usb == null || m.usb.vendor != null || m.usb.product != null || m.usb.serial != null) ''
         ${where}.match.usb: would match every USB device; set at least one of vendor, product, serial (see `udevadm info /sys/class/net/<if>`).'')
-      (check (m.usb == null || builtins.match "[A-Za-z][A-Za-z0-9_-]{0,14}" name != null) ''
-        ${where}: a USB-matched uplink is renamed to its attribute name, which must be an interface name of at most 15 characters; shorten it (e.g. "lte1").'')
+      (check (!renamed || builtins.match "[A-Za-z][A-Za-z0-9_-]{0,14}" name != null) ''
+        ${where}: ${renameReason uplink}, which must be an interface name of at most 15 characters; shorten it (e.g. "${
+          if helpers.isUsb uplink then "lte1" else "wan"
+        }").'')
       (check (m.usb == null || m.name == null || m.name == name) ''
         ${where}.match.name: a USB-matched uplink is renamed to "${name}", so ${builtins.toJSON m.name} would never match; remove match.name.'')
-      (check (a.mode != "static" || a.cidr != null) ''
-        ${where}.address.cidr: mode "static" needs the uplink's address; set address.cidr (e.g. "10.64.0.2/30"), or use mode "dhcp" or "external".'')
-      (check (foreign == [ ]) ''
-        ${where}.address: ${lib.concatStringsSep ", " foreign} cannot be used with mode "${a.mode}"; remove ${
-          if lib.length foreign == 1 then "it" else "them"
-        } or change address.mode.'')
-      (check
-        (a.mode != "static" || a.cidr == null || a.gateway == null || helpers.ipv4InSubnet a.cidr a.gateway)
-        ''
-          ${where}.address.gateway: ${toString a.gateway} is outside ${toString a.cidr}; use a gateway inside the uplink's subnet, or null for a point-to-point link.''
-      )
-      (check (helpers.markOf uplink <= helpers.markSlots kernel.mark_mask) ''
-        ${where}.mark: ${toString (helpers.markOf uplink)}${
-          lib.optionalString (uplink.mark == null) " (table mod 256)"
-        } does not fit ${opt}.kernel.mark_mask (0x${lib.toLower (lib.toHexString kernel.mark_mask)}); set ${where}.mark to a value from 1 to ${toString (helpers.markSlots kernel.mark_mask)}.'')
-      (check (helpers.markOf uplink >= 1) ''
-        ${where}.mark: table ${toString uplink.table} mod 256 is 0, which is no mark; set ${where}.mark to a value from 1 to ${toString (helpers.markSlots kernel.mark_mask)}.'')
     ];
-
-  # The controller layers probe settings: the top-level `probe`, then the uplink's own.
-  setOnly = lib.filterAttrs (_: v: v != null);
-  probeChecks =
-    where: probe:
-    let
-      method = probe.method or "icmp";
-      targets = probe.targets or [ ];
-      bad = lib.filter (t: !helpers.isProbeTarget method t) targets;
-      example = if method == "tcp" then ''"198.51.100.1:443"'' else ''"198.51.100.1"'';
-    in
-    [
-      (check (bad == [ ]) ''
-        ${where}.targets: ${lib.concatMapStringsSep ", " builtins.toJSON bad} ${
-          if method == "tcp" then "is not address:port" else "is not an IP address"
-        } (method ${method}); write targets like ${example}.'')
-      (check (targets == [ ] || (probe.quorum or 1) <= lib.length targets) ''
-        ${where}.quorum: ${toString probe.quorum} is more than the ${toString (lib.length targets)} targets; use 1 to ${toString (lib.length targets)}.'')
-    ];
-  topProbe = setOnly cfg.settings.probe;
-  uplinkProbeChecks =
-    name: uplink:
-    let
-      own = setOnly uplink.probe;
-    in
-    # Checked where the uplink changes what the top level already passed.
-    lib.optionals (own ? method || own ? targets || own ? quorum) (
-      probeChecks "${at name}.probe" (topProbe // own)
-    );
 
   # Values that must be unique, each with who holds it.
   duplicates =
@@ -120,28 +69,29 @@ let
       lib.foldl' (acc: h: acc // { ${h.key} = (acc.${h.key} or [ ]) ++ [ h.who ]; }) { } holders
     );
 
-  tableHolders =
-    [
-      {
-        key = toString balance.table;
-        who = "${opt}.balance.table";
-      }
-    ]
-    ++ lib.mapAttrsToList (name: uplink: {
-      key = toString uplink.table;
-      who = "${at name}.table";
-    }) uplinks
-    ++ lib.mapAttrsToList (tableName: id: {
-      key = toString id;
-      who = "systemd.network.config.routeTables.${attr tableName}";
-    }) (nixos [ "systemd" "network" "config" "routeTables" ] { });
-
-  markHolders = lib.mapAttrsToList (name: uplink: {
-    key = toString (helpers.markOf uplink);
-    who = "${at name}.mark${lib.optionalString (uplink.mark == null) " (table mod 256)"}";
+  networkdTables = nixos [ "systemd" "network" "config" "routeTables" ] { };
+  tableHolders = [
+    {
+      key = toString balance.table;
+      who = "${opt}.balance.table";
+    }
+  ]
+  ++ lib.mapAttrsToList (name: uplink: {
+    key = toString uplink.table;
+    who = "${at name}.table";
   }) uplinks;
+  # Clashes among uplinkd's own tables are the controller's to refuse; these are with networkd's.
+  networkdClashes = lib.concatLists (
+    lib.mapAttrsToList (
+      tableName: id:
+      map (h: "${h.who} and systemd.network.config.routeTables.${attr tableName}: both use routing table ${toString id}; give every uplink, the balance table and networkd's route tables their own table id.") (
+        lib.filter (h: h.key == toString id) tableHolders
+      )
+    ) networkdTables
+  );
 
-  exactNameHolders = lib.concatLists (
+  # Two uplinks on one interface name, where one name comes from a rename only NixOS knows of.
+  nameHolders = lib.concatLists (
     lib.mapAttrsToList (
       name: uplink:
       let
@@ -149,10 +99,14 @@ let
       in
       lib.optional (ifname != null) {
         key = ifname;
-        who = "${at name}${lib.optionalString (helpers.isUsb uplink) " (renamed from its USB identity)"}";
+        renamed = helpers.isRenamed uplink;
+        who = "${at name}${lib.optionalString (helpers.isRenamed uplink) " (renamed to it)"}";
       }
     ) uplinks
   );
+  nameClashes = lib.filterAttrs (
+    key: _: lib.any (h: h.key == key && h.renamed) nameHolders
+  ) (duplicates nameHolders);
 
   usbHolders = lib.mapAttrsToList (
     name: uplink:
@@ -168,15 +122,7 @@ let
     }
   ) (lib.filterAttrs (_: helpers.isUsb) uplinks);
 
-  unique =
-    {
-      holders,
-      what,
-      fix,
-    }:
-    lib.mapAttrsToList (
-      value: names: check false "${lib.concatStringsSep " and " names}: ${what value}; ${fix}."
-    ) (duplicates holders);
+  clash = what: fix: value: names: check false "${lib.concatStringsSep " and " names}: ${what value}; ${fix}.";
 
   nftClashes = lib.filterAttrs (
     attrName: t: (t.enable or true) && t.family == "inet" && (t.name or attrName) == kernel.nft_table
@@ -193,28 +139,13 @@ in
   config = lib.mkIf cfg.enable {
     assertions =
       lib.concatLists (lib.mapAttrsToList perUplink uplinks)
-      ++ probeChecks "${opt}.probe" topProbe
-      ++ lib.concatLists (lib.mapAttrsToList uplinkProbeChecks uplinks)
-      ++ unique {
-        holders = tableHolders;
-        what = v: "both use routing table ${v}";
-        fix = "give every uplink, the balance table and networkd's route tables their own table id";
-      }
-      ++ unique {
-        holders = markHolders;
-        what = v: "both use mark ${v}";
-        fix = "set one of them to a free value from 1 to ${toString (helpers.markSlots kernel.mark_mask)}";
-      }
-      ++ unique {
-        holders = exactNameHolders;
-        what = v: "both match the interface \"${v}\"";
-        fix = "an interface can be only one uplink; match the other one by another name, driver, usb or path";
-      }
-      ++ unique {
-        holders = usbHolders;
-        what = v: "both match the USB device ${v}";
-        fix = "two identical sticks need their serials: set match.usb.serial on each (`udevadm info /sys/class/net/<if> | grep ID_SERIAL_SHORT`)";
-      }
+      ++ map (check false) networkdClashes
+      ++ lib.mapAttrsToList (clash (v: "both match the interface \"${v}\"")
+        "an interface can be only one uplink; match the other one by another name, driver, usb or path"
+      ) nameClashes
+      ++ lib.mapAttrsToList (clash (v: "both match the USB device ${v}")
+        "two identical sticks need their serials: set match.usb.serial on each (`udevadm info /sys/class/net/<if> | grep ID_SERIAL_SHORT`)"
+      ) (duplicates usbHolders)
       ++ [
         (check (lib.hasPrefix "/run/uplinkd/" cfg.settings.control.socket) ''
           ${opt}.control.socket: ${cfg.settings.control.socket} is outside /run/uplinkd, the only directory the hardened service may write; use a path like /run/uplinkd/control.sock.'')

@@ -28,11 +28,19 @@ rec {
 
   isGlob = name: hasInfix "*" name || hasInfix "?" name || hasInfix "[" name;
 
+  # The controller runs DHCP or sets the address itself: nobody else may configure the link.
+  controllerAddresses = uplink: uplink.address.mode != "external";
+
+  # Renamed to its attribute name by a .link file: a USB-matched uplink, and an uplink whose
+  # address the controller owns that has no name to tell the other network managers (matched
+  # by driver or path only). A name glob already is such a pattern.
+  isRenamed = uplink: isUsb uplink || (controllerAddresses uplink && uplink.match.name == null);
+
   # The interface name an uplink will have, when the config tells it; null for uplinks matched
-  # only by driver, path or a name glob.
+  # by a name glob, and for `external` ones matched by driver or path.
   ifnameOf =
     name: uplink:
-    if isUsb uplink then
+    if isRenamed uplink then
       name
     else if uplink.match.name != null && !isGlob uplink.match.name then
       uplink.match.name
@@ -40,10 +48,7 @@ rec {
       null;
 
   # A name pattern for tools that take globs (dhcpcd, NetworkManager); null when unknown.
-  namePatternOf = name: uplink: if isUsb uplink then name else uplink.match.name;
-
-  # The controller runs DHCP or sets the address itself: nobody else may configure the link.
-  controllerAddresses = uplink: uplink.address.mode != "external";
+  namePatternOf = name: uplink: if isRenamed uplink then name else uplink.match.name;
 
   # udev property matches for a USB identity, as .link/.network [Match] Property= takes them.
   usbProperties =
@@ -59,17 +64,15 @@ rec {
     ++ optional (usb.product != null) ''ENV{ID_MODEL_ID}=="${usb.product}"''
     ++ optional (usb.serial != null) ''ENV{ID_SERIAL_SHORT}=="${usb.serial}"'';
 
-  # [Match] for the .link file that renames a USB uplink: its USB identity, narrowed by driver
-  # and path when given (one stick can expose several interfaces). The controller's `name`
+  # [Match] for the .link file that renames an uplink: its USB identity, narrowed by driver and
+  # path when given (one stick can expose several interfaces). The controller's `name`
   # criterion is about the name after the rename, so it has no place here.
   linkMatch =
     uplink:
     let
       m = uplink.match;
     in
-    {
-      Property = usbProperties m.usb;
-    }
+    lib.optionalAttrs (isUsb uplink) { Property = usbProperties m.usb; }
     // lib.optionalAttrs (m.driver != [ ]) { Driver = m.driver; }
     // lib.optionalAttrs (m.path != null) { Path = m.path; };
 
@@ -80,7 +83,7 @@ rec {
     let
       m = uplink.match;
     in
-    if isUsb uplink then
+    if isRenamed uplink then
       { Name = name; }
     else
       lib.optionalAttrs (m.name != null) { Name = m.name; }

@@ -9,6 +9,7 @@ let
   inherit (cfg.settings) uplinks balance kernel;
 
   usbUplinks = lib.filterAttrs (_: helpers.isUsb) uplinks;
+  renamedUplinks = lib.filterAttrs (_: helpers.isRenamed) uplinks;
 
   # NixOS always has it; the fallback keeps the module evaluable without NixOS (tests/nix).
   systemdVersion = lib.attrByPath [ "systemd" "package" "version" ] "0" config;
@@ -17,6 +18,11 @@ let
   ownedUplinks = lib.filterAttrs (_: helpers.controllerAddresses) uplinks;
 
   # Interface names (and name globs) of the owned uplinks, where the config tells them.
+  # NixOS defines some of these keys itself at mkDefault (network-interfaces.nix: forwarding
+  # false) and users write them at normal priority (a sysctl key takes one definition): above
+  # NixOS's defaults, below anything a user or networking.nat (mkOverride 99) writes.
+  routerDefault = lib.mkOverride 900;
+
   ownedNames = lib.filter (n: n != null) (lib.mapAttrsToList helpers.ifnameOf ownedUplinks);
   ownedPatterns = lib.filter (n: n != null) (lib.mapAttrsToList helpers.namePatternOf ownedUplinks);
   dhcpNames = lib.filter (n: n != null) (
@@ -25,7 +31,7 @@ let
 in
 {
   config = lib.mkIf cfg.enable {
-    boot.kernel.sysctl = {
+    boot.kernel.sysctl = lib.mapAttrs (_: routerDefault) {
       # A router forwards.
       "net.ipv4.conf.all.forwarding" = true;
       "net.ipv6.conf.all.forwarding" = true;
@@ -42,7 +48,7 @@ in
     # rely on the kernel. systemd applies these again when a stick is plugged in
     # (99-systemd.rules runs systemd-sysctl for each new interface).
     // lib.listToAttrs (
-      map (ifname: lib.nameValuePair (helpers.ipv6ConfKey ifname "accept_ra") 2) ownedNames
+      map (ifname: lib.nameValuePair (helpers.ipv6ConfKey ifname "accept_ra") (routerDefault 2)) ownedNames
     );
 
     # `ip route show table lte1`, `ip rule` showing `proto uplinkd`.
@@ -57,16 +63,18 @@ in
       ${toString kernel.protocol} uplinkd
     '';
 
-    # Stable names: a USB-matched uplink is renamed to its attribute name, whatever port or
-    # order it was plugged in. udev applies .link files with or without networkd; only the
-    # first matching file counts, and 10- sorts before NixOS's and systemd's own.
+    # Stable names: a USB-matched uplink, and one whose address the controller owns that is
+    # matched by driver or path alone, is renamed to its attribute name, whatever port or order
+    # it was plugged in, so dhcpcd, NetworkManager and networkd can be told to leave exactly
+    # that interface alone. udev applies .link files with or without networkd; only the first
+    # matching file counts, and 10- sorts before NixOS's and systemd's own.
     systemd.network.links = lib.mapAttrs' (
       name: uplink:
       lib.nameValuePair "10-uplinkd-${name}" {
         matchConfig = helpers.linkMatch uplink;
         linkConfig.Name = name;
       }
-    ) usbUplinks;
+    ) renamedUplinks;
 
     # networkd must not configure what the controller configures, and must not delete routes,
     # rules and nexthops it did not make. Both only take effect where networkd runs.

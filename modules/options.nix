@@ -10,6 +10,18 @@
 { lib, pkgs, ... }:
 let
   helpers = import ./lib.nix { inherit lib; };
+  inherit (import ./profiles.nix) probeProfiles;
+
+  # "20 (fast: 10)": what a profile-timed field is when unset, from the controller's profiles.
+  byProfile =
+    field:
+    let
+      shown = p: builtins.toJSON probeProfiles.${p}.${field};
+    in
+    if shown "default" == shown "fast" then
+      shown "default"
+    else
+      "${shown "default"} (fast: ${shown "fast"})";
 
   inherit (lib)
     literalExpression
@@ -275,37 +287,37 @@ let
       };
       interval = probeField {
         type = between 0.05 3600 "seconds";
-        unset = "20 (fast: 10)";
+        unset = byProfile "interval";
         description = "Seconds between rounds while healthy.";
       };
       fast_interval = probeField {
         type = between 0.05 3600 "seconds";
-        unset = "0.5 (fast: 0.1)";
+        unset = byProfile "fast_interval";
         description = "Seconds between rounds while suspicious.";
       };
       down_interval = probeField {
         type = between 0.05 3600 "seconds";
-        unset = "2 (fast: 0.5)";
+        unset = byProfile "down_interval";
         description = "Seconds between rounds while down.";
       };
       timeout = probeField {
         type = between 0.01 60 "seconds";
-        unset = "1 (fast: 0.2)";
+        unset = byProfile "timeout";
         description = "Seconds to wait for an answer.";
       };
       suspect_after = probeField {
         type = between 0.01 60 "seconds";
-        unset = "1 (fast: 0.2)";
+        unset = byProfile "suspect_after";
         description = "Traffic going out with nothing coming back for this long starts fast rounds.";
       };
       down_after = probeField {
         type = types.ints.between 1 100;
-        unset = "3 (fast: 2)";
+        unset = byProfile "down_after";
         description = "Failed rounds in a row before the uplink is down.";
       };
       up_after = probeField {
         type = types.ints.between 1 100;
-        unset = "3";
+        unset = byProfile "up_after";
         description = "Good rounds in a row before it is up again.";
       };
       loss_threshold = probeField {

@@ -4,7 +4,8 @@
 # router keeps carrier), and the ISP silently drops everything (the lab's blackhole fault).
 # Each time the failed ISP's flows resume on the other one, the other ISP's flows are not
 # disturbed at all, and the ISP is back in the balance group once it is restored. Then the
-# firewall is reloaded and the config changed under running traffic.
+# ruleset is flushed (`nft flush ruleset`, and a firewall that flushes on every reload) and the
+# config changed under running traffic.
 #
 # The assertions are the netns tier's (tests/netns/test_failover.py), on the same lab tools.
 # Needs KVM: `nix flake check` or `nix build .#checks.x86_64-linux.failover`.
@@ -46,6 +47,9 @@ in
       };
       # The same router with isp1 weighted 3: switching to it must reload, not restart.
       specialisation.reweighted.configuration.services.uplinkd.settings.uplinks.isp1.weight = 3;
+      # The same router with a firewall whose every reload flushes the whole ruleset (NixOS's
+      # behaviour before stateVersion 23.11, or with a hand-written ruleset).
+      specialisation.flushing.configuration.networking.nftables.flushRuleset = true;
     };
   };
 
@@ -79,6 +83,8 @@ in
         isp.wait_for_unit("lab-isp.service")
         isp.wait_for_unit("dnsmasq.service")
     router.wait_for_unit("uplinkd.service")
+    # the system as booted: switching to a specialisation repoints /run/current-system
+    BASE = router.succeed("readlink -f /run/current-system").strip()
 
     with subtest("both uplinks lease an address and join the balance group"):
         wait_group(router, BOTH)
@@ -103,8 +109,8 @@ in
         # the router's NICs: virtio-net-pci.0 is the test driver's, then isp1, isp2, lan
         fail_isp1(
             "carrier",
-            cut=lambda: router.send_monitor_command("set_link virtio-net-pci.1 off"),
-            restore=lambda: router.send_monitor_command("set_link virtio-net-pci.1 on"),
+            cut=lambda: monitor(router, "set_link virtio-net-pci.1 off"),
+            restore=lambda: monitor(router, "set_link virtio-net-pci.1 on"),
         )
 
     with subtest("isp1's end of the cable is cut: the router keeps carrier"):
@@ -117,20 +123,38 @@ in
             restore=lambda: isp1.succeed("lab-isp none"),
         )
 
-    with subtest("a firewall reload flushes the ruleset; the controller restores its table"):
+    def table_restored_under_traffic(name, flush):
+        """`flush` removes uplinkd's table; the controller restores it, flows keep answering."""
         wait_group(router, BOTH)
-        start_flows(client, "reload", duration=10)
+        start_flows(client, name, duration=10)
         time.sleep(2)
-        router.succeed("systemctl reload nftables.service")
+        flush()
         router.wait_until_succeeds("nft list table inet uplinkd", timeout=5)
-        every_flow_answered_at_the_end(flow_report(client, "reload"))
+        every_flow_answered_at_the_end(flow_report(client, name))
         wait_group(router, BOTH)
+
+
+    with subtest("a firewall reload leaves uplinkd's table alone (flushRuleset is off)"):
+        wait_group(router, BOTH)
+        handle = router.succeed("nft -a list table inet uplinkd | head -1")
+        router.succeed("systemctl reload nftables.service")
+        assert router.succeed("nft -a list table inet uplinkd | head -1") == handle
+
+    with subtest("`nft flush ruleset`: the controller restores its table"):
+        table_restored_under_traffic("flush", lambda: router.succeed("nft flush ruleset"))
+
+    with subtest("a firewall that flushes the ruleset on reload: the controller restores its table"):
+        router.succeed(f"{BASE}/specialisation/flushing/bin/switch-to-configuration test")
+        table_restored_under_traffic(
+            "reload", lambda: router.succeed("systemctl reload nftables.service")
+        )
+        router.succeed(f"{BASE}/bin/switch-to-configuration test")
 
     with subtest("a config change reloads the controller: no restart, no flow disturbed"):
         pid = router.succeed("systemctl show -p MainPID --value uplinkd.service").strip()
         start_flows(client, "switch", duration=12)
         time.sleep(2)
-        router.succeed("/run/current-system/specialisation/reweighted/bin/switch-to-configuration test")
+        router.succeed(f"{BASE}/specialisation/reweighted/bin/switch-to-configuration test")
         router.wait_until_succeeds(
             "uplinkctl status --json | jq -e '.uplinks[] | select(.name == \"isp1\") | .weight == 3'",
             timeout=30,

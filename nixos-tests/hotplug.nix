@@ -19,6 +19,10 @@ let
 
   # mark of lte1: table 102 mod 256, under the default mask 0xff00
   lteMark = "0x6600/0xff00";
+
+  # The plugged sticks' MACs: locally administered, outside 52:54:00:12:<vlan>:<node>, the
+  # range the test driver gives the nodes' own NICs (the lte ISP's is 52:54:00:12:02:02).
+  stickMac = n: "02:75:70:00:00:0${toString n}";
 in
 {
   name = "uplinkd-hotplug";
@@ -65,14 +69,15 @@ in
 
 
     def plug(port, mac):
-        router.send_monitor_command(
-            f"device_add usb-net,id=stick,bus=xhci.0,port={port},netdev=ltenet,mac={mac},serial=${serial}"
+        monitor(
+            router,
+            f"device_add usb-net,id=stick,bus=xhci.0,port={port},netdev=ltenet,mac={mac},serial=${serial}",
         )
         router.wait_until_succeeds("test -e /sys/class/net/lte1", timeout=60)
 
 
     def unplug():
-        router.send_monitor_command("device_del stick")
+        monitor(router, "device_del stick")
         router.wait_until_fails("test -e /sys/class/net/lte1", timeout=60)
 
 
@@ -112,7 +117,7 @@ in
         wait_group(router, {"wan"})
 
     with subtest("plugged in: named lte1 by its USB identity, and in service"):
-        plug(port=1, mac="52:54:00:12:02:01")
+        plug(port=1, mac="${stickMac 1}")
         joined()
 
     with subtest("unplugged: gone cleanly"):
@@ -121,16 +126,17 @@ in
 
     with subtest("plugged again, in another port, the controller stopped: udev starts it"):
         router.succeed("systemctl stop uplinkd.service")
-        plug(port=3, mac="52:54:00:12:02:02")
+        plug(port=3, mac="${stickMac 2}")
         router.wait_for_unit("uplinkd.service")
         joined()
         unplug()
         nothing_left()
 
     with subtest("a stick with another serial is not lte1"):
-        plug(port=2, mac="52:54:00:12:02:03")
-        router.send_monitor_command(
-            "device_add usb-net,id=other,bus=xhci.0,port=4,netdev=othernet,mac=52:54:00:12:09:09,serial=OTHER"
+        plug(port=2, mac="${stickMac 3}")
+        monitor(
+            router,
+            "device_add usb-net,id=other,bus=xhci.0,port=4,netdev=othernet,mac=${stickMac 4},serial=OTHER",
         )
         other = router.wait_until_succeeds(
             "for d in /sys/class/net/*; do"
@@ -141,7 +147,7 @@ in
         assert other != "lte1", other
         router.succeed("udevadm info --query=property /sys/class/net/lte1 | grep -qx ID_SERIAL_SHORT=${serial}")
         wait_group(router, {"wan", "lte1"})
-        router.send_monitor_command("device_del other")
+        monitor(router, "device_del other")
         unplug()
         nothing_left()
   '';

@@ -203,6 +203,15 @@ rec {
     SERVER = "${server}"
 
 
+    def monitor(machine, command):
+        """A QEMU monitor command that must succeed. send_monitor_command returns QEMU's answer
+        (the echoed command, then any error text) and never raises itself."""
+        answer = machine.send_monitor_command(command)
+        lines = [line.strip() for line in answer.replace("(qemu)", "").splitlines()]
+        said = [line for line in lines if line and line != command.strip()]
+        assert not said, f"QEMU monitor: {command!r} failed: {' '.join(said)}"
+
+
     def uplink_of(source, names):
         return names.get(source, f"unknown:{source}")
 

@@ -10,7 +10,8 @@
 #
 # Prints {failedAssertions, warnings, settings (the rendered config.json), config (the option
 # paths in `show`), options (the settings' option tree: names, types, defaults), profiles (the
-# probe profile defaults the options' descriptions name), standInsDefinedByModule,
+# probe profile defaults the options' descriptions name), checks (system.checks' scripts),
+# standInsDefinedByModule,
 # optionsDefinedByModule}. With `specialisation`, the system is that specialisation of config.
 {
   lib,
@@ -75,7 +76,10 @@ let
         hostPlatform = platform;
         buildPlatform = platform;
       };
-      buildPackages = pkgs;
+      # The build platform's package set: what it builds says so, for the tests to see.
+      buildPackages = pkgs // {
+        runCommand = name: env: script: pkgs.runCommand name env script // { builtWith = "buildPackages"; };
+      };
       writeText = writer;
       writeTextDir = writer;
       writeShellScript = writer;
@@ -89,6 +93,7 @@ let
         fakePackage name
         // {
           inherit env script;
+          builtWith = "pkgs";
         };
       formats = {
         # JSON is rendered for real, as the file's text beside the stand-in package, so the
@@ -181,6 +186,8 @@ assert forced;
     in
     builtins.deepSeq v v
   );
+  # The build-time checks' stand-ins (JSON would show a derivation as its path only).
+  checks = map (c: { inherit (c) name script builtWith; }) cfg.system.checks;
   options = optionTree { inherit (evaluated.options.services.uplinkd) settings; };
   profiles = (import ../../modules/profiles.nix).probeProfiles;
   optionsDefinedByModule = map (o: lib.showOption o.loc) definedByModule;
