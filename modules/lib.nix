@@ -1,21 +1,13 @@
 # Pure helpers shared by the uplinkd module's parts: rendering the settings, telling how an
-# uplink is matched, and a little IPv4 and bit arithmetic for the assertions.
+# uplink is matched and what it is renamed to, and the address and mask checks of the types.
 # Computes only; nothing here reads `config`.
 { lib }:
 let
   inherit (lib)
-    all
-    elemAt
     filterAttrsRecursive
-    foldl'
     hasInfix
-    head
     optional
-    splitString
-    toInt
     ;
-
-  pow2 = n: foldl' (acc: _: acc * 2) 1 (lib.range 1 n);
 in
 rec {
   # What the controller reads: the settings without their nulls. Every nullable field of the
@@ -106,8 +98,6 @@ rec {
     in
     "${octet}\\.${octet}\\.${octet}\\.${octet}";
 
-  isIPv4 = text: builtins.match ipv4Pattern text != null;
-
   # lib.network parses IPv6 fully where this nixpkgs has it; the shape check is the fallback.
   isIPv6 =
     text:
@@ -117,32 +107,9 @@ rec {
       || (builtins.tryEval (builtins.deepSeq (lib.network.ipv6.fromString text) true)).success
     );
 
-  isIP = text: isIPv4 text || isIPv6 text;
-
-  # A probe target as the controller's parse_target takes it: an address, or for tcp
-  # address:port with IPv6 in brackets.
-  isProbeTarget =
-    method: text:
-    if method == "tcp" then
-      let
-        parts = builtins.match "\\[?([^]]*)]?:([0-9]{1,5})" text;
-      in
-      parts != null
-      && isIP (lib.head parts)
-      && lib.toInt (lib.last parts) >= 1
-      && lib.toInt (lib.last parts) <= 65535
-    else
-      isIP text;
-
   # --- numbers -------------------------------------------------------------------------------
 
-  # The controller's default mark: table mod 256.
-  markOf = uplink: if uplink.mark != null then uplink.mark else lib.mod uplink.table 256;
-
   lowestBit = v: builtins.bitAnd v (0 - v);
-
-  # Mark values that fit under the mask (1 .. slots).
-  markSlots = mask: mask / lowestBit mask;
 
   isContiguousMask =
     v:
@@ -150,19 +117,6 @@ rec {
       run = v / lowestBit v;
     in
     v > 0 && builtins.bitAnd run (run + 1) == 0;
-
-  ipv4ToInt = address: foldl' (acc: octet: acc * 256 + toInt octet) 0 (splitString "." address);
-
-  # Whether `address` lies in the subnet of `cidr` ("10.64.0.2/30").
-  ipv4InSubnet =
-    cidr: address:
-    let
-      parts = splitString "/" cidr;
-      size = pow2 (32 - toInt (elemAt parts 1));
-    in
-    ipv4ToInt (head parts) / size == ipv4ToInt address / size;
-
-  allDistinct = values: all (v: lib.count (w: w == v) values == 1) values;
 
   # `name` if it needs quoting as an attribute in a message.
   attr =

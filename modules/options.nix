@@ -2,11 +2,12 @@
 #
 # `settings` mirrors the controller's config file (controller/uplinkd/config.py): the same
 # names, the same defaults, and types that refuse what the controller would refuse, so a bad
-# value fails evaluation with the option's path instead of failing the router at boot. What
-# one value cannot say alone (duplicate tables, a gateway outside its subnet, ...) is checked by
-# assertions.nix, and the rendered file is checked again by the controller itself at build time
-# (service.nix). tests/nix/test_module_eval.py compares this tree with the controller's JSON
-# Schema, field by field: a field added on one side only fails that test.
+# value fails evaluation with the option's path instead of failing the router at boot. What one
+# value cannot say alone (duplicate tables, a gateway outside its subnet, ...) the controller
+# checks in the rendered file at build time (service.nix); assertions.nix adds only what needs
+# NixOS knowledge. tests/nix/test_module_eval.py compares this tree with the controller's JSON
+# Schema, field by field (a field added on one side only fails that test), and profiles.nix,
+# which the probe descriptions are written from, with the controller's probe profiles.
 { lib, pkgs, ... }:
 let
   helpers = import ./lib.nix { inherit lib; };

@@ -374,3 +374,18 @@ def compare_field(
         return []
     # A field of some variants of a union: unset unless one of them is chosen.
     return [] if option.get("default", "none") is None else [f"{where}: must default to null (unset)"]
+
+
+# --- probe profiles: one table, the controller's -------------------------------------------------
+
+
+def test_probe_profiles_are_the_controllers(tmp_path: Path) -> None:
+    """modules/profiles.nix (which the option descriptions are written from) holds the timings
+    the controller gives each profile's unset fields."""
+    profiles = evaluate(settings_module({}, tmp_path))["profiles"]
+    names = schema()["$defs"]["Probe"]["properties"]["profile"]["enum"]
+    assert sorted(profiles) == sorted(names)
+    for name, timings in profiles.items():
+        config = parse({"uplinks": {"wan": {"match": {"name": "eth1"}, "table": 101, "probe": {"profile": name}}}})
+        probe = config.uplinks["wan"].probe.model_dump()
+        assert {field: probe[field] for field in timings} == timings, name
