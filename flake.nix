@@ -1,6 +1,8 @@
 {
   description = "uplinkd: a multi-uplink router for NixOS";
 
+  # The one nixpkgs uplinkd supports (README and docs/nix.md name the same); tests/nix checks
+  # the attributes the package takes from it against tests/nix/stub-nixpkgs.
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
   outputs =

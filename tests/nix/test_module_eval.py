@@ -386,6 +386,7 @@ def test_probe_profiles_are_the_controllers(tmp_path: Path) -> None:
     names = schema()["$defs"]["Probe"]["properties"]["profile"]["enum"]
     assert sorted(profiles) == sorted(names)
     for name, timings in profiles.items():
-        config = parse({"uplinks": {"wan": {"match": {"name": "eth1"}, "table": 101, "probe": {"profile": name}}}})
+        uplink = {"match": {"name": "eth1"}, "table": 101, "probe": {"profile": name}}
+        config = parse({"uplinks": {"wan": uplink}})
         probe = config.uplinks["wan"].probe.model_dump()
         assert {field: probe[field] for field in timings} == timings, name

@@ -123,8 +123,7 @@ def test_flake_docs_and_readme_name_one_nixpkgs() -> None:
     """Defect 2: README said nixos-25.05, flake.nix and docs/nix.md 26.05."""
     flake = named_nixpkgs(REPO / "flake.nix")
     assert len(flake) == 1, flake
-    lock = nix_eval("builtins.fromJSON (builtins.readFile (repo + \"/flake.lock\"))")
-    assert {lock["nodes"]["nixpkgs"]["original"]["ref"]} == flake
+    # (the lock's own pin is test_flake.py's)
     for doc in ("docs/nix.md", "README.md"):
         assert named_nixpkgs(REPO / doc) == flake, doc
     release = next(iter(flake)).removeprefix("nixos-")
