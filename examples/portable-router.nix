@@ -26,6 +26,9 @@
     settings.uplinks.wan = {
       # USB Ethernet adapters (cdc_ether, cdc_ncm, r8152, ax88179_178a, asix), phones in USB
       # tethering mode (rndis_host, cdc_ncm) and LTE sticks in HiLink/NDIS mode (cdc_ether).
+      # Matched by driver, the device is renamed `wan` (a .link file), so dhcpcd, NetworkManager
+      # and networkd leave it to the controller. If the LAN port is a USB adapter with one of
+      # these drivers too, add `match.path` (udevadm info /sys/class/net/<if> | grep ID_PATH).
       match.driver = [
         "cdc_ether"
         "cdc_ncm"
