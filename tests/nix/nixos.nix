@@ -49,7 +49,11 @@ let
   fakePackageType = types.package;
 
   # --- nixos/modules/system/boot/networkd.nix (match/link/network sections) --------------------
-  # The [Match] keys systemd.link(5) and systemd.network(5) take that networkd.nix allows.
+  # [Link], [Network], [DHCPServer] and networkd.conf's [Network]: subsets of networkd.nix's
+  # `assertOnlyFields` lists (checkUnitConfig), holding every key the module, the examples and
+  # the VM tests write. [Match] is `attrsOf unitOption` in nixpkgs, unchecked; it is checked here
+  # against the keys systemd.link(5) and systemd.network(5) document, since systemd ignores an
+  # unknown one (a typo there would make a .link file match everything).
   linkMatchKeys = [
     "MACAddress"
     "PermanentMACAddress"

@@ -154,11 +154,14 @@ def test_package_dependencies_exist_in_the_pinned_nixpkgs() -> None:
     requirements = project["dependencies"] + project["optional-dependencies"]["systemd"]
     for requirement in requirements:
         name, minimum = re.fullmatch(r"([a-z0-9-]+)>=([0-9.]+)", requirement).groups()  # type: ignore[union-attr]
-        assert version(names[name]) >= version(minimum), f"{name} {names[name]} < {minimum}"
+        assert at_least(names[name], minimum), f"{name} {names[name]} < {minimum}"
 
 
-def version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split("."))
+def at_least(have: str, minimum: str) -> bool:
+    """`have` >= `minimum`, comparing the parts `have` states ("2.x": the major only)."""
+    known = [int(part) for part in have.split(".") if part != "x"]
+    wanted = [int(part) for part in minimum.split(".")]
+    return known >= wanted[: len(known)] if "x" in have else known >= wanted
 
 
 # --- 7. smaller: package source, devShell wrappers, cross builds ------------------------------

@@ -4,14 +4,16 @@
 # the devShell ask nixpkgs for.
 #
 # The Python package set holds exactly the attributes the pinned release (nixos-26.05) has for
-# what uplinkd needs, with the versions found in nixpkgs' expressions (read through the
-# project's source index): a name nixpkgs does not have (e.g. python3Packages.systemd, renamed
-# to systemd-python in late 2025 without an alias) fails here as "called without required
-# argument", as it would on nixpkgs.
+# what uplinkd needs: a name nixpkgs does not have (e.g. python3Packages.systemd, renamed to
+# systemd-python in late 2025 without an alias) fails here as "called without required
+# argument", as it would on nixpkgs. Versions are the newest nixpkgs expressions in the
+# project's source index (the 2025-26 `buildPythonPackage (finalAttrs: ...)` style), not read
+# from the nixos-26.05 branch itself, which is not reachable here; "x" marks a part not read:
 #   pkgs/development/python-modules/pyroute2/default.nix        0.9.6
-#   pkgs/development/python-modules/systemd-python/default.nix  235
-#   pkgs/development/python-modules/pydantic/default.nix        2.11 (2.x line)
-#   pkgs/development/python-modules/pyudev/default.nix          0.24.3
+#   pkgs/development/python-modules/pyudev/default.nix          0.24.4
+#   pkgs/development/python-modules/systemd-python/default.nix  235 (read at 5670f37295da)
+#   pkgs/development/python-modules/pydantic/default.nix        2.x
+# The test tools' versions are not checked ("0").
 { lib }:
 let
   systems = [
@@ -59,16 +61,16 @@ let
               meta
               ;
           };
-        setuptools = pythonPackage "setuptools" "80.9.0";
-        pydantic = pythonPackage "pydantic" "2.11.7";
+        setuptools = pythonPackage "setuptools" "0";
+        pydantic = pythonPackage "pydantic" "2.x";
         pyroute2 = pythonPackage "pyroute2" "0.9.6";
-        pyudev = pythonPackage "pyudev" "0.24.3";
+        pyudev = pythonPackage "pyudev" "0.24.4";
         systemd-python = pythonPackage "systemd-python" "235";
-        pytest = pythonPackage "pytest" "8.4.1";
+        pytest = pythonPackage "pytest" "0";
         pytestCheckHook = pythonPackage "pytest-check-hook" "0";
-        pytest-timeout = pythonPackage "pytest-timeout" "2.4.0";
-        pytest-benchmark = pythonPackage "pytest-benchmark" "5.1.0";
-        mypy = pythonPackage "mypy" "1.17.1";
+        pytest-timeout = pythonPackage "pytest-timeout" "0";
+        pytest-benchmark = pythonPackage "pytest-benchmark" "0";
+        mypy = pythonPackage "mypy" "0";
       };
       pkgs = {
         inherit lib python3Packages;
