@@ -2,9 +2,10 @@
 # it. docs/nix.md describes the options; the parts:
 #
 #   options.nix     the options; `settings` mirrors the controller's config file
+#   probe-options.nix, profiles.nix   a `probe` section's options; the controller's profiles
 #   service.nix     the config file (checked at build time), the hardened unit, the udev rule
-#   networking.nix  sysctls, table and protocol names, stable USB names, networkd & co. kept away
-#   assertions.nix  what no single option's type can check, with how to fix it
+#   networking.nix  sysctls, table and protocol names, stable names, networkd & co. kept away
+#   assertions.nix  what only NixOS knows (the rest: `uplinkctl check` at build time)
 {
   imports = [
     ./options.nix

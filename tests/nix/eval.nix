@@ -1,6 +1,6 @@
 # Evaluates modules/uplinkd.nix without nixpkgs' NixOS tree, for test_module_eval.py: nixpkgs'
 # `lib` (the module system and its types), the NixOS options the module sets and reads declared
-# with nixpkgs' types and merge semantics (nixos.nix), and stand-ins for the packages it names.
+# with nixpkgs' types and merge semantics (nixos/), and stand-ins for the packages it names.
 # There is no catch-all: an option path nothing declares fails, as it does on NixOS.
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval.nix \
@@ -107,7 +107,7 @@ let
       };
     };
 
-  nixos = import ./nixos.nix { inherit lib pkgs; };
+  nixos = import ./nixos { inherit lib pkgs; };
 
   base = lib.evalModules {
     modules = nixos ++ [

@@ -12,7 +12,7 @@
   controller's JSON Schema, so a field added on one side only fails here.
 
 Needs `nix-instantiate` and nixpkgs' lib (see nixeval.py: CI finds it beside the clone);
-tests/nix/nixos.nix declares the NixOS options the module uses with nixpkgs' types.
+tests/nix/nixos/ declares the NixOS options the module uses with nixpkgs' types.
 """
 
 from __future__ import annotations

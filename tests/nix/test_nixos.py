@@ -2,7 +2,7 @@
 nixpkgs the flake pins, built for another platform, and in the VM tests' wiring.
 
 Each test here stands for a defect of issue 10 (named in its docstring) and failed before the
-fix. The NixOS options are nixos.nix's declarations (nixpkgs' types and merge rules), so a
+fix. The NixOS options are tests/nix/nixos/'s declarations (nixpkgs' types and merge rules), so a
 clash or an unknown key fails here as it fails `nixos-rebuild`.
 """
 
@@ -94,7 +94,7 @@ def test_router_forwards_over_nixos_own_default(path: Path, tmp_path: Path) -> N
 
 
 def test_an_unknown_networkd_key_fails(tmp_path: Path) -> None:
-    """The harness itself: nixos.nix refuses what NixOS refuses (no catch-all stand-in)."""
+    """The harness itself: tests/nix/nixos/ refuses what NixOS refuses (no catch-all stand-in)."""
     bad = '{ systemd.network.links."10-x" = { matchConfig.Driver = "r8152"; linkConfig.Nmae = "x"; }; }'
     with pytest.raises(EvalError, match=r"systemd\.network\.links"):
         evaluate(combined(tmp_path, str(EXAMPLES[0]), bad))
