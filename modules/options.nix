@@ -463,8 +463,10 @@ in
       default = true;
       description = ''
         Validate the rendered configuration with `uplinkctl check` while building the
-        system, so a configuration the controller refuses fails `nixos-rebuild`. Turn it
-        off only when the build machine cannot run the package (cross-compiling).
+        system, so a configuration the controller refuses fails `nixos-rebuild`. When the
+        build machine cannot run the package (cross-compiling without emulation) the check
+        is skipped with a warning, and the controller refuses a bad configuration when it
+        starts; set this to false to skip it silently.
       '';
     };
 
