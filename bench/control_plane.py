@@ -36,7 +36,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from uplinkd.lab.stats import percentile, publish
+from uplinkd.lab.launcher import LabDaemon
+
+import bootstrap  # noqa: F401 - harness on sys.path
+from harness.stats import markdown_table, publish, summary
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "control_plane.json"
@@ -92,7 +94,7 @@ def unbuild(router: str, n: int) -> None:
     run(["ip", "-n", router, "-batch", "-"], input="".join(f"link del u{i}\n" for i in range(1, n + 1)))
 
 
-def config(n: int, *, probes: bool = False, socket: Path | None = None) -> dict[str, Any]:
+def config(n: int, *, probes: bool = False) -> dict[str, Any]:
     uplinks: dict[str, Any] = {}
     for i in range(1, n + 1):
         up: dict[str, Any] = {
@@ -105,17 +107,10 @@ def config(n: int, *, probes: bool = False, socket: Path | None = None) -> dict[
         if probes:
             up["probe"] = {"targets": [gateway(i)], "profile": "default"}
         uplinks[f"u{i}"] = up
-    doc: dict[str, Any] = {"uplinks": uplinks}
-    if socket is not None:
-        doc["control"] = {"socket": str(socket)}
-    return doc
+    return {"uplinks": uplinks}
 
 
 # --- the worker: runs inside the router namespace ---------------------------------------------
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(samples), 3), "p95": round(percentile(samples, 0.95), 3)}
 
 
 async def measure(n: int, reps: int) -> dict[str, Any]:
@@ -183,7 +178,7 @@ async def measure(n: int, reps: int) -> dict[str, Any]:
     return {
         "uplinks": n,
         "reps": reps,
-        "ms": {k: summary(v) for k, v in times.items()},
+        "ms": {k: summary(v, stats=("median", "p95"), digits=3) for k, v in times.items()},
         "writes": {k: sorted(v) for k, v in ops.items()},
         "drain_ops": drain_ops,
     }
@@ -209,68 +204,39 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def status(sock: Path) -> dict[str, Any] | None:
-    from uplinkd import control  # noqa: PLC0415
-
-    try:
-        return dict(control.call(sock, {"command": "status"}, timeout=2))
-    except control.ControlError:
-        return None
+def all_up(status: dict[str, Any] | None) -> bool:
+    ups = status["uplinks"] if status is not None else []
+    return len(ups) == IDLE_UPLINKS and all(u["state"] == "up" and u["in_group"] for u in ups)
 
 
 def idle(router: str, workdir: Path, *, probes: bool, seconds: float) -> dict[str, Any]:
     name = "probes" if probes else "no_probes"
-    sock = workdir / f"{name}.sock"
-    cfg_path = workdir / f"{name}.json"
-    cfg_path.write_text(json.dumps(config(IDLE_UPLINKS, probes=probes, socket=sock)))
-    log_path = workdir / f"{name}.log"
+    (workdir / name).mkdir()
+    daemon = LabDaemon(router, config(IDLE_UPLINKS, probes=probes), workdir=workdir / name, verbose=False)
     started = time.monotonic()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", router, sys.executable, "-m", "uplinkd.daemon",
-             "--config", str(cfg_path)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        ready_s = None
-        deadline = started + 30
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"uplinkd exited {proc.returncode}: {log_path.read_text()}")
-            st = status(sock)
-            if st is not None and ready_s is None and st["passes"] > 0:
-                ready_s = time.monotonic() - started
-            ups = st["uplinks"] if st is not None and st["passes"] > 0 else []
-            if len(ups) == IDLE_UPLINKS and all(u["state"] == "up" and u["in_group"] for u in ups):
-                break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"uplinks not all up after 30 s: {status(sock)}")
+    with daemon:  # started: its first pass is done
+        ready_s = time.monotonic() - started
+        daemon.wait_for(lambda: all_up(daemon.status_or_none()), timeout=30, what="every uplink up")
         up_s = time.monotonic() - started
         time.sleep(SETTLE_S)
-        before = status(sock) or {}
-        t0, c0 = time.monotonic(), cpu_ticks(proc.pid)
+        pid = daemon.pid
+        assert pid is not None
+        before = daemon.status()
+        t0, c0 = time.monotonic(), cpu_ticks(pid)
         rss: list[int] = []
         while (left := t0 + seconds - time.monotonic()) > 0:
-            rss.append(rss_kib(proc.pid))
+            rss.append(rss_kib(pid))
             time.sleep(min(1.0, left))
-        t1, c1 = time.monotonic(), cpu_ticks(proc.pid)
-        rss.append(rss_kib(proc.pid))
-        after = status(sock) or {}
+        t1, c1 = time.monotonic(), cpu_ticks(pid)
+        rss.append(rss_kib(pid))
+        after = daemon.status()
         probe_bytes = sum((u.get("probe") or {}).get("bytes_per_minute", 0) for u in after.get("uplinks", []))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
     cpu_s = (c1 - c0) / CLK_TCK
     return {
         "uplinks": IDLE_UPLINKS,
         "probes": "default profile, 1 ICMP target per uplink" if probes else "none",
         "seconds": round(t1 - t0, 1),
-        "start_to_first_pass_s": round(ready_s or 0.0, 2),
+        "start_to_first_pass_s": round(ready_s, 2),
         "start_to_all_up_s": round(up_s, 2),
         "cpu_s": round(cpu_s, 2),
         "cpu_pct": round(100 * cpu_s / (t1 - t0), 3),
@@ -301,10 +267,7 @@ def table(results: dict[str, Any]) -> str:
              "/".join(map(str, w["from_empty"])), cell(m["noop_pass"]), "/".join(map(str, w["noop"])),
              cell(m["drain_total"]), "/".join(map(str, w["drain"])))
         )  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(wd) for c, wd in zip(r, widths, strict=True)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
-    out = [f"Plan and apply, ms (median / p95 of {results['reps']} runs):", *lines, ""]
+    out = [f"Plan and apply, ms (median / p95 of {results['reps']} runs):", markdown_table(rows), ""]
     rows2 = [("daemon, 4 uplinks", "CPU %", "RSS MiB", "passes", "writes", "probe B/min", "ready s")]
     for key, label in (("no_probes", "idle, no probes"), ("probes", "idle, probes (default)")):
         r = results["idle"].get(key)
@@ -313,11 +276,8 @@ def table(results: dict[str, Any]) -> str:
                 (label, f"{r['cpu_pct']:.2f}", f"{r['rss_mib']:.1f}", str(r["passes"]), str(r["writes"]),
                  str(r["probe_bytes_per_minute"]), f"{r['start_to_all_up_s']:.1f}")
             )  # fmt: skip
-    widths = [max(len(r[i]) for r in rows2) for i in range(len(rows2[0]))]
-    lines = ["| " + " | ".join(c.ljust(wd) for c, wd in zip(r, widths, strict=True)) + " |" for r in rows2]
-    lines.insert(1, "|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
     idle_s = max((r["seconds"] for r in results["idle"].values()), default=0)
-    out += [f"Idle daemon over {idle_s:g} s:", *lines]
+    out += [f"Idle daemon over {idle_s:g} s:", markdown_table(rows2)]
     return "\n".join(out)
 
 

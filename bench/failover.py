@@ -40,14 +40,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "netns"))  # the test harness that runs the real daemon
+from uplinkd.lab import FlowReport, Lab
+from uplinkd.lab.launcher import LabDaemon
 
-from uplinkd import control  # noqa: E402
-from uplinkd.lab import FlowReport, Lab  # noqa: E402
-from uplinkd.lab.stats import percentile, publish  # noqa: E402
+import bootstrap  # noqa: F401 - harness on sys.path
+from harness.readback import group_members, wait_until
+from harness.stats import markdown_table, publish, summary
 
-from running import Controller, group_members, wait_until  # noqa: E402
+RESULTS = Path(__file__).resolve().parent / "results" / "failover.json"
 
 NAMES = ("wan", "lte1", "lte2")
 TABLES = {101: "wan", 102: "lte1", 103: "lte2"}
@@ -84,54 +84,29 @@ def config(profile: str) -> dict[str, Any]:
     }
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+def percentiles(values: Sequence[float]) -> dict[str, Any]:
     """p50, p95 (nearest rank) and max; None for no values."""
-    if not values:
-        return {"p50": None, "p95": None, "max": None, "n": 0}
-    return {
-        "p50": percentile(values, 0.50),
-        "p95": percentile(values, 0.95),
-        "max": max(values),
-        "n": len(values),
-    }
+    return summary(values, stats=("p50", "p95", "max", "n"), digits=None)
 
 
 @contextmanager
-def running_lab(
-    n: int, cfg: dict[str, Any], names: Sequence[str] = NAMES
-) -> Iterator[tuple[Lab, Controller]]:
+def running_lab(n: int, cfg: dict[str, Any], names: Sequence[str] = NAMES) -> Iterator[tuple[Lab, LabDaemon]]:
+    """A lab with the daemon started (its log's tail is attached to any error)."""
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="uplinkd-bench-") as tmp:
         for name in names[:n]:
             lab.add_isp(name, address="none")  # the controller puts the static address on
         lab.add_client()
-        c = Controller(lab, cfg, Path(tmp))
-        try:
-            c.start()
+        with LabDaemon(lab.router, cfg, workdir=Path(tmp)) as c:
             yield lab, c
-        except BaseException:
-            log(f"daemon log tail:\n{c.log()[-4000:]}")
-            raise
-        finally:
-            c.stop()
 
 
-def status(c: Controller) -> dict[str, Any]:
-    """`uplinkctl status`, asked over the control socket from this process: polling the CLI
-    (a Python start-up per call) would load the CPUs and disturb the flows being measured."""
-    return dict(control.call(c.socket, {"command": "status"}))
+# Status is asked over the control socket from this process (LabDaemon.status), not with
+# uplinkctl: a Python start-up per call would load the CPUs and disturb the flows measured.
 
 
-def wait_state(c: Controller, name: str, *states: str) -> dict[str, Any]:
-    def state() -> dict[str, Any] | None:
-        up = next(u for u in status(c)["uplinks"] if u["name"] == name)
-        return up if up["state"] in states else None
-
-    return dict(wait_until(state, timeout=WAIT_S, what=f"{name} to be {'/'.join(states)}"))
-
-
-def all_up(lab: Lab, c: Controller) -> None:
+def all_up(lab: Lab, c: LabDaemon) -> None:
     for name in NAMES:
-        wait_state(c, name, "up")
+        c.wait_state(name, "up", timeout=WAIT_S)
     wait_until(lambda: set(group_members(lab.router, TABLES)) == set(NAMES), timeout=WAIT_S,
                what="every uplink in the group")  # fmt: skip
 
@@ -192,7 +167,7 @@ def new_flows_through(lab: Lab, name: str) -> subprocess.Popen[str]:
     return proc
 
 
-def one_run(lab: Lab, c: Controller, profile: str, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
+def one_run(lab: Lab, c: LabDaemon, profile: str, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
     all_up(lab, c)
     duration = DURATION_S.get((profile, scenario), CARRIER_DURATION_S)
     flows = lab.start_flows(tcp=args.tcp, udp=args.udp, interval_ms=args.interval_ms, duration=duration)
@@ -200,8 +175,8 @@ def one_run(lab: Lab, c: Controller, profile: str, scenario: str, args: argparse
     at = time.time()
     fault(lab, scenario, True)
     failed_state = "down" if scenario == "blackhole" else "present"
-    wait_state(c, FAILED, failed_state)
-    events = [e for e in status(c)["events"] if e["uplink"] == FAILED and e["to"] == failed_state]
+    c.wait_state(FAILED, failed_state, timeout=WAIT_S)
+    events = [e for e in c.status()["events"] if e["uplink"] == FAILED and e["to"] == failed_state]
     detect_ms = round((events[-1]["at"] - at) * 1000, 1) if events else None
     report = flows.result()
 
@@ -213,10 +188,10 @@ def one_run(lab: Lab, c: Controller, profile: str, scenario: str, args: argparse
     line = poller.stdout.readline().strip()
     lab.stop(poller)
     new_flows_ms = round((float(line) - undone) * 1000, 1) if line and line != "timeout" else None
-    wait_state(c, FAILED, "up", "degraded")
+    c.wait_state(FAILED, "up", "degraded", timeout=WAIT_S)
     back = [
         e["at"]
-        for e in status(c)["events"]
+        for e in c.status()["events"]
         if e["uplink"] == FAILED and e["to"] in ("up", "degraded") and e["at"] >= undone
     ]
     rejoin_ms = round((back[0] - undone) * 1000, 1) if back else None
@@ -281,7 +256,7 @@ def run_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
             result[scenario] = summarize(profile, scenario, runs)
         # the last minute, faults included
         result["bytes_per_minute"] = {
-            u["name"]: u["probe"]["bytes_per_minute"] for u in status(c)["uplinks"] if u["probe"]
+            u["name"]: u["probe"]["bytes_per_minute"] for u in c.status()["uplinks"] if u["probe"]
         }
     return result
 
@@ -308,9 +283,9 @@ class IdleLab:
             }
             with running_lab(len(names), cfg, names) as (_lab, c):
                 for name in names:  # the start-up rounds (fast, until up) must leave the window
-                    wait_state(c, name, "up")
+                    c.wait_state(name, "up", timeout=WAIT_S)
                 time.sleep(IDLE_S)
-                by_name = {u["name"]: u for u in status(c)["uplinks"]}
+                by_name = {u["name"]: u for u in c.status()["uplinks"]}
                 self.result = {
                     profile: by_name[name]["probe"]["bytes_per_minute"]
                     for name, profile in zip(names, self.profiles, strict=True)
@@ -329,13 +304,13 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def fmts(values: Sequence[float | None]) -> str:
+    return "/".join(fmt(v) for v in values)
+
+
 def table(results: dict[str, Any]) -> str:
-    head = (
-        f"{'profile':8} {'fault':9} {'flows':>5} {'outage p50/p95/max ms':>22} {'tcp p95':>7} "
-        f"{'udp p95':>7} {'detect ms':>10} {'healthy hit':>11} {'rejoin ms':>10} {'new flows ms':>12} "
-        f"{'target':>8}"
-    )
-    lines = [head, "-" * len(head)]
+    rows = [("profile", "fault", "flows", "outage p50/p95/max ms", "tcp p95", "udp p95", "detect ms",
+             "healthy hit", "rejoin ms", "new flows ms", "target")]  # fmt: skip
     for profile, by_scenario in results["profiles"].items():
         for scenario in ("blackhole", "carrier"):
             s = by_scenario[scenario]
@@ -345,15 +320,13 @@ def table(results: dict[str, Any]) -> str:
                 if s["target_p95_ms"] is None
                 else f"{'ok' if s['met'] else 'MISSED'} {s['target_p95_ms']:.0f}"
             )
-            lines.append(
-                f"{profile:8} {scenario:9} {s['affected_flows']:>5} "
-                f"{fmt(o['p50']) + '/' + fmt(o['p95']) + '/' + fmt(o['max']):>22} "
-                f"{fmt(s['outage_ms_tcp']['p95']):>7} {fmt(s['outage_ms_udp']['p95']):>7} "
-                f"{'/'.join(fmt(v) for v in s['detect_ms']):>10} "
-                f"{str(s['healthy_disturbed']) + '/' + str(s['healthy_flows']):>11} "
-                f"{'/'.join(fmt(v) for v in s['rejoin_ms']):>10} "
-                f"{'/'.join(fmt(v) for v in s['new_flows_ms']):>12} {target:>8}"
-            )
+            rows.append(
+                (profile, scenario, str(s["affected_flows"]), fmts([o["p50"], o["p95"], o["max"]]),
+                 fmt(s["outage_ms_tcp"]["p95"]), fmt(s["outage_ms_udp"]["p95"]), fmts(s["detect_ms"]),
+                 f"{s['healthy_disturbed']}/{s['healthy_flows']}", fmts(s["rejoin_ms"]),
+                 fmts(s["new_flows_ms"]), target)
+            )  # fmt: skip
+    lines = [markdown_table(rows)]
     idle = results.get("idle_bytes_per_minute") or {}
     if idle:
         lines.append(
@@ -371,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--udp", type=int, default=24, help="UDP flows per run")
     parser.add_argument("--interval-ms", type=int, default=20, help="each flow sends this often")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle probe-cost minute")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "failover.json")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces)")

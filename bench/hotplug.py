@@ -51,7 +51,10 @@ from pathlib import Path
 from typing import Any
 
 from uplinkd.lab import wait_until
-from uplinkd.lab.stats import percentile, publish, summary
+from uplinkd.lab.launcher import LabDaemon
+
+import bootstrap  # noqa: F401 - harness on sys.path
+from harness.stats import markdown_table, percentile, publish, summary
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "hotplug.json"
@@ -97,14 +100,13 @@ sys.exit(1)
 """
 
 
-def uplink_config(mode: str, socket: Path, state_dir: Path) -> dict[str, Any]:
+def uplink_config(mode: str) -> dict[str, Any]:
     address: dict[str, Any] = {"mode": "dhcp"}
     if mode == "static":
         address = {"mode": "static", "cidr": "10.101.0.2/24", "gateway": "10.101.0.1"}
     return {
         "uplinks": {"usb": {"match": {"name": "usb*"}, "address": address, "table": TABLE}},
         "balance": {"table": 200},
-        "control": {"socket": str(socket), "state_dir": str(state_dir)},
     }
 
 
@@ -144,15 +146,6 @@ def leftovers(router: str, *, address: str | None, nh_ids: set[int]) -> list[str
 # --- one mode ----------------------------------------------------------------------------------
 
 
-def status(sock: Path) -> dict[str, Any] | None:
-    from uplinkd import control  # noqa: PLC0415
-
-    try:
-        return dict(control.call(sock, {"command": "status"}, timeout=2))
-    except control.ControlError:
-        return None
-
-
 def wait(predicate: Any, timeout: float, what: str) -> Any:
     return wait_until(predicate, timeout=timeout, what=what, interval=0.01)
 
@@ -170,8 +163,7 @@ def measure_mode(mode: str, reps: int, interval_ms: float) -> dict[str, Any]:
     checks: list[float] = []
     timeouts = 0
     work = Path(tempfile.mkdtemp(prefix="uplinkd-bench-hotplug-"))
-    sock, state = work / "control.sock", work / "state"
-    cfg = uplink_config(mode, sock, state)
+    cfg = uplink_config(mode)
     parsed = parse(cfg)
     nh_ids = {nexthop_id(parsed, TABLE, family) for family in (2, 10)}
     try:
@@ -189,64 +181,70 @@ def measure_mode(mode: str, reps: int, interval_ms: float) -> dict[str, Any]:
                 argv = [a for a in argv if a != "--bind-interfaces"]
                 lab.popen(f"isp{isp.index}", argv)
                 time.sleep(0.3)
-            (work / "uplinkd.json").write_text(json.dumps(cfg))
-            with (work / "uplinkd.log").open("wb") as log:
-                argv = [sys.executable, "-m", "uplinkd.daemon", "--config", str(work / "uplinkd.json"), "-v"]
-                daemon = lab.popen("router", argv, stdout=log, stderr=log)
-            wait(lambda: (st := status(sock)) is not None and st["passes"] > 0, 20, "uplinkd to start")
-            lease_file = state / "usb.lease.json"
-            for rep in range(reps):
-                lease_file.unlink(missing_ok=True)
-                prober = lab.popen(
-                    "lan1",
-                    [sys.executable, "-c", PROBER, str(SERVER4.ip), "9000", str(interval_ms), expect,
-                     str(FIRST_REPLY_TIMEOUT_S)],
-                    stdout=subprocess.PIPE,
-                )  # fmt: skip
-                assert prober.stdout is not None
-                if prober.stdout.readline().strip() != "ready":
-                    raise RuntimeError("the prober did not start")
-                time.sleep(0.05)  # it is sending
-                t0 = time.monotonic()
-                lab.plug(isp, IFNAME)
-                plug_call.append((time.monotonic() - t0) * 1000)
-                readable, _, _ = select.select([prober.stdout], [], [], FIRST_REPLY_TIMEOUT_S + 2)
-                line = prober.stdout.readline().split() if readable else []
-                lab.stop(prober)
-                if line and line[0] == "reply":
-                    first.append((float(line[1]) - t0) * 1000)
-                else:
-                    timeouts += 1
-                    print(f"  {mode} rep {rep}: no reply through the new uplink ({line})", file=sys.stderr)
-                    if os.environ.get("HOTPLUG_DEBUG"):
-                        ct = lab.run(
-                            "router", ["conntrack", "-L", "-p", "udp", "-o", "extended"], check=False
+            with LabDaemon(lab.router, cfg, workdir=work) as daemon:  # its first pass is done
+
+                def status() -> dict[str, Any]:
+                    return daemon.status_or_none() or {}
+
+                lease_file = daemon.state_dir / "usb.lease.json"
+                for rep in range(reps):
+                    lease_file.unlink(missing_ok=True)
+                    prober = lab.popen(
+                        "lan1",
+                        [sys.executable, "-c", PROBER, str(SERVER4.ip), "9000", str(interval_ms), expect,
+                         str(FIRST_REPLY_TIMEOUT_S)],
+                        stdout=subprocess.PIPE,
+                    )  # fmt: skip
+                    assert prober.stdout is not None
+                    if prober.stdout.readline().strip() != "ready":
+                        raise RuntimeError("the prober did not start")
+                    time.sleep(0.05)  # it is sending
+                    t0 = time.monotonic()
+                    lab.plug(isp, IFNAME)
+                    plug_call.append((time.monotonic() - t0) * 1000)
+                    readable, _, _ = select.select([prober.stdout], [], [], FIRST_REPLY_TIMEOUT_S + 2)
+                    line = prober.stdout.readline().split() if readable else []
+                    lab.stop(prober)
+                    if line and line[0] == "reply":
+                        first.append((float(line[1]) - t0) * 1000)
+                    else:
+                        timeouts += 1
+                        print(
+                            f"  {mode} rep {rep}: no reply through the new uplink ({line})", file=sys.stderr
                         )
-                        print(ct.stdout, file=sys.stderr)
-                        print((work / "uplinkd.log").read_text()[-3000:], file=sys.stderr)
-                wait(
-                    lambda: any(u["state"] == "up" for u in (status(sock) or {}).get("uplinks", [])),
-                    15,
-                    "usb up",
-                )
-                up = next(u for u in (status(sock) or {})["uplinks"] if u["name"] == "usb")
-                address = up["addresses"][0].split("/")[0] if up["addresses"] else None
-                time.sleep(SETTLE_S)
-                t0 = time.monotonic()
-                lab.unplug(IFNAME)
-                while True:
-                    c0 = time.monotonic()
-                    left = leftovers(lab.router, address=address, nh_ids=nh_ids)
-                    checks.append((time.monotonic() - c0) * 1000)
-                    if not left:
-                        clean.append((time.monotonic() - t0) * 1000)
-                        break
-                    if time.monotonic() - t0 > CLEAN_TIMEOUT_S:
-                        raise RuntimeError(f"{mode}: still there {CLEAN_TIMEOUT_S:g} s after unplug: {left}")
-                wait(lambda: all(u["state"] == "absent" for u in (status(sock) or {}).get("uplinks", [])), 10,
-                     "usb absent")  # fmt: skip
-                time.sleep(SETTLE_S)
-            lab.stop(daemon)
+                        if os.environ.get("HOTPLUG_DEBUG"):
+                            ct = lab.run(
+                                "router", ["conntrack", "-L", "-p", "udp", "-o", "extended"], check=False
+                            )
+                            print(ct.stdout, file=sys.stderr)
+                            print(daemon.log()[-3000:], file=sys.stderr)
+                    wait(
+                        lambda: any(u["state"] == "up" for u in status().get("uplinks", [])),
+                        15,
+                        "usb up",
+                    )
+                    up = daemon.uplink("usb")
+                    address = up["addresses"][0].split("/")[0] if up["addresses"] else None
+                    time.sleep(SETTLE_S)
+                    t0 = time.monotonic()
+                    lab.unplug(IFNAME)
+                    while True:
+                        c0 = time.monotonic()
+                        left = leftovers(lab.router, address=address, nh_ids=nh_ids)
+                        checks.append((time.monotonic() - c0) * 1000)
+                        if not left:
+                            clean.append((time.monotonic() - t0) * 1000)
+                            break
+                        if time.monotonic() - t0 > CLEAN_TIMEOUT_S:
+                            raise RuntimeError(
+                                f"{mode}: still there {CLEAN_TIMEOUT_S:g} s after unplug: {left}"
+                            )
+                    wait(
+                        lambda: all(u["state"] == "absent" for u in status().get("uplinks", [])),
+                        10,
+                        "usb absent",
+                    )
+                    time.sleep(SETTLE_S)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
@@ -261,10 +259,10 @@ def measure_mode(mode: str, reps: int, interval_ms: float) -> dict[str, Any]:
 def vm_part() -> dict[str, Any]:
     """Whether the VM tier could be measured here (it is not, by this script, yet)."""
     try:
-        from uplinkd.lab import vm  # noqa: PLC0415
+        from harness.vm import missing_requirements  # noqa: PLC0415
     except ImportError as e:
         return {"measured": False, "why": f"no VM harness ({e})"}
-    missing = vm.missing_requirements()
+    missing = missing_requirements()
     if missing:
         return {"measured": False, "why": "VM harness cannot run here: " + "; ".join(missing)}
     return {
@@ -282,14 +280,11 @@ def table(results: dict[str, Any]) -> str:
     for mode, r in results["modes"].items():
         rows.append((mode, cell(r["plug_to_first_packet_ms"]), cell(r["lab_plug_call_ms"]),
                      cell(r["unplug_to_clean_ms"]), str(r["timeouts"])))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     head = (
         f"Hotplug, netns lab, ms, p50 / p95 of {results['reps']} plugs"
         f" (flow sends every {results['interval_ms']:g} ms):"
     )
-    return "\n".join([head, *lines])
+    return "\n".join([head, markdown_table(rows)])
 
 
 def main(argv: list[str] | None = None) -> int:

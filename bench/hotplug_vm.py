@@ -38,21 +38,28 @@ import argparse
 import datetime
 import os
 import re
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from uplinkd.lab.stats import percentile, publish, summary
-from uplinkd.lab.vm import GuestClock, GuestFwd, UserNet, Vm, missing_requirements
-from uplinkd.lab.vm_controller import CONNECT_LOOP, GuestController, lease_file, read_kernel
+import bootstrap  # noqa: F401 - harness on sys.path
+from harness.host_server import FWD_ADDR, GUEST_PORT, HostServer
+from harness.stats import markdown_table, percentile, publish, summary
+from harness.vm import (
+    GuestClock,
+    GuestDaemon,
+    GuestFwd,
+    UserNet,
+    Vm,
+    connect_loop,
+    missing_requirements,
+    read_kernel,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "hotplug_vm.json"
 TABLE, MARK = 102, 0x6600
-FWD_ADDR, GUEST_PORT = "10.0.2.100", 7000
 MAC, IFNAME = "52:54:00:12:34:01", "enx525400123401"
 UP_TIMEOUT_S = 60.0
 CLEAN_TIMEOUT_S = 20.0
@@ -72,49 +79,10 @@ CONFIG = {
 }
 
 
-class StampServer:
-    """TCP server on the host's loopback: answers `pong:<data>`, remembers when (host
-    monotonic clock) it accepted each connection and what the connection carried."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port: int = self.sock.getsockname()[1]
-        self.seen: list[tuple[float, bytes]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            accepted = time.monotonic()
-            with conn:
-                conn.settimeout(5)
-                try:
-                    data = conn.recv(1024)
-                    self.seen.append((accepted, data))
-                    conn.sendall(b"pong:" + data)
-                except OSError:
-                    self.seen.append((accepted, b""))
-
-    def first(self, tag: str) -> float | None:
-        return next((t for t, data in self.seen if data.strip() == tag.encode()), None)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
+CONNECT_LOOP = Path(connect_loop.__file__)  # run in the guest by path
 
 
-def state_of(ctl: GuestController) -> dict[str, Any] | None:
+def state_of(ctl: GuestDaemon) -> dict[str, Any] | None:
     status = ctl.status()
     if status is None:
         return None
@@ -124,7 +92,7 @@ def state_of(ctl: GuestController) -> dict[str, Any] | None:
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\w+) (.*)$")
 
 
-def log_events(ctl: GuestController, clock: GuestClock, since_wall: float) -> list[tuple[float, str]]:
+def log_events(ctl: GuestDaemon, clock: GuestClock, since_wall: float) -> list[tuple[float, str]]:
     """The daemon's log lines from host wall time `since_wall` on, as (seconds since then,
     message); the guest's timestamps (local time, ms) are put on the host's clock."""
     events = []
@@ -148,20 +116,16 @@ def last_write(events: list[tuple[float, str]]) -> float | None:
     return writes[-1] if writes else None
 
 
-def one_rep(
-    vm: Vm, ctl: GuestController, server: StampServer, rep: int, interval_ms: float
-) -> dict[str, Any]:
+def one_rep(vm: Vm, ctl: GuestDaemon, server: HostServer, rep: int, interval_ms: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    vm.check(["rm", "-f", lease_file(ctl, "lte1")])
+    vm.check(["rm", "-f", ctl.lease_file("lte1")])
     tag = f"rep{rep}-{os.getpid()}"
     loop_log = ctl.dir / f"connect-{rep}.log"
-    script = ctl.dir / "connect_loop.py"
-    script.write_text(CONNECT_LOOP)
     vm.spawn(
         [
             "python3",
             "-I",
-            str(script),
+            str(CONNECT_LOOP),
             FWD_ADDR,
             str(GUEST_PORT),
             str(interval_ms / 1000),
@@ -267,15 +231,12 @@ def table(results: dict[str, Any]) -> str:
         rows.append(
             (label, *(f"{s[k]:.0f}" if s.get("n") else "-" for k in ("p50", "min", "max")), str(s["n"]))
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     head = (
         f"Hotplug, VM tier (QEMU TCG, usb-net on qemu-xhci, kernel {results['kernel']}), "
         f"{results['reps']} plugs; connect loop every {results['interval_ms']:g} ms; "
         f"kernel check {results['check_ms_p50']:.0f} ms:"
     )
-    return "\n".join([head, *lines])
+    return "\n".join([head, markdown_table(rows)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1:
         print("hotplug_vm: --reps at least 1", file=sys.stderr)
         return 2
-    server = StampServer()
+    server = HostServer()
     reps: list[dict[str, Any]] = []
     began = time.monotonic()
     net = UserNet(
@@ -304,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         with Vm(netdevs=[net]) as vm:
             vm.ensure_udev()
             vm.check(["modprobe", "cdc_ether"])  # see Vm.plug_usb_nic: else cdc_subset may win
-            ctl = GuestController(vm, CONFIG)
+            ctl = GuestDaemon(vm, CONFIG)
             start_s = ctl.start(uplinkctl=False)
             print(
                 f"  booted in {vm.timings.boot:.0f} s, controller answered after {start_s:.0f} s",

@@ -8,9 +8,9 @@ cd "$here"
 "$here/scripts/setup.sh"
 
 echo "== ruff"
-python3 -m ruff check --config controller/pyproject.toml controller tests bench
+python3 -m ruff check --config controller/pyproject.toml controller harness tests bench
 echo "== mypy --strict"
-(cd controller && python3 -m mypy --strict uplinkd)
+(cd controller && python3 -m mypy --strict uplinkd ../harness)
 echo "== import layers"
 (cd controller && lint-imports --no-cache)
 echo "== nix-instantiate --parse"

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from uplinkd.lab import Lab
+from uplinkd.lab.launcher import LabDaemon
 
-from running import (
+from harness.readback import (
     NH_BASE,
     PROTO,
-    Controller,
     all_rules,
     group_members,
     ip_json,
@@ -75,15 +75,15 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def controller(lab: Lab, tmp_path: Path) -> Iterator[Controller]:
-    c = Controller(lab, three_uplinks(), tmp_path)
+def controller(lab: Lab, tmp_path: Path) -> Iterator[LabDaemon]:
+    c = LabDaemon(lab.router, three_uplinks(), workdir=tmp_path)
     try:
         yield c
     finally:
         c.stop()
 
 
-def test_layout_after_start(lab: Lab, controller: Controller) -> None:
+def test_layout_after_start(lab: Lab, controller: LabDaemon) -> None:
     controller.start()
     wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
     r = lab.router
@@ -146,7 +146,7 @@ def test_layout_after_start(lab: Lab, controller: Controller) -> None:
     assert addrs["lte1"] == ["10.102.0.2"] and addrs["lte2"] == ["10.103.0.2"]
 
 
-def test_flows_spread_by_weight(lab: Lab, controller: Controller) -> None:
+def test_flows_spread_by_weight(lab: Lab, controller: LabDaemon) -> None:
     controller.start()
     wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
     report = lab.flows(tcp=40, udp=60, interval_ms=50, duration=2.0)
@@ -158,7 +158,7 @@ def test_flows_spread_by_weight(lab: Lab, controller: Controller) -> None:
     assert not report.moved(), "a flow changed uplink while nothing changed"
 
 
-def test_drain_moves_only_new_flows_of_the_drained_uplink(lab: Lab, controller: Controller) -> None:
+def test_drain_moves_only_new_flows_of_the_drained_uplink(lab: Lab, controller: LabDaemon) -> None:
     controller.start()
     wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
     before = lab.start_flows(tcp=30, udp=30, interval_ms=20, duration=5.0)
@@ -174,7 +174,7 @@ def test_drain_moves_only_new_flows_of_the_drained_uplink(lab: Lab, controller: 
     assert set(group_members(lab.router, TABLES)) == {"wan", "lte1", "lte2"}
 
 
-def test_restart_makes_no_writes_and_interrupts_no_flow(lab: Lab, controller: Controller) -> None:
+def test_restart_makes_no_writes_and_interrupts_no_flow(lab: Lab, controller: LabDaemon) -> None:
     controller.start()
     wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
     before_rules, before_nh = rules(lab.router), nexthops(lab.router)
@@ -192,7 +192,7 @@ def test_restart_makes_no_writes_and_interrupts_no_flow(lab: Lab, controller: Co
     assert report.lost() == 0 and not report.moved() and report.reconnects() == 0
 
 
-def test_foreign_objects_are_never_touched(lab: Lab, controller: Controller) -> None:
+def test_foreign_objects_are_never_touched(lab: Lab, controller: LabDaemon) -> None:
     r = lab.router
     foreign = [
         ["ip", "route", "add", "default", "via", "10.101.0.1", "dev", "wan", "table", "50"],
@@ -238,7 +238,7 @@ def test_foreign_objects_are_never_touched(lab: Lab, controller: Controller) -> 
     assert rules(r) == [] and routes(r, 200) == [] and NH_BASE not in nexthops(r)
 
 
-def test_drift_is_healed(lab: Lab, controller: Controller) -> None:
+def test_drift_is_healed(lab: Lab, controller: LabDaemon) -> None:
     r = lab.router
     controller.start()
     wait_until(lambda: len(group_members(r, TABLES)) == 3, what="three uplinks in the group")
@@ -253,7 +253,7 @@ def test_drift_is_healed(lab: Lab, controller: Controller) -> None:
     assert routes(r, 200)[0].get("nhid") == NH_BASE
 
 
-def test_carrier_loss_and_return(lab: Lab, controller: Controller) -> None:
+def test_carrier_loss_and_return(lab: Lab, controller: LabDaemon) -> None:
     r = lab.router
     controller.start()
     wait_until(lambda: len(group_members(r, TABLES)) == 3, what="three uplinks in the group")
@@ -270,7 +270,7 @@ def test_carrier_loss_and_return(lab: Lab, controller: Controller) -> None:
     assert routes(r, 102)[0]["gateway"] == "10.102.0.1"
 
 
-def test_nft_table_restored_after_flush_ruleset(lab: Lab, controller: Controller) -> None:
+def test_nft_table_restored_after_flush_ruleset(lab: Lab, controller: LabDaemon) -> None:
     controller.start()
     wait_until(lambda: ("inet", "uplinkd") in nft_tables(lab.router), what="our nft table")
     lab.run("router", ["nft", "flush", "ruleset"])
@@ -281,7 +281,7 @@ def test_nft_table_restored_after_flush_ruleset(lab: Lab, controller: Controller
     assert report.lost() == 0 and "no reply" not in report.by_uplink()
 
 
-def test_invalid_config_is_refused_and_sighup_keeps_the_running_one(lab: Lab, controller: Controller) -> None:
+def test_invalid_config_is_refused_and_sighup_keeps_the_running_one(lab: Lab, controller: LabDaemon) -> None:
     bad = controller.workdir / "bad.json"
     bad.write_text(json.dumps({"uplinks": {"x": {"match": {"name": "x"}, "table": 254}}}))
     run = subprocess.run(
@@ -312,7 +312,7 @@ def test_invalid_config_is_refused_and_sighup_keeps_the_running_one(lab: Lab, co
     assert not routes(lab.router, 103)
 
 
-def test_bad_control_requests_get_clear_errors(lab: Lab, controller: Controller) -> None:
+def test_bad_control_requests_get_clear_errors(lab: Lab, controller: LabDaemon) -> None:
     controller.start()
     out = controller.ctl("drain", "nosuch", check=False)
     assert out.returncode == 2 and "uplink: 'nosuch' is not configured; known: wan, lte1, lte2" in out.stderr
@@ -352,7 +352,7 @@ def test_ipv6_uplinks_get_their_own_resilient_group(tmp_path: Path) -> None:
                 for n, name in ((1, "wan"), (2, "lte1"))
             }
         }
-        c = Controller(lab, config, tmp_path)
+        c = LabDaemon(lab.router, config, workdir=tmp_path)
         try:
             c.start()
             tables = {101: "wan", 102: "lte1"}
@@ -369,7 +369,7 @@ def test_ipv6_uplinks_get_their_own_resilient_group(tmp_path: Path) -> None:
             c.stop()
 
 
-def test_explain_shows_the_kernels_choice(lab: Lab, controller: Controller) -> None:
+def test_explain_shows_the_kernels_choice(lab: Lab, controller: LabDaemon) -> None:
     controller.start()
     wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
 
@@ -417,15 +417,8 @@ def test_systemd_notify_ready_status_watchdog_and_socket_mode(lab: Lab, tmp_path
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(notify))
     listener.settimeout(20)
-    c = Controller(lab, three_uplinks(), tmp_path)
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "400000"}
-    argv = [sys.executable, "-m", "uplinkd.daemon", "--config", str(c.config_path)]
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", lab.router, *argv],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env = {"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "400000"}
+    c = LabDaemon(lab.router, three_uplinks(), workdir=tmp_path, env=env).start(wait=False)
     try:
         messages: list[str] = []
         while not (any("READY=1" in m for m in messages) and sum("WATCHDOG=1" in m for m in messages) >= 3):
@@ -434,12 +427,11 @@ def test_systemd_notify_ready_status_watchdog_and_socket_mode(lab: Lab, tmp_path
         assert "STATUS=" in ready and "uplinks in service" in ready, ready
         assert (c.socket.stat().st_mode & 0o777) == 0o660
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        c.stop()
         listener.close()
 
 
-def test_tcp_mss_is_clamped_to_the_uplinks_mtu(lab: Lab, controller: Controller) -> None:
+def test_tcp_mss_is_clamped_to_the_uplinks_mtu(lab: Lab, controller: LabDaemon) -> None:
     """A LAN host advertises MSS 1460; leaving through an uplink with MTU 1400 the SYN must
     carry 1360 (counted by nft in the ISP's namespace, where the SYN arrives)."""
     controller.start()
@@ -473,7 +465,7 @@ def test_tcp_mss_is_clamped_to_the_uplinks_mtu(lab: Lab, controller: Controller)
     assert counts[1360] >= 4 and counts[1460] == 0, counts
 
 
-def test_flush_with_the_daemon_running_pauses_it_until_resume(lab: Lab, controller: Controller) -> None:
+def test_flush_with_the_daemon_running_pauses_it_until_resume(lab: Lab, controller: LabDaemon) -> None:
     r = lab.router
     controller.start()
     wait_until(lambda: len(group_members(r, TABLES)) == 3, what="three uplinks in the group")
@@ -491,7 +483,7 @@ def test_flush_with_the_daemon_running_pauses_it_until_resume(lab: Lab, controll
     assert ("inet", "uplinkd") in nft_tables(r)
 
 
-def test_an_edited_nft_table_is_healed_and_still_flushed(lab: Lab, controller: Controller) -> None:
+def test_an_edited_nft_table_is_healed_and_still_flushed(lab: Lab, controller: LabDaemon) -> None:
     r = lab.router
 
     def counters() -> int:

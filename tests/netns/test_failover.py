@@ -22,8 +22,9 @@ import pytest
 
 from uplinkd import control
 from uplinkd.lab import FlowReport, Lab
+from uplinkd.lab.launcher import LabDaemon
 
-from running import Controller, group_members, routes, wait_until
+from harness.readback import group_members, routes, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -78,10 +79,10 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture
 def make_controller(lab: Lab, tmp_path: Path) -> Iterator[Any]:
-    started: list[Controller] = []
+    started: list[LabDaemon] = []
 
-    def make(cfg: dict[str, Any]) -> Controller:
-        c = Controller(lab, cfg, tmp_path)
+    def make(cfg: dict[str, Any]) -> LabDaemon:
+        c = LabDaemon(lab.router, cfg, workdir=tmp_path)
         started.append(c)
         return c
 
@@ -92,18 +93,18 @@ def make_controller(lab: Lab, tmp_path: Path) -> Iterator[Any]:
             c.stop()
 
 
-def status(c: Controller) -> dict[str, Any]:
+def status(c: LabDaemon) -> dict[str, Any]:
     """`uplinkctl status --json`, asked over the control socket from this process: polling
     the CLI (a Python start-up every 50 ms) loads a small machine enough to drop packets of
     the very flows a test watches."""
     return dict(control.call(c.socket, {"command": "status"}))
 
 
-def uplink_status(c: Controller, name: str) -> dict[str, Any]:
+def uplink_status(c: LabDaemon, name: str) -> dict[str, Any]:
     return next(u for u in status(c)["uplinks"] if u["name"] == name)
 
 
-def wait_state(c: Controller, name: str, *states: str, timeout: float = WAIT) -> dict[str, Any]:
+def wait_state(c: LabDaemon, name: str, *states: str, timeout: float = WAIT) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         up = uplink_status(c, name)
         return up if up["state"] in states else None
@@ -120,14 +121,14 @@ def wait_group(lab: Lab, names: set[str], timeout: float = WAIT) -> None:
     wait_until(lambda: in_group(lab) == names, timeout=timeout, what=f"group to be {sorted(names)}")
 
 
-def start_all_up(c: Controller, lab: Lab, n: int = 3) -> None:
+def start_all_up(c: LabDaemon, lab: Lab, n: int = 3) -> None:
     c.start()
     for name in NAMES[:n]:
         wait_state(c, name, "up")
     wait_group(lab, set(NAMES[:n]))
 
 
-def transitions(c: Controller, name: str) -> list[tuple[str, str]]:
+def transitions(c: LabDaemon, name: str) -> list[tuple[str, str]]:
     """(from, to) of every state change of `name` the daemon logged (after its first state)."""
     pattern = re.compile(rf" INFO uplink {re.escape(name)}: (\S+) → (\S+) ")
     return [(m[1], m[2]) for m in pattern.finditer(c.log()) if m[1] != "-"]
@@ -447,7 +448,7 @@ def test_weight_change_and_a_new_uplink_move_no_connection(tmp_path: Path) -> No
         lte3 = lab.add_isp("lte3", address="none", plugged=False)
         lab.add_client()
         cfg = config(n=4)
-        c = Controller(lab, cfg, tmp_path)
+        c = LabDaemon(lab.router, cfg, workdir=tmp_path)
         try:
             start_all_up(c, lab)
             assert uplink_status(c, "lte3")["state"] == "absent"

@@ -25,11 +25,11 @@ import pytest
 
 from uplinkd.lab import Isp, Lab
 from uplinkd.lab.isp import IspOptions, dnsmasq_argv
+from uplinkd.lab.launcher import LabDaemon
 
-from running import (
+from harness.readback import (
     NH_BASE,
     PROTO,
-    Controller,
     conntrack_marks,
     group_members,
     ip_json,
@@ -71,12 +71,12 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def start(lab: Lab, tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Controller]]:
+def start(lab: Lab, tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], LabDaemon]]:
     """Starts the daemon with a config; every controller started is stopped at the end."""
-    started: list[Controller] = []
+    started: list[LabDaemon] = []
 
-    def start(cfg: dict[str, Any]) -> Controller:
-        c = Controller(lab, cfg, tmp_path)
+    def start(cfg: dict[str, Any]) -> LabDaemon:
+        c = LabDaemon(lab.router, cfg, workdir=tmp_path)
         started.append(c)
         return c.start()
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from vmlab import FWD_ADDR, GUEST_PORT, HostServer
 
-from uplinkd.lab.vm import GuestFwd, UserNet, Vm, missing_requirements
+from harness.host_server import FWD_ADDR, GUEST_PORT, HostServer
+from harness.vm import GuestFwd, UserNet, Vm, missing_requirements
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -21,10 +21,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from vmlab import FWD_ADDR, GUEST_PORT, HostServer
 
-from uplinkd.lab.vm import GuestFwd, UserNet, Vm, VmError, missing_requirements
-from uplinkd.lab.vm_controller import GuestController, GuestKernel, nhid, read_kernel
+from harness.host_server import FWD_ADDR, GUEST_PORT, HostServer
+from harness.readback import nhid
+from harness.vm import (
+    GuestDaemon,
+    GuestFwd,
+    GuestKernel,
+    UserNet,
+    Vm,
+    VmError,
+    missing_requirements,
+    read_kernel,
+)
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(300)]
 
@@ -77,8 +86,8 @@ def cvm(host_server: HostServer) -> Iterator[Vm]:
 
 
 @pytest.fixture(scope="module")
-def ctl(cvm: Vm) -> Iterator[GuestController]:
-    controller = GuestController(cvm, CONFIG)
+def ctl(cvm: Vm) -> Iterator[GuestDaemon]:
+    controller = GuestDaemon(cvm, CONFIG)
     try:
         controller.start()
         yield controller
@@ -120,9 +129,7 @@ def wait_clean(vm: Vm, **what: Any) -> list[str]:
 # --- start -------------------------------------------------------------------------------------
 
 
-def test_controller_starts_with_nothing_plugged(
-    cvm: Vm, ctl: GuestController, record_property: Record
-) -> None:
+def test_controller_starts_with_nothing_plugged(cvm: Vm, ctl: GuestDaemon, record_property: Record) -> None:
     status = ctl.fresh_status()
     assert {u["name"]: u["state"] for u in status["uplinks"]} == {"lte1": "absent", "lte2": "absent"}
     # the real client answers too (started with the daemon; ~25 s of imports in the guest)
@@ -142,9 +149,7 @@ def test_controller_starts_with_nothing_plugged(
 # --- one stick ---------------------------------------------------------------------------------
 
 
-def test_plugged_stick_is_matched_by_usb_identity(
-    cvm: Vm, ctl: GuestController, record_property: Record
-) -> None:
+def test_plugged_stick_is_matched_by_usb_identity(cvm: Vm, ctl: GuestDaemon, record_property: Record) -> None:
     started = time.monotonic()
     name = cvm.plug_usb_nic("stickA", "isp0", mac=A_MAC, port="1")
     u = ctl.wait_state("lte1", "up", timeout=60)
@@ -156,7 +161,7 @@ def test_plugged_stick_is_matched_by_usb_identity(
     assert (props["ID_VENDOR_ID"], props["ID_MODEL_ID"]) == ("0525", "a4a2")
 
 
-def test_lease_goes_into_its_own_table_never_main(cvm: Vm, ctl: GuestController) -> None:
+def test_lease_goes_into_its_own_table_never_main(cvm: Vm, ctl: GuestDaemon) -> None:
     u = ctl.uplink("lte1")
     assert (u["addresses"], u["gateway4"]) == (["10.0.2.15/24"], "10.0.2.2")
     assert "10.0.2.15/24" in cvm.check(["ip", "-4", "-br", "addr", "show", "dev", A_NAME])
@@ -174,7 +179,7 @@ def test_lease_goes_into_its_own_table_never_main(cvm: Vm, ctl: GuestController)
     assert k.nft_set() == [A_NAME]
 
 
-def test_traffic_flows_through_the_stick(cvm: Vm, ctl: GuestController, host_server: HostServer) -> None:
+def test_traffic_flows_through_the_stick(cvm: Vm, ctl: GuestDaemon, host_server: HostServer) -> None:
     tx_before = int(cvm.read_file(f"/sys/class/net/{A_NAME}/statistics/tx_packets"))
     assert nc(cvm, "via-lte1") == "pong:via-lte1\n"
     assert b"via-lte1\n" in host_server.received
@@ -187,7 +192,7 @@ def test_traffic_flows_through_the_stick(cvm: Vm, ctl: GuestController, host_ser
     assert f"dev {A_NAME}" in cvm.check(["ip", "route", "get", "192.0.2.1", "mark", hex(LTE1_MARK)])
 
 
-def test_unplug_leaves_nothing_behind(cvm: Vm, ctl: GuestController, record_property: Record) -> None:
+def test_unplug_leaves_nothing_behind(cvm: Vm, ctl: GuestDaemon, record_property: Record) -> None:
     assert nc(cvm, "before-unplug") == "pong:before-unplug\n"
     k = kernel(cvm)
     assert LTE1_MARK in k.conntrack_marks and k.nft_set() == [A_NAME], "the test would prove nothing"
@@ -206,7 +211,7 @@ def test_unplug_leaves_nothing_behind(cvm: Vm, ctl: GuestController, record_prop
 
 
 def test_replug_in_another_port_is_the_same_uplink(
-    cvm: Vm, ctl: GuestController, record_property: Record
+    cvm: Vm, ctl: GuestDaemon, record_property: Record
 ) -> None:
     started = time.monotonic()
     name = cvm.plug_usb_nic("stickA", "isp0", mac=A_MAC, port="3")
@@ -228,7 +233,7 @@ def test_replug_in_another_port_is_the_same_uplink(
 # --- two sticks --------------------------------------------------------------------------------
 
 
-def test_second_stick_is_told_apart_by_its_serial(cvm: Vm, ctl: GuestController) -> None:
+def test_second_stick_is_told_apart_by_its_serial(cvm: Vm, ctl: GuestDaemon) -> None:
     name = cvm.plug_usb_nic("stickB", "isp1", mac=B_MAC, serial=B_SERIAL, port="2")
     assert name == B_NAME
     b = ctl.wait_state("lte2", "up", timeout=60)
@@ -261,7 +266,7 @@ def test_second_stick_is_told_apart_by_its_serial(cvm: Vm, ctl: GuestController)
 # --- udev ----------------------------------------------------------------------------------------
 
 
-def test_controller_leaves_a_new_stick_alone_until_udev_is_done(cvm: Vm, ctl: GuestController) -> None:
+def test_controller_leaves_a_new_stick_alone_until_udev_is_done(cvm: Vm, ctl: GuestDaemon) -> None:
     """udev renames a new stick (usb0 → enx<mac>) while it is down; systemd-udevd refuses to
     rename an interface that is already up ("already up, cannot rename"). So the controller
     must not raise (or otherwise use) an interface udev has not finished with. Here udev's

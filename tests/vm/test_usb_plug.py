@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from vmlab import FWD_ADDR, GUEST_PORT, HostServer
 
-from uplinkd.lab.vm import USB_NET_MODEL, USB_NET_VENDOR, Vm
+from harness.host_server import FWD_ADDR, GUEST_PORT, HostServer
+from harness.vm import USB_NET_MODEL, USB_NET_VENDOR, Vm
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(240)]
 

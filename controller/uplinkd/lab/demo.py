@@ -23,20 +23,17 @@ missing tools).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
-import uplinkd
 from uplinkd.lab.addresses import SERVER4
 from uplinkd.lab.flows import FlowReport
+from uplinkd.lab.launcher import LabDaemon
 from uplinkd.lab.netns import LabError, wait_until
 from uplinkd.lab.topology import LAN_BRIDGE, Lab
 
@@ -55,7 +52,7 @@ class DemoError(Exception):
     """A step did not behave as the demo says it does."""
 
 
-def demo_config(socket: Path) -> dict[str, Any]:
+def demo_config() -> dict[str, Any]:
     """The router's uplinkd config: wan learned from someone else's setup, the LTE sticks
     given static addresses by uplinkd itself, every uplink probed with the fast profile."""
     probe = {"targets": [PROBE_TARGET], "profile": "fast"}
@@ -84,7 +81,6 @@ def demo_config(socket: Path) -> dict[str, Any]:
             },
         },
         "balance": {"table": 200},
-        "control": {"socket": str(socket)},
     }
 
 
@@ -125,92 +121,30 @@ def _poll(predicate: Callable[[], T | None], *, timeout: float, what: str) -> T:
 # --- the daemon ----------------------------------------------------------------------------------
 
 
-def _python_env() -> dict[str, str]:
-    """Makes this very uplinkd importable by ``python3 -m`` inside the namespace."""
-    here = str(Path(uplinkd.__file__).resolve().parent.parent)
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": f"{here}:{path}" if path else here, "PYTHONUNBUFFERED": "1"}
+def uplinks(daemon: LabDaemon) -> dict[str, dict[str, Any]]:
+    status = daemon.status_or_none() or {"uplinks": []}
+    return {u["name"]: u for u in status["uplinks"]}
 
 
-class Daemon:
-    """uplinkd started for real in the router namespace; stopped by pid."""
+def wait(daemon: LabDaemon, what: str, predicate: Callable[[dict[str, dict[str, Any]]], bool],
+         timeout: float) -> None:  # fmt: skip
+    _poll(lambda: predicate(uplinks(daemon)), timeout=timeout, what=what)
 
-    def __init__(self, lab: Lab, workdir: Path) -> None:
-        self.lab = lab
-        self.socket = workdir / "control.sock"
-        self.config_path = workdir / "uplinkd.json"
-        self.log_path = workdir / "uplinkd.log"
-        self.config_path.write_text(json.dumps(demo_config(self.socket), indent=1) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.lab.router, sys.executable, "-m", "uplinkd.daemon",
-                 "--config", str(self.config_path), "-v"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_python_env(),
-            )  # fmt: skip
+def ctl(daemon: LabDaemon, *args: str) -> str:
+    """``uplinkctl ARGS`` inside the router namespace; its stdout.
 
-    def stop(self) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        return proc.returncode
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise DemoError(f"uplinkd exited with status {self.proc.returncode}")
-
-    def ctl(self, *args: str) -> str:
-        """``uplinkctl ARGS`` inside the router namespace; its stdout.
-
-        A request the daemon answers with "busy" is asked again: `explain` shares the
-        daemon's netlink socket with its reconcile pass and can collide with a dump."""
-        for attempt in range(BUSY_RETRIES + 1):
-            self.check_alive()
-            done = subprocess.run(
-                ["ip", "netns", "exec", self.lab.router, sys.executable, "-m", "uplinkd.cli",
-                 "--socket", str(self.socket), *args],
-                capture_output=True, text=True, timeout=30, env=_python_env(), check=False,
-            )  # fmt: skip
-            if done.returncode == 0:
-                return done.stdout
-            if "resource busy" not in done.stderr or attempt == BUSY_RETRIES:
-                break
-            time.sleep(0.1)
-        raise DemoError(f"uplinkctl {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
-
-    def status(self) -> dict[str, Any] | None:
-        """The daemon's status, or None while it does not answer yet."""
-        self.check_alive()
-        done = subprocess.run(
-            ["ip", "netns", "exec", self.lab.router, sys.executable, "-m", "uplinkd.cli",
-             "--socket", str(self.socket), "status", "--json"],
-            capture_output=True, text=True, timeout=30, env=_python_env(), check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            return None
-        status: dict[str, Any] = json.loads(done.stdout)
-        return status if status.get("passes", 0) > 0 else None
-
-    def uplinks(self) -> dict[str, dict[str, Any]]:
-        status = self.status() or {"uplinks": []}
-        return {u["name"]: u for u in status["uplinks"]}
-
-    def wait(self, what: str, predicate: Callable[[dict[str, dict[str, Any]]], bool], timeout: float) -> None:
-        _poll(lambda: predicate(self.uplinks()), timeout=timeout, what=what)
-
-    def log_tail(self, lines: int = 25) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+    A request the daemon answers with "busy" is asked again: `explain` shares the
+    daemon's netlink socket with its reconcile pass and can collide with a dump."""
+    for attempt in range(BUSY_RETRIES + 1):
+        daemon.check_alive()
+        done = daemon.ctl(*args, check=False)
+        if done.returncode == 0:
+            return done.stdout
+        if "resource busy" not in done.stderr or attempt == BUSY_RETRIES:
+            break
+        time.sleep(0.1)
+    raise DemoError(f"uplinkctl {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
 
 
 def _all_up(ups: dict[str, dict[str, Any]]) -> bool:
@@ -244,7 +178,7 @@ def _flows_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {n}" for name, n in counts.items()) or "none"
 
 
-def story(lab: Lab, daemon: Daemon, say: Narrator) -> None:
+def story(lab: Lab, daemon: LabDaemon, say: Narrator) -> None:
     say.heading("Building the lab: a router with three uplinks, their ISPs, a server, a LAN client")
     wan = lab.add_isp("wan")  # the lab puts 10.101.0.2/24 on the router's wan, as networkd would
     lab.add_isp("lte1", address="none")  # uplinkd itself puts the address on these two
@@ -268,20 +202,22 @@ def story(lab: Lab, daemon: Daemon, say: Narrator) -> None:
     say.say(f"$ uplinkd --config {daemon.config_path}   (log: {daemon.log_path})")
     say.say(f"every uplink is probed with ICMP to {PROBE_TARGET} (profile 'fast'), through itself only")
     start = time.monotonic()
-    daemon.start()
-    _poll(daemon.status, timeout=READY_TIMEOUT_S, what="uplinkd to answer on its control socket")
+    try:
+        daemon.start(timeout=READY_TIMEOUT_S)
+    except LabError as e:
+        raise DemoError(str(e)) from None
     ready = time.monotonic() - start
-    daemon.wait("all three uplinks up and in the balance group", _all_up, READY_TIMEOUT_S)
+    wait(daemon, "all three uplinks up and in the balance group", _all_up, READY_TIMEOUT_S)
     say.say(f"answering after {ready:.1f} s; all three uplinks up after {time.monotonic() - start:.1f} s")
 
     say.heading("What uplinkd set up")
-    say.command("uplinkctl status", daemon.ctl("status"))
+    say.command("uplinkctl status", ctl(daemon, "status"))
     say.say()
     src = str(client.addresses.host4.ip)
     say.command(
         f"uplinkctl explain {PROBE_TARGET} --from {src} --iif {LAN_BRIDGE} --ipproto tcp --sport 40000 "
         "--dport 443",
-        daemon.ctl("explain", PROBE_TARGET, "--from", src, "--iif", LAN_BRIDGE,
+        ctl(daemon, "explain", PROBE_TARGET, "--from", src, "--iif", LAN_BRIDGE,
                    "--ipproto", "tcp", "--sport", "40000", "--dport", "443"),
     )  # fmt: skip
 
@@ -299,7 +235,7 @@ def story(lab: Lab, daemon: Daemon, say: Narrator) -> None:
 
     say.heading("Draining lte1: new connections avoid it, existing ones carry on")
     before = lab.start_flows(tcp=20, udp=40, interval_ms=20, duration=4.0)
-    say.command("uplinkctl drain lte1", daemon.ctl("drain", "lte1"))
+    say.command("uplinkctl drain lte1", ctl(daemon, "drain", "lte1"))
     after = lab.flows(tcp=20, udp=40, interval_ms=50, duration=1.5)
     old = before.result()
     on_lte1 = len(old.started_on("lte1"))
@@ -313,20 +249,21 @@ def story(lab: Lab, daemon: Daemon, say: Narrator) -> None:
         raise DemoError("draining disturbed existing connections")
     if "lte1" in after.by_uplink():
         raise DemoError("a new connection went out of the drained lte1")
-    say.command("uplinkctl undrain lte1", daemon.ctl("undrain", "lte1"))
-    daemon.wait("lte1 back in the group", _all_up, STATE_TIMEOUT_S)
+    say.command("uplinkctl undrain lte1", ctl(daemon, "undrain", "lte1"))
+    wait(daemon, "lte1 back in the group", _all_up, STATE_TIMEOUT_S)
 
     say.heading("lte2's network dies (blackholed at its ISP; carrier stays up)")
     flows = lab.start_flows(tcp=20, udp=40, interval_ms=20, duration=5.0)
     time.sleep(0.5)
     lab.isp("lte2").blackhole(True)
     cut = time.monotonic()
-    daemon.wait(
+    wait(
+        daemon,
         "lte2 to go down",
         lambda ups: ups.get("lte2", {}).get("state") == "down" and not ups["lte2"]["in_group"],
         STATE_TIMEOUT_S,
     )
-    lte2 = daemon.uplinks()["lte2"]
+    lte2 = uplinks(daemon)["lte2"]
     seen = time.monotonic() - lte2["since_s"] - cut  # when the daemon changed it, not when we looked
     say.say(f"lte2 taken out of service {seen:.1f} s after the cut: {lte2['reason']}")
     report = flows.result()
@@ -343,10 +280,10 @@ def story(lab: Lab, daemon: Daemon, say: Narrator) -> None:
         raise DemoError("a flow from the dead lte2 did not recover")
     if any(f.lost or f.moved or f.reconnects for f in others):
         raise DemoError("flows on healthy uplinks were disturbed")
-    say.command("uplinkctl status", daemon.ctl("status"))
+    say.command("uplinkctl status", ctl(daemon, "status"))
     lab.isp("lte2").blackhole(False)
     start = time.monotonic()
-    daemon.wait("lte2 back up", _all_up, STATE_TIMEOUT_S)
+    wait(daemon, "lte2 back up", _all_up, STATE_TIMEOUT_S)
     say.say(f"network back: lte2 up and in the group again after {time.monotonic() - start:.1f} s")
 
 
@@ -376,16 +313,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     say = Narrator(STEPS)
     print("uplinkd lab: a router with a wired uplink and two LTE sticks, all in network namespaces")
-    daemon: Daemon | None = None
     failure: str | None = None
     try:
         with Lab() as lab:
-            daemon = Daemon(lab, lab.workdir)
+            daemon = LabDaemon(lab.router, demo_config(), workdir=lab.workdir)
             try:
                 story(lab, daemon, say)
             except (DemoError, LabError, subprocess.SubprocessError, OSError, ValueError) as e:
                 failure = f"step {say.step} ({say.title}): {e}"
-                tail = daemon.log_tail()
+                tail = daemon.log_tail(25)
                 if tail:
                     failure += f"\n--- last lines of uplinkd's log ---\n{tail}"
             except KeyboardInterrupt:

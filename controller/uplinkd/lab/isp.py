@@ -74,7 +74,7 @@ class Faults:
 
 
 @dataclass(frozen=True)
-class Lease:
+class DnsmasqLease:
     """One line of dnsmasq's lease file."""
 
     expires: int
@@ -244,7 +244,7 @@ class Isp:
     def faults(self) -> Faults:
         return self._faults
 
-    def leases(self) -> list[Lease]:
+    def leases(self) -> list[DnsmasqLease]:
         """The leases dnsmasq has handed out (its lease file)."""
         path = self._workdir / f"isp{self.index}.leases"
         if not path.exists():
@@ -253,7 +253,7 @@ class Isp:
         for line in path.read_text().splitlines():
             words = line.split()
             if len(words) >= 4 and words[0].isdigit():
-                leases.append(Lease(int(words[0]), words[1], IPv4Address(words[2]), words[3]))
+                leases.append(DnsmasqLease(int(words[0]), words[1], IPv4Address(words[2]), words[3]))
         return leases
 
     # --- lifecycle, driven by Lab ---------------------------------------------------------

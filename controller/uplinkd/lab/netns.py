@@ -153,22 +153,26 @@ class Runner:
             raise LabError(f"could not stop: {'; '.join(failures)}")
 
 
-def stop_process(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM ``proc`` by pid, then SIGKILL if it has not exited after a grace period.
+def stop_process(
+    proc: subprocess.Popen[Any], *, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_S
+) -> int:
+    """Send ``sig`` (SIGTERM) to ``proc`` by pid, then SIGKILL if it has not exited after
+    ``grace`` s; returns its exit status.
 
     ``Popen.send_signal`` does nothing once the child has been reaped, so a pid that was
     reused by an unrelated process is never signalled.
     """
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
-            proc.wait(timeout=STOP_GRACE_S)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(timeout=STOP_GRACE_S)
+            proc.wait(timeout=grace)
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
+    return proc.returncode
 
 
 def kill_pids(pids: Iterable[int]) -> None:
