@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from uplinkd.lab.launcher import first_pass_done, kernel_writes, uplink_of, uplinkd_path, with_control
+from uplinkd.lab.launcher import first_pass_done, kernel_writes, uplink_of, with_control
+from uplinkd.lab.netns import uplinkd_path
 
 from harness.vm.channel import VmError
 from harness.vm.machine import Vm

@@ -31,9 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-import uplinkd
 from uplinkd import control
-from uplinkd.lab.netns import LabError, in_netns, stop_process, wait_until
+from uplinkd.lab.netns import LabError, in_netns, stop_process, uplinkd_path, wait_until
 
 READY_TIMEOUT_S = 20.0
 """From start until the first pass is done (the daemon's imports dominate; ~1 s unloaded)."""
@@ -76,11 +75,6 @@ def uplink_of(status: Mapping[str, Any], name: str) -> dict[str, Any] | None:
 def kernel_writes(log: str) -> list[str]:
     """The kernel writes a daemon's log shows (it logs each one once, in ``ip``/``nft`` syntax)."""
     return [line for line in log.splitlines() if any(marker in line for marker in _WRITE_MARKERS)]
-
-
-def uplinkd_path() -> str:
-    """The directory that holds this very ``uplinkd`` package (a checkout's, or site-packages)."""
-    return str(Path(uplinkd.__file__).resolve().parent.parent)
 
 
 def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -17,7 +17,10 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any, TypeVar
+
+import uplinkd
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,12 @@ def in_netns(netns: str, argv: Sequence[str]) -> list[str]:
     """``argv`` run inside ``netns``.  ``ip netns exec`` execs the program, so a started
     process's pid is the program's own pid."""
     return ["ip", "netns", "exec", netns, *argv]
+
+
+def uplinkd_path() -> str:
+    """The directory holding this very ``uplinkd`` package (a checkout's, or site-packages):
+    on a child's ``PYTHONPATH``, ``python -m uplinkd...`` runs the same code as this process."""
+    return str(Path(uplinkd.__file__).resolve().parent.parent)
 
 
 def list_namespaces() -> list[str]:

@@ -31,7 +31,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-import uplinkd
 from uplinkd.lab.addresses import (
     LAN_ROUTER4,
     LAN_ROUTER6,
@@ -50,6 +49,7 @@ from uplinkd.lab.netns import (
     check_run,
     delete_namespaces,
     list_namespaces,
+    uplinkd_path,
 )
 
 log = logging.getLogger(__name__)
@@ -495,5 +495,5 @@ table inet {MANUAL_NAT_TABLE} {{
     @staticmethod
     def _python_env() -> dict[str, str]:
         """Makes this very ``uplinkd`` importable by ``python -m``, installed or not."""
-        return {"PYTHONPATH": str(Path(uplinkd.__file__).resolve().parent.parent)}
+        return {"PYTHONPATH": uplinkd_path()}
 
