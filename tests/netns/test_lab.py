@@ -1,8 +1,9 @@
-"""The lab library on the real kernel, without the controller.
+"""The lab library on the real kernel, without the controller; and the daemon launcher.
 
 Needs root (network namespaces); skipped otherwise.  The router is routed by hand
 (``Lab.route_by_hand``: a default route via ISP 1 and masquerade), standing in for the
-controller.
+controller.  The last tests start the real daemon with the launcher the tests, the
+benchmarks and the demo share (:class:`~uplinkd.lab.launcher.LabDaemon`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from uplinkd.lab import Faults, FlowReport, Lab, LabError, lab_prefixes, wait_until
+from uplinkd.lab import DaemonError, Faults, FlowReport, Lab, LabDaemon, LabError, lab_prefixes, wait_until
 from uplinkd.lab.isp import faults_script
-from uplinkd.lab.netns import list_namespaces
+from uplinkd.lab.netns import list_namespaces, namespace_pids
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None,
@@ -335,3 +338,43 @@ def test_flow_report_counts_flows_per_uplink() -> None:
     assert report.started_on("wan") == report.flows[:2]
     with pytest.raises(LabError):
         FlowReport.from_json('{"flows": [{"proto": "sctp"}]}', names)
+
+
+# --- the daemon launcher ------------------------------------------------------------------------
+
+WAN_ONLY: dict[str, Any] = {
+    "uplinks": {
+        "wan": {
+            "match": {"name": "wan"},
+            "address": {"mode": "static", "cidr": "10.101.0.2/24", "gateway": "10.101.0.1"},
+            "table": 101,
+        }
+    }
+}
+
+
+@needs_root
+@pytest.mark.timeout(60)
+def test_launcher_runs_the_daemon_in_the_namespace_until_stopped_by_pid(tmp_path: Path) -> None:
+    with Lab() as lab:
+        lab.add_isp("wan", address="none")
+        with LabDaemon(lab.router, WAN_ONLY, workdir=tmp_path) as daemon:
+            assert daemon.status()["passes"] > 0  # ready: the first pass is done
+            assert daemon.pid in namespace_pids(lab.router)
+            assert daemon.config["control"]["socket"] == str(tmp_path / "control.sock")
+            assert daemon.wait_state("wan", "up")["dev"] == "wan"
+            assert "ip -4 route add default via 10.101.0.1 dev wan table 101" in "\n".join(daemon.writes())
+        assert not daemon.running
+        assert (daemon.stop(), daemon.stop()) == (0, 0)  # SIGTERM: a clean exit; stopping again is a no-op
+
+
+@needs_root
+@pytest.mark.timeout(60)
+def test_launcher_reports_a_daemon_that_exits_with_its_log(tmp_path: Path) -> None:
+    bad = {"uplinks": {"x": {"match": {"name": "x"}, "table": 254}}}
+    with Lab() as lab:
+        daemon = LabDaemon(lab.router, bad, workdir=tmp_path)
+        with pytest.raises(DaemonError, match="uplinkd exited with status 2") as raised:
+            daemon.start()
+        assert "254 is the kernel's 'main' table" in "\n".join(raised.value.__notes__)
+        assert daemon.stop() == 2
