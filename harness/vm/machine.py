@@ -168,41 +168,23 @@ class Vm(GuestCommands):
         """The ``vng`` command that boots this VM (valid once started: it names the tmpdir)."""
         d = self.tmpdir
         qemu = [
-            "-pidfile",
-            str(d / "qemu.pid"),
-            "-qmp",
-            f"unix:{d / 'qmp.sock'},server=on,wait=off",
-            "-chardev",
-            f"socket,id=uplinkdagent,path={d / 'agent.sock'},server=on,wait=off",
-            "-device",
-            "virtio-serial-pci,id=uplinkdser",
-            "-device",
-            f"virtserialport,bus=uplinkdser.0,chardev=uplinkdagent,name={AGENT_PORT}",
-            "-device",
-            "qemu-xhci,id=xhci",
-        ]
+            "-pidfile", str(d / "qemu.pid"),
+            "-qmp", f"unix:{d / 'qmp.sock'},server=on,wait=off",
+            "-chardev", f"socket,id=uplinkdagent,path={d / 'agent.sock'},server=on,wait=off",
+            "-device", "virtio-serial-pci,id=uplinkdser",
+            "-device", f"virtserialport,bus=uplinkdser.0,chardev=uplinkdagent,name={AGENT_PORT}",
+            "-device", "qemu-xhci,id=xhci",
+        ]  # fmt: skip
         for net in self.netdevs:
             qemu += ["-netdev", net.option()]
         qemu += list(self.extra_qemu_opts)
         agent = shlex.join([_guest_python(), "-I", str(AGENT), AGENT_PORT])
         argv = [
-            "vng",
-            "--run",
-            str(self.kernel),
-            "--disable-microvm",
-            "--force-9p",
-            "--name",
-            self.name,
-            "--cpus",
-            str(self.cpus),
-            "--memory",
-            self.memory,
-            f"--rwdir={self.shared}",
-            "--cwd",
-            "/",
-            "--exec",
-            agent,
-        ]
+            "vng", "--run", str(self.kernel), "--disable-microvm",
+            "--force-9p", "--name", self.name, "--cpus", str(self.cpus), "--memory", self.memory,
+            f"--rwdir={self.shared}", "--cwd", "/",
+            "--exec", agent,
+        ]  # fmt: skip
         if not self.kvm:
             argv.append("--disable-kvm")
         if self.console:
