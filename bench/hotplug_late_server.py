@@ -9,7 +9,7 @@ it asks again decides how long the stick stays unused (issue 9, item 9; goal: ro
 after the plug with a server that starts 1 s after it).
 
 One lab (`uplinkd.lab.Lab`: a router, one ISP, one LAN client, the echo server) and the real
-daemon in the router namespace (`tests/netns/running.py`), configured with one `dhcp` uplink
+daemon in the router namespace (`uplinkd.lab.launcher.LabDaemon`), configured with one `dhcp` uplink
 (`usb`, match `usb*`, table 101), so nothing but the new stick can carry traffic. The ISP's
 dnsmasq is not run by the lab (`dhcp="silent"`); this script starts it itself. Each plug:
 
@@ -45,19 +45,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hotplug import PROBER  # the one-socket UDP flow of bench/hotplug.py
+
+from uplinkd.lab import Isp, Lab, LabDaemon, wait_until
+from uplinkd.lab.addresses import SERVER4
+from uplinkd.lab.isp import IspOptions, dnsmasq_argv
+
+import bootstrap  # noqa: F401 - harness on sys.path
+from harness.stats import markdown_table, publish, summary
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests" / "netns"))  # the test harness that runs the real daemon
-
-from hotplug import PROBER  # noqa: E402  (the one-socket UDP flow of bench/hotplug.py)
-
-from uplinkd.lab import Isp, Lab, wait_until  # noqa: E402
-from uplinkd.lab.addresses import SERVER4  # noqa: E402
-from uplinkd.lab.isp import IspOptions, dnsmasq_argv  # noqa: E402
-from uplinkd.lab.stats import publish, summary  # noqa: E402
-
-from running import Controller  # noqa: E402
-
 RESULTS = HERE / "results" / "hotplug_late_server.json"
 TABLE = 101
 IFNAME = "usb0"
@@ -92,10 +89,10 @@ def lease_bound_at(log: Path, after: float) -> float | None:
     return None
 
 
-def plug_once(lab: Lab, isp: Isp, daemon: Controller, *, server_argv: list[str], server_delay: float,
+def plug_once(lab: Lab, isp: Isp, daemon: LabDaemon, *, server_argv: list[str], server_delay: float,
               interval_ms: float) -> dict[str, float | None]:  # fmt: skip
     """One plug of a new stick whose server starts late; the times in ms from the plug."""
-    (daemon.workdir / "state" / "usb.lease.json").unlink(missing_ok=True)
+    (daemon.state_dir / "usb.lease.json").unlink(missing_ok=True)
     (daemon.workdir / f"isp{isp.index}.leases").unlink(missing_ok=True)
     expect = str(isp.addresses.upstream4.ip)
     prober = lab.popen(
@@ -145,8 +142,7 @@ def measure(reps: int, server_delay: float, interval_ms: float) -> dict[str, Any
             lab.start_server()
             argv = dnsmasq_argv(addresses=isp.addresses, options=IspOptions(address="dhcp"),
                                 workdir=work, name=f"isp{isp.index}")  # fmt: skip
-            daemon = Controller(lab, config(), work).start()
-            try:
+            with LabDaemon(lab.router, config(), workdir=work) as daemon:  # its first pass is done
                 for rep in range(reps):
                     got = plug_once(lab, isp, daemon, server_argv=argv, server_delay=server_delay,
                                     interval_ms=interval_ms)  # fmt: skip
@@ -158,8 +154,6 @@ def measure(reps: int, server_delay: float, interval_ms: float) -> dict[str, Any
                     shown = ", ".join(f"{k} {v:.0f} ms" for k, v in got.items() if v is not None)
                     print(f"  plug {rep + 1}/{reps}: {shown}", file=sys.stderr)
                     time.sleep(SETTLE_S)
-            finally:
-                daemon.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
@@ -189,7 +183,7 @@ def controller() -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     r = results["result"]
-    rows = [("what", "p50", "p95", "min", "max")]
+    rows: list[tuple[str, ...]] = [("what", "p50", "p95", "min", "max")]
     for key, label in (
         ("plug_to_server_listening_ms", "plug → server listening"),
         ("plug_to_lease_ms", "plug → lease bound (daemon log)"),
@@ -198,16 +192,13 @@ def table(results: dict[str, Any]) -> str:
     ):
         d = r[key]
         rows.append((label, *(f"{d[k]:.0f}" if d.get("n") else "-" for k in ("p50", "p95", "min", "max"))))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     p95 = r["plug_to_routed_ms"].get("p95")
     verdict = "no sample" if p95 is None else ("met" if p95 <= GOAL_MS else "missed")
     head = (
         f"Hotplug, server {results['server_delay_s']:g} s after the plug, netns lab, ms, "
         f"{results['reps']} plugs, {r['timeouts']} timeouts (controller {results['controller']['revision']}):"
     )
-    return "\n".join([head, *lines, f"goal: routed ≤ {GOAL_MS:.0f} ms at p95: {verdict}"])
+    return "\n".join([head, markdown_table(rows), f"goal: routed ≤ {GOAL_MS:.0f} ms at p95: {verdict}"])
 
 
 def main(argv: list[str] | None = None) -> int:

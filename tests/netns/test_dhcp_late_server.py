@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from uplinkd.lab import Isp, Lab
+from uplinkd.lab import Isp, Lab, LabDaemon
 from uplinkd.lab.isp import IspOptions, dnsmasq_argv
 
-from running import PROTO, Controller, group_members, ip_json, wait_until
+from harness.readback import PROTO, group_members, ip_json, wait_until
 
 pytestmark = [
     pytest.mark.skipif(
@@ -47,11 +47,11 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def start(lab: Lab, tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Controller]]:
-    started: list[Controller] = []
+def start(lab: Lab, tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], LabDaemon]]:
+    started: list[LabDaemon] = []
 
-    def start(cfg: dict[str, Any]) -> Controller:
-        c = Controller(lab, cfg, tmp_path)
+    def start(cfg: dict[str, Any]) -> LabDaemon:
+        c = LabDaemon(lab.router, cfg, workdir=tmp_path)
         started.append(c)
         return c.start()
 
@@ -85,7 +85,7 @@ def dhcp_uplink(table: int) -> dict[str, Any]:
 
 
 def test_a_stick_whose_server_starts_after_the_plug_gets_its_lease_and_carries_flows(
-    lab: Lab, start: Callable[[dict[str, Any]], Controller]
+    lab: Lab, start: Callable[[dict[str, Any]], LabDaemon]
 ) -> None:
     isp = lab.add_isp("usb", address="dhcp", dhcp="silent", plugged=False)
     c = start({"uplinks": {"usb": dhcp_uplink(101)}, "balance": {"table": 200}})
@@ -112,7 +112,7 @@ def test_a_stick_whose_server_starts_after_the_plug_gets_its_lease_and_carries_f
 
 
 def test_a_late_server_beside_a_working_uplink_adds_the_stick_without_disturbing_the_other(
-    lab: Lab, start: Callable[[dict[str, Any]], Controller]
+    lab: Lab, start: Callable[[dict[str, Any]], LabDaemon]
 ) -> None:
     """The wired uplink carries everything while the stick waits; when its server comes,
     the stick joins the group and the wired uplink's flows are left alone."""

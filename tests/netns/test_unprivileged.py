@@ -27,7 +27,6 @@ import re
 import shlex
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,9 +36,9 @@ from typing import Any
 
 import pytest
 
-from uplinkd.lab import FlowReport, Lab
+from uplinkd.lab import FlowReport, Lab, LabDaemon
 
-from running import Controller, group_members, nft_tables, wait_until
+from harness.readback import group_members, nft_tables, wait_until
 
 pytestmark = [
     pytest.mark.skipif(
@@ -94,28 +93,18 @@ def exposing(paths: Iterable[Path], stage: Path) -> list[str]:
     return commands
 
 
-class UnitController(Controller):
+class UnitDaemon(LabDaemon):
     """The real daemon in the lab's router namespace, started as the unit would start it."""
 
-    def start(self, *, wait: bool = True) -> UnitController:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
+    def command(self) -> list[str]:
         python = [Path(sys.prefix), Path(sys.base_prefix), *(Path(p) for p in sys.path if p)]
         setpriv = [
             "setpriv", f"--reuid={USER.pw_uid}", f"--regid={GROUP.gr_gid}", "--clear-groups",
             f"--inh-caps={CAPS}", f"--ambient-caps={CAPS}", f"--bounding-set={CAPS}",
-            "--no-new-privs", "--",
-            sys.executable, "-m", "uplinkd.daemon", "--config", str(self.config_path), "-v",
+            "--no-new-privs", "--", *super().command(),
         ]  # fmt: skip
         commands = [*exposing(python, self.workdir / "stage"), "umask 0007", "exec " + shlex.join(setpriv)]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.lab.router, "sh", "-c", " && ".join(commands)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "HOME": "/nonexistent"},
-            )  # fmt: skip
-        if wait:
-            wait_until(self._ready, timeout=20, what=f"uplinkd to answer on its socket ({self.log_path})")
-        return self
+        return ["sh", "-c", " && ".join(commands)]
 
 
 def credentials(pid: int) -> dict[str, str]:
@@ -151,11 +140,11 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def start(lab: Lab, workdir: Path) -> Iterator[Callable[[dict[str, Any]], UnitController]]:
-    started: list[UnitController] = []
+def start(lab: Lab, workdir: Path) -> Iterator[Callable[[dict[str, Any]], UnitDaemon]]:
+    started: list[UnitDaemon] = []
 
-    def start(cfg: dict[str, Any]) -> UnitController:
-        c = UnitController(lab, cfg, workdir)
+    def start(cfg: dict[str, Any]) -> UnitDaemon:
+        c = UnitDaemon(lab.router, cfg, workdir=workdir, env={"HOME": "/nonexistent"})
         started.append(c)
         return c.start()
 
@@ -202,7 +191,7 @@ def in_group(lab: Lab) -> set[str]:
 
 @pytest.mark.parametrize("ping_sockets", [True, False], ids=["ping-sockets", "raw-sockets"])
 def test_as_the_unit_runs_it_probes_dhcp_nft_and_conntrack_work(
-    lab: Lab, start: Callable[[dict[str, Any]], UnitController], workdir: Path, ping_sockets: bool
+    lab: Lab, start: Callable[[dict[str, Any]], UnitDaemon], workdir: Path, ping_sockets: bool
 ) -> None:
     gid = GROUP.gr_gid
     groups = f"{gid} {gid}" if ping_sockets else "1 0"  # "1 0": nobody may (the kernel's default)

@@ -146,14 +146,20 @@ class LabDaemon:
         if self.running:
             raise DaemonError(f"already running: {self}")
         with self.log_path.open("ab") as log:
-            argv = [sys.executable, "-m", "uplinkd.entry", "--config", str(self.config_path)]
             self.proc = subprocess.Popen(
-                in_netns(self.netns, [*argv, "-v"] if self.verbose else argv),
+                in_netns(self.netns, self.command()),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=python_env(self.env),
             )  # fmt: skip
         if wait:
             self.wait_ready(timeout)
         return self
+
+    def command(self) -> list[str]:
+        """What is run in the namespace: ``uplinkd --config FILE [-v]`` with this Python.  A
+        subclass may wrap it (to drop privileges, say); the wrapper must exec it, so that the
+        pid stopped is the daemon's."""
+        argv = [sys.executable, "-m", "uplinkd.entry", "--config", str(self.config_path)]
+        return [*argv, "-v"] if self.verbose else argv
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
         """Wait until the first pass is done; returns the seconds waited."""
