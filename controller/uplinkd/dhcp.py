@@ -11,7 +11,7 @@ uplink's own table — never into main, so no DHCP client fights over main's def
 
 Leases are kept in the state directory, so a restarted controller asks for the same
 lease again (INIT-REBOOT) and, meanwhile, keeps the address it had: a restart changes
-nothing in the kernel.
+nothing in the kernel. `DhcpWorkers` says which uplinks run a client and records leases.
 
 A stick's own DHCP server often starts a moment after the USB device appears, so the first
 DISCOVERs go unanswered. pyroute2 repeats a request after 4 s, then 4-8 s, ... (RFC 2131
@@ -31,7 +31,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,6 +42,9 @@ from pyroute2.dhcp.hooks import Hook, Trigger
 from pyroute2.dhcp.leases import Lease as PyLease
 
 from uplinkd.model import Lease
+from uplinkd.plan import Intent
+from uplinkd.runtime import Runtime
+from uplinkd.workers import WorkerKind
 
 log = logging.getLogger("uplinkd.dhcp")
 
@@ -166,10 +169,6 @@ class DhcpClient:
         self.bound_at: float | None = None
         self._client: AsyncDHCPClient | None = None
 
-    @property
-    def key(self) -> tuple[str, Path, str | None]:
-        return (self.dev, self.state_file, self.hostname)
-
     async def _bound(self, lease: Any) -> None:
         ours = to_lease(lease)
         self.bound_at = time.monotonic()
@@ -264,3 +263,63 @@ class DhcpClient:
             await asyncio.sleep(retry)
             # a client that ran for a while starts again at once; one that keeps failing backs off
             retry = RETRY_MIN if time.monotonic() - began > RETRY_MAX else min(retry * 2, RETRY_MAX)
+
+
+@dataclass(frozen=True)
+class DhcpSpec:
+    dev: str
+    state_file: Path
+    hostname: str | None
+
+
+class DhcpWorkers(WorkerKind[DhcpSpec, DhcpClient]):
+    """One DHCP client per present `dhcp` uplink whose interface is up with carrier; it
+    keeps running through carrier flaps and stops when the interface goes away."""
+
+    name = "dhcp"
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        for name, uplink in rt.config.uplinks.items():
+            if uplink.address.mode == "dhcp" and (lease := stored_lease(rt.lease_file(name))):
+                rt.leases[name] = lease  # adopt what the last run had: a restart changes nothing
+
+    def wanted(self, intent: Intent, running: Mapping[str, DhcpSpec]) -> dict[str, DhcpSpec]:
+        wanted: dict[str, DhcpSpec] = {}
+        for s in intent.uplinks:
+            addr = self.rt.config.uplinks[s.name].address
+            if addr.mode != "dhcp":
+                continue
+            if s.dev is None:
+                # a stick that is not plugged in has no lease in force (its file stays, so a
+                # replug asks for the same address again)
+                self._forget(s.name)
+                continue
+            now = running.get(s.name)
+            if s.link_ready or (now is not None and now.dev == s.dev):
+                wanted[s.name] = DhcpSpec(s.dev, self.rt.lease_file(s.name), addr.hostname)
+        return wanted
+
+    def make(self, name: str, spec: DhcpSpec) -> DhcpClient:
+        log.info("%s: DHCP client started on %s", name, spec.dev)
+        return DhcpClient(
+            name=name, dev=spec.dev, state_file=spec.state_file, hostname=spec.hostname, on_lease=self._lease
+        )
+
+    def stopped(self, name: str) -> None:
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        if self.rt.leases.pop(name, None) is not None:
+            self.rt.wake.set()
+
+    def _lease(self, name: str, lease: Lease | None, why: str) -> None:
+        if self.rt.leases.get(name) == lease:
+            return
+        if lease is None:
+            self.rt.leases.pop(name, None)
+            log.info("%s: no lease (%s)", name, why)
+        else:
+            self.rt.leases[name] = lease
+            log.info("%s: lease %s via %s (%s)", name, lease.address, lease.gateway or "point-to-point", why)
+        self.rt.wake.set()

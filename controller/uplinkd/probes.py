@@ -11,6 +11,7 @@ headers included, so `status` can say what probing costs on a metered link.
 
 A `Prober` runs one uplink's probing: it reads the interface's packet counters every tick,
 folds them and the rounds into the pure `health.Tracker`, and reports verdict changes.
+`ProbeWorkers` says which uplinks are probed: those ready and with probe targets.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from uplinkd.config import Probe, parse_target
 from uplinkd.health import RoundResult, Tracker, after_round, after_traffic, next_round
 from uplinkd.model import Health, HealthVerdict, IPAddress
+from uplinkd.plan import Intent
+from uplinkd.workers import WorkerKind
 
 log = logging.getLogger("uplinkd.probes")
 
@@ -228,10 +232,6 @@ class Prober:
         self._bytes: collections.deque[tuple[float, int]] = collections.deque()
         self.tick = min(0.5, max(0.05, probe.suspect_after / 4))
 
-    @property
-    def key(self) -> tuple[str, int, Probe]:
-        return (self.dev, self.mark, self.probe)
-
     def bytes_per_minute(self, now: float) -> int:
         while self._bytes and self._bytes[0][0] < now - 60:
             self._bytes.popleft()
@@ -269,3 +269,50 @@ class Prober:
             now = time.monotonic()
             due = next_round(self.tracker, now=now, probe=probe)
             await asyncio.sleep(max(0.0, min(due - now, self.tick)))
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    dev: str
+    mark: int
+    probe: Probe
+
+
+class ProbeWorkers(WorkerKind[ProbeSpec, Prober]):
+    """One prober per ready uplink that has probe targets; none for the others. Its verdicts
+    are the uplinks' health."""
+
+    name = "probe"
+    after_writes = True  # a probe sent before its uplink's route exists is lost
+    needs_our_routes = True  # without our rules every probe fails: every uplink would be "down"
+
+    def wanted(self, intent: Intent, running: Mapping[str, ProbeSpec]) -> dict[str, ProbeSpec]:
+        wanted: dict[str, ProbeSpec] = {}
+        for s in intent.uplinks:
+            probe = self.rt.config.uplinks[s.name].probe
+            if s.ready and s.dev is not None and probe.targets:
+                wanted[s.name] = ProbeSpec(s.dev, s.mark, probe)
+        return wanted
+
+    def make(self, name: str, spec: ProbeSpec) -> Prober:
+        adopted = name in self.rt.adopted
+        self.rt.adopted.discard(name)
+        return Prober(
+            name=name,
+            dev=spec.dev,
+            mark=spec.mark,
+            probe=spec.probe,
+            on_verdict=self._verdict,
+            adopted=adopted,
+        )
+
+    def stopped(self, name: str) -> None:
+        self.rt.health.pop(name, None)
+
+    def _verdict(self, name: str, verdict: HealthVerdict) -> None:
+        """Record a prober's verdict; only a change of health or weight needs a pass (the
+        reason text changes every round, with the RTT in it)."""
+        old = self.rt.health.get(name)
+        self.rt.health[name] = verdict
+        if old is None or (old.health, old.weight_factor) != (verdict.health, verdict.weight_factor):
+            self.rt.wake.set()

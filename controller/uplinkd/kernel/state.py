@@ -27,6 +27,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from uplinkd.config import Config
 from uplinkd.kernel import conntrack, nft, rtnl
+from uplinkd.kernel import explain as explain_mod
 from uplinkd.linux import (
     FRA_NO_SUPPRESS,
     IFF_LOWER_UP,
@@ -108,6 +109,42 @@ class Kernel:
 
     def close(self) -> None:
         self.ipr.close()
+
+    # --- for callers outside kernel/ -------------------------------------------------------------
+
+    def nft_changed(self) -> None:
+        """Someone changed nftables (an event, or time for a resync): read it again next pass."""
+        self.nft_stale = True
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (same `kernel` section): render and read with it from now on."""
+        self.config = config
+        self.nft_stale = True
+
+    async def explain(
+        self,
+        *,
+        dst: IPAddress,
+        src: IPAddress | None = None,
+        iif: str | None = None,
+        mark: int | None = None,
+        ipproto: str | None = None,
+        sport: int | None = None,
+        dport: int | None = None,
+        uplinks_by_dev: Mapping[str, str] | None = None,
+    ) -> explain_mod.Explanation:
+        """Which rule and route the kernel picks for a packet (`uplinkctl explain`)."""
+        return await explain_mod.explain(
+            self.ipr,
+            dst=dst,
+            src=src,
+            iif=iif,
+            mark=mark,
+            ipproto=ipproto,
+            sport=sport,
+            dport=dport,
+            uplinks_by_dev=uplinks_by_dev,
+        )
 
     # --- reading ------------------------------------------------------------------------------
 

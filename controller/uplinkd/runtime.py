@@ -1,0 +1,94 @@
+"""What a running daemon knows beyond its config: facts its workers recorded (verdicts,
+leases), what the operator asked for (drain, pause), and what the last pass planned and did.
+
+Workers and control requests change these facts and set `wake`; only the loop reads the
+kernel and writes to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from uplinkd.config import Config
+from uplinkd.kernel.state import ApplyResult
+from uplinkd.model import Health, HealthVerdict, Lease, State
+from uplinkd.plan import Intent, Plan
+
+log = logging.getLogger("uplinkd")
+
+ADOPTED = "in service when uplinkd started; probing"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change in an uplink's state, for the log, `status` and hooks."""
+
+    at: float  # wall clock
+    uplink: str
+    old: State | None
+    new: State
+    reason: str
+    dev: str | None = None
+
+
+@dataclass
+class Runtime:
+    """Mutable runtime state, kept apart from the (frozen) config it runs with."""
+
+    config: Config
+    drained: set[str] = field(default_factory=set)
+    paused: bool = False  # after `flush`: hands off the kernel until `resume` or restart
+    health: dict[str, HealthVerdict] = field(default_factory=dict)
+    leases: dict[str, Lease] = field(default_factory=dict)
+    adopted: set[str] = field(default_factory=set)  # in the group when we started; up until probed
+    since: dict[str, float] = field(default_factory=dict)  # uplink → monotonic time of last change
+    events: collections.deque[Event] = field(default_factory=lambda: collections.deque(maxlen=200))
+    intent: Intent | None = None
+    plan: Plan = field(default_factory=Plan)
+    result: ApplyResult = field(default_factory=ApplyResult)
+    passes: int = 0
+    writes: int = 0
+    started: float = field(default_factory=time.monotonic)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # a fact changed: run a pass
+
+    def lease_file(self, name: str) -> Path:
+        return self.config.control.state_dir / f"{name}.lease.json"
+
+    def verdicts(self) -> dict[str, HealthVerdict]:
+        """Verdicts from the probers; an uplink with targets but no verdict yet is unknown,
+        unless it was in service when we started (then it is up until probed otherwise)."""
+        health = {
+            name: HealthVerdict(Health.UP, ADOPTED)
+            if name in self.adopted
+            else HealthVerdict(Health.UNKNOWN, "not probed yet")
+            for name, up in self.config.uplinks.items()
+            if up.probe.targets
+        }
+        health.update({k: v for k, v in self.health.items() if k in health})
+        return health
+
+    def record(self, intent: Intent) -> list[Event]:
+        """Take the pass's intent as current; log each uplink whose state changed and return
+        those changes of uplinks known before (the first state of an uplink is no change)."""
+        now, wall = time.monotonic(), time.time()
+        before = {s.name: s for s in self.intent.uplinks} if self.intent else {}
+        changes: list[Event] = []
+        for s in intent.uplinks:
+            old = before.get(s.name)
+            if old is None or old.state != s.state:
+                self.since[s.name] = now
+                ev = Event(wall, s.name, old.state if old else None, s.state, s.reason, s.dev)
+                self.events.append(ev)
+                if old is not None:
+                    changes.append(ev)
+                level = logging.INFO if old is not None or s.state != State.ABSENT else logging.DEBUG
+                log.log(
+                    level, "uplink %s: %s → %s (%s)", s.name, old.state if old else "-", s.state, s.reason
+                )
+        self.intent = intent
+        return changes

@@ -1,0 +1,96 @@
+"""What `uplinkctl status` shows, and the one-line summary systemd shows: rendered from the
+runtime state and the running probers, never from the kernel (that is `plan`'s job)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from uplinkd import __version__
+from uplinkd.model import UplinkStatus
+from uplinkd.probes import Prober
+from uplinkd.runtime import Runtime
+
+
+def summary(rt: Runtime) -> str:
+    if rt.intent is None:
+        return "starting"
+    ups = rt.intent.uplinks
+    in_group = [s.name for s in ups if s.in_group]
+    text = f"{len(in_group)}/{len(ups)} uplinks in service"
+    if in_group:
+        text += f" ({', '.join(in_group)})"
+    if rt.paused:
+        text += "; PAUSED after flush"
+    if rt.result.failed:
+        text += f"; {len(rt.result.failed)} writes failing"
+    return text
+
+
+def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
+    now = time.monotonic()
+    ups = rt.intent.uplinks if rt.intent else ()
+    return {
+        "version": __version__,
+        "paused": rt.paused,
+        "summary": summary(rt),
+        "uplinks": [
+            {
+                **uplink_json(s, now - rt.since.get(s.name, now)),
+                # the latest round's words (a new verdict's reason alone does not re-plan)
+                "reason": rt.health[s.name].reason if s.ready and s.name in rt.health else s.reason,
+                "probe": _probe_json(rt, s.name, probers.get(s.name), now),
+            }
+            for s in ups
+        ],
+        "balance": {
+            "table": rt.config.balance.table,
+            "ipv4": rt.intent.balance_reason.get(socket.AF_INET) if rt.intent else None,
+            "ipv6": rt.intent.balance_reason.get(socket.AF_INET6) if rt.intent else None,
+        },
+        "pending": [str(op) for op in rt.plan.ops] if rt.paused else [],
+        "failures": [{"op": str(f.op), "error": f.error} for f in rt.result.failed],
+        "events": [
+            {"at": e.at, "uplink": e.uplink, "from": e.old, "to": e.new, "reason": e.reason}
+            for e in list(rt.events)[-20:]
+        ],
+        "passes": rt.passes,
+        "writes": rt.writes,
+    }
+
+
+def uplink_json(s: UplinkStatus, age: float) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "state": str(s.state),
+        "reason": s.reason,
+        "since_s": round(age, 3),
+        "dev": s.dev,
+        "ifindex": s.ifindex,
+        "addresses": [str(a) for a in s.addresses],
+        "gateway4": str(s.gateway4) if s.gateway4 else None,
+        "gateway6": str(s.gateway6) if s.gateway6 else None,
+        "table": s.table,
+        "mark": s.mark,
+        "weight": s.weight,
+        "in_group": s.in_group,
+        "drained": s.drained,
+    }
+
+
+def _probe_json(rt: Runtime, name: str, prober: Prober | None, now: float) -> dict[str, Any] | None:
+    probe = rt.config.uplinks[name].probe if name in rt.config.uplinks else None
+    if probe is None or not probe.targets:
+        return None
+    tracker = prober.tracker if prober else None
+    return {
+        "method": probe.method,
+        "targets": list(probe.targets),
+        "health": str(tracker.health) if tracker else "unknown",
+        "loss_pct": round(tracker.loss * 100, 1) if tracker else None,
+        "rtt_ms": round(tracker.rtt * 1000, 2) if tracker and tracker.rtt is not None else None,
+        "suspicious": tracker.suspicious if tracker else False,
+        "bytes_per_minute": prober.bytes_per_minute(now) if prober else 0,
+    }
