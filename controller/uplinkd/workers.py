@@ -76,8 +76,14 @@ class _Running:
 class Supervisor:
     """Runs the workers of every kind in the daemon's task group."""
 
-    def __init__(self, kinds: Sequence[WorkerKind[Any, Any]]) -> None:
+    def __init__(
+        self,
+        kinds: Sequence[WorkerKind[Any, Any]],
+        *,
+        backoff: tuple[float, float] = (RESTART_MIN, RESTART_MAX),
+    ) -> None:
         self.kinds = tuple(kinds)
+        self.backoff = backoff  # first and longest wait before a dead worker runs again
         self._running: dict[str, dict[str, _Running]] = {kind.name: {} for kind in self.kinds}
         self._tasks: asyncio.TaskGroup | None = None
 
@@ -120,8 +126,10 @@ class Supervisor:
             running[name] = _Running(spec, worker, task)
 
     async def _keep(self, kind: str, name: str, worker: Worker) -> None:
-        """Run a worker until it is cancelled, starting it again whenever it ends."""
-        delay = RESTART_MIN
+        """Run a worker until it is cancelled, starting it again whenever it ends. What it
+        recorded (a verdict, a lease) stands meanwhile: the last word until it speaks again."""
+        first, longest = self.backoff
+        delay = first
         while True:
             began = time.monotonic()
             try:
@@ -133,7 +141,7 @@ class Supervisor:
                 why = "died"
                 log.exception("%s worker for %s raised", kind, name)
             # one that ran for a while starts again soon; one that keeps dying backs off
-            delay = RESTART_MIN if time.monotonic() - began > RESTART_MAX else delay
-            log.error("%s worker for %s %s; starting it again in %.0fs", kind, name, why, delay)
+            delay = first if time.monotonic() - began > longest else delay
+            log.error("%s worker for %s %s; starting it again in %gs", kind, name, why, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RESTART_MAX)
+            delay = min(delay * 2, longest)
