@@ -24,7 +24,7 @@ from uplinkd.config import Config, ConfigError, load, schema
 from uplinkd.kernel import explain as explain_mod
 from uplinkd.kernel.nft import NftError
 from uplinkd.kernel.state import Kernel
-from uplinkd.plan import desired, diff
+from uplinkd.plan import Facts, desired, diff
 
 DEFAULT_CONFIG = Path("/etc/uplinkd/config.json")
 EXIT_OK, EXIT_CHANGES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -162,7 +162,7 @@ async def _local_plan(config: Config) -> list[str]:
         observed, actual = await kernel.read()
     finally:
         kernel.close()
-    return [str(op) for op in diff(actual, desired(config, observed).kernel).ops]
+    return [str(op) for op in diff(actual, desired(config, Facts(observed)).kernel).ops]
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

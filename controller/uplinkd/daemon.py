@@ -35,8 +35,8 @@ from uplinkd.kernel.watch import (
     ROUTING_GROUPS,
     NetlinkWatch,
 )
-from uplinkd.model import KernelState, Observed
-from uplinkd.plan import Intent, Plan, desired, diff, failover
+from uplinkd.model import Observed
+from uplinkd.plan import Facts, Intent, Plan, adopt, desired, step
 from uplinkd.probes import ProbeWorkers
 from uplinkd.runtime import Runtime
 from uplinkd.status import render, summary
@@ -199,35 +199,19 @@ class Controller:
     async def compute(self) -> tuple[Intent, Plan]:
         observed, actual = await self.kernel.read()
         if self.rt.intent is None:
-            self._adopt(actual)
-        intent = self._intent(enrich(observed, self.udev.facts))
-        plan = diff(actual, intent.kernel)
-        if self.rt.intent is not None:
-            flushes = failover(self.rt.intent.uplinks, intent.uplinks, mask=self.config.kernel.mark_mask)
-            plan = Plan(plan.ops + flushes)
-        return intent, plan
+            self.rt.adopted |= adopt(self.config, actual)
+        intent = desired(self.config, self._facts(enrich(observed, self.udev.facts)))
+        return intent, step(actual, intent, before=self.rt.intent, mask=self.config.kernel.mark_mask)
 
-    def _adopt(self, actual: KernelState) -> None:
-        """At start: uplinks already in the kernel's balance group stay in service until their
-        probes say otherwise, so a restart neither moves nor drops anything."""
-        base = self.config.kernel.nexthop_base
-        by_table = {up.table: name for name, up in self.config.uplinks.items()}
-        for group in actual.groups.values():
-            for m in group.members:
-                name = by_table.get((m.id - base) // 2)
-                if name is not None:
-                    self.rt.adopted.add(name)
-
-    def _intent(self, observed: Observed) -> Intent:
-        return desired(
-            self.config,
-            observed,
+    def _facts(self, observed: Observed) -> Facts:
+        return Facts(
+            observed=observed,
             health=self.rt.verdicts(),
             drained=frozenset(self.rt.drained),
             leases=self.rt.leases,
             previous={s.name: s.ifindex for s in self.rt.intent.uplinks if s.ifindex is not None}
             if self.rt.intent
-            else None,
+            else {},
         )
 
     async def reconcile(self) -> ApplyResult:

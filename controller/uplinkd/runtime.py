@@ -16,12 +16,10 @@ from pathlib import Path
 
 from uplinkd.config import Config
 from uplinkd.kernel.state import ApplyResult
-from uplinkd.model import Health, HealthVerdict, Lease, State
-from uplinkd.plan import Intent, Plan
+from uplinkd.model import HealthVerdict, Lease, State
+from uplinkd.plan import Intent, Plan, verdicts
 
 log = logging.getLogger("uplinkd")
-
-ADOPTED = "in service when uplinkd started; probing"
 
 
 @dataclass(frozen=True)
@@ -62,15 +60,7 @@ class Runtime:
     def verdicts(self) -> dict[str, HealthVerdict]:
         """Verdicts from the probers; an uplink with targets but no verdict yet is unknown,
         unless it was in service when we started (then it is up until probed otherwise)."""
-        health = {
-            name: HealthVerdict(Health.UP, ADOPTED)
-            if name in self.adopted
-            else HealthVerdict(Health.UNKNOWN, "not probed yet")
-            for name, up in self.config.uplinks.items()
-            if up.probe.targets
-        }
-        health.update({k: v for k, v in self.health.items() if k in health})
-        return health
+        return verdicts(self.config, self.health, self.adopted)
 
     def record(self, intent: Intent) -> list[Event]:
         """Take the pass's intent as current; log each uplink whose state changed and return

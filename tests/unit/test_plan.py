@@ -12,8 +12,15 @@ import pytest
 from uplinkd import plan
 from uplinkd.config import Config, parse
 from uplinkd.model import (
+    ADDRESSES,
     AF_INET,
     AF_INET6,
+    GROUPS,
+    LINKS_UP,
+    NEXTHOPS,
+    NFT,
+    ROUTES,
+    RULES,
     Addr,
     ConntrackFlush,
     Gateway,
@@ -36,7 +43,7 @@ from uplinkd.model import (
     StaticAddr,
     UplinkStatus,
 )
-from uplinkd.plan import Op, Plan, desired, diff, teardown
+from uplinkd.plan import Facts, Op, Plan, diff, teardown
 
 from examples import ISSUE_EXAMPLE
 
@@ -66,6 +73,17 @@ def observed(*links: Link, addrs: Iterable[Addr] = (), gws: Iterable[Gateway] = 
     return Observed(links={li.index: li for li in links}, addrs=tuple(addrs), gateways=tuple(gws))
 
 
+def desired(config: Config, obs: Observed, **facts: Any) -> plan.Intent:
+    """The planner on hand-built facts (the other `Facts` fields as keywords)."""
+    return plan.desired(config, Facts(obs, **facts))
+
+
+def nft_of(k: KernelState) -> NftState | None:
+    tables = list(k[NFT].values())
+    assert len(tables) <= 1
+    return tables[0] if tables else None
+
+
 def uplink(name: str, table: int, **fields: Any) -> dict[str, Any]:
     return {"match": {"name": name}, "table": table, **fields}
 
@@ -84,7 +102,7 @@ def status(intent: plan.Intent, name: str) -> UplinkStatus:
 
 
 def group_members(intent: plan.Intent, family: int = AF_INET) -> tuple[tuple[int, int], ...]:
-    group = intent.kernel.groups.get(BASE + (family == AF_INET6))
+    group = intent.kernel[GROUPS].get(BASE + (family == AF_INET6))
     return () if group is None else tuple((m.id, m.weight) for m in group.members)
 
 
@@ -101,7 +119,13 @@ ISSUE_OBS = observed(
     link(3, "usb0", driver="cdc_ether", usb_vendor="12d1", usb_product="14db"),
     link(4, "wwan0", driver="qmi_wwan", pointopoint=True),
     link(5, "lan0", driver="e1000"),
-    addrs=[addr(2, "192.0.2.10/24"), addr(5, "192.168.1.1/24"), addr(1, "127.0.0.1/8")],
+    # usb0 holds its lease's address: an uplink is ready once the kernel shows it
+    addrs=[
+        addr(2, "192.0.2.10/24"),
+        addr(3, "100.64.0.10/24"),
+        addr(5, "192.168.1.1/24"),
+        addr(1, "127.0.0.1/8"),
+    ],
     gws=[gw(2, "192.0.2.1")],
 )
 ISSUE_LEASES = {"lte1": Lease(iface("100.64.0.10/24"), ip("100.64.0.1"))}
@@ -128,12 +152,12 @@ def test_issue_rules_exactly() -> None:
         Rule(AF_INET, 10020, 102, src=net("100.64.0.10/32")),
         Rule(AF_INET, 10020, 103, src=net("10.64.0.2/32")),
     }
-    assert issue_intent().kernel.rules == expected
+    assert set(issue_intent().kernel[RULES]) == expected
 
 
 def test_issue_routes_nexthops_and_group_exactly() -> None:
     k = issue_intent().kernel
-    assert dict(k.routes) == {
+    assert dict(k[ROUTES]) == {
         RouteKey(AF_INET, 101, V4_ANY): Route(RouteKey(AF_INET, 101, V4_ANY), oif=2, gateway=ip("192.0.2.1")),
         RouteKey(AF_INET, 102, V4_ANY): Route(
             RouteKey(AF_INET, 102, V4_ANY), oif=3, gateway=ip("100.64.0.1")
@@ -142,12 +166,12 @@ def test_issue_routes_nexthops_and_group_exactly() -> None:
         RouteKey(AF_INET, 200, V4_ANY): Route(RouteKey(AF_INET, 200, V4_ANY), nhid=BASE),
         RouteKey(AF_INET6, 200, V6_ANY): Route(RouteKey(AF_INET6, 200, V6_ANY), type="unreachable"),
     }
-    assert dict(k.nexthops) == {
+    assert dict(k[NEXTHOPS]) == {
         100_000_202: Nexthop(100_000_202, AF_INET, 2, ip("192.0.2.1")),
         100_000_204: Nexthop(100_000_204, AF_INET, 3, ip("100.64.0.1")),
         100_000_206: Nexthop(100_000_206, AF_INET, 4, None),
     }
-    assert dict(k.groups) == {
+    assert dict(k[GROUPS]) == {
         BASE: NexthopGroup(
             BASE,
             (Member(100_000_202, 3), Member(100_000_204, 1), Member(100_000_206, 1)),
@@ -156,9 +180,9 @@ def test_issue_routes_nexthops_and_group_exactly() -> None:
             unbalanced_timer_cs=0,
         )
     }
-    assert k.addresses == {StaticAddr(4, iface("10.64.0.2/30")), StaticAddr(3, iface("100.64.0.10/24"))}
-    assert k.links_up == {LinkUp(3), LinkUp(4)}  # the controller configures lte1 and lte2, not wan
-    assert k.nft == NftState(
+    assert set(k[ADDRESSES]) == {StaticAddr(4, iface("10.64.0.2/30")), StaticAddr(3, iface("100.64.0.10/24"))}
+    assert set(k[LINKS_UP]) == {LinkUp(3), LinkUp(4)}  # the controller configures lte1 and lte2, not wan
+    assert nft_of(k) == NftState(
         "uplinkd",
         0xFF00,
         (NftUplink("eth1", 0x6500), NftUplink("usb0", 0x6600), NftUplink("wwan0", 0x6700)),
@@ -183,9 +207,9 @@ def test_ids_follow_config() -> None:
     k = desired(
         c, observed(link(7, "eth1"), addrs=[addr(7, "192.0.2.2/24")], gws=[gw(7, "192.0.2.1")])
     ).kernel
-    assert set(k.nexthops) == {5000 + 202}
-    assert set(k.groups) == {5000}
-    assert {r.priority for r in k.rules} == {20000, 20010, 20020, 20030}
+    assert set(k[NEXTHOPS]) == {5000 + 202}
+    assert set(k[GROUPS]) == {5000}
+    assert {r.priority for r in k[RULES]} == {20000, 20010, 20020, 20030}
     assert plan.nexthop_id(c, 101, AF_INET6) == 5203
     assert plan.group_id(c, AF_INET6) == 5001
     assert plan.owns_nexthop(c, 5000)
@@ -296,7 +320,22 @@ STATES: list[tuple[str, dict[str, Any], Observed, dict[str, Lease], State, str]]
         State.UP,
         "no health checks configured",
     ),
-    ("dhcp-lease", DHCP, observed(link(2, "eth1")), {"a": LEASE}, State.UP, "no health checks configured"),
+    (
+        "dhcp-lease-address-not-added-yet",
+        DHCP,
+        observed(link(2, "eth1")),
+        {"a": LEASE},
+        State.PRESENT,
+        "adding the leased address 100.64.0.10/24",
+    ),
+    (
+        "dhcp-lease",
+        DHCP,
+        observed(link(2, "eth1"), addrs=[addr(2, "100.64.0.10/24")]),
+        {"a": LEASE},
+        State.UP,
+        "no health checks configured",
+    ),
     ("static-no-carrier", STATIC, observed(link(2, "eth1", carrier=False)), {}, State.PRESENT, "no carrier"),
     ("static", STATIC, observed(link(2, "eth1")), {}, State.UP, "no health checks configured"),
 ]
@@ -316,18 +355,18 @@ def test_state_and_reason(
 
 def test_not_ready_uplink_gets_fwmark_rule_but_no_route_or_nexthop() -> None:
     k = desired(config(EXT), observed(link(2, "eth1", carrier=False))).kernel
-    assert Rule(AF_INET, 10010, 101, fwmark=0x6500, fwmask=0xFF00) in k.rules
-    assert not any(r.priority == 10020 for r in k.rules)
-    assert RouteKey(AF_INET, 101, V4_ANY) not in k.routes
-    assert k.nexthops == {} and k.groups == {}
-    assert k.routes[RouteKey(AF_INET, 200, V4_ANY)].type == "unreachable"
-    assert k.nft is not None and k.nft.uplinks == (NftUplink("eth1", 0x6500),)
+    assert Rule(AF_INET, 10010, 101, fwmark=0x6500, fwmask=0xFF00) in k[RULES]
+    assert not any(r.priority == 10020 for r in k[RULES])
+    assert RouteKey(AF_INET, 101, V4_ANY) not in k[ROUTES]
+    assert k[NEXTHOPS] == {} and k[GROUPS] == {}
+    assert k[ROUTES][RouteKey(AF_INET, 200, V4_ANY)].type == "unreachable"
+    assert nft_of(k) is not None and nft_of(k).uplinks == (NftUplink("eth1", 0x6500),)
 
 
 def test_absent_uplink_has_no_rules_of_its_own() -> None:
     k = desired(config(EXT), observed()).kernel
-    assert {r.priority for r in k.rules} == {10000, 10030}
-    assert k.nft is not None and k.nft.uplinks == ()
+    assert {r.priority for r in k[RULES]} == {10000, 10030}
+    assert nft_of(k) is not None and nft_of(k).uplinks == ()
 
 
 # --- matching ----------------------------------------------------------------------------------------------
@@ -479,9 +518,9 @@ def test_balance_group(
     assert in_group == {name_of[m]: w for m, w in members}
     # Every ready uplink keeps its table, nexthop and rules whatever its health.
     k = intent.kernel
-    assert set(k.nexthops) == {A, B, C}
-    assert {t for t in (101, 102, 103) if RouteKey(AF_INET, t, V4_ANY) in k.routes} == {101, 102, 103}
-    assert sum(1 for r in k.rules if r.priority == 10020) == 3
+    assert set(k[NEXTHOPS]) == {A, B, C}
+    assert {t for t in (101, 102, 103) if RouteKey(AF_INET, t, V4_ANY) in k[ROUTES]} == {101, 102, 103}
+    assert sum(1 for r in k[RULES] if r.priority == 10020) == 3
 
 
 @pytest.mark.parametrize(
@@ -513,12 +552,12 @@ def test_last_resort_unreachable() -> None:
     )
     intent = desired(c, THREE_OBS, health=verdicts(a=DOWN, b=DOWN, c=UNKNOWN))
     k = intent.kernel
-    assert k.groups == {}
-    assert k.routes[RouteKey(AF_INET, 200, V4_ANY)] == Route(
+    assert k[GROUPS] == {}
+    assert k[ROUTES][RouteKey(AF_INET, 200, V4_ANY)] == Route(
         RouteKey(AF_INET, 200, V4_ANY), type="unreachable"
     )
     assert intent.balance_reason[AF_INET] == "no usable uplink"
-    assert set(k.nexthops) == {A, B, C}  # T_u stays usable for pinned flows and probes
+    assert set(k[NEXTHOPS]) == {A, B, C}  # T_u stays usable for pinned flows and probes
     assert not any(s.in_group for s in intent.uplinks)
     # ... and a healthy uplink still balances normally.
     assert group_members(desired(c, THREE_OBS, health=verdicts(a=DOWN, b=UP, c=DOWN))) == ((B, 1),)
@@ -527,18 +566,18 @@ def test_last_resort_unreachable() -> None:
 def test_no_ready_uplink_is_unreachable_even_with_last_resort_carrier() -> None:
     obs = observed(link(2, "eth1"), link(3, "eth2", carrier=False))
     k = desired(THREE, obs).kernel
-    assert k.groups == {}
-    assert k.routes[RouteKey(AF_INET, 200, V4_ANY)].type == "unreachable"
-    assert k.routes[RouteKey(AF_INET6, 200, V6_ANY)].type == "unreachable"
+    assert k[GROUPS] == {}
+    assert k[ROUTES][RouteKey(AF_INET, 200, V4_ANY)].type == "unreachable"
+    assert k[ROUTES][RouteKey(AF_INET6, 200, V6_ANY)].type == "unreachable"
 
 
 def test_drained_uplink_keeps_table_rules_and_nexthop() -> None:
     full = desired(THREE, THREE_OBS).kernel
     drained = desired(THREE, THREE_OBS, drained=frozenset({"b"}))
-    assert drained.kernel.rules == full.rules
-    assert drained.kernel.routes == full.routes
-    assert drained.kernel.nexthops == full.nexthops
-    assert drained.kernel.nft == full.nft
+    assert set(drained.kernel[RULES]) == set(full[RULES])
+    assert drained.kernel[ROUTES] == full[ROUTES]
+    assert drained.kernel[NEXTHOPS] == full[NEXTHOPS]
+    assert nft_of(drained.kernel) == nft_of(full)
     b = status(drained, "b")
     assert (b.state, b.drained, b.in_group, b.weight) == (State.UP, True, False, 0)
 
@@ -547,12 +586,12 @@ def test_draining_one_of_three_is_exactly_one_group_replace() -> None:
     before = desired(THREE, THREE_OBS).kernel
     after = desired(THREE, THREE_OBS, drained=frozenset({"b"})).kernel
     p = diff(before, after)
-    assert p.ops == (Op("replace", after.groups[BASE]),)
+    assert p.ops == (Op("replace", after[GROUPS][BASE]),)
     assert str(p) == (
         "ip nexthop replace id 100000000 group 100000202,3/100000206,2 "
         "type resilient buckets 512 idle_timer 10 unbalanced_timer 0"
     )
-    assert diff(after, before).ops == (Op("replace", before.groups[BASE]),)
+    assert diff(after, before).ops == (Op("replace", before[GROUPS][BASE]),)
 
 
 # --- addresses ---------------------------------------------------------------------------------------------
@@ -576,12 +615,15 @@ def test_static_addresses_are_owned() -> None:
     )
     intent = desired(c, observed(link(4, "wwan0")))
     k = intent.kernel
-    assert k.addresses == {StaticAddr(4, iface("10.64.0.2/30")), StaticAddr(4, iface("2001:db8:64::2/64"))}
-    assert k.routes[RouteKey(AF_INET, 103, V4_ANY)] == Route(RouteKey(AF_INET, 103, V4_ANY), oif=4)
-    assert k.routes[RouteKey(AF_INET6, 103, V6_ANY)] == Route(
+    assert set(k[ADDRESSES]) == {
+        StaticAddr(4, iface("10.64.0.2/30")),
+        StaticAddr(4, iface("2001:db8:64::2/64")),
+    }
+    assert k[ROUTES][RouteKey(AF_INET, 103, V4_ANY)] == Route(RouteKey(AF_INET, 103, V4_ANY), oif=4)
+    assert k[ROUTES][RouteKey(AF_INET6, 103, V6_ANY)] == Route(
         RouteKey(AF_INET6, 103, V6_ANY), oif=4, gateway=ip("2001:db8:64::1")
     )
-    assert Rule(AF_INET6, 10020, 103, src=net("2001:db8:64::2/128")) in k.rules
+    assert Rule(AF_INET6, 10020, 103, src=net("2001:db8:64::2/128")) in k[RULES]
     a = status(intent, "a")
     assert (a.gateway4, a.gateway6, a.addresses) == (
         None,
@@ -591,14 +633,16 @@ def test_static_addresses_are_owned() -> None:
 
 
 def test_dhcp_lease_gives_address_and_gateway() -> None:
-    intent = desired(config(DHCP), observed(link(2, "eth1")), leases={"a": LEASE})
+    intent = desired(
+        config(DHCP), observed(link(2, "eth1"), addrs=[addr(2, "100.64.0.10/24")]), leases={"a": LEASE}
+    )
     k = intent.kernel
-    assert k.addresses == {StaticAddr(2, iface("100.64.0.10/24"))}
-    assert k.routes[RouteKey(AF_INET, 101, V4_ANY)] == Route(
+    assert set(k[ADDRESSES]) == {StaticAddr(2, iface("100.64.0.10/24"))}
+    assert k[ROUTES][RouteKey(AF_INET, 101, V4_ANY)] == Route(
         RouteKey(AF_INET, 101, V4_ANY), oif=2, gateway=ip("100.64.0.1")
     )
-    assert k.nexthops[nh(101)] == Nexthop(nh(101), AF_INET, 2, ip("100.64.0.1"))
-    assert Rule(AF_INET, 10020, 101, src=net("100.64.0.10/32")) in k.rules
+    assert k[NEXTHOPS][nh(101)] == Nexthop(nh(101), AF_INET, 2, ip("100.64.0.1"))
+    assert Rule(AF_INET, 10020, 101, src=net("100.64.0.10/32")) in k[RULES]
     assert status(intent, "a").gateway4 == ip("100.64.0.1")
 
 
@@ -607,12 +651,12 @@ def test_dhcp_ignores_gateways_learned_from_others_on_ipv4() -> None:
     intent = desired(config(DHCP), obs)
     a = status(intent, "a")
     assert (a.state, a.reason) == (State.PRESENT, "waiting for a DHCP lease")
-    assert RouteKey(AF_INET, 101, V4_ANY) not in intent.kernel.routes
-    assert intent.kernel.addresses == frozenset()
+    assert RouteKey(AF_INET, 101, V4_ANY) not in intent.kernel[ROUTES]
+    assert set(intent.kernel[ADDRESSES]) == frozenset()
 
 
 def test_external_addresses_are_not_owned() -> None:
-    assert desired(THREE, THREE_OBS).kernel.addresses == frozenset()
+    assert set(desired(THREE, THREE_OBS).kernel[ADDRESSES]) == frozenset()
 
 
 # --- IPv6 ------------------------------------------------------------------------------------------------
@@ -635,18 +679,18 @@ def test_ipv6_uplink_gets_v6_route_nexthop_rule_and_group() -> None:
     c = config({"a": uplink("eth1", 101, weight=2), "b": uplink("eth2", 102)})
     intent = desired(c, V6_OBS)
     k = intent.kernel
-    assert k.routes[RouteKey(AF_INET6, 101, V6_ANY)] == Route(
+    assert k[ROUTES][RouteKey(AF_INET6, 101, V6_ANY)] == Route(
         RouteKey(AF_INET6, 101, V6_ANY), oif=2, gateway=ip("fe80::1")
     )
-    assert k.nexthops[nh(101, AF_INET6)] == Nexthop(nh(101, AF_INET6), AF_INET6, 2, ip("fe80::1"))
+    assert k[NEXTHOPS][nh(101, AF_INET6)] == Nexthop(nh(101, AF_INET6), AF_INET6, 2, ip("fe80::1"))
     assert nh(101, AF_INET6) == 100_000_203
     # eth2 has only a link-local IPv6 address: no v6 way out.
-    assert RouteKey(AF_INET6, 102, V6_ANY) not in k.routes
-    assert nh(102, AF_INET6) not in k.nexthops
+    assert RouteKey(AF_INET6, 102, V6_ANY) not in k[ROUTES]
+    assert nh(102, AF_INET6) not in k[NEXTHOPS]
     assert group_members(intent, AF_INET6) == ((nh(101, AF_INET6), 2),)
     assert group_members(intent, AF_INET) == ((nh(101), 2), (nh(102), 1))
-    assert k.routes[RouteKey(AF_INET6, 200, V6_ANY)] == Route(RouteKey(AF_INET6, 200, V6_ANY), nhid=BASE + 1)
-    assert {r.src for r in k.rules if r.family == AF_INET6 and r.priority == 10020} == {
+    assert k[ROUTES][RouteKey(AF_INET6, 200, V6_ANY)] == Route(RouteKey(AF_INET6, 200, V6_ANY), nhid=BASE + 1)
+    assert {r.src for r in k[RULES] if r.family == AF_INET6 and r.priority == 10020} == {
         net("2001:db8:1::10/128")
     }
     assert status(intent, "a").gateway6 == ip("fe80::1")
@@ -660,11 +704,15 @@ def test_ipv6_only_uplink_is_ready_and_only_in_the_v6_group() -> None:
     assert status(intent, "a").state == State.UP
     assert group_members(intent, AF_INET6) == ((nh(101, AF_INET6), 1),)
     assert group_members(intent, AF_INET) == ()
-    assert intent.kernel.routes[RouteKey(AF_INET, 200, V4_ANY)].type == "unreachable"
+    assert intent.kernel[ROUTES][RouteKey(AF_INET, 200, V4_ANY)].type == "unreachable"
 
 
 def test_dhcp_uplink_takes_ipv6_from_ra() -> None:
-    obs = observed(link(2, "eth1"), addrs=[addr(2, "2001:db8:1::10/64")], gws=[gw(2, "fe80::1", AF_INET6)])
+    obs = observed(
+        link(2, "eth1"),
+        addrs=[addr(2, "100.64.0.10/24"), addr(2, "2001:db8:1::10/64")],
+        gws=[gw(2, "fe80::1", AF_INET6)],
+    )
     intent = desired(config(DHCP), obs, leases={"a": LEASE})
     assert group_members(intent, AF_INET) == ((nh(101), 1),)
     assert group_members(intent, AF_INET6) == ((nh(101, AF_INET6), 1),)
@@ -710,12 +758,12 @@ def test_create_from_empty_in_dependency_order() -> None:
     assert {op.verb for op in p.ops if isinstance(op.obj, Rule | StaticAddr | Route)} == {"add"}
     assert {op.verb for op in p.ops if not isinstance(op.obj, Rule | StaticAddr | Route)} == {"replace"}
     assert len(p) == (
-        len(k.links_up)
-        + len(k.addresses)
-        + len(k.nexthops)
-        + len(k.groups)
-        + len(k.routes)
-        + len(k.rules)
+        len(set(k[LINKS_UP]))
+        + len(set(k[ADDRESSES]))
+        + len(k[NEXTHOPS])
+        + len(k[GROUPS])
+        + len(k[ROUTES])
+        + len(set(k[RULES]))
         + 1
     )
 
@@ -723,10 +771,18 @@ def test_create_from_empty_in_dependency_order() -> None:
 def test_teardown_deletes_everything_in_reverse_order() -> None:
     k = issue_intent().kernel
     p = teardown(k)
-    assert k.links_up  # links are only ever raised, never lowered: teardown leaves them up
+    assert set(k[LINKS_UP])  # links are only ever raised, never lowered: teardown leaves them up
     assert kinds(p) == KIND_ORDER_DELETE
     assert {op.verb for op in p.ops} == {"delete"}
-    assert len(p) == len(k.addresses) + len(k.nexthops) + len(k.groups) + len(k.routes) + len(k.rules) + 1
+    assert (
+        len(p)
+        == len(set(k[ADDRESSES]))
+        + len(k[NEXTHOPS])
+        + len(k[GROUPS])
+        + len(k[ROUTES])
+        + len(set(k[RULES]))
+        + 1
+    )
     assert diff(k, KernelState()) == p
 
 
@@ -779,11 +835,11 @@ def test_bucket_change_recreates_group_and_rewrites_its_route() -> None:
     p = diff(before, after)
     bkey = RouteKey(AF_INET, 200, V4_ANY)
     assert p.ops == (
-        Op("delete", before.groups[BASE]),
-        Op("replace", after.groups[BASE]),
-        Op("replace", after.routes[bkey]),
+        Op("delete", before[GROUPS][BASE]),
+        Op("replace", after[GROUPS][BASE]),
+        Op("replace", after[ROUTES][bkey]),
     )
-    assert after.routes[bkey] == before.routes[bkey]  # unchanged, but the kernel dropped it
+    assert after[ROUTES][bkey] == before[ROUTES][bkey]  # unchanged, but the kernel dropped it
 
 
 def test_timer_change_is_a_group_replace_in_place() -> None:
@@ -794,7 +850,7 @@ def test_timer_change_is_a_group_replace_in_place() -> None:
     }
     after = desired(config(uplinks, balance={"idle_timer": 2.5}), THREE_OBS).kernel
     p = diff(desired(THREE, THREE_OBS).kernel, after)
-    assert p.ops == (Op("replace", after.groups[BASE]),)
+    assert p.ops == (Op("replace", after[GROUPS][BASE]),)
     assert str(p).endswith("idle_timer 2.5 unbalanced_timer 0")
 
 
@@ -806,14 +862,14 @@ def test_weight_change_is_a_single_group_replace() -> None:
     }
     after = desired(config(uplinks), THREE_OBS).kernel
     p = diff(desired(THREE, THREE_OBS).kernel, after)
-    assert p.ops == (Op("replace", after.groups[BASE]),)
-    assert after.groups[BASE].members[0] == Member(A, 5)
+    assert p.ops == (Op("replace", after[GROUPS][BASE]),)
+    assert after[GROUPS][BASE].members[0] == Member(A, 5)
 
 
 def test_health_change_is_a_single_group_replace() -> None:
     before = desired(THREE, THREE_OBS).kernel
     after = desired(THREE, THREE_OBS, health=verdicts(a=UP, b=DOWN, c=UP)).kernel
-    assert diff(before, after).ops == (Op("replace", after.groups[BASE]),)
+    assert diff(before, after).ops == (Op("replace", after[GROUPS][BASE]),)
 
 
 def test_unplug_removes_group_member_before_its_nexthop() -> None:
@@ -852,24 +908,27 @@ def test_last_uplink_gone_replaces_route_before_deleting_group() -> None:
 def test_diff_heals_what_the_kernel_dropped() -> None:
     """After an unplug the kernel deletes routes, nexthops and the group on its own: re-create."""
     wanted = desired(THREE, THREE_OBS).kernel
-    actual = replace(wanted, groups={}, nexthops={k: v for k, v in wanted.nexthops.items() if k != B})
-    actual = replace(actual, routes={k: v for k, v in wanted.routes.items() if k.table != 200})
+    actual = wanted.replaced(GROUPS, []).replaced(
+        NEXTHOPS, [v for k, v in wanted[NEXTHOPS].items() if k != B]
+    )
+    actual = actual.replaced(ROUTES, [v for k, v in wanted[ROUTES].items() if k.table != 200])
     p = diff(actual, wanted)
     assert p.ops == (
-        Op("replace", wanted.nexthops[B]),
-        Op("replace", wanted.groups[BASE]),
-        Op("add", wanted.routes[RouteKey(AF_INET, 200, V4_ANY)]),  # exclusively: never a foreign route
-        Op("add", wanted.routes[RouteKey(AF_INET6, 200, V6_ANY)]),
+        Op("replace", wanted[NEXTHOPS][B]),
+        Op("replace", wanted[GROUPS][BASE]),
+        Op("add", wanted[ROUTES][RouteKey(AF_INET, 200, V4_ANY)]),  # exclusively: never a foreign route
+        Op("add", wanted[ROUTES][RouteKey(AF_INET6, 200, V6_ANY)]),
     )
 
 
 def test_diff_replaces_nft_only_when_its_digest_changes() -> None:
     k = desired(THREE, THREE_OBS).kernel
-    assert k.nft is not None
-    assert not diff(replace(k, nft=replace(k.nft)), k)
-    other = replace(k, nft=replace(k.nft, mask=0xFF0000))
-    assert diff(other, k).ops == (Op("replace", k.nft),)
-    assert diff(replace(k, nft=None), k).ops == (Op("replace", k.nft),)
+    table = nft_of(k)
+    assert table is not None
+    assert not diff(k.replaced(NFT, [replace(table)]), k)
+    other = k.replaced(NFT, [replace(table, mask=0xFF0000)])
+    assert diff(other, k).ops == (Op("replace", table),)
+    assert diff(k.replaced(NFT, []), k).ops == (Op("replace", table),)
 
 
 def test_plan_truthiness_and_length() -> None:
@@ -931,7 +990,7 @@ def test_failover_on_unplug() -> None:
 )
 def test_links_up(uplinks: dict[str, Any], lnk: Link, leases: dict[str, Lease], up: set[LinkUp]) -> None:
     k = desired(config(uplinks), observed(lnk), leases=leases).kernel
-    assert k.links_up == up
+    assert set(k[LINKS_UP]) == up
     ops = [op for op in diff(KernelState(), k).ops if isinstance(op.obj, LinkUp)]
     assert [str(op) for op in ops] == [f"ip link set dev {lnk.name} up" for _ in up]
     assert not [op for op in teardown(k).ops if isinstance(op.obj, LinkUp)]
@@ -959,7 +1018,7 @@ def test_nft_uplinks_join_before_routes_and_leave_after(
             return None
         return NftState("uplinkd", 0xFF00, tuple(NftUplink(k, v << 8) for k, v in sorted(d.items())))
 
-    ops = diff(KernelState(nft=state(have)), KernelState(nft=state(want))).ops
+    ops = diff(KernelState(s for s in [state(have)] if s), KernelState(s for s in [state(want)] if s)).ops
     loads = [op.obj for op in ops if isinstance(op.obj, NftState)]
     assert loads == [s for s in (state(early), state(late)) if s is not None]
 
@@ -973,11 +1032,14 @@ def test_nft_uplinks_join_before_routes_and_leave_after(
 )
 def test_dhcp_lease_without_router(pointopoint: bool, state: State, route: str | None) -> None:
     bare = Lease(iface("100.64.0.10/24"), None)
-    intent = desired(config(DHCP), observed(link(2, "eth1", pointopoint=pointopoint)), leases={"a": bare})
+    obs = observed(link(2, "eth1", pointopoint=pointopoint), addrs=[addr(2, "100.64.0.10/24")])
+    intent = desired(config(DHCP), obs, leases={"a": bare})
     a = status(intent, "a")
     assert a.state == state
-    assert StaticAddr(2, iface("100.64.0.10/24")) in intent.kernel.addresses  # the address is used either way
-    got = intent.kernel.routes.get(RouteKey(AF_INET, 101, V4_ANY))
+    assert StaticAddr(2, iface("100.64.0.10/24")) in set(
+        intent.kernel[ADDRESSES]
+    )  # the address is used either way
+    got = intent.kernel[ROUTES].get(RouteKey(AF_INET, 101, V4_ANY))
     assert (got is not None and got.gateway is None and got.oif == 2) if route else got is None
     if not route:
         assert a.reason == "the DHCP lease names no router"

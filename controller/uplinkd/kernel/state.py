@@ -1,9 +1,11 @@
 """Reading the kernel, and the one applier that writes to it.
 
-`read()` turns netlink dumps into `Observed` (others' facts) and `KernelState` (what we
-own, recognised by our protocol number and id ranges). `apply()` executes a `Plan`, one
-operation at a time, logging each write once in `ip` syntax. Nothing else in the
-controller writes to the kernel.
+`read()` takes one `Snapshot` of the kernel's dumps and turns it into `Observed` (others'
+facts) and `KernelState` (what we own: each kind reads its own objects, recognised by our
+protocol number and id ranges). `apply()` executes a `Plan`, one operation at a time,
+logging each write once in `ip` syntax; each operation is written by its kind
+(`model/kinds/`) through `Netlink`, the transport this module implements with pyroute2,
+nft and ctnetlink. Nothing else in the controller writes to the kernel.
 
 Errno is translated here and nowhere else: a failed write becomes an `OpFailure`
 that says whether retrying can help.
@@ -17,10 +19,10 @@ import errno
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -28,39 +30,30 @@ from pyroute2.netlink.exceptions import NetlinkError
 from uplinkd.config import Config
 from uplinkd.kernel import conntrack, nft, rtnl
 from uplinkd.kernel import explain as explain_mod
-from uplinkd.linux import (
-    FRA_NO_SUPPRESS,
-    IFF_LOWER_UP,
-    IFF_NOARP,
-    IFF_POINTOPOINT,
-    IFF_UP,
-    RTN_UNICAST,
-    RTN_UNREACHABLE,
-)
 from uplinkd.model import (
     AF_INET,
     AF_INET6,
+    NFT,
     Addr,
-    ConntrackFlush,
     Gateway,
     IPAddress,
     KernelState,
     Link,
-    LinkUp,
-    Member,
-    Nexthop,
-    NexthopGroup,
     NftState,
     Observed,
-    Route,
-    RouteKey,
-    Rule,
-    StaticAddr,
+    Op,
+    Snapshot,
 )
-from uplinkd.plan import Op, Plan, diff, owns_nexthop
+from uplinkd.model.kinds.addresses import address_of
+from uplinkd.model.kinds.routes import RTN_UNICAST, RTN_UNREACHABLE
+from uplinkd.plan import Plan, ownership, teardown
 
 log = logging.getLogger("uplinkd.kernel")
 
+IFF_UP = 0x1
+IFF_POINTOPOINT = 0x10
+IFF_NOARP = 0x80
+IFF_LOWER_UP = 0x10000
 SYSFS_NET = Path("/sys/class/net")
 
 # errors that a later pass may not see again (a link that came back, a race with a DHCP client)
@@ -94,6 +87,110 @@ class ApplyResult:
         return not self.failed
 
 
+class Netlink:
+    """The `Transport` the kinds write through: rtnetlink (pyroute2 and `rtnl`), nft, ctnetlink."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+
+    @property
+    def ipr(self) -> AsyncIPRoute:
+        return self._kernel.ipr
+
+    async def rule(self, command: Literal["add", "del"], **fields: Any) -> None:
+        await self.ipr.rule(command, **fields)
+
+    async def addr(self, command: Literal["add", "del"], **fields: Any) -> None:
+        await self.ipr.addr(command, **fields)
+
+    async def link_up(self, *, index: int) -> None:
+        await self.ipr.link("set", index=index, state="up")
+
+    async def replace_route(
+        self,
+        *,
+        family: int,
+        table: int,
+        dst: str | None,
+        dst_len: int,
+        protocol: int,
+        unreachable: bool,
+        nhid: int | None,
+        oif: int | None,
+        gateway: str | None,
+        exclusive: bool,
+    ) -> None:
+        await rtnl.replace_route(
+            self.ipr,
+            family=family,
+            table=table,
+            dst=dst,
+            dst_len=dst_len,
+            protocol=protocol,
+            nhid=nhid,
+            oif=oif,
+            gateway=gateway,
+            route_type=RTN_UNREACHABLE if unreachable else RTN_UNICAST,
+            exclusive=exclusive,
+        )
+
+    async def delete_route(
+        self, *, family: int, table: int, dst: str | None, dst_len: int, protocol: int
+    ) -> None:
+        await rtnl.delete_route(
+            self.ipr, family=family, table=table, dst=dst, dst_len=dst_len, protocol=protocol
+        )
+
+    async def replace_nexthop(
+        self, *, id: int, family: int, oif: int, gateway: str | None, protocol: int
+    ) -> None:
+        await rtnl.replace_nexthop(
+            self.ipr, id=id, family=family, oif=oif, gateway=gateway, protocol=protocol
+        )
+
+    async def replace_group(
+        self,
+        *,
+        id: int,
+        members: Sequence[tuple[int, int]],
+        buckets: int,
+        idle_timer: float,
+        unbalanced_timer: float,
+        protocol: int,
+    ) -> None:
+        await rtnl.replace_group(
+            self.ipr,
+            id=id,
+            members=[rtnl.GroupMember(m, w) for m, w in members],
+            resilient=rtnl.ResilientParams(
+                buckets=buckets, idle_timer=idle_timer, unbalanced_timer=unbalanced_timer
+            ),
+            protocol=protocol,
+        )
+
+    async def delete_nexthop(self, *, id: int) -> None:
+        await rtnl.delete_nexthop(self.ipr, id=id)
+
+    async def nft_load(self, state: NftState) -> None:
+        k = self._kernel
+        k.nft_stale = True
+        await asyncio.to_thread(nft.load, state)
+        text = await asyncio.to_thread(nft.listing, state.table)
+        if text is not None:
+            k.nft_listings = {state.digest: nft.listing_hash(text)}
+
+    async def nft_delete(self, table: str) -> None:
+        self._kernel.nft_stale = True
+        await asyncio.to_thread(nft.delete, table)
+        self._kernel.nft_listings.clear()
+
+    async def conntrack_flush(self, *, mark: int, mask: int) -> None:
+        try:
+            await asyncio.to_thread(conntrack.flush_mark, mark, mask)
+        except OSError as e:  # ConntrackError, or a timeout on the netlink socket
+            raise NetlinkError(e.errno or errno.EIO, str(e)) from None
+
+
 @dataclass
 class Kernel:
     """The controller's handle on one network namespace's kernel state."""
@@ -106,6 +203,9 @@ class Kernel:
     # daemon sets `nft_stale`), a periodic resync, or our own load.
     nft_stale: bool = True
     _nft_cache: NftState | None = None
+
+    def __post_init__(self) -> None:
+        self.transport = Netlink(self)
 
     def close(self) -> None:
         self.ipr.close()
@@ -149,20 +249,27 @@ class Kernel:
     # --- reading ------------------------------------------------------------------------------
 
     async def read(self) -> tuple[Observed, KernelState]:
+        snapshot = await self.snapshot()
+        owner = ownership(self.config)
+        return observed_of(snapshot, protocol=owner.protocol), KernelState.read(snapshot, owner)
+
+    async def snapshot(self) -> Snapshot:
         links = {link.index: link for link in await self._links()}
-        addrs, owned_addrs = await self._addrs(links)
-        gateways, routes = await self._routes(links)
-        nexthops, groups = await self._nexthops(links)
-        state = KernelState(
-            rules=frozenset(await self._rules()),
+        addrs = [msg async for msg in await self.ipr.addr("dump")]
+        routes: list[rtnl.RouteInfo] = []
+        rules: list[Any] = []
+        for family in (AF_INET, AF_INET6):
+            routes += await rtnl.dump_routes(self.ipr, family=family)
+        for family in (AF_INET, AF_INET6):
+            rules += [msg async for msg in await self.ipr.rule("dump", family=family)]
+        return Snapshot(
+            links=links,
+            addrs=addrs,
             routes=routes,
-            nexthops=nexthops,
-            groups=groups,
-            addresses=frozenset(owned_addrs),
+            rules=rules,
+            nexthops=await rtnl.dump_nexthops(self.ipr),
             nft=await self._nft_state(),
-            links_up=frozenset(LinkUp(i, dev=link.name) for i, link in links.items() if link.up),
         )
-        return Observed(links=links, addrs=tuple(addrs), gateways=tuple(gateways)), state
 
     async def _links(self) -> list[Link]:
         out: list[Link] = []
@@ -185,83 +292,6 @@ class Kernel:
             )
         return out
 
-    async def _addrs(self, links: Mapping[int, Link]) -> tuple[list[Addr], list[StaticAddr]]:
-        seen: list[Addr] = []
-        owned: list[StaticAddr] = []
-        async for msg in await self.ipr.addr("dump"):
-            family = msg["family"]
-            text = msg.get("IFA_LOCAL") if family == AF_INET else None
-            text = text or msg.get("IFA_ADDRESS")
-            if text is None:
-                continue
-            iface = ipaddress.ip_interface(f"{text}/{msg['prefixlen']}")
-            seen.append(Addr(msg["index"], iface))
-            if msg.get("IFA_PROTO") == self.config.kernel.protocol:
-                link = links.get(msg["index"])
-                owned.append(StaticAddr(msg["index"], iface, dev=link.name if link else ""))
-        return seen, owned
-
-    async def _routes(self, links: Mapping[int, Link]) -> tuple[list[Gateway], dict[RouteKey, Route]]:
-        proto = self.config.kernel.protocol
-        gateways: list[Gateway] = []
-        owned: dict[RouteKey, Route] = {}
-        for family in (AF_INET, AF_INET6):
-            for r in await rtnl.dump_routes(self.ipr, family=family):
-                if r.protocol == proto:
-                    route = _route_of(r, links)
-                    if route is not None:
-                        owned[route.key] = route
-                elif r.dst_len == 0 and r.type == RTN_UNICAST and r.oif is not None:
-                    gw = ipaddress.ip_address(r.gateway) if r.gateway else None
-                    gateways.append(Gateway(r.oif, family, gw))
-        return gateways, owned
-
-    async def _rules(self) -> list[Rule]:
-        proto = self.config.kernel.protocol
-        out: list[Rule] = []
-        for family in (AF_INET, AF_INET6):
-            async for msg in await self.ipr.rule("dump", family=family):
-                if msg.get("FRA_PROTOCOL") != proto:
-                    continue
-                src = msg.get("FRA_SRC")
-                suppress = msg.get("FRA_SUPPRESS_PREFIXLEN")
-                out.append(
-                    Rule(
-                        family=family,
-                        priority=msg.get("FRA_PRIORITY") or 0,
-                        table=msg.get("FRA_TABLE") or msg["table"],
-                        fwmark=msg.get("FRA_FWMARK"),
-                        fwmask=msg.get("FRA_FWMASK") if msg.get("FRA_FWMARK") is not None else None,
-                        src=ipaddress.ip_network(f"{src}/{msg['src_len']}") if src else None,
-                        suppress_prefixlength=None if suppress in (None, FRA_NO_SUPPRESS) else suppress,
-                    )
-                )
-        return out
-
-    async def _nexthops(
-        self, links: Mapping[int, Link]
-    ) -> tuple[dict[int, Nexthop], dict[int, NexthopGroup]]:
-        singles: dict[int, Nexthop] = {}
-        groups: dict[int, NexthopGroup] = {}
-        for nh in await rtnl.dump_nexthops(self.ipr):
-            if nh.protocol != self.config.kernel.protocol or not owns_nexthop(self.config, nh.id):
-                continue
-            if nh.group:
-                res = nh.resilient
-                groups[nh.id] = NexthopGroup(
-                    nh.id,
-                    tuple(sorted(Member(m.id, m.weight) for m in nh.group)),
-                    buckets=res.buckets if res else 0,
-                    idle_timer_cs=round(res.idle_timer * 100) if res else -1,
-                    unbalanced_timer_cs=round(res.unbalanced_timer * 100) if res else -1,
-                )
-            elif nh.oif is not None:
-                link = links.get(nh.oif)
-                singles[nh.id] = Nexthop(
-                    nh.id, nh.family, nh.oif, _ip(nh.gateway), dev=link.name if link else ""
-                )
-        return singles, groups
-
     async def _nft_state(self) -> NftState | None:
         if self.nft_stale:
             self.nft_stale = False  # an event during the read sets it again
@@ -279,9 +309,9 @@ class Kernel:
         """Remove everything we own. Our nft table goes even when it was edited by hand (then
         `read` reports it as drifted rather than as ours-as-rendered)."""
         _, actual = await self.read()
-        result = await self.apply(diff(actual, KernelState()))
+        result = await self.apply(teardown(actual))
         table = self.config.kernel.nft_table
-        if actual.nft is None and await asyncio.to_thread(nft.listing, table) is not None:
+        if not actual[NFT] and await asyncio.to_thread(nft.listing, table) is not None:
             op = Op("delete", NftState(table, self.config.kernel.mark_mask, ()))
             extra = await self.apply(Plan((op,)))
             result = ApplyResult(result.done + extra.done, result.failed + extra.failed)
@@ -294,16 +324,18 @@ class Kernel:
         (they are independent enough, and the next pass retries whatever is still missing)."""
         done: list[Op] = []
         failed: list[OpFailure] = []
+        owner = ownership(self.config)
         for op in plan.ops:
             log.info("%s", op)
+            kind = op.kind
             try:
-                await self._apply_one(op)
+                await kind.write(self.transport, op.verb, op.obj, owner)
             except NetlinkError as e:
                 if op.verb == "delete" and e.code in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
                     done.append(op)  # already gone: the kernel did it for us (e.g. unplug)
                     continue
-                if op.verb == "add" and e.code == errno.EEXIST and isinstance(op.obj, Route):
-                    why = "a route uplinkd does not own holds this key; it is left alone"
+                if op.verb == "add" and e.code == errno.EEXIST and kind.foreign_keys:
+                    why = f"a {kind.name} uplinkd does not own holds this key; it is left alone"
                     log.warning("refused: %s: %s", op, why)
                     failed.append(OpFailure(op, why, transient=False))
                     continue
@@ -320,122 +352,20 @@ class Kernel:
                 done.append(op)
         return ApplyResult(tuple(done), tuple(failed))
 
-    async def _apply_one(self, op: Op) -> None:
-        obj = op.obj
-        proto = self.config.kernel.protocol
-        if isinstance(obj, Rule):
-            kw: dict[str, Any] = {
-                "family": obj.family,
-                "priority": obj.priority,
-                "table": obj.table,
-                "protocol": proto,
-            }
-            if obj.fwmark is not None:
-                kw.update(fwmark=obj.fwmark, fwmask=obj.fwmask)
-            if obj.src is not None:
-                kw.update(src=str(obj.src.network_address), src_len=obj.src.prefixlen)
-            if obj.suppress_prefixlength is not None:
-                kw.update(suppress_prefixlen=obj.suppress_prefixlength)
-            await self.ipr.rule("add" if op.verb != "delete" else "del", **kw)
-        elif isinstance(obj, Route):
-            key = obj.key
-            net = key.network
-            dst = str(net.network_address) if net.prefixlen else None
-            if op.verb == "delete":
-                await rtnl.delete_route(
-                    self.ipr,
-                    family=key.family,
-                    table=key.table,
-                    dst=dst,
-                    dst_len=net.prefixlen,
-                    protocol=proto,
-                )
-                return
-            await rtnl.replace_route(
-                self.ipr,
-                family=key.family,
-                table=key.table,
-                dst=dst,
-                dst_len=net.prefixlen,
-                protocol=proto,
-                nhid=obj.nhid,
-                oif=obj.oif,
-                gateway=str(obj.gateway) if obj.gateway is not None else None,
-                route_type=RTN_UNREACHABLE if obj.type == "unreachable" else RTN_UNICAST,
-                exclusive=op.verb == "add",
-            )
-        elif isinstance(obj, Nexthop):
-            if op.verb == "delete":
-                await rtnl.delete_nexthop(self.ipr, id=obj.id)
-            else:
-                await rtnl.replace_nexthop(
-                    self.ipr,
-                    id=obj.id,
-                    family=obj.family,
-                    oif=obj.oif,
-                    gateway=str(obj.gateway) if obj.gateway is not None else None,
-                    protocol=proto,
-                )
-        elif isinstance(obj, NexthopGroup):
-            if op.verb == "delete":
-                await rtnl.delete_nexthop(self.ipr, id=obj.id)
-            else:
-                await rtnl.replace_group(
-                    self.ipr,
-                    id=obj.id,
-                    members=[rtnl.GroupMember(m.id, m.weight) for m in obj.members],
-                    resilient=rtnl.ResilientParams(
-                        buckets=obj.buckets,
-                        idle_timer=obj.idle_timer_cs / 100,
-                        unbalanced_timer=obj.unbalanced_timer_cs / 100,
-                    ),
-                    protocol=proto,
-                )
-        elif isinstance(obj, StaticAddr):
-            a = obj.address
-            await self.ipr.addr(
-                "add" if op.verb != "delete" else "del",  # add: never take over someone else's
-                index=obj.ifindex,
-                address=str(a.ip),
-                prefixlen=a.network.prefixlen,
-                **({"proto": proto} if op.verb != "delete" else {}),
-            )
-        elif isinstance(obj, LinkUp):
-            await self.ipr.link("set", index=obj.ifindex, state="up")
-        elif isinstance(obj, ConntrackFlush):
-            try:
-                await asyncio.to_thread(conntrack.flush_mark, obj.mark, obj.mask)
-            except OSError as e:  # ConntrackError, or a timeout on the netlink socket
-                raise NetlinkError(e.errno or errno.EIO, str(e)) from None
-        elif isinstance(obj, NftState):
-            self.nft_stale = True
-            if op.verb == "delete":
-                await asyncio.to_thread(nft.delete, obj.table)
-                self.nft_listings.clear()
-            else:
-                await asyncio.to_thread(nft.load, obj)
-                text = await asyncio.to_thread(nft.listing, obj.table)
-                if text is not None:
-                    self.nft_listings = {obj.digest: nft.listing_hash(text)}
 
-
-def _ip(text: str | None) -> IPAddress | None:
-    return ipaddress.ip_address(text) if text else None
-
-
-def _route_of(r: rtnl.RouteInfo, links: Mapping[int, Link]) -> Route | None:
-    if r.priority not in (None, 0) and r.family == AF_INET:
-        return None  # we only ever write metric-0 IPv4 routes; leave others' alone
-    dst = f"{r.dst or ('0.0.0.0' if r.family == AF_INET else '::')}/{r.dst_len}"
-    key = RouteKey(r.family, r.table, str(ipaddress.ip_network(dst, strict=False)))
-    if r.type == RTN_UNREACHABLE:
-        return Route(key, type="unreachable")
-    if r.type != RTN_UNICAST:
-        return None
-    link = links.get(r.oif) if r.oif is not None else None
-    if r.nhid is not None:
-        return Route(key, nhid=r.nhid)
-    return Route(key, oif=r.oif, gateway=_ip(r.gateway), dev=link.name if link else "")
+def observed_of(snapshot: Snapshot, *, protocol: int) -> Observed:
+    """Others' facts in a snapshot: every address, and the default routes others made."""
+    addrs: list[Addr] = []
+    for msg in snapshot.addrs:
+        address = address_of(msg["family"], msg.get("IFA_LOCAL"), msg.get("IFA_ADDRESS"), msg["prefixlen"])
+        if address is not None:
+            addrs.append(Addr(msg["index"], address))
+    gateways = [
+        Gateway(r.oif, r.family, ipaddress.ip_address(r.gateway) if r.gateway else None)
+        for r in snapshot.routes
+        if r.protocol != protocol and r.dst_len == 0 and r.type == RTN_UNICAST and r.oif is not None
+    ]
+    return Observed(links=snapshot.links, addrs=tuple(addrs), gateways=tuple(gateways))
 
 
 def _sysfs_identity(name: str, kind: str | None) -> dict[str, str | None]:

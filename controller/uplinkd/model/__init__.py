@@ -1,0 +1,93 @@
+"""Values the planner reasons about: observed facts, uplink states, and the kernel objects
+the controller owns (one module per kind in `kinds/`, collected in a `KernelState`).
+
+Everything here is a frozen value. Kernel objects have an explicit identity (`key`) apart
+from their attributes, so "what exists" and "what differs" are plain set operations in
+`plan.diff`. `str(obj)` is the object in `ip` syntax; `str(Op)` is the write, as logged.
+"""
+
+from uplinkd.model.kinds import (
+    ADDRESSES,
+    CONNTRACK,
+    GROUPS,
+    KINDS,
+    LINKS_UP,
+    NEXTHOPS,
+    NFT,
+    ROUTES,
+    RULES,
+)
+from uplinkd.model.kinds.addresses import StaticAddr
+from uplinkd.model.kinds.base import Kind, Op, Ownership, Snapshot, Stage, Transport, Verb, kind_of
+from uplinkd.model.kinds.conntrack import ConntrackFlush
+from uplinkd.model.kinds.groups import Member, NexthopGroup
+from uplinkd.model.kinds.links import LinkUp
+from uplinkd.model.kinds.nexthops import Nexthop
+from uplinkd.model.kinds.nft import NftState, NftUplink
+from uplinkd.model.kinds.routes import Route, RouteKey, RouteType
+from uplinkd.model.kinds.rules import Rule
+from uplinkd.model.net import (
+    AF_INET,
+    AF_INET6,
+    FAMILIES,
+    IPAddress,
+    IPInterface,
+    IPNetwork,
+    any_net,
+    fam,
+    table_name,
+)
+from uplinkd.model.observed import Addr, Gateway, Lease, Link, Observed
+from uplinkd.model.state import KernelState
+from uplinkd.model.uplinks import Health, HealthVerdict, State, UplinkStatus
+
+__all__ = [
+    "ADDRESSES",
+    "AF_INET",
+    "AF_INET6",
+    "CONNTRACK",
+    "FAMILIES",
+    "GROUPS",
+    "KINDS",
+    "LINKS_UP",
+    "NEXTHOPS",
+    "NFT",
+    "ROUTES",
+    "RULES",
+    "Addr",
+    "ConntrackFlush",
+    "Gateway",
+    "Health",
+    "HealthVerdict",
+    "IPAddress",
+    "IPInterface",
+    "IPNetwork",
+    "KernelState",
+    "Kind",
+    "Lease",
+    "Link",
+    "LinkUp",
+    "Member",
+    "Nexthop",
+    "NexthopGroup",
+    "NftState",
+    "NftUplink",
+    "Observed",
+    "Op",
+    "Ownership",
+    "Route",
+    "RouteKey",
+    "RouteType",
+    "Rule",
+    "Snapshot",
+    "Stage",
+    "State",
+    "StaticAddr",
+    "Transport",
+    "UplinkStatus",
+    "Verb",
+    "any_net",
+    "fam",
+    "kind_of",
+    "table_name",
+]

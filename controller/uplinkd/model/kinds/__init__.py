@@ -1,0 +1,21 @@
+"""The kinds of kernel object the controller owns, one module each (see `base`).
+
+This is the registry: adding a kind is its module plus its line below. The order is the
+tie-break between kinds that share a stage, and the order `KernelState.read` reads them in.
+"""
+
+from __future__ import annotations
+
+from uplinkd.model.kinds import addresses, conntrack, groups, links, nexthops, nft, routes, rules
+from uplinkd.model.kinds.base import register
+
+LINKS_UP = links.KIND
+ADDRESSES = addresses.KIND
+NFT = nft.KIND
+NEXTHOPS = nexthops.KIND
+GROUPS = groups.KIND
+ROUTES = routes.KIND
+RULES = rules.KIND
+CONNTRACK = conntrack.KIND
+
+KINDS = register(LINKS_UP, ADDRESSES, NFT, NEXTHOPS, GROUPS, ROUTES, RULES, CONNTRACK)

@@ -1,0 +1,337 @@
+"""What every kind of kernel object the controller owns says about itself.
+
+A kind (rule, route, nexthop, …) lives in one module of this package, which holds:
+
+- its frozen object, with an identity `key` apart from its attributes (set difference
+  finds what to create and delete, `!=` what to replace);
+- how an operation on it reads in `ip` syntax (`render`), for the log and `uplinkctl plan`;
+- its create and delete `Stage`, which is all `plan.diff` needs to order a plan;
+- which other objects it needs (`refs`) and which it stands for (`provides`), so a plan can
+  be checked to never reference something that is not there;
+- how it is read: a pure function of one `Snapshot` of the kernel's dumps;
+- how it is written: a coroutine against the small `Transport` protocol, which `kernel/`
+  implements with pyroute2, nft and ctnetlink.
+
+Everything but `write` is pure, and `write` only awaits the transport it is handed, so
+this package imports nothing that touches the system (no pyroute2, asyncio, subprocess):
+the planner may import it, and so may the fake kernel the unit tests use. Adding a kind is
+one module here plus one line in `kinds/__init__.py`; a kind that needs a kernel interface
+the transport does not speak yet (generic netlink for WireGuard, say) also adds that
+method to `Transport` and `Snapshot`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
+
+from uplinkd.model.observed import Link
+
+if TYPE_CHECKING:
+    from uplinkd.model.kinds.nft import NftState
+
+Verb = Literal["add", "replace", "delete"]
+Ref = tuple[str, Hashable]  # a name space and a name in it: ("nhid", 100000202)
+
+
+class Stage(enum.IntEnum):
+    """Where in a plan an operation goes. New things are made before what uses them
+    (an interface joins the nft table before a route leads out of it; nexthops before
+    their group, the group before its route, the route before the rule that leads to its
+    table); old things go after nothing uses them, in reverse; flushes come last."""
+
+    LINKS = 10
+    ADDRESSES = 20
+    NFT_JOIN = 30
+    NEXTHOPS = 40
+    GROUPS = 50
+    ROUTES = 60
+    RULES = 70
+    RULES_GONE = 80
+    ROUTES_GONE = 90
+    GROUPS_GONE = 100
+    NEXTHOPS_GONE = 110
+    ADDRESSES_GONE = 120
+    NFT_LEAVE = 130
+    FLUSH = 140
+
+
+# A recreation (delete, then create: what cannot change in place) deletes just before its
+# kind's creates; within a stage the order is this phase, then the kind's own order.
+RECREATE, CHANGE = 0, 1
+
+
+@dataclass(frozen=True)
+class Op:
+    """One kernel write."""
+
+    verb: Verb
+    obj: Any  # an object of a registered kind
+
+    @property
+    def kind(self) -> Kind[Any, Any]:
+        return kind_of(self.obj)
+
+    def __str__(self) -> str:
+        return self.kind.render(self.verb, self.obj)
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """What marks an object as the controller's (from `config.kernel`)."""
+
+    protocol: int  # rtnetlink protocol of our routes, rules, nexthops, addresses
+    nexthop_base: int  # our nexthop ids are [base, base + 2**25)
+    nft_table: str
+    mark_mask: int
+
+    NEXTHOP_SPAN: ClassVar[int] = 1 << 25
+
+    def owns_nexthop(self, nhid: int) -> bool:
+        return self.nexthop_base <= nhid < self.nexthop_base + self.NEXTHOP_SPAN
+
+
+# --- what the kernel says, as the kinds read it ------------------------------------------------
+
+
+class Message(Protocol):
+    """A decoded netlink message (pyroute2's nlmsg): header fields by name, attributes by
+    their NLA name."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def __getitem__(self, key: str) -> Any: ...
+
+
+class RouteRecord(Protocol):
+    """A route as the kernel's typed decoder reports it (`kernel.rtnl.RouteInfo`)."""
+
+    @property
+    def family(self) -> int: ...
+    @property
+    def table(self) -> int: ...
+    @property
+    def dst(self) -> str | None: ...
+    @property
+    def dst_len(self) -> int: ...
+    @property
+    def protocol(self) -> int: ...
+    @property
+    def type(self) -> int: ...
+    @property
+    def priority(self) -> int | None: ...
+    @property
+    def oif(self) -> int | None: ...
+    @property
+    def gateway(self) -> str | None: ...
+    @property
+    def nhid(self) -> int | None: ...
+
+
+class MemberRecord(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def weight(self) -> int: ...
+
+
+class ResilientRecord(Protocol):
+    @property
+    def buckets(self) -> int: ...
+    @property
+    def idle_timer(self) -> float: ...
+    @property
+    def unbalanced_timer(self) -> float: ...
+
+
+class NexthopRecord(Protocol):
+    """A nexthop object as the kernel's typed decoder reports it (`kernel.rtnl.NexthopInfo`)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def family(self) -> int: ...
+    @property
+    def protocol(self) -> int: ...
+    @property
+    def oif(self) -> int | None: ...
+    @property
+    def gateway(self) -> str | None: ...
+    @property
+    def group(self) -> Sequence[MemberRecord]: ...
+    @property
+    def resilient(self) -> ResilientRecord | None: ...
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One reading of the kernel: every dump a kind reads from, taken once per pass."""
+
+    links: Mapping[int, Link]
+    addrs: Sequence[Message] = ()
+    routes: Sequence[RouteRecord] = ()  # both families
+    rules: Sequence[Message] = ()  # both families
+    nexthops: Sequence[NexthopRecord] = ()
+    # Our nft table as kernel/nft.py parsed it (the text format lives next to its renderer);
+    # None: absent, or edited by hand since we loaded it.
+    nft: NftState | None = None
+
+
+class Transport(Protocol):
+    """The kernel requests the kinds write with; `kernel/` implements it. Protocol numbers
+    are the caller's to pass; errors are raised as the transport's own exceptions (the
+    applier translates errno)."""
+
+    async def rule(self, command: Literal["add", "del"], **fields: Any) -> None: ...
+    async def addr(self, command: Literal["add", "del"], **fields: Any) -> None: ...
+    async def link_up(self, *, index: int) -> None: ...
+    async def replace_route(
+        self,
+        *,
+        family: int,
+        table: int,
+        dst: str | None,
+        dst_len: int,
+        protocol: int,
+        unreachable: bool,
+        nhid: int | None,
+        oif: int | None,
+        gateway: str | None,
+        exclusive: bool,
+    ) -> None: ...
+    async def delete_route(
+        self, *, family: int, table: int, dst: str | None, dst_len: int, protocol: int
+    ) -> None: ...
+    async def replace_nexthop(
+        self, *, id: int, family: int, oif: int, gateway: str | None, protocol: int
+    ) -> None: ...
+    async def replace_group(
+        self,
+        *,
+        id: int,
+        members: Sequence[tuple[int, int]],
+        buckets: int,
+        idle_timer: float,
+        unbalanced_timer: float,
+        protocol: int,
+    ) -> None: ...
+    async def delete_nexthop(self, *, id: int) -> None: ...
+    async def nft_load(self, state: NftState) -> None: ...
+    async def nft_delete(self, table: str) -> None: ...
+    async def conntrack_flush(self, *, mark: int, mask: int) -> None: ...
+
+
+# --- the kind itself ---------------------------------------------------------------------------
+
+KeyT = TypeVar("KeyT", bound=Hashable)
+ObjT = TypeVar("ObjT", bound=Hashable)  # the object type
+Change = tuple[tuple[int, int], Op]  # (stage, phase), op
+
+
+class Kind(Generic[KeyT, ObjT]):
+    """The behaviour of one kind of kernel object. Subclasses set the class attributes and
+    override what differs; each module creates one instance, `KIND`."""
+
+    name: ClassVar[str]
+    type: ClassVar[type[Any]]
+    create_stage: ClassVar[Stage]
+    delete_stage: ClassVar[Stage]
+    # Created with `add` (never taking over an object at the same key) unless it is ours
+    # already; `replace` otherwise.
+    exclusive: ClassVar[bool] = False
+    # An exclusive add refused with EEXIST means someone else's object holds the key (it is
+    # left alone and reported); when False, EEXIST means it is there already (done).
+    foreign_keys: ClassVar[bool] = False
+    # Objects not wanted are deleted. False: only ever created (links are raised, never lowered).
+    prune: ClassVar[bool] = True
+
+    def key(self, obj: ObjT) -> KeyT:
+        raise NotImplementedError
+
+    def order(self, obj: ObjT) -> Any:
+        """Sort order within a stage (default: the key)."""
+        return self.key(obj)
+
+    def render(self, verb: Verb, obj: ObjT) -> str:
+        raise NotImplementedError
+
+    def refs(self, obj: ObjT) -> Iterable[Ref]:
+        """What must exist while this object does."""
+        return ()
+
+    def provides(self, obj: ObjT) -> Iterable[Ref]:
+        """What this object is, for others' refs."""
+        return ()
+
+    def recreate(self, old: ObjT, new: ObjT) -> bool:
+        """True when `old` cannot become `new` in place (delete, then create)."""
+        return False
+
+    def create_verb(self, owned: bool) -> Verb:
+        return "replace" if owned or not self.exclusive else "add"
+
+    def changes(
+        self, have: Mapping[KeyT, ObjT], want: Mapping[KeyT, ObjT], *, recreated: frozenset[Ref]
+    ) -> Iterator[Change]:
+        """The operations that turn `have` into `want` for this kind, each with its stage.
+        `recreated`: what other recreations take down with them (their objects are rewritten)."""
+        create = (int(self.create_stage), CHANGE)
+        for obj in sorted(want.values(), key=self.order):
+            old = have.get(self.key(obj))
+            if old is not None and old != obj and self.recreate(old, obj):
+                yield (int(self.create_stage), RECREATE), Op("delete", old)
+                yield create, Op(self.create_verb(owned=False), obj)
+            elif old != obj or any(r in recreated for r in self.refs(obj)):
+                yield create, Op(self.create_verb(owned=old is not None), obj)
+        if self.prune:
+            for obj in sorted(have.values(), key=self.order):
+                if self.key(obj) not in want:
+                    yield (int(self.delete_stage), CHANGE), Op("delete", obj)
+
+    def read(self, snapshot: Snapshot, owner: Ownership) -> Iterable[ObjT]:
+        """Our objects of this kind in the kernel, as read in `snapshot`."""
+        return ()
+
+    async def write(self, io: Transport, verb: Verb, obj: ObjT, owner: Ownership) -> None:
+        raise NotImplementedError
+
+
+def ip_command(obj_text: str, verb: Verb) -> str:
+    """`ip [-4|-6] <object> <rest>` with the verb after the object word (`del` for delete)."""
+    head, _, rest = obj_text.partition(" ")
+    words = rest.split(" ")
+    at = 2 if words[0] in ("-4", "-6") else 1
+    return " ".join([head, *words[:at], "del" if verb == "delete" else verb, *words[at:]])
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+_BY_TYPE: dict[type[Any], Kind[Any, Any]] = {}
+_BY_NAME: dict[str, Kind[Any, Any]] = {}
+
+
+def register(*kinds: Kind[Any, Any]) -> tuple[Kind[Any, Any], ...]:
+    """Make kinds known, in plan order (ties within a stage follow this order)."""
+    for kind in kinds:
+        if kind.name in _BY_NAME and _BY_NAME[kind.name] is not kind:
+            raise ValueError(f"two kinds are named {kind.name!r}")
+        _BY_TYPE[kind.type] = kind
+        _BY_NAME[kind.name] = kind
+    return tuple(_BY_NAME.values())
+
+
+def kind_of(obj: object) -> Kind[Any, Any]:
+    try:
+        return _BY_TYPE[type(obj)]
+    except KeyError:
+        raise TypeError(f"{type(obj).__name__} is not a registered kind of kernel object") from None
+
+
+def kind_named(name: str) -> Kind[Any, Any]:
+    return _BY_NAME[name]
+
+
+def registered() -> tuple[Kind[Any, Any], ...]:
+    return tuple(_BY_NAME.values())

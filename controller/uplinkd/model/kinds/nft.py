@@ -1,0 +1,103 @@
+"""The controller's nftables table `inet uplinkd`: which interfaces are uplinks, and their marks.
+
+The object is what the table is rendered from; the ruleset text itself, and parsing it
+back, live in `kernel/nft.py` next to each other (one format, one module), behind the
+transport's `nft_load`/`nft_delete` and the snapshot's `nft`.
+
+A change is loaded in two steps. An interface joins the table early, before any route
+leads out of it (a connection routed in between would be confirmed without NAT and stay
+broken); it leaves late, once nothing routes to it any more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from uplinkd.model.kinds.base import (
+    CHANGE,
+    Change,
+    Kind,
+    Op,
+    Ownership,
+    Ref,
+    Snapshot,
+    Stage,
+    Transport,
+    Verb,
+)
+
+
+@dataclass(frozen=True)
+class NftUplink:
+    ifname: str
+    mark: int
+
+
+@dataclass(frozen=True)
+class NftState:
+    """What the controller's nftables table must say: the uplinks and their marks."""
+
+    table: str
+    mask: int
+    uplinks: tuple[NftUplink, ...]  # sorted by ifname
+
+    @property
+    def digest(self) -> str:
+        """A short stable fingerprint, stored in the table's comment to detect drift cheaply."""
+        text = f"{self.table}|{self.mask}|" + ",".join(f"{u.ifname}={u.mark}" for u in self.uplinks)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class NftTables(Kind[str, NftState]):
+    name = "nft-table"
+    type = NftState
+    create_stage = Stage.NFT_JOIN
+    delete_stage = Stage.NFT_LEAVE
+
+    def key(self, obj: NftState) -> str:
+        return obj.table
+
+    def render(self, verb: Verb, obj: NftState) -> str:
+        names = ", ".join(f"{u.ifname}={u.mark:#x}" for u in obj.uplinks) or "no uplinks"
+        return f"nft -f - # {verb} table inet {obj.table} ({names})"
+
+    def changes(
+        self, have: Mapping[str, NftState], want: Mapping[str, NftState], *, recreated: frozenset[Ref]
+    ) -> Iterator[Change]:
+        for table, wanted in sorted(want.items()):
+            early, late = steps(have.get(table), wanted)
+            if early is not None:
+                yield (int(Stage.NFT_JOIN), CHANGE), Op("replace", early)
+            if late is not None:
+                yield (int(Stage.NFT_LEAVE), CHANGE), Op("replace", late)
+        for table, had in sorted(have.items()):
+            if table not in want:
+                yield (int(Stage.NFT_LEAVE), CHANGE), Op("delete", had)
+
+    def read(self, snapshot: Snapshot, owner: Ownership) -> Iterator[NftState]:
+        if snapshot.nft is not None:
+            yield snapshot.nft
+
+    async def write(self, io: Transport, verb: Verb, obj: NftState, owner: Ownership) -> None:
+        if verb == "delete":
+            await io.nft_delete(obj.table)
+        else:
+            await io.nft_load(obj)
+
+
+def steps(have: NftState | None, want: NftState) -> tuple[NftState | None, NftState | None]:
+    """(early, late) table loads: early adds the wanted uplinks to what is there, late makes
+    it exactly what is wanted. Either is None when it would change nothing."""
+    same_shape = have is not None and (have.table, have.mask) == (want.table, want.mask)
+    kept = {u.ifname: u for u in have.uplinks} if have is not None and same_shape else {}
+    kept.update({u.ifname: u for u in want.uplinks})
+    union = NftState(want.table, want.mask, tuple(sorted(kept.values(), key=lambda u: u.ifname)))
+    current = have.digest if have is not None else None
+    early = union if union.digest != current else None
+    late = want if want.digest != union.digest else None
+    return early, late
+
+
+KIND = NftTables()

@@ -1,0 +1,88 @@
+"""Facts about the world that are not the controller's: links, addresses, others' gateways,
+and the DHCP leases it holds."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from uplinkd.model.net import AF_INET, AF_INET6, IPAddress, IPInterface
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network interface as netlink (and sysfs/udev, where known) describes it."""
+
+    index: int
+    name: str
+    up: bool  # administratively (IFF_UP)
+    carrier: bool  # IFF_LOWER_UP
+    pointopoint: bool = False  # IFF_POINTOPOINT or IFF_NOARP: no gateway, `default dev X`
+    driver: str | None = None
+    usb_vendor: str | None = None
+    usb_product: str | None = None
+    usb_serial: str | None = None
+    id_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Addr:
+    ifindex: int
+    address: IPInterface
+
+    @property
+    def family(self) -> int:
+        return AF_INET if self.address.version == 4 else AF_INET6
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """A default route someone else (DHCP client, networkd, ppp) put on a link."""
+
+    ifindex: int
+    family: int
+    gateway: IPAddress | None  # None: `default dev X`
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A DHCPv4 lease the controller holds for an uplink (mode dhcp)."""
+
+    address: ipaddress.IPv4Interface
+    gateway: ipaddress.IPv4Address | None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Facts about the world that are not ours: links, addresses, others' default routes."""
+
+    links: Mapping[int, Link] = field(default_factory=dict)
+    addrs: tuple[Addr, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
+
+    def link_by_name(self, name: str) -> Link | None:
+        for link in self.links.values():
+            if link.name == name:
+                return link
+        return None
+
+    def addrs_of(self, ifindex: int, family: int) -> tuple[IPInterface, ...]:
+        return tuple(
+            a.address
+            for a in self.addrs
+            if a.ifindex == ifindex and a.family == family and _usable(a.address)
+        )
+
+    def has_addr(self, ifindex: int, address: IPInterface) -> bool:
+        """Whether the interface holds exactly this address (and prefix)."""
+        return any(a.ifindex == ifindex and a.address == address for a in self.addrs)
+
+    def gateway_of(self, ifindex: int, family: int) -> Gateway | None:
+        found = [g for g in self.gateways if g.ifindex == ifindex and g.family == family]
+        return found[0] if found else None
+
+
+def _usable(addr: IPInterface) -> bool:
+    ip = addr.ip
+    return not (ip.is_loopback or ip.is_link_local or ip.is_multicast)

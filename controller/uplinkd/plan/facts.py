@@ -1,0 +1,69 @@
+"""What planning reads and what its contributors return.
+
+`Facts` is every fact a pass plans from, as one frozen value: the kernel as observed, the
+health verdicts, the DHCP leases, the drained uplinks and which interface each uplink had
+on the last pass. The daemon builds one per pass; tests build them by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from uplinkd.config import Config
+from uplinkd.model import HealthVerdict, IPAddress, IPInterface, Lease, Observed, UplinkStatus
+
+
+def _frozen(mapping: Mapping[Any, Any] | None) -> Mapping[Any, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Facts:
+    """The facts one planning pass reads. Mappings are copied: later changes to the
+    caller's dicts do not reach a value already built."""
+
+    observed: Observed = field(default_factory=Observed)
+    # uplink → verdict; an uplink with none is taken as up ("no health checks configured")
+    health: Mapping[str, HealthVerdict] = field(default_factory=dict)
+    leases: Mapping[str, Lease] = field(default_factory=dict)
+    drained: frozenset[str] = frozenset()
+    # uplink → ifindex it had on the last pass: an uplink keeps its interface
+    previous: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("health", "leases", "previous"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+        object.__setattr__(self, "drained", frozenset(self.drained))
+
+
+@dataclass(frozen=True)
+class Way:
+    """How one uplink reaches the world in one family."""
+
+    addresses: tuple[IPInterface, ...]
+    gateway: IPAddress | None  # None: point-to-point, `default dev X`
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Each uplink's status (before any contributor decides about it), and how each ready
+    one routes, per family: what every contributor plans from."""
+
+    statuses: tuple[UplinkStatus, ...]
+    ways: Mapping[str, Mapping[int, Way]]
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One contributor's part of the desired state. Nothing in it may be claimed by another
+    contributor: the same kernel object key, uplink or reason topic twice is an error."""
+
+    objects: tuple[object, ...] = ()
+    in_service: Mapping[str, int] = field(default_factory=dict)  # uplink → weight for new connections
+    reasons: Mapping[str, str] = field(default_factory=dict)  # topic ("balance ipv4") → why
+
+
+Contributor = Callable[[Config, Facts, Survey], Contribution]

@@ -1,0 +1,42 @@
+"""The kernel layout's numbers, derived from config: rule bands, nexthop and group ids.
+
+For both address families, with P = rules.priority:
+
+    P+0   lookup main suppress_prefixlength 0    connected/LAN routes win, main's defaults don't
+    P+10  fwmark M_u/MASK lookup T_u            pinned connections and probes
+    P+20  from <addr_u> lookup T_u              the router's own traffic from an uplink address
+    P+30  lookup T_balance                      new connections: resilient weighted ECMP
+
+T_u holds `default via gw_u dev u` (or `default dev u`); T_balance holds `default nhid G`,
+G a resilient group of the in-service uplinks' nexthops, or `unreachable default` when
+none is usable, so nothing falls through to main's default routes.
+"""
+
+from __future__ import annotations
+
+from uplinkd.config import Config
+from uplinkd.model import AF_INET6, Ownership
+
+MAIN_TABLE = 254
+BAND_SUPPRESS, BAND_FWMARK, BAND_FROM, BAND_BALANCE = 0, 10, 20, 30
+
+
+def ownership(config: Config) -> Ownership:
+    """What marks a kernel object as ours, from `config.kernel`."""
+    k = config.kernel
+    return Ownership(
+        protocol=k.protocol, nexthop_base=k.nexthop_base, nft_table=k.nft_table, mark_mask=k.mark_mask
+    )
+
+
+def nexthop_id(config: Config, table: int, family: int) -> int:
+    """An uplink's nexthop id: stable as long as its table is (base + 2*table + family bit)."""
+    return config.kernel.nexthop_base + 2 * table + (family == AF_INET6)
+
+
+def group_id(config: Config, family: int) -> int:
+    return config.kernel.nexthop_base + (family == AF_INET6)
+
+
+def owns_nexthop(config: Config, nhid: int) -> bool:
+    return ownership(config).owns_nexthop(nhid)

@@ -1,0 +1,260 @@
+"""Which interface is which uplink, what state each uplink is in, and what each one needs
+in the kernel of its own: its table's default route, its nexthops, its rules, the
+addresses the controller gives it and its interface raised.
+
+Readiness follows the kernel: an uplink counts as addressed only once its address is on
+the interface (a DHCP lease's address is added by the controller, and only reported once
+the kernel shows it), so `status` never names an address the interface does not hold.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import replace
+
+from uplinkd.config import Config, Uplink
+from uplinkd.model import (
+    AF_INET,
+    AF_INET6,
+    FAMILIES,
+    Health,
+    HealthVerdict,
+    IPInterface,
+    Lease,
+    Link,
+    LinkUp,
+    Nexthop,
+    Observed,
+    Route,
+    RouteKey,
+    Rule,
+    State,
+    StaticAddr,
+    UplinkStatus,
+    any_net,
+)
+from uplinkd.plan.facts import Contribution, Facts, Survey, Way
+from uplinkd.plan.layout import BAND_FROM, BAND_FWMARK, nexthop_id
+
+# --- matching -----------------------------------------------------------------------------------
+
+
+def link_matches(uplink: Uplink, link: Link) -> bool:
+    m = uplink.match
+    if not m.matches_name(link.name):
+        return False
+    if m.driver and link.driver not in m.driver:
+        return False
+    if m.path is not None and (link.id_path is None or not fnmatch.fnmatchcase(link.id_path, m.path)):
+        return False
+    if m.usb is not None:
+        wanted = (m.usb.vendor, m.usb.product, m.usb.serial)
+        have = (link.usb_vendor, link.usb_product, link.usb_serial)
+        if any(w is not None and w != h for w, h in zip(wanted, have, strict=True)):
+            return False
+    return True
+
+
+def assign_links(
+    config: Config, observed: Observed, previous: Mapping[str, int] | None = None
+) -> dict[str, Link]:
+    """Uplink name → its link. An uplink keeps the link it had (`previous`, uplink → ifindex)
+    while that link is there and still matches, so pulling one of two sticks that match the
+    same glob never moves the other; then each remaining uplink, in config order, takes the
+    lowest-index matching link nobody has taken."""
+    taken: set[int] = set()
+    assigned: dict[str, Link] = {}
+    for name, index in (previous or {}).items():
+        link = observed.links.get(index)
+        uplink = config.uplinks.get(name)
+        if link is not None and uplink is not None and index not in taken and link_matches(uplink, link):
+            assigned[name] = link
+            taken.add(index)
+    links = sorted(observed.links.values(), key=lambda link: link.index)
+    for name, uplink in config.uplinks.items():
+        if name in assigned:
+            continue
+        for link in links:
+            if link.index not in taken and link_matches(uplink, link):
+                assigned[name] = link
+                taken.add(link.index)
+                break
+    return assigned
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+
+def ways(uplink: Uplink, link: Link, observed: Observed, lease: Lease | None) -> dict[int, Way]:
+    """Per family, the addresses and gateway the uplink can use (only families that work)."""
+    found: dict[int, Way] = {}
+    addr = uplink.address
+    if addr.mode == "static":
+        found[AF_INET] = Way((addr.cidr,), addr.gateway)
+        if addr.cidr6 is not None:
+            found[AF_INET6] = Way((addr.cidr6,), addr.gateway6)
+        return found
+    if addr.mode == "dhcp":
+        # A lease without a router is a way out only on a point-to-point link; on Ethernet
+        # `default dev X` would ARP for the whole internet. Its address counts once the
+        # kernel holds it (the controller adds it; the next pass sees it).
+        if (
+            lease is not None
+            and (lease.gateway is not None or link.pointopoint)
+            and observed.has_addr(link.index, lease.address)
+        ):
+            found[AF_INET] = Way((lease.address,), lease.gateway)
+        families: tuple[int, ...] = (AF_INET6,)  # IPv6 on a DHCPv4 uplink comes from RA
+    else:
+        families = FAMILIES
+    for family in families:
+        addrs = observed.addrs_of(link.index, family)
+        gw = observed.gateway_of(link.index, family)
+        if addrs and gw is not None:
+            found[family] = Way(addrs, gw.gateway)
+        elif addrs and link.pointopoint:
+            found[family] = Way(addrs, None)
+    return found
+
+
+_STATE_OF_HEALTH = {
+    Health.UNKNOWN: State.PROBING,
+    Health.UP: State.UP,
+    Health.DEGRADED: State.DEGRADED,
+    Health.DOWN: State.DOWN,
+}
+
+
+def _effective_weight(uplink: Uplink, verdict: HealthVerdict) -> int:
+    return max(1, min(256, round(uplink.weight * verdict.weight_factor)))
+
+
+def survey(config: Config, facts: Facts) -> Survey:
+    """Each configured uplink's state and the reason for it, plus how each ready one routes.
+    Group membership is not decided here (see `balance`): every status says not in group."""
+    links = assign_links(config, facts.observed, facts.previous)
+    statuses: list[UplinkStatus] = []
+    all_ways: dict[str, dict[int, Way]] = {}
+    for name, uplink in config.uplinks.items():
+        status = UplinkStatus(
+            name=name,
+            state=State.ABSENT,
+            reason="no interface matches",
+            table=uplink.table,
+            mark=config.mark_of(name),
+            drained=name in facts.drained,
+        )
+        link = links.get(name)
+        if link is None:
+            statuses.append(status)
+            continue
+        status = replace(
+            status,
+            state=State.PRESENT,
+            ifindex=link.index,
+            dev=link.name,
+            pointopoint=link.pointopoint,
+            reason="interface is administratively down" if not link.up else "no carrier",
+        )
+        if not link.up or not link.carrier:
+            statuses.append(status)
+            continue
+        status = replace(status, link_ready=True)
+        lease = facts.leases.get(name)
+        found = ways(uplink, link, facts.observed, lease)
+        seen = facts.observed.addrs_of(link.index, AF_INET) + facts.observed.addrs_of(link.index, AF_INET6)
+        status = replace(
+            status,
+            addresses=tuple(a for way in found.values() for a in way.addresses) or seen,
+            gateway4=found[AF_INET].gateway if AF_INET in found else None,
+            gateway6=found[AF_INET6].gateway if AF_INET6 in found else None,
+        )
+        if not found:
+            state, reason = _why_not_ready(uplink, lease, status, facts.observed)
+            statuses.append(replace(status, state=state, reason=reason))
+            continue
+        all_ways[name] = found
+        verdict = facts.health.get(name, HealthVerdict(Health.UP, "no health checks configured"))
+        statuses.append(
+            replace(
+                status,
+                state=_STATE_OF_HEALTH[verdict.health],
+                reason=verdict.reason,
+                weight=_effective_weight(uplink, verdict),
+            )
+        )
+    return Survey(tuple(statuses), all_ways)
+
+
+def _why_not_ready(
+    uplink: Uplink, lease: Lease | None, status: UplinkStatus, observed: Observed
+) -> tuple[State, str]:
+    """State and reason of an uplink with carrier but no way out."""
+    if uplink.address.mode == "dhcp" and lease is None:
+        return status.state, "waiting for a DHCP lease"
+    if (
+        lease is not None
+        and status.ifindex is not None
+        and not observed.has_addr(status.ifindex, lease.address)
+    ):
+        return status.state, f"adding the leased address {lease.address}"
+    if uplink.address.mode == "dhcp":
+        return State.ADDRESSED, "the DHCP lease names no router"
+    if not status.addresses:
+        return status.state, "no address"
+    return State.ADDRESSED, "no default gateway learned"
+
+
+# --- the contributor --------------------------------------------------------------------------------
+
+
+def owned_addresses(uplink: Uplink, lease: Lease | None) -> tuple[IPInterface, ...]:
+    addr = uplink.address
+    if addr.mode == "static":
+        return (addr.cidr,) + ((addr.cidr6,) if addr.cidr6 is not None else ())
+    if addr.mode == "dhcp" and lease is not None:
+        return (lease.address,)
+    return ()
+
+
+def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
+    """Per present uplink: its fwmark rules; per family it can route in: its table's default
+    route, its nexthop and a `from` rule per address; the addresses the controller gives it,
+    and its interface raised unless someone else configures it."""
+    prio = config.rules.priority
+    objects: list[object] = []
+    for status in survey.statuses:
+        if status.ifindex is None:
+            continue
+        uplink = config.uplinks[status.name]
+        dev = status.dev or ""
+        for family in FAMILIES:
+            objects.append(
+                Rule(
+                    family,
+                    prio + BAND_FWMARK,
+                    status.table,
+                    fwmark=status.mark,
+                    fwmask=config.kernel.mark_mask,
+                )
+            )
+            way = survey.ways.get(status.name, {}).get(family)
+            if way is None:
+                continue
+            key = RouteKey(family, status.table, str(any_net(family)))
+            objects.append(Route(key, oif=status.ifindex, gateway=way.gateway, dev=dev))
+            nhid = nexthop_id(config, status.table, family)
+            objects.append(Nexthop(nhid, family, status.ifindex, way.gateway, dev=dev))
+            objects += [
+                Rule(family, prio + BAND_FROM, status.table, src=ipaddress.ip_network(a.ip))
+                for a in way.addresses
+            ]
+        if uplink.address.mode != "external":
+            objects.append(LinkUp(status.ifindex, dev=dev))
+        objects += [
+            StaticAddr(status.ifindex, a, dev=dev)
+            for a in owned_addresses(uplink, facts.leases.get(status.name))
+        ]
+    return Contribution(objects=tuple(dict.fromkeys(objects)))
