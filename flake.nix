@@ -105,6 +105,7 @@
                 pytest
                 pytest-timeout
                 pytest-benchmark
+                hypothesis
                 mypy
               ]
             ))

@@ -11,6 +11,7 @@
   systemd-python,
   pytestCheckHook,
   pytest-timeout,
+  hypothesis,
 }:
 let
   pyproject = lib.importTOML ./pyproject.toml;
@@ -46,6 +47,7 @@ buildPythonApplication {
   nativeCheckInputs = [
     pytestCheckHook
     pytest-timeout
+    hypothesis # the fake-kernel property test
   ];
   enabledTestPaths = [ "../tests/unit" ];
 

@@ -246,6 +246,8 @@ class Kind(Generic[KeyT, ObjT]):
     foreign_keys: ClassVar[bool] = False
     # Objects not wanted are deleted. False: only ever created (links are raised, never lowered).
     prune: ClassVar[bool] = True
+    # An action, not state (a conntrack flush): never read back, never held.
+    action: ClassVar[bool] = False
 
     def key(self, obj: ObjT) -> KeyT:
         raise NotImplementedError

@@ -30,6 +30,7 @@ class ConntrackFlushes(Kind[tuple[int, int], ConntrackFlush]):
     type = ConntrackFlush
     create_stage = Stage.FLUSH
     delete_stage = Stage.FLUSH
+    action = True
 
     def key(self, obj: ConntrackFlush) -> tuple[int, int]:
         return (obj.mark, obj.mask)
