@@ -66,11 +66,11 @@ def merge(parts: Sequence[tuple[str, Contribution]]) -> tuple[KernelState, dict[
     for who, part in parts:
         for obj in part.objects:
             kind = kind_of(obj)
-            _claim(objects, (kind.name, kind.key(obj)), who, obj, what=f"{kind.name} {kind.key(obj)}")
+            _claim(objects, (kind.name, kind.key(obj)), who, obj, what=kind.name)
         for name, weight in part.in_service.items():
-            _claim(in_service, name, who, weight, what=f"uplink {name} in service")
+            _claim(in_service, name, who, weight, what="uplink in service")
         for topic, why in part.reasons.items():
-            _claim(reasons, topic, who, why, what=f"reason {topic!r}")
+            _claim(reasons, topic, who, why, what="reason")
     return (
         KernelState(obj for _, obj in objects.values()),
         {k: v for k, (_, v) in in_service.items()},
@@ -80,5 +80,6 @@ def merge(parts: Sequence[tuple[str, Contribution]]) -> tuple[KernelState, dict[
 
 def _claim(into: dict[Any, tuple[str, Any]], key: Any, who: str, value: Any, *, what: str) -> None:
     if key in into:
-        raise ConflictError(f"{what}: claimed by both the {into[key][0]} and the {who} contributor")
+        name = key[1] if isinstance(key, tuple) else key
+        raise ConflictError(f"{what} {name}: claimed by both the {into[key][0]} and the {who} contributor")
     into[key] = (who, value)

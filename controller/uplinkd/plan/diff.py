@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from uplinkd.model import KINDS, KernelState, Op
+from uplinkd.model import KINDS, KernelState, Kind, Op
 from uplinkd.model.kinds.base import Change, Ref
 
 
@@ -38,6 +38,8 @@ def recreated(actual: KernelState, wanted: KernelState) -> frozenset[Ref]:
     and made again."""
     gone: set[Ref] = set()
     for kind in KINDS:
+        if type(kind).recreate is Kind.recreate:
+            continue  # this kind changes everything in place
         have, want = actual[kind], wanted[kind]
         for key, new in want.items():
             old = have.get(key)

@@ -279,18 +279,26 @@ class Kind(Generic[KeyT, ObjT]):
     ) -> Iterator[Change]:
         """The operations that turn `have` into `want` for this kind, each with its stage.
         `recreated`: what other recreations take down with them (their objects are rewritten)."""
+        if not recreated and have == want:
+            return
         create = (int(self.create_stage), CHANGE)
-        for obj in sorted(want.values(), key=self.order):
+        changed = [obj for key, obj in want.items() if have.get(key) != obj]
+        if recreated:  # unchanged objects that refer to something recreated are written again
+            changed += [
+                obj
+                for key, obj in want.items()
+                if have.get(key) == obj and any(r in recreated for r in self.refs(obj))
+            ]
+        for obj in sorted(changed, key=self.order):
             old = have.get(self.key(obj))
             if old is not None and old != obj and self.recreate(old, obj):
                 yield (int(self.create_stage), RECREATE), Op("delete", old)
                 yield create, Op(self.create_verb(owned=False), obj)
-            elif old != obj or any(r in recreated for r in self.refs(obj)):
+            else:
                 yield create, Op(self.create_verb(owned=old is not None), obj)
         if self.prune:
-            for obj in sorted(have.values(), key=self.order):
-                if self.key(obj) not in want:
-                    yield (int(self.delete_stage), CHANGE), Op("delete", obj)
+            for obj in sorted((have[key] for key in have.keys() - want.keys()), key=self.order):
+                yield (int(self.delete_stage), CHANGE), Op("delete", obj)
 
     def read(self, snapshot: Snapshot, owner: Ownership) -> Iterable[ObjT]:
         """Our objects of this kind in the kernel, as read in `snapshot`."""
