@@ -18,9 +18,10 @@ from uplinkd.model.kinds import (
     RULES,
 )
 from uplinkd.model.kinds.addresses import StaticAddr
-from uplinkd.model.kinds.base import Kind, Op, Ownership, Snapshot, Stage, Transport, Verb, kind_of
+from uplinkd.model.kinds.base import Kind, Op, Stage, Verb, kind_of
 from uplinkd.model.kinds.conntrack import ConntrackFlush
 from uplinkd.model.kinds.groups import Member, NexthopGroup
+from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
 from uplinkd.model.kinds.links import LinkUp
 from uplinkd.model.kinds.nexthops import Nexthop
 from uplinkd.model.kinds.nft import NftState, NftUplink

@@ -11,7 +11,8 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from uplinkd.model.kinds import KINDS
-from uplinkd.model.kinds.base import Kind, Ownership, Snapshot, kind_of
+from uplinkd.model.kinds.base import Kind, kind_of
+from uplinkd.model.kinds.io import Ownership, Snapshot
 
 KeyT = TypeVar("KeyT", bound=Hashable)
 ObjT = TypeVar("ObjT", bound=Hashable)

@@ -10,27 +10,24 @@ A kind (rule, route, nexthop, …) lives in one module of this package, which ho
   be checked to never reference something that is not there;
 - how it is read: a pure function of one `Snapshot` of the kernel's dumps;
 - how it is written: a coroutine against the small `Transport` protocol, which `kernel/`
-  implements with pyroute2, nft and ctnetlink.
+  implements with pyroute2, nft and ctnetlink (both in `io`).
 
 Everything but `write` is pure, and `write` only awaits the transport it is handed, so
 this package imports nothing that touches the system (no pyroute2, asyncio, subprocess):
 the planner may import it, and so may the fake kernel the unit tests use. Adding a kind is
 one module here plus one line in `kinds/__init__.py`; a kind that needs a kernel interface
 the transport does not speak yet (generic netlink for WireGuard, say) also adds that
-method to `Transport` and `Snapshot`.
+method to `Transport` and `Snapshot` (`io`), and its implementation to `kernel/state.py`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from uplinkd.model.observed import Link
-
-if TYPE_CHECKING:
-    from uplinkd.model.kinds.nft import NftState
+from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
 
 Verb = Literal["add", "replace", "delete"]
 Ref = tuple[str, Hashable]  # a name space and a name in it: ("nhid", 100000202)
@@ -76,151 +73,6 @@ class Op:
 
     def __str__(self) -> str:
         return self.kind.render(self.verb, self.obj)
-
-
-@dataclass(frozen=True)
-class Ownership:
-    """What marks an object as the controller's (from `config.kernel`)."""
-
-    protocol: int  # rtnetlink protocol of our routes, rules, nexthops, addresses
-    nexthop_base: int  # our nexthop ids are [base, base + 2**25)
-    nft_table: str
-    mark_mask: int
-
-    NEXTHOP_SPAN: ClassVar[int] = 1 << 25
-
-    def owns_nexthop(self, nhid: int) -> bool:
-        return self.nexthop_base <= nhid < self.nexthop_base + self.NEXTHOP_SPAN
-
-
-# --- what the kernel says, as the kinds read it ------------------------------------------------
-
-
-class Message(Protocol):
-    """A decoded netlink message (pyroute2's nlmsg): header fields by name, attributes by
-    their NLA name."""
-
-    def get(self, key: str, default: Any = None) -> Any: ...
-
-    def __getitem__(self, key: str) -> Any: ...
-
-
-class RouteRecord(Protocol):
-    """A route as the kernel's typed decoder reports it (`kernel.rtnl.RouteInfo`)."""
-
-    @property
-    def family(self) -> int: ...
-    @property
-    def table(self) -> int: ...
-    @property
-    def dst(self) -> str | None: ...
-    @property
-    def dst_len(self) -> int: ...
-    @property
-    def protocol(self) -> int: ...
-    @property
-    def type(self) -> int: ...
-    @property
-    def priority(self) -> int | None: ...
-    @property
-    def oif(self) -> int | None: ...
-    @property
-    def gateway(self) -> str | None: ...
-    @property
-    def nhid(self) -> int | None: ...
-
-
-class MemberRecord(Protocol):
-    @property
-    def id(self) -> int: ...
-    @property
-    def weight(self) -> int: ...
-
-
-class ResilientRecord(Protocol):
-    @property
-    def buckets(self) -> int: ...
-    @property
-    def idle_timer(self) -> float: ...
-    @property
-    def unbalanced_timer(self) -> float: ...
-
-
-class NexthopRecord(Protocol):
-    """A nexthop object as the kernel's typed decoder reports it (`kernel.rtnl.NexthopInfo`)."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def family(self) -> int: ...
-    @property
-    def protocol(self) -> int: ...
-    @property
-    def oif(self) -> int | None: ...
-    @property
-    def gateway(self) -> str | None: ...
-    @property
-    def group(self) -> Sequence[MemberRecord]: ...
-    @property
-    def resilient(self) -> ResilientRecord | None: ...
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """One reading of the kernel: every dump a kind reads from, taken once per pass."""
-
-    links: Mapping[int, Link]
-    addrs: Sequence[Message] = ()
-    routes: Sequence[RouteRecord] = ()  # both families
-    rules: Sequence[Message] = ()  # both families
-    nexthops: Sequence[NexthopRecord] = ()
-    # Our nft table as kernel/nft.py parsed it (the text format lives next to its renderer);
-    # None: absent, or edited by hand since we loaded it.
-    nft: NftState | None = None
-
-
-class Transport(Protocol):
-    """The kernel requests the kinds write with; `kernel/` implements it. Protocol numbers
-    are the caller's to pass; errors are raised as the transport's own exceptions (the
-    applier translates errno)."""
-
-    async def rule(self, command: Literal["add", "del"], **fields: Any) -> None: ...
-    async def addr(self, command: Literal["add", "del"], **fields: Any) -> None: ...
-    async def link_up(self, *, index: int) -> None: ...
-    async def replace_route(
-        self,
-        *,
-        family: int,
-        table: int,
-        dst: str | None,
-        dst_len: int,
-        protocol: int,
-        unreachable: bool,
-        nhid: int | None,
-        oif: int | None,
-        gateway: str | None,
-        exclusive: bool,
-    ) -> None: ...
-    async def delete_route(
-        self, *, family: int, table: int, dst: str | None, dst_len: int, protocol: int
-    ) -> None: ...
-    async def replace_nexthop(
-        self, *, id: int, family: int, oif: int, gateway: str | None, protocol: int
-    ) -> None: ...
-    async def replace_group(
-        self,
-        *,
-        id: int,
-        members: Sequence[tuple[int, int]],
-        buckets: int,
-        idle_timer: float,
-        unbalanced_timer: float,
-        protocol: int,
-    ) -> None: ...
-    async def delete_nexthop(self, *, id: int) -> None: ...
-    async def nft_load(self, state: NftState) -> None: ...
-    async def nft_delete(self, table: str) -> None: ...
-    async def conntrack_flush(self, *, mark: int, mask: int) -> None: ...
 
 
 # --- the kind itself ---------------------------------------------------------------------------

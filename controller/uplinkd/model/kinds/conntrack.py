@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from uplinkd.model.kinds.base import Kind, Ownership, Stage, Transport, Verb
+from uplinkd.model.kinds.base import Kind, Stage, Verb
+from uplinkd.model.kinds.io import Ownership, Transport
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from uplinkd.model.kinds.base import Kind, Ownership, Ref, Snapshot, Stage, Transport, Verb, ip_command
+from uplinkd.model.kinds.base import Kind, Ref, Stage, Verb, ip_command
+from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
 
 
 @dataclass(frozen=True, order=True)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from uplinkd.model.kinds.base import Kind, Ownership, Snapshot, Stage, Transport, Verb
+from uplinkd.model.kinds.base import Kind, Stage, Verb
+from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
 
 
 @dataclass(frozen=True)

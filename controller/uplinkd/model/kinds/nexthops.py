@@ -11,7 +11,8 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from uplinkd.model.kinds.base import Kind, Ownership, Ref, Snapshot, Stage, Transport, Verb, ip_command
+from uplinkd.model.kinds.base import Kind, Ref, Stage, Verb, ip_command
+from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
 from uplinkd.model.net import IPAddress, fam
 
 

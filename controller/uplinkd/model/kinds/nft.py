@@ -15,18 +15,8 @@ import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from uplinkd.model.kinds.base import (
-    CHANGE,
-    Change,
-    Kind,
-    Op,
-    Ownership,
-    Ref,
-    Snapshot,
-    Stage,
-    Transport,
-    Verb,
-)
+from uplinkd.model.kinds.base import CHANGE, Change, Kind, Op, Ref, Stage, Verb
+from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from uplinkd.model.kinds.base import (
-    Kind,
-    Ownership,
-    Ref,
-    RouteRecord,
-    Snapshot,
-    Stage,
-    Transport,
-    Verb,
-    ip_command,
-)
+from uplinkd.model.kinds.base import Kind, Ref, Stage, Verb, ip_command
+from uplinkd.model.kinds.io import Ownership, RouteRecord, Snapshot, Transport
 from uplinkd.model.net import AF_INET, IPAddress, IPNetwork, fam, table_name
 
 RTN_UNICAST = 1

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from uplinkd.model.kinds.base import Kind, Ownership, Snapshot, Stage, Transport, Verb, ip_command
+from uplinkd.model.kinds.base import Kind, Stage, Verb, ip_command
+from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
 from uplinkd.model.net import FAMILIES, IPNetwork, fam, table_name
 
 FRA_NO_SUPPRESS = 0xFFFFFFFF
