@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from uplinkd.config import Ownership
 from uplinkd.model import (
     AF_INET,
     AF_INET6,
@@ -20,7 +21,6 @@ from uplinkd.model import (
     Nexthop,
     NexthopGroup,
     NftState,
-    Ownership,
     Route,
     RouteKey,
     Rule,

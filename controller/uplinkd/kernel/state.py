@@ -30,6 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from uplinkd.config import Config
 from uplinkd.kernel import conntrack, nft, rtnl
 from uplinkd.kernel import explain as explain_mod
+from uplinkd.linux import IFF_LOWER_UP, IFF_NOARP, IFF_POINTOPOINT, IFF_UP, RTN_UNICAST, RTN_UNREACHABLE
 from uplinkd.model import (
     AF_INET,
     AF_INET6,
@@ -45,15 +46,10 @@ from uplinkd.model import (
     Snapshot,
 )
 from uplinkd.model.kinds.addresses import address_of
-from uplinkd.model.kinds.routes import RTN_UNICAST, RTN_UNREACHABLE
-from uplinkd.plan import Plan, ownership, teardown
+from uplinkd.plan import Plan, teardown
 
 log = logging.getLogger("uplinkd.kernel")
 
-IFF_UP = 0x1
-IFF_POINTOPOINT = 0x10
-IFF_NOARP = 0x80
-IFF_LOWER_UP = 0x10000
 SYSFS_NET = Path("/sys/class/net")
 
 # errors that a later pass may not see again (a link that came back, a race with a DHCP client)
@@ -250,7 +246,7 @@ class Kernel:
 
     async def read(self) -> tuple[Observed, KernelState]:
         snapshot = await self.snapshot()
-        owner = ownership(self.config)
+        owner = self.config.kernel
         return observed_of(snapshot, protocol=owner.protocol), KernelState.read(snapshot, owner)
 
     async def snapshot(self) -> Snapshot:
@@ -324,7 +320,7 @@ class Kernel:
         (they are independent enough, and the next pass retries whatever is still missing)."""
         done: list[Op] = []
         failed: list[OpFailure] = []
-        owner = ownership(self.config)
+        owner = self.config.kernel
         for op in plan.ops:
             log.info("%s", op)
             kind = op.kind

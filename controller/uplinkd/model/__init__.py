@@ -21,7 +21,7 @@ from uplinkd.model.kinds.addresses import StaticAddr
 from uplinkd.model.kinds.base import Kind, Op, Stage, Verb, kind_of
 from uplinkd.model.kinds.conntrack import ConntrackFlush
 from uplinkd.model.kinds.groups import Member, NexthopGroup
-from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
+from uplinkd.model.kinds.io import Snapshot, Transport
 from uplinkd.model.kinds.links import LinkUp
 from uplinkd.model.kinds.nexthops import Nexthop
 from uplinkd.model.kinds.nft import NftState, NftUplink
@@ -36,7 +36,6 @@ from uplinkd.model.net import (
     IPNetwork,
     any_net,
     fam,
-    table_name,
 )
 from uplinkd.model.observed import Addr, Gateway, Lease, Link, Observed
 from uplinkd.model.state import KernelState
@@ -75,7 +74,6 @@ __all__ = [
     "NftUplink",
     "Observed",
     "Op",
-    "Ownership",
     "Route",
     "RouteKey",
     "RouteType",
@@ -90,5 +88,4 @@ __all__ = [
     "any_net",
     "fam",
     "kind_of",
-    "table_name",
 ]

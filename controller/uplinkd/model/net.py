@@ -21,7 +21,3 @@ def fam(family: int) -> str:
 
 def any_net(family: int) -> IPNetwork:
     return ipaddress.ip_network("0.0.0.0/0" if family == AF_INET else "::/0")
-
-
-def table_name(table: int) -> str:
-    return {254: "main", 255: "local", 253: "default"}.get(table, str(table))

@@ -10,9 +10,10 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from uplinkd.config import Ownership
 from uplinkd.model.kinds import KINDS
 from uplinkd.model.kinds.base import Kind, kind_of
-from uplinkd.model.kinds.io import Ownership, Snapshot
+from uplinkd.model.kinds.io import Snapshot
 
 KeyT = TypeVar("KeyT", bound=Hashable)
 ObjT = TypeVar("ObjT", bound=Hashable)

@@ -21,7 +21,6 @@ from uplinkd.plan.layout import (
     MAIN_TABLE,
     group_id,
     nexthop_id,
-    ownership,
     owns_nexthop,
 )
 from uplinkd.plan.uplinks import assign_links, link_matches, survey
@@ -54,7 +53,6 @@ __all__ = [
     "link_matches",
     "merge",
     "nexthop_id",
-    "ownership",
     "owns_nexthop",
     "step",
     "survey",

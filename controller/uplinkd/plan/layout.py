@@ -15,18 +15,11 @@ none is usable, so nothing falls through to main's default routes.
 from __future__ import annotations
 
 from uplinkd.config import Config
-from uplinkd.model import AF_INET6, Ownership
+from uplinkd.model import AF_INET6
+from uplinkd.model.kinds.io import owns_nexthop as _owns
 
 MAIN_TABLE = 254
 BAND_SUPPRESS, BAND_FWMARK, BAND_FROM, BAND_BALANCE = 0, 10, 20, 30
-
-
-def ownership(config: Config) -> Ownership:
-    """What marks a kernel object as ours, from `config.kernel`."""
-    k = config.kernel
-    return Ownership(
-        protocol=k.protocol, nexthop_base=k.nexthop_base, nft_table=k.nft_table, mark_mask=k.mark_mask
-    )
 
 
 def nexthop_id(config: Config, table: int, family: int) -> int:
@@ -39,4 +32,4 @@ def group_id(config: Config, family: int) -> int:
 
 
 def owns_nexthop(config: Config, nhid: int) -> bool:
-    return ownership(config).owns_nexthop(nhid)
+    return _owns(config.kernel, nhid)

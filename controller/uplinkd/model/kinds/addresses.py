@@ -10,8 +10,9 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from uplinkd.config import Ownership
 from uplinkd.model.kinds.base import Kind, Stage, Verb, ip_command
-from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
+from uplinkd.model.kinds.io import Snapshot, Transport
 from uplinkd.model.net import AF_INET, IPInterface
 
 

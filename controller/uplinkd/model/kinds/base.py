@@ -27,7 +27,8 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
+from uplinkd.config import Ownership
+from uplinkd.model.kinds.io import Snapshot, Transport
 
 Verb = Literal["add", "replace", "delete"]
 Ref = tuple[str, Hashable]  # a name space and a name in it: ("nhid", 100000202)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from uplinkd.config import Ownership
 from uplinkd.model.kinds.base import Kind, Stage, Verb
-from uplinkd.model.kinds.io import Ownership, Transport
+from uplinkd.model.kinds.io import Transport
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from uplinkd.config import Ownership
 from uplinkd.model.kinds.base import Kind, Ref, Stage, Verb, ip_command
-from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
+from uplinkd.model.kinds.io import Snapshot, Transport, owns_nexthop
 
 
 @dataclass(frozen=True, order=True)
@@ -65,7 +66,7 @@ class Groups(Kind[int, NexthopGroup]):
 
     def read(self, snapshot: Snapshot, owner: Ownership) -> Iterator[NexthopGroup]:
         for nh in snapshot.nexthops:
-            if nh.protocol != owner.protocol or not owner.owns_nexthop(nh.id) or not nh.group:
+            if nh.protocol != owner.protocol or not owns_nexthop(owner, nh.id) or not nh.group:
                 continue
             res = nh.resilient
             yield NexthopGroup(

@@ -1,5 +1,6 @@
 """What the kinds need from the kernel, and nothing more: one `Snapshot` of its dumps to
-read from, a `Transport` to write through, and the `Ownership` that marks what is ours.
+read from and a `Transport` to write through. What marks an object as ours is the config's
+`kernel` section (`config.Ownership`: protocol, nexthop id range, mark mask, nft table).
 
 Protocols only, so this package stays pure: `kernel/state.py` takes the snapshot and
 implements the transport with pyroute2 (and `kernel.rtnl` where pyroute2 falls short),
@@ -11,27 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from uplinkd.config import Ownership
 from uplinkd.model.observed import Link
 
 if TYPE_CHECKING:
     from uplinkd.model.kinds.nft import NftState
 
 
-@dataclass(frozen=True)
-class Ownership:
-    """What marks an object as the controller's (from `config.kernel`)."""
+NEXTHOP_SPAN = 1 << 25  # our nexthop ids are [kernel.nexthop_base, base + 2**25)
 
-    protocol: int  # rtnetlink protocol of our routes, rules, nexthops, addresses
-    nexthop_base: int  # our nexthop ids are [base, base + 2**25)
-    nft_table: str
-    mark_mask: int
 
-    NEXTHOP_SPAN: ClassVar[int] = 1 << 25
-
-    def owns_nexthop(self, nhid: int) -> bool:
-        return self.nexthop_base <= nhid < self.nexthop_base + self.NEXTHOP_SPAN
+def owns_nexthop(owner: Ownership, nhid: int) -> bool:
+    """Whether a nexthop id is in the range the `kernel` section reserves for us."""
+    return owner.nexthop_base <= nhid < owner.nexthop_base + NEXTHOP_SPAN
 
 
 # --- what the kernel says, as the kinds read it ------------------------------------------------

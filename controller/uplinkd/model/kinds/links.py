@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from uplinkd.config import Ownership
 from uplinkd.model.kinds.base import Kind, Stage, Verb
-from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
+from uplinkd.model.kinds.io import Snapshot, Transport
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Nexthop objects (`ip nexthop`): one per ready uplink and family, its gateway (or only
 its device, for point-to-point links). The balance group is made of these.
 
-Ids come from our reserved range (`Ownership.owns_nexthop`); nexthops and groups share
+Ids come from our reserved range (`io.owns_nexthop`); nexthops and groups share
 the kernel's id space, which `provides`/`refs` name "nhid".
 """
 
@@ -11,8 +11,9 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from uplinkd.config import Ownership
 from uplinkd.model.kinds.base import Kind, Ref, Stage, Verb, ip_command
-from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
+from uplinkd.model.kinds.io import Snapshot, Transport, owns_nexthop
 from uplinkd.model.net import IPAddress, fam
 
 
@@ -52,7 +53,7 @@ class Nexthops(Kind[int, Nexthop]):
 
     def read(self, snapshot: Snapshot, owner: Ownership) -> Iterator[Nexthop]:
         for nh in snapshot.nexthops:
-            if nh.protocol != owner.protocol or not owner.owns_nexthop(nh.id):
+            if nh.protocol != owner.protocol or not owns_nexthop(owner, nh.id):
                 continue
             if not nh.group and nh.oif is not None:
                 link = snapshot.links.get(nh.oif)

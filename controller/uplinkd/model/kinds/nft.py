@@ -15,8 +15,9 @@ import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from uplinkd.config import Ownership
 from uplinkd.model.kinds.base import CHANGE, Change, Kind, Op, Ref, Stage, Verb
-from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
+from uplinkd.model.kinds.io import Snapshot, Transport
 
 
 @dataclass(frozen=True)

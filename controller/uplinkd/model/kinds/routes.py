@@ -13,12 +13,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from uplinkd.config import Ownership
+from uplinkd.linux import RTN_UNICAST, RTN_UNREACHABLE, table_name
 from uplinkd.model.kinds.base import Kind, Ref, Stage, Verb, ip_command
-from uplinkd.model.kinds.io import Ownership, RouteRecord, Snapshot, Transport
-from uplinkd.model.net import AF_INET, IPAddress, IPNetwork, fam, table_name
-
-RTN_UNICAST = 1
-RTN_UNREACHABLE = 7
+from uplinkd.model.kinds.io import RouteRecord, Snapshot, Transport
+from uplinkd.model.net import AF_INET, IPAddress, IPNetwork, fam
 
 
 @dataclass(frozen=True, order=True)

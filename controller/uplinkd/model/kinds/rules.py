@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from uplinkd.config import Ownership
+from uplinkd.linux import FRA_NO_SUPPRESS, fwmark_text, table_name
 from uplinkd.model.kinds.base import Kind, Stage, Verb, ip_command
-from uplinkd.model.kinds.io import Ownership, Snapshot, Transport
-from uplinkd.model.net import FAMILIES, IPNetwork, fam, table_name
-
-FRA_NO_SUPPRESS = 0xFFFFFFFF
+from uplinkd.model.kinds.io import Snapshot, Transport
+from uplinkd.model.net import FAMILIES, IPNetwork, fam
 
 
 @dataclass(frozen=True, order=True)
@@ -40,7 +40,7 @@ class Rule:
         if self.src is not None:
             parts.append(f"from {self.src}")
         if self.fwmark is not None:
-            parts.append(f"fwmark {self.fwmark:#x}/{self.fwmask or 0xFFFFFFFF:#x}")
+            parts.append(f"fwmark {fwmark_text(self.fwmark, self.fwmask or None)}")
         parts.append(f"lookup {table_name(self.table)}")
         if self.suppress_prefixlength is not None:
             parts.append(f"suppress_prefixlength {self.suppress_prefixlength}")
