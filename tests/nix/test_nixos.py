@@ -183,7 +183,7 @@ def test_package_source_leaves_out_the_readme() -> None:
             lib = lib // {{ fileset = recording; }};
             buildPythonApplication = lib.id;
             setuptools = null; pydantic = null; pyroute2 = null; pyudev = null; systemd-python = null;
-            pytestCheckHook = null; pytest-timeout = null;
+            pytestCheckHook = null; pytest-timeout = null; hypothesis = null;
           }};
         in package.src"""
     )

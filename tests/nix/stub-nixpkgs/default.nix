@@ -69,6 +69,7 @@ let
         pytest = pythonPackage "pytest" "0";
         pytestCheckHook = pythonPackage "pytest-check-hook" "0";
         pytest-timeout = pythonPackage "pytest-timeout" "0";
+        hypothesis = pythonPackage "hypothesis" "0";
         pytest-benchmark = pythonPackage "pytest-benchmark" "0";
         mypy = pythonPackage "mypy" "0";
       };
