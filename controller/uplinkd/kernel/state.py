@@ -199,6 +199,7 @@ class Kernel:
     # daemon sets `nft_stale`), a periodic resync, or our own load.
     nft_stale: bool = True
     _nft_cache: NftState | None = None
+    transport: Netlink = field(init=False, repr=False)  # what the kinds write through
 
     def __post_init__(self) -> None:
         self.transport = Netlink(self)
