@@ -117,7 +117,7 @@ async def measure(n: int, reps: int) -> dict[str, Any]:
     from uplinkd.config import parse  # noqa: PLC0415 - the parent process does not need uplinkd
     from uplinkd.kernel.state import Kernel  # noqa: PLC0415
     from uplinkd.model import KernelState  # noqa: PLC0415
-    from uplinkd.plan import desired, diff  # noqa: PLC0415
+    from uplinkd.plan import Facts, desired, diff  # noqa: PLC0415
 
     cfg = parse(config(n))
     kernel = Kernel(cfg)
@@ -139,7 +139,7 @@ async def measure(n: int, reps: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             observed, actual = await kernel.read()
             t1 = time.perf_counter()
-            plan = diff(actual, desired(cfg, observed).kernel)
+            plan = diff(actual, desired(cfg, Facts(observed)).kernel)
             t2 = time.perf_counter()
             result = await kernel.apply(plan)
             t3 = time.perf_counter()
@@ -153,14 +153,14 @@ async def measure(n: int, reps: int) -> dict[str, Any]:
             # converged: a pass plans nothing
             t0 = time.perf_counter()
             observed, actual = await kernel.read()
-            again = diff(actual, desired(cfg, observed).kernel)
+            again = diff(actual, desired(cfg, Facts(observed)).kernel)
             t1 = time.perf_counter()
             ops["noop"].add(len(again))
             times["noop_pass"].append(ms(t0, t1))
             # one change: drain u1
             t0 = time.perf_counter()
             observed, actual = await kernel.read()
-            change = diff(actual, desired(cfg, observed, drained=frozenset({"u1"})).kernel)
+            change = diff(actual, desired(cfg, Facts(observed, drained=frozenset({"u1"}))).kernel)
             t1 = time.perf_counter()
             result = await kernel.apply(change)
             t2 = time.perf_counter()

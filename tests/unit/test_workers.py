@@ -21,11 +21,11 @@ from uplinkd.probes import ProbeSpec, ProbeWorkers
 from uplinkd.runtime import Runtime
 from uplinkd.workers import Supervisor, WorkerKind
 
-NO_INTENT = Intent(kernel=KernelState(), uplinks=(), balance_reason={})
+NO_INTENT = Intent(kernel=KernelState(), uplinks=(), reasons={})
 
 
 def intent(*uplinks: UplinkStatus) -> Intent:
-    return Intent(kernel=KernelState(), uplinks=uplinks, balance_reason={})
+    return Intent(kernel=KernelState(), uplinks=uplinks, reasons={})
 
 
 class Waiter:
