@@ -138,6 +138,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         )
     print(_table(rows))
+    for u in status["uplinks"]:
+        if u.get("also_matches"):
+            print(
+                f"ambiguous: {u['name']} uses {u['dev']}, but {', '.join(u['also_matches'])} match it too;"
+                " make its match more specific (USB serial, match.path or an exact name)"
+            )
     for f in status["failures"]:
         print(f"failing: {f['op']}: {f['error']}")
     return EXIT_OK

@@ -80,5 +80,14 @@ class Runtime:
                 log.log(
                     level, "uplink %s: %s → %s (%s)", s.name, old.state if old else "-", s.state, s.reason
                 )
+            if s.also_matches and (old is None or old.also_matches != s.also_matches):
+                log.warning(
+                    "uplink %s: %s also match%s its match criteria; using %s (the lowest interface index)."
+                    " Make the match more specific (a USB serial, match.path or an exact name)",
+                    s.name,
+                    ", ".join(s.also_matches),
+                    "es" if len(s.also_matches) == 1 else "",
+                    s.dev,
+                )
         self.intent = intent
         return changes

@@ -77,6 +77,7 @@ def uplink_json(s: UplinkStatus, age: float) -> dict[str, Any]:
         "weight": s.weight,
         "in_group": s.in_group,
         "drained": s.drained,
+        "also_matches": list(s.also_matches),
     }
 
 

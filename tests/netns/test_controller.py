@@ -499,3 +499,19 @@ def test_an_edited_nft_table_is_healed_and_still_flushed(lab: Lab, controller: L
     lab.run("router", ["nft", "add", "rule", "inet", "uplinkd", "forward", "counter"])
     controller.ctl("flush", "--config", str(controller.config_path))
     assert ("inet", "uplinkd") not in nft_tables(r)
+
+
+def test_a_match_that_fits_two_interfaces_is_reported(lab: Lab, tmp_path: Path) -> None:
+    """`lte*` fits lte1 and lte2 and only one uplink uses it: the uplink takes the lower
+    index, and status (JSON and text) and the log name the one it left out."""
+    config = three_uplinks()
+    config["uplinks"].pop("lte2")
+    config["uplinks"]["lte1"]["match"] = {"name": "lte*"}
+    with LabDaemon(lab.router, config, workdir=tmp_path) as c:
+        lte = wait_until(lambda: c.uplink("lte1") if c.uplink("lte1")["state"] == "up" else None,
+                         what="lte1 up")  # fmt: skip
+        left = {"lte1", "lte2"} - {lte["dev"]}
+        assert lte["also_matches"] == sorted(left)
+        assert f"ambiguous: lte1 uses {lte['dev']}, but {left.pop()} match it too" in c.ctl("status").stdout
+        assert "also matches its match criteria" in c.log()
+        assert c.uplink("wan")["also_matches"] == []

@@ -423,6 +423,18 @@ def test_lowest_ifindex_wins_and_the_next_uplink_takes_the_next_link() -> None:
     ]
 
 
+def test_a_glob_matching_two_interfaces_says_which_it_left_out() -> None:
+    c = config({"a": uplink("wwan*", 101)})
+    intent = desired(c, observed(link(6, "wwan1"), link(4, "wwan2")))
+    assert (status(intent, "a").dev, status(intent, "a").also_matches) == ("wwan2", ("wwan1",))
+
+
+def test_links_taken_by_other_uplinks_make_no_match_ambiguous() -> None:
+    c = config({"a": uplink("wwan*", 101), "b": uplink("wwan1", 102)})
+    intent = desired(c, observed(link(6, "wwan1"), link(4, "wwan2")))
+    assert [(s.name, s.dev, s.also_matches) for s in intent.uplinks] == [("a", "wwan2", ()), ("b", "wwan1", ())]
+
+
 def test_link_matching_nothing_is_ignored() -> None:
     c = config(EXT)
     base = observed(link(2, "eth1"), addrs=[addr(2, "192.0.2.2/24")], gws=[gw(2, "192.0.2.1")])

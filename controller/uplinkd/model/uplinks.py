@@ -55,6 +55,8 @@ class UplinkStatus:
     weight: int = 0  # effective weight in the balance group (0: not a member)
     in_group: bool = False
     drained: bool = False
+    # other interfaces that match this uplink and no other uplink took: the match is ambiguous
+    also_matches: tuple[str, ...] = ()
 
     @property
     def ready(self) -> bool:

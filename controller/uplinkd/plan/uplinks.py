@@ -84,6 +84,25 @@ def assign_links(
     return assigned
 
 
+def unclaimed_matches(
+    config: Config, observed: Observed, assigned: Mapping[str, Link]
+) -> dict[str, tuple[str, ...]]:
+    """Uplink name → the names of interfaces that match it but that no uplink took. A match
+    with such leftovers is ambiguous: the uplink got the lowest-index one, which may not be
+    the one the admin meant, so status and the log say so."""
+    taken = {link.index for link in assigned.values()}
+    spare = sorted(
+        (link for link in observed.links.values() if link.index not in taken), key=lambda link: link.index
+    )
+    found: dict[str, tuple[str, ...]] = {}
+    for name, uplink in config.uplinks.items():
+        if name in assigned:
+            names = tuple(link.name for link in spare if link_matches(uplink, link))
+            if names:
+                found[name] = names
+    return found
+
+
 # --- status ---------------------------------------------------------------------------------------
 
 
@@ -135,6 +154,7 @@ def survey(config: Config, facts: Facts) -> Survey:
     """Each configured uplink's state and the reason for it, plus how each ready one routes.
     Group membership is not decided here (see `balance`): every status says not in group."""
     links = assign_links(config, facts.observed, facts.previous)
+    ambiguous = unclaimed_matches(config, facts.observed, links)
     statuses: list[UplinkStatus] = []
     all_ways: dict[str, dict[int, Way]] = {}
     for name, uplink in config.uplinks.items():
@@ -157,6 +177,7 @@ def survey(config: Config, facts: Facts) -> Survey:
             dev=link.name,
             pointopoint=link.pointopoint,
             reason="interface is administratively down" if not link.up else "no carrier",
+            also_matches=ambiguous.get(name, ()),
         )
         if not link.up or not link.carrier:
             statuses.append(status)
