@@ -432,7 +432,8 @@ def test_a_glob_matching_two_interfaces_says_which_it_left_out() -> None:
 def test_links_taken_by_other_uplinks_make_no_match_ambiguous() -> None:
     c = config({"a": uplink("wwan*", 101), "b": uplink("wwan1", 102)})
     intent = desired(c, observed(link(6, "wwan1"), link(4, "wwan2")))
-    assert [(s.name, s.dev, s.also_matches) for s in intent.uplinks] == [("a", "wwan2", ()), ("b", "wwan1", ())]
+    got = [(s.name, s.dev, s.also_matches) for s in intent.uplinks]
+    assert got == [("a", "wwan2", ()), ("b", "wwan1", ())]
 
 
 def test_link_matching_nothing_is_ignored() -> None:
