@@ -1,0 +1,187 @@
+"""Configuring WireGuard devices: one interface, two backends.
+
+- `KernelWg`: kernel WireGuard over its generic netlink API (`uplinkd.kernel.wggenl`); the
+  interface is created with rtnetlink (`ip link add … type wireguard`).
+- `UserspaceWg`: wireguard-go over WireGuard's userspace API (`uplinkd.kernel.wguapi`); the
+  interface exists while the `wireguard-go` process runs (`start_wireguard_go`), a worker the
+  daemon's supervisor owns.
+
+Both read a device into a `WgReading` and write a `WgUpdate`, so `apply` is the same code for
+both: read, compute the smallest update, write it only when it is not empty. A restart with the
+same configuration therefore writes nothing and cannot disturb a session.
+
+Key files: a private or preshared key is read from a file holding the base64 key (what `wg
+genkey` writes), refused when the group or others may read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final, Protocol
+
+from uplinkd.kernel import wguapi
+from uplinkd.tunnel.wireguard import (
+    PresharedKey,
+    PrivateKey,
+    WgDevice,
+    WgReading,
+    WgUpdate,
+    decode_key,
+    wg_update,
+)
+
+log = logging.getLogger("uplinkd.kernel")
+
+WIREGUARD_GO: Final = "wireguard-go"
+
+
+class KeyFileError(ValueError):
+    """A key file that cannot be used; the message names the file and the fix."""
+
+
+def read_key_file(path: Path, *, what: str = "private key") -> bytes:
+    """The 32-byte key in `path`, which must not be readable by group or others."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise KeyFileError(f"{what} file {path}: {e.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"{what} file {path}: not a regular file")
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(
+                f"{what} file {path}: mode {stat.S_IMODE(info.st_mode):04o} lets group or others read it; "
+                f"`chmod 600 {path}` (or pass it as a systemd credential)"
+            )
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    try:
+        return decode_key(data.decode("ascii"), what=f"{what} file {path}")
+    except (UnicodeDecodeError, ValueError) as e:
+        message = (
+            str(e)
+            if isinstance(e, ValueError) and str(e).startswith(what)
+            else f"{what} file {path}: not a key"
+        )
+        raise KeyFileError(message) from None
+
+
+def private_key_file(path: Path) -> PrivateKey:
+    return PrivateKey(read_key_file(path, what="private key"))
+
+
+def preshared_key_file(path: Path) -> PresharedKey:
+    return PresharedKey(read_key_file(path, what="preshared key"))
+
+
+class WgBackend(Protocol):
+    """How a WireGuard device is read and written; both backends raise `WgError`."""
+
+    async def read(self, ifname: str) -> WgReading | None:
+        """The device, or None when there is no such WireGuard device."""
+        ...
+
+    async def write(self, update: WgUpdate) -> None: ...
+
+
+class WgError(Exception):
+    """A backend failed; `errno` is the kernel's or wireguard-go's answer (0 if none)."""
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class UserspaceWg:
+    """wireguard-go, through its socket in `socket_dir`."""
+
+    def __init__(self, *, socket_dir: Path = wguapi.SOCKET_DIR, timeout: float = 2.0) -> None:
+        self.socket_dir = socket_dir
+        self.timeout = timeout
+
+    async def read(self, ifname: str) -> WgReading | None:
+        if not wguapi.socket_path(ifname, socket_dir=self.socket_dir).exists():
+            return None
+        try:
+            return await wguapi.get(ifname, socket_dir=self.socket_dir, timeout=self.timeout)
+        except wguapi.WgUapiError as e:
+            raise WgError(f"{ifname}: {e}", e.errno) from None
+
+    async def write(self, update: WgUpdate) -> None:
+        try:
+            await wguapi.set_(update, socket_dir=self.socket_dir, timeout=self.timeout)
+        except wguapi.WgUapiError as e:
+            raise WgError(f"{update}: {e}", e.errno) from None
+
+
+async def apply(backend: WgBackend, desired: WgDevice) -> WgUpdate:
+    """Make the device `desired`, writing only what differs; returns what was written (empty:
+    nothing was). Every write is logged once in `wg set` syntax, secret keys as fingerprints."""
+    reading = await backend.read(desired.ifname)
+    if reading is None:
+        raise WgError(f"{desired.ifname}: no such WireGuard device")
+    update = wg_update(reading.device, desired)
+    if not update.empty:
+        log.info("%s", update)
+        await backend.write(update)
+    return update
+
+
+async def start_wireguard_go(
+    ifname: str,
+    *,
+    program: str = WIREGUARD_GO,
+    wrapper: Sequence[str] = (),
+    socket_dir: Path = wguapi.SOCKET_DIR,
+    timeout: float = 5.0,
+) -> asyncio.subprocess.Process:
+    """Start `wireguard-go -f ifname` (foreground: the process is the device; it ends when
+    the interface is deleted or it is sent SIGTERM, which removes the interface and its socket)
+    and wait until its socket answers. The caller owns the process: a supervisor worker waits
+    on it and restarts it. `wrapper` is prepended to the command line and must exec it (tests
+    pass `ip netns exec NS`). Raises WgError if it exits or stays silent for `timeout` s."""
+    if len(ifname) > 15 or not ifname or "/" in ifname:
+        raise WgError(f"interface name {ifname!r}: 1-15 characters, no '/'")
+    proc = await asyncio.create_subprocess_exec(
+        *wrapper, program, "-f", ifname,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "LOG_LEVEL": "error"},
+    )  # fmt: skip
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    path = wguapi.socket_path(ifname, socket_dir=socket_dir)
+    while True:
+        if proc.returncode is not None:
+            err = (await proc.stderr.read()).decode(errors="replace").strip() if proc.stderr else ""
+            raise WgError(f"{program} {ifname} exited {proc.returncode}: {err or 'no message'}")
+        if path.exists():
+            try:
+                await wguapi.get(ifname, socket_dir=socket_dir, timeout=1.0)
+                return proc
+            except wguapi.WgUapiError:
+                pass
+        if loop.time() > deadline:
+            await stop_wireguard_go(proc)
+            raise WgError(f"{program} {ifname}: no answer on {path} after {timeout} s")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 0.02)
+
+
+async def stop_wireguard_go(proc: asyncio.subprocess.Process, *, timeout: float = 5.0) -> int:
+    """SIGTERM (wireguard-go then removes its interface and socket), SIGKILL after `timeout`."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode if proc.returncode is not None else -1
