@@ -1,0 +1,272 @@
+"""The tunnel values: WireGuard keys and the smallest device update, the userspace protocol's
+text, VXLAN link changes, and the MTU arithmetic. No kernel, no root."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from dataclasses import replace
+
+import pytest
+
+from uplinkd.kernel import wguapi
+from uplinkd.tunnel import mtu
+from uplinkd.tunnel.vxlan import FdbEntry, VxlanLink, link_changes, needs_recreate
+from uplinkd.tunnel.wireguard import (
+    Endpoint,
+    PeerUpdate,
+    PresharedKey,
+    PrivateKey,
+    PublicKey,
+    WgDevice,
+    WgPeer,
+    WgUpdate,
+    decode_key,
+    wg_update,
+)
+
+# made with `wg genkey | tee key | wg pubkey` (a test vector, used nowhere else)
+PRIVATE = "iL1I3maOhfzhwsmMx/O2DJu9u1dSHaeN9V/qGMzD5lU="
+PUBLIC = "s9LcQ+jJ2Ix+8HF2a6VaO8w0HlhH1FH4NxYXH2bIy3g="
+
+
+def key(n: int) -> PublicKey:
+    return PublicKey(bytes([n]) * 32)
+
+
+def nets(*texts: str) -> frozenset[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return frozenset(ipaddress.ip_network(t) for t in texts)
+
+
+PEER = WgPeer(
+    key(1), endpoint=Endpoint.parse("192.0.2.1:51820"), allowed_ips=nets("10.0.0.2/32"), keepalive=25
+)
+DEVICE = WgDevice(
+    "wg0", private_key=PrivateKey(decode_key(PRIVATE, what="k")), listen_port=51820, peers=(PEER,)
+)
+
+
+def test_the_public_key_is_what_wg_pubkey_says() -> None:
+    assert str(PrivateKey(decode_key(PRIVATE, what="k")).public_key) == PUBLIC
+
+
+def test_secret_keys_are_never_rendered() -> None:
+    secret = decode_key(PRIVATE, what="k")
+    psk = PresharedKey(bytes(range(32)))
+    device = replace(DEVICE, peers=(replace(PEER, preshared_key=psk),))
+    for text in (repr(device), str(device), str(wg_update(None, device)), repr(wg_update(None, device))):
+        assert PRIVATE not in text and secret.hex() not in text
+        assert base64.b64encode(psk.raw).decode() not in text and psk.raw.hex() not in text
+    assert PUBLIC in repr(device) and psk.fingerprint in str(wg_update(None, device))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not base64!", "not base64"),
+        ("AAAA", "3 bytes, a WireGuard key has 32"),
+        (base64.b64encode(bytes(33)).decode(), "33 bytes"),
+    ],
+)
+def test_bad_keys_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        decode_key(text, what="private key")
+
+
+@pytest.mark.parametrize(
+    ("text", "address", "port"),
+    [("192.0.2.1:51820", "192.0.2.1", 51820), ("[2001:db8::1]:443", "2001:db8::1", 443)],
+)
+def test_endpoints_parse_and_render_round_trip(text: str, address: str, port: int) -> None:
+    endpoint = Endpoint.parse(text)
+    assert (endpoint.address, endpoint.port) == (ipaddress.ip_address(address), port)
+    assert str(endpoint) == text
+
+
+@pytest.mark.parametrize("text", ["192.0.2.1", "example.org:51820", "192.0.2.1:0", "[::1]:x"])
+def test_bad_endpoints_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="endpoint"):
+        Endpoint.parse(text)
+
+
+def test_a_device_that_matches_needs_no_update() -> None:
+    assert wg_update(DEVICE, DEVICE).empty
+    # a desired device that leaves the port to the kernel does not fight the one it picked
+    assert wg_update(DEVICE, replace(DEVICE, listen_port=None)).empty
+    # a peer with no configured endpoint keeps the one WireGuard learnt (it roamed)
+    learnt = replace(DEVICE, peers=(replace(PEER, endpoint=Endpoint.parse("198.51.100.7:40000")),))
+    assert wg_update(learnt, replace(DEVICE, peers=(replace(PEER, endpoint=None),))).empty
+
+
+def test_a_new_device_gets_everything() -> None:
+    update = wg_update(None, DEVICE)
+    assert update == WgUpdate(
+        "wg0",
+        private_key=DEVICE.private_key,
+        listen_port=51820,
+        peers=(PeerUpdate(PEER, fields=frozenset({"endpoint", "allowed_ips", "keepalive"})),),
+    )
+    assert str(update) == (
+        f"wg set wg0 listen-port 51820 private-key (private key of {PUBLIC}) "
+        f"peer {key(1)} endpoint 192.0.2.1:51820 persistent-keepalive 25 allowed-ips 10.0.0.2/32"
+    )
+
+
+def test_only_what_differs_is_written() -> None:
+    other = WgPeer(key(2), allowed_ips=nets("10.0.0.3/32"))
+    actual = replace(DEVICE, fwmark=0x100, peers=(PEER, other))
+    moved = replace(
+        PEER, endpoint=Endpoint.parse("192.0.2.9:51820"), allowed_ips=nets("10.0.0.2/32", "fd00::2/128")
+    )
+    third = WgPeer(key(3), allowed_ips=nets("10.0.0.4/32"))
+    update = wg_update(actual, replace(DEVICE, peers=(moved, third)))
+    assert update.private_key is None and update.listen_port is None
+    assert update.fwmark == 0
+    assert update.peers == (
+        PeerUpdate(other, remove=True),
+        PeerUpdate(moved, fields=frozenset({"endpoint", "allowed_ips"})),
+        PeerUpdate(third, fields=frozenset({"allowed_ips"})),
+    )
+    assert str(update) == (
+        f"wg set wg0 fwmark off peer {key(2)} remove "
+        f"peer {key(1)} endpoint 192.0.2.9:51820 allowed-ips 10.0.0.2/32,fd00::2/128 "
+        f"peer {key(3)} allowed-ips 10.0.0.4/32"
+    )
+
+
+def test_a_preshared_key_is_added_and_removed() -> None:
+    psk = PresharedKey(bytes(range(32)))
+    with_psk = replace(DEVICE, peers=(replace(PEER, preshared_key=psk),))
+    assert wg_update(DEVICE, with_psk).peers[0].fields == {"preshared_key"}
+    assert wg_update(with_psk, DEVICE).peers[0].fields == {"preshared_key"}
+    assert "preshared_key=" + "00" * 32 in wguapi.render_set(wg_update(with_psk, DEVICE))
+
+
+def test_a_device_refuses_duplicate_peers_and_itself_as_a_peer() -> None:
+    with pytest.raises(ValueError, match="appears twice"):
+        WgDevice("wg0", peers=(PEER, replace(PEER, keepalive=0)))
+    own = DEVICE.private_key.public_key  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="device's own public key"):
+        replace(DEVICE, peers=(WgPeer(own),))
+
+
+def test_the_userspace_set_request() -> None:
+    psk = PresharedKey(bytes(range(32)))
+    update = wg_update(None, replace(DEVICE, fwmark=0x4200, peers=(replace(PEER, preshared_key=psk),)))
+    assert wguapi.render_set(update).splitlines() == [
+        "set=1",
+        f"private_key={decode_key(PRIVATE, what='k').hex()}",
+        "listen_port=51820",
+        f"fwmark={0x4200}",
+        f"public_key={'01' * 32}",
+        f"preshared_key={bytes(range(32)).hex()}",
+        "endpoint=192.0.2.1:51820",
+        "persistent_keepalive_interval=25",
+        "replace_allowed_ips=true",
+        "allowed_ip=10.0.0.2/32",
+        "",
+    ]
+    removal = WgUpdate("wg0", peers=(PeerUpdate(PEER, remove=True),))
+    assert wguapi.render_set(removal) == f"set=1\npublic_key={'01' * 32}\nremove=true\n\n"
+
+
+def test_a_userspace_get_reply_is_read() -> None:
+    lines = [
+        ("private_key", decode_key(PRIVATE, what="k").hex()),
+        ("listen_port", "51820"),
+        ("public_key", "01" * 32),
+        ("preshared_key", "00" * 32),
+        ("protocol_version", "1"),
+        ("endpoint", "[2001:db8::1]:51820"),
+        ("last_handshake_time_sec", "1700000000"),
+        ("last_handshake_time_nsec", "500000000"),
+        ("tx_bytes", "92"),
+        ("rx_bytes", "148"),
+        ("persistent_keepalive_interval", "0"),
+        ("allowed_ip", "10.0.0.2/32"),
+        ("allowed_ip", "fd00::/64"),
+        ("some_future_key", "x"),
+        ("public_key", "02" * 32),
+        ("last_handshake_time_sec", "0"),
+    ]
+    reading = wguapi.parse_get("wg0", lines)
+    assert reading.device == WgDevice(
+        "wg0",
+        private_key=DEVICE.private_key,
+        listen_port=51820,
+        peers=(
+            WgPeer(
+                key(1),
+                endpoint=Endpoint.parse("[2001:db8::1]:51820"),
+                allowed_ips=nets("10.0.0.2/32", "fd00::/64"),
+            ),
+            WgPeer(key(2)),
+        ),
+    )
+    first, second = reading.stats
+    assert (first.last_handshake, first.rx_bytes, first.tx_bytes) == (1700000000.5, 148, 92)
+    assert second.last_handshake is None
+
+
+VX = VxlanLink("vx0", vni=42, local=ipaddress.ip_address("10.98.0.1"), mtu=1370, bridge="br0")
+
+
+def test_vxlan_changes_in_place_and_by_recreation() -> None:
+    assert not link_changes(VX, VX)
+    assert link_changes(VX, replace(VX, mtu=1300, learning=True)) == {"mtu", "learning"}
+    assert not link_changes(replace(VX, mac="02:00:00:00:00:01"), VX)  # None: the kernel's choice
+    assert not needs_recreate(VX, replace(VX, local=ipaddress.ip_address("10.98.0.9")))
+    assert needs_recreate(VX, replace(VX, vni=43))
+    assert needs_recreate(VX, replace(VX, port=8472))
+    assert needs_recreate(VX, replace(VX, local=ipaddress.ip_address("fd00::1")))
+    assert (
+        str(VX)
+        == "ip link add vx0 type vxlan id 42 local 10.98.0.1 dstport 4789 nolearning mtu 1370 master br0"
+    )
+    assert str(FdbEntry("vx0", ipaddress.ip_address("10.98.0.2"))) == (
+        "bridge fdb append 00:00:00:00:00:00 dev vx0 dst 10.98.0.2 self permanent"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"vni": 0}, "VNI 0 must be 1-16777215"),
+        ({"vni": 1 << 24}, "must be 1-16777215"),
+        ({"mac": "01:00:5e:00:00:01"}, "multicast MAC"),
+        ({"mac": "02:00:00"}, "not a MAC address"),
+    ],
+)
+def test_bad_vxlan_links_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        replace(VX, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("uplinks", "ipv6", "expected"),
+    [
+        ([1500], True, 1420),  # wg-quick's usual figure
+        ([1500], False, 1440),
+        ([1500, 1428], True, 1348),  # the smallest carrying uplink decides
+        ([1428, 1500], False, 1368),
+        ([1280], True, 1200),
+    ],
+)
+def test_tunnel_mtu_auto(uplinks: list[int], ipv6: bool, expected: int) -> None:
+    assert mtu.tunnel_mtu(uplinks, ipv6_underlay=ipv6) == expected
+
+
+@pytest.mark.parametrize(
+    ("tunnel", "ipv6", "expected"),
+    [(1420, False, 1370), (1420, True, 1350), (1348, False, 1298)],
+)
+def test_vxlan_mtu_auto(tunnel: int, ipv6: bool, expected: int) -> None:
+    assert mtu.vxlan_mtu(tunnel, ipv6_inner=ipv6) == expected
+
+
+def test_mtu_auto_without_uplinks_or_room_says_so() -> None:
+    with pytest.raises(ValueError, match="no uplink may carry the tunnel"):
+        mtu.tunnel_mtu([], ipv6_underlay=True)
+    with pytest.raises(ValueError, match="below 68"):
+        mtu.vxlan_mtu(100, ipv6_inner=True)
+    assert mtu.carries_ipv6(1280) and not mtu.carries_ipv6(1279)
