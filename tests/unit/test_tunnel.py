@@ -8,8 +8,9 @@ import ipaddress
 from dataclasses import replace
 
 import pytest
+from pyroute2.netlink.generic.wireguard import wgmsg
 
-from uplinkd.kernel import wguapi
+from uplinkd.kernel import wggenl, wguapi
 from uplinkd.tunnel import mtu
 from uplinkd.tunnel.vxlan import FdbEntry, VxlanLink, link_changes, needs_recreate
 from uplinkd.tunnel.wireguard import (
@@ -270,3 +271,89 @@ def test_mtu_auto_without_uplinks_or_room_says_so() -> None:
     with pytest.raises(ValueError, match="below 68"):
         mtu.vxlan_mtu(100, ipv6_inner=True)
     assert mtu.carries_ipv6(1280) and not mtu.carries_ipv6(1279)
+
+
+def _decoded(msg: wgmsg) -> wgmsg:
+    msg.encode()
+    copy = wgmsg(msg.data)
+    copy.decode()
+    return copy
+
+
+def test_the_kernel_set_message_carries_only_the_update() -> None:
+    psk = PresharedKey(bytes(range(32)))
+    moved = replace(PEER, preshared_key=psk, allowed_ips=nets("10.0.0.2/32", "fd00::/64"))
+    changes = (
+        PeerUpdate(moved, fields=frozenset({"allowed_ips", "preshared_key"})),
+        PeerUpdate(WgPeer(key(2)), remove=True),
+    )
+    update = WgUpdate("wg0", fwmark=0x4200, peers=changes)
+    msg = _decoded(wggenl.set_message(update))
+    assert msg["cmd"] == 1 and msg.get_attr("WGDEVICE_A_IFNAME") == "wg0"
+    assert msg.get_attr("WGDEVICE_A_FWMARK") == 0x4200
+    assert msg.get_attr("WGDEVICE_A_PRIVATE_KEY") is None and msg.get_attr("WGDEVICE_A_LISTEN_PORT") is None
+    assert msg.get_attr("WGDEVICE_A_FLAGS") is None  # never WGDEVICE_F_REPLACE_PEERS
+    first, second = msg.get_attr("WGDEVICE_A_PEERS")
+    assert base64.b64decode(first.get_attr("WGPEER_A_PUBLIC_KEY")) == key(1).raw
+    assert first.get_attr("WGPEER_A_FLAGS") == 2  # WGPEER_F_REPLACE_ALLOWEDIPS
+    assert base64.b64decode(first.get_attr("WGPEER_A_PRESHARED_KEY")) == psk.raw
+    assert (
+        first.get_attr("WGPEER_A_ENDPOINT") is None
+        and first.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") is None
+    )
+    assert {a["addr"] for a in first.get_attr("WGPEER_A_ALLOWEDIPS")} == {"10.0.0.2/32", "fd00::/64"}
+    assert second.get_attr("WGPEER_A_FLAGS") == 1  # WGPEER_F_REMOVE_ME
+
+
+def test_a_kernel_device_split_over_two_messages_is_read_whole() -> None:
+    """Built as the kernel answers WG_CMD_GET_DEVICE: the second message continues the first
+    peer's allowed IPs under the same public key, then a second peer."""
+
+    def reply(peers: list[list[object]]) -> wgmsg:
+        msg = wgmsg()
+        msg["cmd"] = 0
+        msg["attrs"] = [
+            ["WGDEVICE_A_IFNAME", "wg0"],
+            ["WGDEVICE_A_PRIVATE_KEY", PRIVATE],
+            ["WGDEVICE_A_LISTEN_PORT", 51820],
+            ["WGDEVICE_A_FWMARK", 0],
+            ["WGDEVICE_A_PEERS", [{"attrs": p} for p in peers]],
+        ]
+        return _decoded(msg)
+
+    def allowed(text: str) -> dict[str, object]:
+        net = ipaddress.ip_network(text)
+        family = 2 if net.version == 4 else 10
+        attrs = [["WGALLOWEDIP_A_FAMILY", family], ["WGALLOWEDIP_A_IPADDR", net.network_address.packed],
+                 ["WGALLOWEDIP_A_CIDR_MASK", net.prefixlen]]  # fmt: skip
+        return {"attrs": attrs}
+
+    k1, k2 = base64.b64encode(key(1).raw).decode(), base64.b64encode(key(2).raw).decode()
+    zero = base64.b64encode(bytes(32)).decode()
+    first = [
+        ["WGPEER_A_PUBLIC_KEY", k1],
+        ["WGPEER_A_PRESHARED_KEY", zero],
+        ["WGPEER_A_ENDPOINT", {"addr": "2001:db8::1", "port": 51820}],
+        ["WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL", 25],
+        ["WGPEER_A_LAST_HANDSHAKE_TIME", {"tv_sec": 1700000000, "tv_nsec": 250000000}],
+        ["WGPEER_A_RX_BYTES", 148],
+        ["WGPEER_A_TX_BYTES", 92],
+        ["WGPEER_A_ALLOWEDIPS", [allowed("10.0.0.2/32")]],
+    ]
+    rest = [["WGPEER_A_PUBLIC_KEY", k1], ["WGPEER_A_ALLOWEDIPS", [allowed("fd00::/64")]]]
+    second = [["WGPEER_A_PUBLIC_KEY", k2], ["WGPEER_A_PRESHARED_KEY", zero],
+              ["WGPEER_A_LAST_HANDSHAKE_TIME", {"tv_sec": 0, "tv_nsec": 0}]]  # fmt: skip
+    reading = wggenl.parse_device("wg0", [reply([first]), reply([rest, second])])
+    assert reading.device == WgDevice(
+        "wg0",
+        private_key=DEVICE.private_key,
+        listen_port=51820,
+        peers=(
+            WgPeer(key(1), endpoint=Endpoint.parse("[2001:db8::1]:51820"),
+                   allowed_ips=nets("10.0.0.2/32", "fd00::/64"), keepalive=25),
+            WgPeer(key(2)),
+        ),
+    )  # fmt: skip
+    one, two = reading.stats
+    assert (one.last_handshake, one.rx_bytes, one.tx_bytes) == (1700000000.25, 148, 92)
+    assert two.last_handshake is None

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, Protocol
 
-from uplinkd.kernel import wguapi
+from uplinkd.kernel import wggenl, wguapi
 from uplinkd.tunnel.wireguard import (
     PresharedKey,
     PrivateKey,
@@ -120,6 +120,28 @@ class UserspaceWg:
             await wguapi.set_(update, socket_dir=self.socket_dir, timeout=self.timeout)
         except wguapi.WgUapiError as e:
             raise WgError(f"{update}: {e}", e.errno) from None
+
+
+class KernelWg:
+    """Kernel WireGuard, over generic netlink, in the caller's network namespace."""
+
+    def __init__(self) -> None:
+        self._client = wggenl.GenlClient()
+
+    def close(self) -> None:
+        self._client.close()
+
+    async def read(self, ifname: str) -> WgReading | None:
+        try:
+            return await self._client.read(ifname)
+        except wggenl.WgGenlError as e:
+            raise WgError(str(e), e.errno) from None
+
+    async def write(self, update: WgUpdate) -> None:
+        try:
+            await self._client.write(update)
+        except wggenl.WgGenlError as e:
+            raise WgError(str(e), e.errno) from None
 
 
 async def apply(backend: WgBackend, desired: WgDevice) -> WgUpdate:
