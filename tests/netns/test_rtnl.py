@@ -52,9 +52,7 @@ class Lab:
     ifindex: dict[str, int]
 
     def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ip", "-n", self.ns, *args], check=check, capture_output=True, text=True
-        )
+        return subprocess.run(["ip", "-n", self.ns, *args], check=check, capture_output=True, text=True)
 
     def ip_json(self, *args: str) -> Any:
         out = self.ip("-json", *args).stdout.strip()
@@ -217,7 +215,11 @@ def test_single_nexthop_with_gateway(lab: Lab) -> None:
     async def go() -> list[NexthopInfo]:
         async with lab.ipr() as ipr:
             await rtnl.replace_nexthop(
-                ipr, id=1, family=AF_INET, oif=lab.ifindex["a0"], gateway="10.1.0.2",
+                ipr,
+                id=1,
+                family=AF_INET,
+                oif=lab.ifindex["a0"],
+                gateway="10.1.0.2",
                 protocol=PROTO,
             )
             return await rtnl.dump_nexthops(ipr)
@@ -229,8 +231,16 @@ def test_single_nexthop_with_gateway(lab: Lab) -> None:
     assert obj["dev"] == "a0"
     assert _proto(obj) == str(PROTO)
     assert nh == NexthopInfo(
-        id=1, family=AF_INET, protocol=PROTO, oif=lab.ifindex["a0"], gateway="10.1.0.2",
-        blackhole=False, flags=0, group=(), group_type=None, resilient=None,
+        id=1,
+        family=AF_INET,
+        protocol=PROTO,
+        oif=lab.ifindex["a0"],
+        gateway="10.1.0.2",
+        blackhole=False,
+        flags=0,
+        group=(),
+        group_type=None,
+        resilient=None,
     )
     assert not nh.is_group and not nh.dead and not nh.linkdown and not nh.onlink
 
@@ -238,7 +248,11 @@ def test_single_nexthop_with_gateway(lab: Lab) -> None:
     async def again() -> NexthopInfo:
         async with lab.ipr() as ipr:
             await rtnl.replace_nexthop(
-                ipr, id=1, family=AF_INET, oif=lab.ifindex["a0"], gateway="10.1.0.3",
+                ipr,
+                id=1,
+                family=AF_INET,
+                oif=lab.ifindex["a0"],
+                gateway="10.1.0.3",
                 protocol=PROTO,
             )
             return await rtnl.get_nexthop(ipr, id=1)
@@ -257,8 +271,13 @@ def test_device_only_and_onlink_nexthop(lab: Lab) -> None:
             )
             # gateway outside b0's subnet: only accepted with onlink
             await rtnl.replace_nexthop(
-                ipr, id=3, family=AF_INET, oif=lab.ifindex["b0"], gateway="192.0.2.1",
-                protocol=PROTO, onlink=True,
+                ipr,
+                id=3,
+                family=AF_INET,
+                oif=lab.ifindex["b0"],
+                gateway="192.0.2.1",
+                protocol=PROTO,
+                onlink=True,
             )
             return {nh.id: nh for nh in await rtnl.dump_nexthops(ipr, family=AF_INET)}
 
@@ -298,7 +317,10 @@ def test_resilient_group_weights(lab: Lab) -> None:
         async with lab.ipr() as ipr:
             await _two_members(lab, ipr)
             await rtnl.replace_group(
-                ipr, id=10, members=[GroupMember(1, 3), GroupMember(2, 1)], resilient=RES,
+                ipr,
+                id=10,
+                members=[GroupMember(1, 3), GroupMember(2, 1)],
+                resilient=RES,
                 protocol=PROTO,
             )
             return await rtnl.get_nexthop(ipr, id=10)
@@ -330,25 +352,27 @@ def test_replace_group_members(lab: Lab) -> None:
         async with lab.ipr(ext_ack=True) as ipr:
             await _two_members(lab, ipr)
             await rtnl.replace_group(
-                ipr, id=10, members=[GroupMember(1, 3), GroupMember(2, 1)], resilient=RES,
+                ipr,
+                id=10,
+                members=[GroupMember(1, 3), GroupMember(2, 1)],
+                resilient=RES,
                 protocol=PROTO,
             )
             await rtnl.replace_route(
                 ipr, family=AF_INET, table=TABLE, dst=None, dst_len=0, nhid=10, protocol=PROTO
             )
-            await rtnl.replace_group(
-                ipr, id=10, members=[GroupMember(1, 3)], resilient=RES, protocol=PROTO
-            )
+            await rtnl.replace_group(ipr, id=10, members=[GroupMember(1, 3)], resilient=RES, protocol=PROTO)
             group = await rtnl.get_nexthop(ipr, id=10)
             routes = [r.nhid or 0 for r in await rtnl.dump_routes(ipr, family=AF_INET, table=TABLE)]
             with pytest.raises(NetlinkError) as type_change:
-                await rtnl.replace_group(
-                    ipr, id=10, members=[GroupMember(1)], resilient=None, protocol=PROTO
-                )
+                await rtnl.replace_group(ipr, id=10, members=[GroupMember(1)], resilient=None, protocol=PROTO)
             with pytest.raises(NetlinkError) as bucket_change:
                 await rtnl.replace_group(
-                    ipr, id=10, members=[GroupMember(1)],
-                    resilient=ResilientParams(buckets=64), protocol=PROTO,
+                    ipr,
+                    id=10,
+                    members=[GroupMember(1)],
+                    resilient=ResilientParams(buckets=64),
+                    protocol=PROTO,
                 )
             return group, routes, type_change.value.code, bucket_change.value.code
 
@@ -377,8 +401,22 @@ def test_decode_objects_created_by_iproute2(lab: Lab) -> None:
     lab.ip("nexthop", "add", "id", "4", "via", "192.0.2.9", "dev", "b0", "onlink")
     lab.ip("nexthop", "add", "id", "20", "group", "1,5/2,2", "proto", p)
     lab.ip(
-        "nexthop", "add", "id", "21", "group", "1,3/2", "type", "resilient", "buckets", "16",
-        "idle_timer", "4", "unbalanced_timer", "9", "proto", p,
+        "nexthop",
+        "add",
+        "id",
+        "21",
+        "group",
+        "1,3/2",
+        "type",
+        "resilient",
+        "buckets",
+        "16",
+        "idle_timer",
+        "4",
+        "unbalanced_timer",
+        "9",
+        "proto",
+        p,
     )
 
     async def go() -> dict[int, NexthopInfo]:
@@ -409,7 +447,10 @@ def test_route_with_nhid(lab: Lab) -> None:
         async with lab.ipr() as ipr:
             await _two_members(lab, ipr)
             await rtnl.replace_group(
-                ipr, id=10, members=[GroupMember(1, 3), GroupMember(2)], resilient=RES,
+                ipr,
+                id=10,
+                members=[GroupMember(1, 3), GroupMember(2)],
+                resilient=RES,
                 protocol=PROTO,
             )
             await rtnl.replace_route(
@@ -446,9 +487,7 @@ def test_route_with_nhid(lab: Lab) -> None:
             return await rtnl.dump_routes(ipr, family=AF_INET, table=TABLE)
 
     assert [(r.dst, r.nhid) for r in run(delete())] == [("10.60.0.0", 1)]
-    assert [r["dst"] for r in lab.ip_json("route", "show", "table", str(TABLE))] == [
-        "10.60.0.0/16"
-    ]
+    assert [r["dst"] for r in lab.ip_json("route", "show", "table", str(TABLE))] == ["10.60.0.0/16"]
 
 
 @pytest.mark.timeout(30)
@@ -456,15 +495,22 @@ def test_ipv6_nexthop_and_route(lab: Lab) -> None:
     async def go() -> tuple[NexthopInfo, list[rtnl.RouteInfo]]:
         async with lab.ipr() as ipr:
             await rtnl.replace_nexthop(
-                ipr, id=6, family=socket.AF_INET6, oif=lab.ifindex["a0"], gateway="fe80::2",
+                ipr,
+                id=6,
+                family=socket.AF_INET6,
+                oif=lab.ifindex["a0"],
+                gateway="fe80::2",
                 protocol=PROTO,
             )
-            await rtnl.replace_group(
-                ipr, id=60, members=[GroupMember(6, 2)], resilient=None, protocol=PROTO
-            )
+            await rtnl.replace_group(ipr, id=60, members=[GroupMember(6, 2)], resilient=None, protocol=PROTO)
             await rtnl.replace_route(
-                ipr, family=socket.AF_INET6, table=TABLE, dst="2001:db8::", dst_len=32,
-                nhid=60, protocol=PROTO,
+                ipr,
+                family=socket.AF_INET6,
+                table=TABLE,
+                dst="2001:db8::",
+                dst_len=32,
+                nhid=60,
+                protocol=PROTO,
             )
             return (
                 await rtnl.get_nexthop(ipr, id=6),
@@ -475,9 +521,7 @@ def test_ipv6_nexthop_and_route(lab: Lab) -> None:
     assert (nh.family, nh.gateway, nh.oif) == (socket.AF_INET6, "fe80::2", lab.ifindex["a0"])
     obj = lab.nexthop_json(6)
     assert obj is not None and obj["gateway"] == "fe80::2"
-    assert [(r.dst, r.dst_len, r.nhid, r.protocol) for r in routes] == [
-        ("2001:db8::", 32, 60, PROTO)
-    ]
+    assert [(r.dst, r.dst_len, r.nhid, r.protocol) for r in routes] == [("2001:db8::", 32, 60, PROTO)]
     (route,) = lab.ip_json("-6", "route", "show", "table", str(TABLE))
     assert route["dst"] == "2001:db8::/32" and route["nhid"] == 60
 
@@ -491,7 +535,10 @@ def test_delete_nexthops(lab: Lab) -> None:
         async with lab.ipr() as ipr:
             await _two_members(lab, ipr)
             await rtnl.replace_group(
-                ipr, id=10, members=[GroupMember(1), GroupMember(2)], resilient=None,
+                ipr,
+                id=10,
+                members=[GroupMember(1), GroupMember(2)],
+                resilient=None,
                 protocol=PROTO,
             )
             await rtnl.replace_route(
@@ -550,17 +597,16 @@ def test_nexthop_events(lab: Lab) -> None:
             await rtnl.subscribe(ev, EVENT_GROUPS)
             await _two_members(lab, ipr)
             await rtnl.replace_group(
-                ipr, id=10, members=[GroupMember(1, 3), GroupMember(2)], resilient=RES,
+                ipr,
+                id=10,
+                members=[GroupMember(1, 3), GroupMember(2)],
+                resilient=RES,
                 protocol=PROTO,
             )
-            created = nh_events(
-                await collect_events(ev, lambda e: len(nh_events(e)) >= 3)
-            )
+            created = nh_events(await collect_events(ev, lambda e: len(nh_events(e)) >= 3))
             # deleted by another program
             lab.ip("nexthop", "del", "id", "2")
-            deleted = nh_events(
-                await collect_events(ev, lambda e: len(nh_events(e)) >= 2)
-            )
+            deleted = nh_events(await collect_events(ev, lambda e: len(nh_events(e)) >= 2))
             return created, deleted
 
     created, deleted = run(go())
@@ -589,7 +635,11 @@ def test_events_on_a_socket_that_also_writes(lab: Lab) -> None:
         async with lab.ipr() as ipr:
             await rtnl.subscribe(ipr, [linux.RTNLGRP_NEXTHOP])
             await rtnl.replace_nexthop(
-                ipr, id=1, family=AF_INET, oif=lab.ifindex["a0"], gateway="10.1.0.2",
+                ipr,
+                id=1,
+                family=AF_INET,
+                oif=lab.ifindex["a0"],
+                gateway="10.1.0.2",
                 protocol=PROTO,
             )
             await rtnl.delete_nexthop(ipr, id=1)
@@ -623,8 +673,7 @@ def test_carrier_loss_removes_nexthops_silently(lab: Lab) -> None:
         return [
             m
             for m in events
-            if m["header"]["type"]
-            in (messages.RTM_NEWNEXTHOP, messages.RTM_DELNEXTHOP, RTM_DELROUTE)
+            if m["header"]["type"] in (messages.RTM_NEWNEXTHOP, messages.RTM_DELNEXTHOP, RTM_DELROUTE)
             and not (m["header"]["type"] == RTM_DELROUTE and m["family"] != AF_INET)
         ]
 
@@ -632,7 +681,10 @@ def test_carrier_loss_removes_nexthops_silently(lab: Lab) -> None:
         async with lab.ipr() as ev, lab.ipr() as ipr:
             await _two_members(lab, ipr)
             await rtnl.replace_group(
-                ipr, id=10, members=[GroupMember(1, 3), GroupMember(2)], resilient=RES,
+                ipr,
+                id=10,
+                members=[GroupMember(1, 3), GroupMember(2)],
+                resilient=RES,
                 protocol=PROTO,
             )
             await rtnl.replace_route(
@@ -670,9 +722,7 @@ async def _ids(ipr: AsyncIPRoute) -> set[int]:
     return {nh.id for nh in await rtnl.dump_nexthops(ipr)}
 
 
-async def _poll(
-    get: Callable[[], Awaitable[T]], pred: Callable[[T], bool], timeout: float = 5.0
-) -> T:
+async def _poll(get: Callable[[], Awaitable[T]], pred: Callable[[T], bool], timeout: float = 5.0) -> T:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:

@@ -42,7 +42,9 @@ from harness.readback import group_members, nft_tables, wait_until
 
 pytestmark = [
     pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("dnsmasq") is None
+        os.geteuid() != 0
+        or shutil.which("setpriv") is None
+        or shutil.which("dnsmasq") is None
         or shutil.which("conntrack") is None,
         reason="needs root, setpriv, dnsmasq and conntrack",
     ),

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 from pyroute2 import AsyncIPRoute
-from wgrig import UNDERLAY_A, UNDERLAY_B, Pair, namespace_pair, run
+from wgrig import UNDERLAY_A, UNDERLAY_B, Pair, bridged_hosts, namespace_pair, run
 
 from uplinkd.kernel import vxlan
 from uplinkd.tunnel.vxlan import FdbEntry, VxlanLink, flood_entries
@@ -28,21 +28,8 @@ ELSEWHERE = ipaddress.ip_address("10.201.0.9")  # a second remote nobody answers
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    with namespace_pair("vxio") as p:
-        hosts = [f"{p.a}h", f"{p.b}h"]
-        try:
-            for ns, host, address in ((p.a, hosts[0], "10.77.0.1/24"), (p.b, hosts[1], "10.77.0.2/24")):
-                run("ip", "netns", "add", host)
-                p.ip(ns, "link", "add", "br0", "type", "bridge")
-                p.ip(ns, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", host)
-                p.ip(ns, "link", "set", "lan", "master", "br0", "up")
-                p.ip(ns, "link", "set", "br0", "up")
-                p.ip(host, "addr", "add", address, "dev", "eth0")
-                p.ip(host, "link", "set", "eth0", "up")
-            yield p
-        finally:
-            for host in hosts:
-                run("ip", "netns", "del", host, check=False)
+    with namespace_pair("vxio") as p, bridged_hosts(p, "10.77.0.1/24", "10.77.0.2/24"):
+        yield p
 
 
 def in_ns(ns: str, body: Callable[[AsyncIPRoute], Awaitable[T]]) -> T:

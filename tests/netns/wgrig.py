@@ -40,12 +40,21 @@ class Pair:
     def exec(self, ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run("ip", "netns", "exec", ns, *argv, check=check)
 
-    def pings(self, ns: str, address: str, *, within: int = 2, size: int | None = None) -> bool:
-        """Whether a ping to `address` is answered within `within` s (one every 0.2 s until
-        the first reply: a WireGuard handshake that failed is retried only after 5 s)."""
-        extra = ["-s", str(size), "-M", "do"] if size is not None else []
-        argv = ["ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", str(within), *extra, address]
-        return self.exec(ns, *argv, check=False).returncode == 0
+    def ping(
+        self, ns: str, address: str, *, within: int = 2, size: int | None = None, df: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Ping `address` until the first reply, for at most `within` s (one every 0.2 s: a
+        WireGuard handshake that failed is retried only after 5 s). With `size`, the payload
+        size, sent with DF (`df`) or allowed to fragment."""
+        extra = ["-s", str(size), "-M", "do" if df else "dont"] if size is not None else []
+        argv = ["ping", "-n", "-c", "1", "-i", "0.2", "-w", str(within), *extra, address]
+        return self.exec(ns, *argv, check=False)
+
+    def pings(
+        self, ns: str, address: str, *, within: int = 2, size: int | None = None, df: bool = True
+    ) -> bool:
+        """Whether a ping to `address` is answered (see `ping`)."""
+        return self.ping(ns, address, within=within, size=size, df=df).returncode == 0
 
 
 @contextlib.contextmanager
@@ -66,6 +75,27 @@ def namespace_pair(prefix: str) -> Iterator[Pair]:
     finally:
         for ns in (pair.a, pair.b):
             run("ip", "netns", "del", ns, check=False)
+
+
+@contextlib.contextmanager
+def bridged_hosts(pair: Pair, address_a: str, address_b: str) -> Iterator[tuple[str, str]]:
+    """A bridge `br0` in a and in b, each with a host namespace behind it (`eth0` with the
+    given address, e.g. 10.77.0.1/24) through the port `lan`; yields the hosts' namespaces."""
+    hosts = (f"{pair.a}h", f"{pair.b}h")
+    try:
+        for ns, host, address in ((pair.a, hosts[0], address_a), (pair.b, hosts[1], address_b)):
+            run("ip", "netns", "add", host)
+            pair.ip(ns, "link", "add", "br0", "type", "bridge")
+            pair.ip(ns, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", host)
+            pair.ip(ns, "link", "set", "lan", "master", "br0", "up")
+            pair.ip(ns, "link", "set", "br0", "up")
+            pair.ip(host, "addr", "add", address, "dev", "eth0")
+            pair.ip(host, "link", "set", "lo", "up")
+            pair.ip(host, "link", "set", "eth0", "up")
+        yield hosts
+    finally:
+        for host in hosts:
+            run("ip", "netns", "del", host, check=False)
 
 
 def new_key() -> bytes:
