@@ -98,6 +98,7 @@
           packages = [
             (pkgs.python3.withPackages (
               ps: with ps; [
+                cryptography
                 pydantic
                 pyroute2
                 pyudev

@@ -5,6 +5,7 @@
   lib,
   buildPythonApplication,
   setuptools,
+  cryptography,
   pydantic,
   pyroute2,
   pyudev,
@@ -38,6 +39,7 @@ buildPythonApplication {
   build-system = [ setuptools ];
 
   dependencies = [
+    cryptography # X25519: a WireGuard private key's public key
     pydantic
     pyroute2
     pyudev

@@ -4,6 +4,8 @@
   and ``conntrack`` (independently of uplinkd's own reading);
 * :mod:`harness.stats`: what a benchmark reports (percentiles, summaries, the markdown
   table, the JSON in ``bench/results/``);
+* :mod:`harness.tunnel_lab`: two namespaces joined by a veth, bridged hosts behind them,
+  WireGuard keys, for the tunnel I/O tests (WireGuard, VXLAN);
 * :mod:`harness.host_server`: a TCP server on the host's loopback for a VM guest to reach;
 * :mod:`harness.vm`: the VM tier (a QEMU guest, a USB NIC to plug, uplinkd inside it).
 

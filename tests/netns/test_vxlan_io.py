@@ -1,6 +1,6 @@
 """VXLAN I/O through `uplinkd.kernel.vxlan`, against the real kernel.
 
-Lab: namespaces a and b joined by a veth (10.201.0.1 ↔ 10.201.0.2, see wgrig.py). On each, a
+Lab: namespaces a and b joined by a veth (10.201.0.1 ↔ 10.201.0.2, see harness/tunnel_lab.py). On each, a
 bridge `br0` with the VXLAN interface `vx0` (VNI 42, learning off) as a port, and behind each
 bridge a host namespace (10.77.0.1 behind a, 10.77.0.2 behind b). Asserted: what the kernel
 holds (read back with `ip -json` and `bridge -json`) and that the hosts reach each other at L2.
@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 
 import pytest
 from pyroute2 import AsyncIPRoute
-from wgrig import UNDERLAY_A, UNDERLAY_B, Pair, bridged_hosts, namespace_pair, run
 
 from uplinkd.kernel import vxlan
 from uplinkd.tunnel.vxlan import FdbEntry, VxlanLink, flood_entries
+
+from harness.tunnel_lab import UNDERLAY_A, UNDERLAY_B, Pair, bridged_hosts, namespace_pair, run
 
 T = TypeVar("T")
 ELSEWHERE = ipaddress.ip_address("10.201.0.9")  # a second remote nobody answers for

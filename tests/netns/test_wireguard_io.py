@@ -1,6 +1,6 @@
 """WireGuard I/O through the userspace backend, against two real wireguard-go processes.
 
-Lab (see wgrig.py): namespaces a and b joined by a veth (10.201.0.1 ↔ 10.201.0.2, .3), a
+Lab (see harness/tunnel_lab.py): namespaces a and b joined by a veth (10.201.0.1 ↔ 10.201.0.2, .3), a
 wireguard-go device in each (unique names), inner addresses 10.98.0.1/24 and 10.98.0.2/24,
 configured only through `uplinkd.kernel.wireguard`. Asserted: what the devices hold (read back
 through the same API and through `wg show`) and what packets do (ping through the tunnel, nft
@@ -20,18 +20,6 @@ from typing import TypeVar
 
 import pytest
 from pyroute2 import AsyncIPRoute
-from wgrig import (
-    UNDERLAY_A,
-    UNDERLAY_B,
-    UNDERLAY_B2,
-    Pair,
-    bridged_hosts,
-    kill_pid,
-    namespace_pair,
-    new_key,
-    nft_counter,
-    write_key,
-)
 
 from uplinkd.kernel import vxlan, wguapi
 from uplinkd.kernel.wireguard import (
@@ -46,6 +34,19 @@ from uplinkd.kernel.wireguard import (
 from uplinkd.tunnel.mtu import vxlan_mtu
 from uplinkd.tunnel.vxlan import VxlanLink, flood_entries
 from uplinkd.tunnel.wireguard import Endpoint, PeerUpdate, PrivateKey, WgDevice, WgPeer, WgReading, WgUpdate
+
+from harness.tunnel_lab import (
+    UNDERLAY_A,
+    UNDERLAY_B,
+    UNDERLAY_B2,
+    Pair,
+    bridged_hosts,
+    kill_pid,
+    namespace_pair,
+    new_key,
+    nft_counter,
+    write_key,
+)
 
 T = TypeVar("T")
 PORT_A = 51820

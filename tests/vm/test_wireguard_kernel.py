@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from uplinkd.lab.vm import Vm
+from harness.vm import Vm
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(600)]
 

@@ -13,6 +13,8 @@
 #   pkgs/development/python-modules/pyudev/default.nix          0.24.4
 #   pkgs/development/python-modules/systemd-python/default.nix  235 (read at 5670f37295da)
 #   pkgs/development/python-modules/pydantic/default.nix        2.x
+#   pkgs/development/python-modules/cryptography/default.nix    40.0.1 (the only expression in the
+#     index, from 2023; nixos-26.05 has a newer one, not read)
 # The test tools' versions are not checked ("0").
 { lib }:
 let
@@ -62,6 +64,7 @@ let
               ;
           };
         setuptools = pythonPackage "setuptools" "0";
+        cryptography = pythonPackage "cryptography" "40.0.1";
         pydantic = pythonPackage "pydantic" "2.x";
         pyroute2 = pythonPackage "pyroute2" "0.9.6";
         pyudev = pythonPackage "pyudev" "0.24.4";
