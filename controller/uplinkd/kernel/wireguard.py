@@ -64,14 +64,13 @@ def read_key_file(path: Path, *, what: str = "private key") -> bytes:
     finally:
         os.close(fd)
     try:
-        return decode_key(data.decode("ascii"), what=f"{what} file {path}")
-    except (UnicodeDecodeError, ValueError) as e:
-        message = (
-            str(e)
-            if isinstance(e, ValueError) and str(e).startswith(what)
-            else f"{what} file {path}: not a key"
-        )
-        raise KeyFileError(message) from None
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{what} file {path}: not a key; expected what `wg genkey` writes") from None
+    try:
+        return decode_key(text, what=f"{what} file {path}")
+    except ValueError as e:
+        raise KeyFileError(str(e)) from None
 
 
 def private_key_file(path: Path) -> PrivateKey:
@@ -168,13 +167,15 @@ async def start_wireguard_go(
     """Start `wireguard-go -f ifname` (foreground: the process is the device; it ends when
     the interface is deleted or it is sent SIGTERM, which removes the interface and its socket)
     and wait until its socket answers. The caller owns the process: a supervisor worker waits
-    on it and restarts it. `wrapper` is prepended to the command line and must exec it (tests
-    pass `ip netns exec NS`). Raises WgError if it exits or stays silent for `timeout` s."""
+    on it, restarts it, and reads `proc.stdout` (its messages, stderr included; errors only,
+    LOG_LEVEL=error) to log them: unread, a full pipe would stall it. `wrapper` is prepended
+    to the command line and must exec it (tests pass `ip netns exec NS`). Raises WgError if
+    it exits or stays silent for `timeout` s."""
     if len(ifname) > 15 or not ifname or "/" in ifname:
         raise WgError(f"interface name {ifname!r}: 1-15 characters, no '/'")
     proc = await asyncio.create_subprocess_exec(
         *wrapper, program, "-f", ifname,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "LOG_LEVEL": "error"},
     )  # fmt: skip
     loop = asyncio.get_running_loop()
@@ -182,7 +183,7 @@ async def start_wireguard_go(
     path = wguapi.socket_path(ifname, socket_dir=socket_dir)
     while True:
         if proc.returncode is not None:
-            err = (await proc.stderr.read()).decode(errors="replace").strip() if proc.stderr else ""
+            err = (await proc.stdout.read()).decode(errors="replace").strip() if proc.stdout else ""
             raise WgError(f"{program} {ifname} exited {proc.returncode}: {err or 'no message'}")
         if path.exists():
             try:
