@@ -482,6 +482,9 @@ def test_a_nak_on_renewal_replaces_the_lease(lab: Lab, start: Any) -> None:
     route = default_route(lab, 101)
     assert route is not None and route["gateway"] == "10.101.0.1"
     assert lab.flows(tcp=3, udp=3, duration=0.5).by_uplink() == {"usb": 6}
+    # added once: deleting the old (primary) address did not take the new one with it
+    adds = [w for w in c.writes() if f"ip address {now} dev usb add" in w or f"address add {now}" in w]
+    assert len(adds) == 1, c.writes()
 
 
 def test_a_nak_at_restart_replaces_the_stored_lease(lab: Lab, start: Any) -> None:

@@ -19,6 +19,7 @@ import errno
 import ipaddress
 import logging
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ from uplinkd.plan import Plan, teardown
 log = logging.getLogger("uplinkd.kernel")
 
 SYSFS_NET = Path("/sys/class/net")
+SYSCTL_IPV4_CONF = Path("/proc/sys/net/ipv4/conf")
 
 # errors that a later pass may not see again (a link that came back, a race with a DHCP client)
 TRANSIENT = {
@@ -97,6 +99,8 @@ class Netlink:
         await self.ipr.rule(command, **fields)
 
     async def addr(self, command: Literal["add", "del"], **fields: Any) -> None:
+        if command == "add" and ":" not in str(fields.get("address", "")):
+            _promote_secondaries(fields["index"])
         await self.ipr.addr(command, **fields)
 
     async def link_up(self, *, index: int) -> None:
@@ -380,3 +384,20 @@ def _sysfs_identity(name: str, kind: str | None) -> dict[str, str | None]:
             value = (usb / attr).read_text().strip()
             ident[key] = value if attr == "serial" else value.lower()
     return ident
+
+
+def _promote_secondaries(ifindex: int) -> None:
+    """Let a secondary IPv4 address survive the deletion of the primary on an interface the
+    controller addresses. A DHCP lease that moves to another address of the same subnet is
+    added (secondary) before the old one is deleted; with `promote_secondaries` off (the
+    kernel's default, though systemd's sysctl defaults turn it on) the kernel deletes the
+    new address together with the old primary, and the uplink is without an address until
+    the next pass. Best effort: where /proc/sys is read-only (systemd's ProtectKernelTunables)
+    the NixOS module sets `net.ipv4.conf.all.promote_secondaries` instead."""
+    try:
+        path = SYSCTL_IPV4_CONF / socket.if_indextoname(ifindex) / "promote_secondaries"
+        if path.read_text().strip() != "1":
+            path.write_text("1\n")
+            log.debug("sysctl %s = 1", path)
+    except OSError as e:
+        log.debug("cannot turn on promote_secondaries for interface %d: %s", ifindex, e)
