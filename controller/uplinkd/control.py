@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from uplinkd.config import describe
+from uplinkd.config.fields import shown
 
 MAX_REQUEST = 64 * 1024
 
@@ -82,12 +83,18 @@ def parse_request(line: bytes) -> AnyRequest:
         data = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"not JSON ({e}); send one JSON object per line") from None
+    except RecursionError:
+        raise BadRequest("nested too deeply; send a flat JSON object per line") from None
+    except ValueError as e:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise BadRequest(f"{str(e).split(';')[0]}; no field takes a number that long") from None
     if not isinstance(data, dict):
         raise BadRequest('send a JSON object, e.g. {"command": "status"}')
     if "command" not in data:
         raise BadRequest(f"command: is required; use one of {', '.join(COMMANDS)}")
     if data["command"] not in COMMANDS:
-        raise BadRequest(f"command: {data['command']!r} is unknown; use one of {', '.join(COMMANDS)}")
+        command = data["command"]
+        said = repr(command) if command is None or isinstance(command, bool | float) else shown(command)
+        raise BadRequest(f"command: {said} is unknown; use one of {', '.join(COMMANDS)}")
     try:
         return _request.validate_python(data)
     except ValidationError as e:

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import json
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
+from uplinkd.config import document, ifname
 from uplinkd.config.errors import ConfigError, describe
-from uplinkd.config.fields import Section, check_range, ranged
+from uplinkd.config.fields import Float, Int, Section, Text, check_range, ranged, shown
 from uplinkd.config.probe import PROFILES, Probe, parse_target
 from uplinkd.linux import RESERVED_TABLES
 
@@ -61,19 +60,65 @@ MAX_RULE_PRIORITY = 32766 - RULE_BAND
 MAX_NEXTHOP_BASE = (1 << 32) - (1 << 25) - 1
 
 
+# The longest path a unix socket can bind (sun_path is 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+
+
 def _hex_id(value: object, what: str) -> str:
     text = str(value).lower().removeprefix("0x")
     if not re.fullmatch(r"[0-9a-f]{4}", text):
-        raise ValueError(f'{value!r} is not a USB {what} id; write four hex digits, e.g. "12d1"')
+        raise ValueError(f'{shown(value)} is not a USB {what} id; write four hex digits, e.g. "12d1"')
     return text
+
+
+def _text_only(example: str) -> Any:
+    """A BeforeValidator: the value must be written as a string (an address, a path)."""
+
+    def check(value: object) -> object:
+        if isinstance(value, bool | int | float | list | dict):  # what JSON/TOML wrote unquoted
+            raise ValueError(f"{shown(value)} is not a string; write it in quotes, e.g. {example}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _absolute(example: str, *, limit: int = 4095) -> Any:
+    """A BeforeValidator: an absolute path, written as a string."""
+
+    def check(value: object) -> object:
+        if isinstance(value, Path):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ValueError(
+                f'{shown(value)} is not a path; write an absolute path in quotes, e.g. "{example}"'
+            )
+        if not value.startswith("/"):
+            raise ValueError(
+                f"{shown(value)} is relative, so it would depend on the daemon's working directory; "
+                f'use an absolute path, e.g. "{example}"'
+            )
+        if len(value.encode(errors="replace")) > limit:
+            raise ValueError(
+                f'{shown(value)} is longer than {limit} bytes; use a shorter path, e.g. "{example}"'
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
+SocketPath = Annotated[Path, _absolute("/run/uplinkd/control.sock", limit=MAX_SOCKET_PATH)]
+V4Interface = Annotated[ipaddress.IPv4Interface, _text_only('"10.64.0.2/30"')]
+V6Interface = Annotated[ipaddress.IPv6Interface, _text_only('"2001:db8::2/64"')]
+V4Address = Annotated[ipaddress.IPv4Address, _text_only('"10.64.0.1"')]
+V6Address = Annotated[ipaddress.IPv6Address, _text_only('"2001:db8::1"')]
 
 
 class UsbMatch(Section):
     """USB identity of the device the uplink's network interface belongs to."""
 
-    vendor: str | None = Field(default=None, description="idVendor, four hex digits")
-    product: str | None = Field(default=None, description="idProduct, four hex digits")
-    serial: str | None = Field(default=None, description="iSerial, tells identical sticks apart")
+    vendor: Text | None = Field(default=None, description="idVendor, four hex digits")
+    product: Text | None = Field(default=None, description="idProduct, four hex digits")
+    serial: Text | None = Field(default=None, description="iSerial, tells identical sticks apart")
 
     @field_validator("vendor")
     @classmethod
@@ -95,10 +140,13 @@ class UsbMatch(Section):
 class Match(Section):
     """Which network interface is this uplink. Every given criterion must hold."""
 
-    name: str | None = Field(default=None, description="kernel interface name, glob allowed")
-    driver: tuple[str, ...] = Field(default=(), description="kernel driver name(s), any of")
+    name: Text | None = Field(
+        default=None,
+        description="kernel interface name (1-15 bytes), glob allowed; no quote, ':', '/' or space",
+    )
+    driver: tuple[Text, ...] = Field(default=(), description="kernel driver name(s), any of")
     usb: UsbMatch | None = None
-    path: str | None = Field(default=None, description="udev ID_PATH, glob allowed")
+    path: Text | None = Field(default=None, description="udev ID_PATH, glob allowed")
 
     @field_validator("driver", mode="before")
     @classmethod
@@ -108,8 +156,9 @@ class Match(Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and (not v or len(v) > 15 or "/" in v or " " in v):
-            raise ValueError(f"{v!r} cannot be an interface name; use 1-15 characters without '/' or spaces")
+        why = None if v is None else ifname.glob_problem(v)
+        if why is not None:
+            raise ValueError(why)
         return v
 
     @model_validator(mode="after")
@@ -136,10 +185,10 @@ class StaticAddress(Section):
     """The controller puts this address on the interface. gateway null = point-to-point."""
 
     mode: Literal["static"]
-    cidr: ipaddress.IPv4Interface
-    gateway: ipaddress.IPv4Address | None = None
-    cidr6: ipaddress.IPv6Interface | None = None
-    gateway6: ipaddress.IPv6Address | None = None
+    cidr: V4Interface
+    gateway: V4Address | None = None
+    cidr6: V6Interface | None = None
+    gateway6: V6Address | None = None
 
     @model_validator(mode="after")
     def _gateway_on_link(self) -> StaticAddress:
@@ -155,7 +204,16 @@ class DhcpAddress(Section):
     """The controller runs a DHCPv4 client on the interface; the lease goes into T_u only."""
 
     mode: Literal["dhcp"]
-    hostname: str | None = None
+    hostname: Text | None = Field(default=None, description="sent in DHCP option 12; at most 63 characters")
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", v):
+            raise ValueError(
+                f"{shown(v)} is not a host name; use up to 63 letters, digits, '.', '-' or '_'"
+            )
+        return v
 
 
 Address = Annotated[ExternalAddress | StaticAddress | DhcpAddress, Field(discriminator="mode")]
@@ -164,9 +222,9 @@ Address = Annotated[ExternalAddress | StaticAddress | DhcpAddress, Field(discrim
 class Uplink(Section):
     match: Match
     address: Address = Field(default_factory=ExternalAddress)
-    table: int = Field(description="routing table T_u, 1-16777215, not 253/254/255")
-    weight: int = Field(default=1, description="share of new connections, 1-256")
-    mark: int | None = Field(
+    table: Int = Field(description="routing table T_u, 1-16777215, not 253/254/255")
+    weight: Int = Field(default=1, description="share of new connections, 1-256")
+    mark: Int | None = Field(
         default=None, description="fwmark value under kernel.mark_mask; default: table mod 256"
     )
     probe: Probe = Field(default_factory=Probe, description="health checks; defaults from top-level probe")
@@ -193,17 +251,17 @@ def _check_table(v: int) -> int:
 
 
 class Balance(Section):
-    table: int = Field(default=200, description="T_balance: weighted default for new connections")
+    table: Int = Field(default=200, description="T_balance: weighted default for new connections")
     last_resort: Literal["carrier", "unreachable"] = Field(
         default="carrier",
         description="when no uplink is healthy: 'carrier' = every uplink with carrier; "
         "'unreachable' = refuse",
     )
-    buckets: int = Field(default=512, description="resilient nexthop group size, 16-4096")
-    idle_timer: float = Field(
+    buckets: Int = Field(default=512, description="resilient nexthop group size, 16-4096")
+    idle_timer: Float = Field(
         default=10.0, description="seconds a bucket must be idle before it may move to a new member"
     )
-    unbalanced_timer: float = Field(
+    unbalanced_timer: Float = Field(
         default=0.0, description="seconds after which buckets move even if busy; 0 = never"
     )
 
@@ -217,7 +275,7 @@ class Balance(Section):
 
 
 class Rules(Section):
-    priority: int = Field(default=10000, description="base of the rule band; uses base+0 .. base+30")
+    priority: Int = Field(default=10000, description="base of the rule band; uses base+0 .. base+30")
 
     _priority = ranged(
         "priority",
@@ -240,13 +298,13 @@ class Ownership(Section):
     """The `kernel` section: what the controller owns in the kernel (its protocol number,
     nexthop ids, mark bits, nft table). Nothing outside these is ever touched."""
 
-    protocol: int = Field(default=77, description="route/rule/nexthop protocol number (rt_protos)")
-    nexthop_base: int = Field(
+    protocol: Int = Field(default=77, description="route/rule/nexthop protocol number (rt_protos)")
+    nexthop_base: Int = Field(
         default=100_000_000,
         description="first nexthop id owned; ids base .. base+2^25 are reserved",
     )
-    mark_mask: int = Field(default=0xFF00, description="fwmark/ct mark bits the controller owns")
-    nft_table: str = Field(default="uplinkd", description="name of the 'inet' nftables table")
+    mark_mask: Int = Field(default=0xFF00, description="fwmark/ct mark bits the controller owns")
+    nft_table: Text = Field(default="uplinkd", description="name of the 'inet' nftables table")
 
     _int_fields = field_validator("protocol", "nexthop_base", "mark_mask", mode="before")(
         classmethod(lambda cls, v: _int_or_hex(v))
@@ -261,7 +319,8 @@ class Ownership(Section):
     @classmethod
     def _mask(cls, v: int) -> int:
         if not 0 < v < (1 << 32):
-            raise ValueError(f"{v:#x} is not a 32-bit mask; use e.g. 0xff00")
+            text = f"{v:#x}" if -(1 << 64) < v < (1 << 64) else shown(v)
+            raise ValueError(f"{text} is not a 32-bit mask; use e.g. 0xff00")
         low = v & -v
         if (v // low) & ((v // low) + 1):
             raise ValueError(f"{v:#x} is not one run of bits; use contiguous bits, e.g. 0xff00")
@@ -271,7 +330,7 @@ class Ownership(Section):
     @classmethod
     def _nft_table(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", v):
-            raise ValueError(f"{v!r} is not an nftables table name; use letters, digits, _")
+            raise ValueError(f"{shown(v)} is not an nftables table name; use letters, digits, _")
         return v
 
     @property
@@ -284,20 +343,26 @@ class Ownership(Section):
 
 
 class Control(Section):
-    socket: Path = Field(default=Path("/run/uplinkd/control.sock"))
-    state_dir: Path = Field(default=Path("/var/lib/uplinkd"), description="DHCP leases kept across restarts")
-    resync_interval: float = Field(default=30.0, description="full kernel resync, seconds")
+    socket: SocketPath = Field(
+        default=Path("/run/uplinkd/control.sock"), description="absolute path, at most 107 bytes"
+    )
+    state_dir: Annotated[Path, _absolute("/var/lib/uplinkd")] = Field(
+        default=Path("/var/lib/uplinkd"), description="DHCP leases kept across restarts; absolute path"
+    )
+    resync_interval: Float = Field(default=30.0, description="full kernel resync, seconds")
 
     _resync = ranged("resync_interval", low=1, high=3600, unit="seconds")
 
 
 class Hooks(Section):
-    on_change: Path | None = Field(
+    on_change: Annotated[Path, _absolute("/etc/uplinkd/on-change")] | None = Field(
         default=None,
-        description="program run on every uplink state change, with UPLINKD_UPLINK, "
+        description="absolute path of a program run on every uplink state change, with UPLINKD_UPLINK, "
         "UPLINKD_STATE, UPLINKD_OLD_STATE, UPLINKD_REASON, UPLINKD_DEV in its environment",
     )
-    timeout: float = Field(default=10.0, description="seconds before a hook is killed")
+    timeout: Float = Field(default=10.0, description="seconds before a hook is killed")
+
+    _timeout = ranged("timeout", low=0.1, high=3600, unit="seconds")
 
 
 class Config(Section):
@@ -338,7 +403,7 @@ class Config(Section):
         for name in v:
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
                 raise ValueError(
-                    f"uplink name {name!r} is not usable; use a letter then letters, digits, "
+                    f"uplink name {shown(name)} is not usable; use a letter then letters, digits, "
                     "'-' or '_' (at most 32)"
                 )
         return v
@@ -392,6 +457,9 @@ class Config(Section):
 
 def parse(data: Mapping[str, Any]) -> Config:
     """Validate an already-decoded config document."""
+    problems = document.check(data)
+    if problems:
+        raise ConfigError(problems)
     try:
         return Config.model_validate(data)
     except ValidationError as e:
@@ -399,24 +467,11 @@ def parse(data: Mapping[str, Any]) -> Config:
 
 
 def load(path: Path) -> Config:
-    """Read and validate a JSON or TOML config file (by extension; JSON otherwise)."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read ({e.strerror}); check the path"]) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError([f"{path}: not UTF-8 text ({e}); save it as UTF-8 JSON or TOML"]) from None
-    try:
-        if path.suffix == ".toml":
-            data: Any = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        kind = "TOML" if path.suffix == ".toml" else "JSON"
-        raise ConfigError([f"{path}: not valid {kind} ({e})"]) from None
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be an object with 'uplinks'"])
-    return parse(data)
+    """Read and validate a JSON or TOML config file (by extension; JSON otherwise).
+
+    Every failure, whatever the file holds or is, is a `ConfigError`.
+    """
+    return parse(document.read(path))
 
 
 def schema() -> dict[str, Any]:

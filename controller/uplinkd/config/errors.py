@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 from pydantic import ValidationError
 
+from uplinkd.config.fields import shown
+
 
 class ConfigError(Exception):
     """A config that cannot be used, with one line per problem."""
@@ -43,6 +45,23 @@ _FIXES = {
     "ip_v4_address": 'expected an IPv4 address, e.g. "10.64.0.1"',
     "ip_v6_address": 'expected an IPv6 address, e.g. "2001:db8::1"',
 }
+
+
+def _unquote(kind: str, value: object) -> str:
+    """What to write instead, when a number or true/false was written as something else."""
+    if kind in ("int_type", "float_type") and isinstance(value, bool):
+        return ", not true/false"
+    if kind in ("int_type", "float_type") and isinstance(value, str):
+        try:
+            float(value.strip())
+        except ValueError:
+            return ""
+        return ", not a string; write it without quotes"
+    if kind == "int_type" and isinstance(value, float) and value.is_integer():
+        return f"; write {int(value)}"
+    if kind == "bool_type" and isinstance(value, str | int):
+        return ", not a string or number; write true or false without quotes"
+    return ""
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -79,12 +98,12 @@ def describe(error: ValidationError) -> list[str]:
             continue
         fix = _FIXES.get(kind)
         if kind == "literal_error":
-            fix = f"{err['input']!r} is not allowed; use {err['ctx']['expected']}"
+            fix = f"{shown(err['input'])} is not allowed; use {err['ctx']['expected']}"
         elif kind == "union_tag_invalid":
             fix = f"{err['ctx']['tag']!r} is not a mode; use one of {err['ctx']['expected_tags']}"
         elif fix is None:
             fix = err["msg"]
         elif kind not in ("missing", "extra_forbidden"):
-            fix = f"{err['input']!r}: {fix}"
+            fix = f"{shown(err['input'])}: {fix}{_unquote(kind, err['input'])}"
         lines.append(f"{where}: {fix}" if where else fix)
     return lines

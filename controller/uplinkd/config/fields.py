@@ -5,15 +5,43 @@ bounds is refused with "<value> is out of range; use <fix>", where the fix is "<
 <high> <unit>" unless a field says it better ("a whole number from 1 to 256"). `ranged` makes
 the pydantic validator for a model's fields; `check_range` is the same check for a validator
 that also does something else.
+
+Scalars are strict: `Int`, `Float` and `Text` refuse what JSON or TOML did not write as that
+type (`weight: true`, `table: "101"`, `interval: "2"`), and `shown` is how every message
+quotes what the file said, cut short so a hostile value cannot flood the error.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import reprlib
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Strict, field_validator
 
 N = TypeVar("N", int, float)
+
+# A whole number: not true/false, not "101", not 3.0.
+Int = Annotated[int, Strict()]
+# A number: a whole number is fine (1 means 1.0), true/false and "1.5" are not.
+Float = Annotated[float, Strict()]
+Text = Annotated[str, Strict()]
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 80
+_REPR.maxother = 80
+_REPR.maxlevel = 3
+
+
+def shown(value: object) -> str:
+    """How an error message quotes a value from the file: short, and never failing."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"a {value.bit_length()}-bit number"
+    try:
+        return _REPR.repr(value)
+    except (RecursionError, ValueError):  # a huge int inside a list, or nesting
+        return f"a {type(value).__name__}"
 
 
 class Section(BaseModel):
@@ -29,7 +57,7 @@ def check_range(
     inside = low < value <= high if above else low <= value <= high
     if not inside:
         fix = use if use is not None else f"{low} to {high} {unit}".rstrip()
-        raise ValueError(f"{value} is out of range; use {fix}")
+        raise ValueError(f"{shown(value)} is out of range; use {fix}")
     return value
 
 

@@ -12,7 +12,7 @@ from typing import Any, Final, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from uplinkd.config.fields import Section, ranged
+from uplinkd.config.fields import Float, Int, Section, Text, ranged, shown
 
 PROFILES: Final[dict[str, dict[str, float | int]]] = {
     # An idle uplink costs ~2 targets x 72 B every 20 s = 0.6 MB/day; traffic that gets no
@@ -58,23 +58,23 @@ class Probe(Section):
         default="default", description="timing preset; fields given explicitly win"
     )
     method: Literal["icmp", "tcp", "dns"] = "icmp"
-    targets: tuple[str, ...] = Field(
+    targets: tuple[Text, ...] = Field(
         default=(),
         description="icmp/dns: addresses; tcp: address:port (IPv6: [addr]:port). "
         "Empty: no probes, the uplink is healthy while it has carrier and an address",
     )
-    dns_name: str = Field(default=".", description="name asked of DNS targets (type NS)")
-    quorum: int = Field(default=1, description="targets that must answer for a round to pass")
-    interval: float = _timing("interval", "seconds between rounds while healthy")
-    fast_interval: float = _timing("fast_interval", "seconds between rounds while suspicious")
-    down_interval: float = _timing("down_interval", "seconds between rounds while down")
-    timeout: float = _timing("timeout", "seconds to wait for an answer")
-    suspect_after: float = _timing("suspect_after", "packets out but none in for this long: probe hard")
-    down_after: int = _timing("down_after", "failed rounds in a row before down")
-    up_after: int = _timing("up_after", "good rounds in a row before up")
-    loss_threshold: float = Field(default=20.0, description="percent loss (EWMA) that degrades")
-    rtt_threshold: float = Field(default=500.0, description="milliseconds RTT (EWMA) that degrades")
-    degraded_weight: float = Field(default=0.5, description="weight factor while degraded")
+    dns_name: Text = Field(default=".", description="name asked of DNS targets (type NS)")
+    quorum: Int = Field(default=1, description="targets that must answer for a round to pass")
+    interval: Float = _timing("interval", "seconds between rounds while healthy")
+    fast_interval: Float = _timing("fast_interval", "seconds between rounds while suspicious")
+    down_interval: Float = _timing("down_interval", "seconds between rounds while down")
+    timeout: Float = _timing("timeout", "seconds to wait for an answer")
+    suspect_after: Float = _timing("suspect_after", "packets out but none in for this long: probe hard")
+    down_after: Int = _timing("down_after", "failed rounds in a row before down")
+    up_after: Int = _timing("up_after", "good rounds in a row before up")
+    loss_threshold: Float = Field(default=20.0, description="percent loss (EWMA) that degrades")
+    rtt_threshold: Float = Field(default=500.0, description="milliseconds RTT (EWMA) that degrades")
+    degraded_weight: Float = Field(default=0.5, description="weight factor while degraded")
 
     @model_validator(mode="before")
     @classmethod
@@ -90,7 +90,7 @@ class Probe(Section):
     def _dns_name(cls, v: str) -> str:
         labels = [label for label in v.strip(".").split(".") if label]
         if len(v) > 253 or any(len(label) > 63 for label in labels):
-            raise ValueError(f"{v!r} is not a DNS name; use labels of at most 63 characters, 253 in all")
+            raise ValueError(f"{shown(v)} is not a DNS name; use labels of at most 63 characters, 253 in all")
         return v
 
     @field_validator("targets")
@@ -131,14 +131,14 @@ def parse_target(method: str, text: str) -> tuple[ipaddress.IPv4Address | ipaddr
         host, sep, port = text.rpartition(":")
         host = host.strip("[]")
         if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f'{text!r} needs a port for tcp; write e.g. "198.51.100.1:443"')
+            raise ValueError(f'{shown(text)} needs a port for tcp; write e.g. "198.51.100.1:443"')
         try:
             return ipaddress.ip_address(host), int(port)
         except ValueError:
             raise ValueError(
-                f'{text!r}: {host!r} is not an IP address; write e.g. "198.51.100.1:443"'
+                f'{shown(text)}: {shown(host)} is not an IP address; write e.g. "198.51.100.1:443"'
             ) from None
     try:
         return ipaddress.ip_address(text), 53 if method == "dns" else None
     except ValueError:
-        raise ValueError(f'{text!r} is not an IP address; write e.g. "198.51.100.1"') from None
+        raise ValueError(f'{shown(text)} is not an IP address; write e.g. "198.51.100.1"') from None
