@@ -69,7 +69,7 @@ def _read_bytes(path: Path) -> bytes:
         os.close(fd)
     if size > MAX_BYTES:
         raise ConfigError(
-            [f"{path}: larger than {MAX_BYTES // 1024} KiB; a config is a few KB, check the path"]
+            [f"{path}: larger than {MAX_BYTES >> 20} MiB; a config is a few KB, check the path"]
         )
     return b"".join(chunks)
 

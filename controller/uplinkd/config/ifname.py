@@ -3,8 +3,10 @@
 The kernel (`dev_valid_name`) counts bytes: a name is 1 to 15 bytes (IFNAMSIZ - 1), not `.`
 or `..`, without `/`, `:`, NUL or a byte its `isspace` calls space (tab, newline, vertical
 tab, form feed, carriage return, space, and 0xA0, which is the second byte of UTF-8 `à`).
-It does take `"`, `\\` and control characters, but nft cannot write those inside a quoted
-string, so uplinkd refuses them too.
+It does take `"`, `\\` and control characters, but nft cannot write a `"` inside a quoted
+string (the table fails to load), reads a trailing `*` as a wildcard, and escapes are fragile,
+so uplinkd refuses all of them. The planner should call `problem` on every interface the
+kernel reports before it puts one in the nft table.
 
 `problem` says what is wrong with a name (None if nothing); `glob_problem` does the same for
 `match.name`, a glob that may be longer than a name (a `[...]` class stands for one
@@ -14,6 +16,8 @@ character) but must be able to match some name.
 from __future__ import annotations
 
 import re
+
+from uplinkd.config.fields import shown
 
 IFNAMSIZ = 16
 MAX_BYTES = IFNAMSIZ - 1
@@ -51,17 +55,19 @@ def _bad_byte(raw: bytes) -> str | None:
 def problem(name: str) -> str | None:
     """Why the kernel or nft cannot take `name` as an interface name, or None."""
     if not name or len(name) > MAX_BYTES or "/" in name or " " in name:
-        return f"{name!r} {_PLAIN}"
+        return f"{shown(name)} {_PLAIN}"
     raw = _encoded(name)
     if raw is None:
-        return f"{name!r} is not valid Unicode; {_FIX}"
+        return f"{shown(name)} is not valid Unicode; {_FIX}"
     if name in (".", ".."):
-        return f"{name!r} cannot be an interface name; {_FIX}"
+        return f"{shown(name)} cannot be an interface name; {_FIX}"
     if len(raw) > MAX_BYTES:
-        return f"{name!r} is {len(raw)} bytes, more than the kernel's 15; {_FIX}"
+        return f"{shown(name)} is {len(raw)} bytes, more than the kernel's 15; {_FIX}"
     bad = _bad_byte(raw)
     if bad is not None:
-        return f"{name!r} contains {bad}; {_FIX}"
+        return f"{shown(name)} contains {bad}; {_FIX}"
+    if name.endswith("*"):  # only a kernel name can get here: in the config it is a glob
+        return f"{shown(name)} ends in '*', which nft reads as a wildcard; rename the interface"
     return None
 
 
@@ -77,15 +83,15 @@ def glob_problem(glob: str) -> str | None:
         return problem(glob)
     raw = _encoded(glob)
     if raw is None:
-        return f"{glob!r} is not valid Unicode; {_FIX}"
+        return f"{shown(glob)} is not valid Unicode; {_FIX}"
     if len(raw) > MAX_GLOB_BYTES:
-        return f"{glob!r} is {len(raw)} bytes; a glob for interface names needs at most {MAX_GLOB_BYTES}"
+        return f"{shown(glob)} is {len(raw)} bytes; a glob for interface names needs at most {MAX_GLOB_BYTES}"
     bad = _bad_byte(raw)
     if bad is not None:
-        return f"{glob!r} contains {bad}; {_FIX}"
+        return f"{shown(glob)} contains {bad}; {_FIX}"
     if _shortest_match(glob) > MAX_BYTES:
         return (
-            f"{glob!r} matches only names longer than the kernel's 15 bytes; "
+            f"{shown(glob)} matches only names longer than the kernel's 15 bytes; "
             "shorten it so it can match an interface"
         )
     return None
