@@ -107,7 +107,7 @@ def test_pathological_files_on_sighup_and_reload_keep_the_daemon_and_its_config(
         make(path)
         controller.signal(signal.SIGHUP)
         wait_until(
-            lambda: controller.log().count("keeping the running config") > refused,
+            lambda n=refused: controller.log().count("keeping the running config") > n,
             what=f"the reload of {make.__name__} to be refused",
         )
         assert expected in controller.log().rsplit("keeping the running config", 1)[1]

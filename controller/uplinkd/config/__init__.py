@@ -210,9 +210,7 @@ class DhcpAddress(Section):
     @classmethod
     def _hostname(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", v):
-            raise ValueError(
-                f"{shown(v)} is not a host name; use up to 63 letters, digits, '.', '-' or '_'"
-            )
+            raise ValueError(f"{shown(v)} is not a host name; use up to 63 letters, digits, '.', '-' or '_'")
         return v
 
 
