@@ -302,6 +302,10 @@ def _huge(p: Path) -> None:
         f.write(b'{"uplinks": {}, "x": "' + b"x" * (2 << 20) + b'"}')
 
 
+def _wide(p: Path) -> None:  # under the size cap, but half a million values to walk
+    p.write_text('{"uplinks": {}, "x": [' + ",".join(["1"] * 500_000) + "]}")
+
+
 def _directory(p: Path) -> None:
     p.mkdir()
 
@@ -326,6 +330,7 @@ FILES: list[tuple[str, str, Callable[[Path], None], str]] = [
     ("surrogate", "c.json", _surrogate, "uplinks.a.match.name: text that is not valid Unicode"),
     ("nul", "c.json", _nul, "uplinks.a.match.name: text with a NUL character; remove it"),
     ("huge", "c.json", _huge, "larger than 1 MiB"),
+    ("wide", "c.json", _wide, "more than 50000 values; a config has a few hundred"),
     ("directory", "c.json", _directory, "cannot read (Is a directory)"),
     ("fifo", "c.json", _fifo, "is a FIFO; give a JSON or TOML file"),
     ("dev-zero", "c.json", _dev_zero, "is a character device; give a JSON or TOML file"),

@@ -18,7 +18,6 @@ import json
 import os
 import stat
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from uplinkd.config.errors import ConfigError
 MAX_BYTES = 1 << 20
 # The deepest valid config is 5 levels (uplinks.NAME.match.usb.vendor); lists add one.
 MAX_DEPTH = 16
+# Keys and values in all; 100 uplinks with every setting spelled out are ~5,000.
+MAX_VALUES = 50_000
 
 
 def _kind(mode: int) -> str:
@@ -102,38 +103,46 @@ def read(path: Path) -> Any:
     return data
 
 
-def _walk(data: Any) -> Iterator[tuple[tuple[str, ...], Any]]:
-    """(path, value) for every key and value in `data`, without recursion."""
-    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
-    while stack:
-        where, value = stack.pop()
-        yield where, value
-        if len(where) > MAX_DEPTH:
-            continue  # reported by `check`; do not descend a hostile depth
-        if isinstance(value, dict):
-            for key, item in value.items():
-                yield (*where, "<key>"), key
-                stack.append(((*where, str(key)), item))
-        elif isinstance(value, list | tuple):
-            stack.extend(((*where, str(i)), item) for i, item in enumerate(value))
+def _text_problem(value: str, what: str) -> str | None:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return f"{what} that is not valid Unicode (a lone surrogate); fix it"
+    if "\0" in value:
+        return f"{what} with a NUL character; remove it"
+    return None
 
 
 def check(data: Any) -> list[str]:
-    """What in `data` no schema check should have to see; one line per problem (few)."""
+    """What in `data` no schema check should have to see; one line per problem (a few at most).
+
+    Iterative, and bounded by `MAX_VALUES`: the daemon's reload runs this on its event loop.
+    """
     problems: list[str] = []
-    for where, value in _walk(data):
-        field = ".".join(p for p in where if p != "<key>") or "top level"
-        if len(where) > MAX_DEPTH:
-            problems.append(f"{field}: nested more than {MAX_DEPTH} levels deep; no setting is")
-        elif isinstance(value, str):
-            what = "a key" if where and where[-1] == "<key>" else "text"
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                problems.append(f"{field}: {what} that is not valid Unicode (a lone surrogate); fix it")
-                continue
-            if "\0" in value:
-                problems.append(f"{field}: {what} with a NUL character; remove it")
-        if len(problems) >= 5:  # enough to act on; a hostile file could have millions
+    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
+    seen = 0
+    while stack and len(problems) < 5:  # enough to act on; a hostile file could hold millions
+        where, value = stack.pop()
+        seen += 1 + (len(value) if isinstance(value, dict | list | tuple) else 0)
+        if seen > MAX_VALUES:
+            problems.append(f"more than {MAX_VALUES} values; a config has a few hundred, check the file")
             break
+        if isinstance(value, str):
+            why = _text_problem(value, "text")
+            if why is not None:
+                problems.append(f"{'.'.join(where) or 'top level'}: {why}")
+            continue
+        if not isinstance(value, dict | list | tuple):
+            continue
+        if len(where) >= MAX_DEPTH:
+            problems.append(f"{'.'.join(where)}: nested more than {MAX_DEPTH} levels deep; no setting is")
+            continue
+        if isinstance(value, dict):
+            for key, item in value.items():
+                why = _text_problem(key, "a key") if isinstance(key, str) else None
+                if why is not None:
+                    problems.append(f"{'.'.join(where) or 'top level'}: {why}")
+                stack.append(((*where, str(key)), item))
+        else:
+            stack.extend(((*where, str(i)), item) for i, item in enumerate(value))
     return problems
