@@ -17,9 +17,10 @@ import pytest
 from uplinkd.config.ifname import problem
 from uplinkd.kernel.nft import render
 from uplinkd.lab import Lab
+from uplinkd.lab.launcher import LabDaemon
 from uplinkd.model import NftState, NftUplink
 
-from running import Controller, group_members, ip_json, nexthops, routes, rules, wait_until
+from harness.readback import group_members, ip_json, nexthops, routes, rules, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -57,8 +58,8 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def controller(lab: Lab, tmp_path: Path) -> Iterator[Controller]:
-    c = Controller(lab, two_uplinks(), tmp_path)
+def controller(lab: Lab, tmp_path: Path) -> Iterator[LabDaemon]:
+    c = LabDaemon(lab.router, two_uplinks(), workdir=tmp_path)
     try:
         yield c
     finally:
@@ -95,7 +96,7 @@ PATHOLOGICAL: list[tuple[Callable[[Path], None], str]] = [
 
 
 def test_pathological_files_on_sighup_and_reload_keep_the_daemon_and_its_config(
-    lab: Lab, controller: Controller
+    lab: Lab, controller: LabDaemon
 ) -> None:
     controller.start()
     wait_until(lambda: len(group_members(lab.router, TABLES)) == 2, what="two uplinks in the group")
