@@ -42,6 +42,10 @@ in
       # packet that arrived on one uplink may well point out of another.
       "net.ipv4.conf.all.rp_filter" = 2;
       "net.ipv4.conf.default.rp_filter" = 2;
+      # A DHCP lease that moves within its subnet: the new address is added before the old
+      # (primary) one goes, and must survive it (systemd's own defaults say the same; the
+      # controller cannot set it per interface under ProtectKernelTunables).
+      "net.ipv4.conf.all.promote_secondaries" = true;
     }
     # With forwarding on, the kernel ignores router advertisements unless accept_ra is 2. The
     # uplinks networkd manages learn by RA in networkd itself; the ones the controller owns

@@ -82,6 +82,7 @@ def test_router_forwards_over_nixos_own_default(path: Path, tmp_path: Path) -> N
     assert sysctl["net.ipv4.conf.all.forwarding"] is True
     assert sysctl["net.ipv4.conf.all.rp_filter"] == 2
     assert sysctl["net.ipv4.fib_multipath_hash_policy"] == 1
+    assert sysctl["net.ipv4.conf.all.promote_secondaries"] is True
 
     mine = (
         '{ boot.kernel.sysctl = { "net.ipv4.conf.all.rp_filter" = 1;'
