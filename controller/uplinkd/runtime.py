@@ -80,6 +80,8 @@ class Runtime:
                 log.log(
                     level, "uplink %s: %s → %s (%s)", s.name, old.state if old else "-", s.state, s.reason
                 )
+            if "cannot be used" in s.reason and (old is None or old.reason != s.reason):
+                log.warning("uplink %s: %s", s.name, s.reason)
             if s.also_matches and (old is None or old.also_matches != s.also_matches):
                 log.warning(
                     "uplink %s: %s also match%s its match criteria; using %s (the lowest interface index)."

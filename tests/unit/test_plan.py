@@ -436,6 +436,18 @@ def test_links_taken_by_other_uplinks_make_no_match_ambiguous() -> None:
     assert got == [("a", "wwan2", ()), ("b", "wwan1", ())]
 
 
+def test_an_interface_name_nft_cannot_quote_is_never_assigned() -> None:
+    c = config({"a": uplink("lte*", 101)})
+    intent = desired(c, observed(link(4, 'lte"9')))
+    s = status(intent, "a")
+    assert (s.state, s.dev) == (State.ABSENT, None)
+    assert s.reason.startswith("interface 'lte\"9' matches but cannot be used: ") and "rename it" in s.reason
+    assert not any('lte"9' in str(obj) for obj in nft_of(intent.kernel).uplinks)  # type: ignore[union-attr]
+    # a usable sibling is taken instead
+    intent = desired(c, observed(link(4, 'lte"9'), link(5, "lte2")))
+    assert status(intent, "a").dev == "lte2"
+
+
 def test_link_matching_nothing_is_ignored() -> None:
     c = config(EXT)
     base = observed(link(2, "eth1"), addrs=[addr(2, "192.0.2.2/24")], gws=[gw(2, "192.0.2.1")])

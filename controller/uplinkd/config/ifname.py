@@ -5,8 +5,9 @@ or `..`, without `/`, `:`, NUL or a byte its `isspace` calls space (tab, newline
 tab, form feed, carriage return, space, and 0xA0, which is the second byte of UTF-8 `à`).
 It does take `"`, `\\` and control characters, but nft cannot write a `"` inside a quoted
 string (the table fails to load), reads a trailing `*` as a wildcard, and escapes are fragile,
-so uplinkd refuses all of them. The planner should call `problem` on every interface the
-kernel reports before it puts one in the nft table.
+so uplinkd refuses all of them. The planner calls `problem` on every interface the kernel
+reports and never assigns one it refuses to an uplink (so it never reaches the nft table); the
+uplink stays absent and its reason names the interface.
 
 `problem` says what is wrong with a name (None if nothing); `glob_problem` does the same for
 `match.name`, a glob that may be longer than a name (a `[...]` class stands for one

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from uplinkd.config import Config, Uplink
+from uplinkd.config.ifname import problem as ifname_problem
 from uplinkd.model import (
     AF_INET,
     AF_INET6,
@@ -69,10 +70,20 @@ def assign_links(
     for name, index in (previous or {}).items():
         link = observed.links.get(index)
         uplink = config.uplinks.get(name)
-        if link is not None and uplink is not None and index not in taken and link_matches(uplink, link):
+        if (
+            link is not None
+            and uplink is not None
+            and index not in taken
+            and link_matches(uplink, link)
+            and ifname_problem(link.name) is None
+        ):
             assigned[name] = link
             taken.add(index)
-    links = sorted(observed.links.values(), key=lambda link: link.index)
+    # a name the kernel took but nft cannot quote (a `"`, say) would break the whole table
+    links = sorted(
+        (link for link in observed.links.values() if ifname_problem(link.name) is None),
+        key=lambda link: link.index,
+    )
     for name, uplink in config.uplinks.items():
         if name in assigned:
             continue
@@ -168,7 +179,7 @@ def survey(config: Config, facts: Facts) -> Survey:
         )
         link = links.get(name)
         if link is None:
-            statuses.append(status)
+            statuses.append(replace(status, reason=_why_absent(uplink, facts.observed)))
             continue
         status = replace(
             status,
@@ -207,6 +218,15 @@ def survey(config: Config, facts: Facts) -> Survey:
             )
         )
     return Survey(tuple(statuses), all_ways)
+
+
+def _why_absent(uplink: Uplink, observed: Observed) -> str:
+    """An absent uplink's reason: nothing matches, or what matches has a name we cannot use."""
+    for link in sorted(observed.links.values(), key=lambda link: link.index):
+        trouble = ifname_problem(link.name)
+        if trouble is not None and link_matches(uplink, link):
+            return f"interface {link.name!r} matches but cannot be used: {trouble}; rename it (a .link file)"
+    return "no interface matches"
 
 
 def _why_not_ready(
