@@ -11,6 +11,7 @@ apt_packages=(
   wireguard-tools wireguard-go                                              # tunnels (netns tier)
   qemu-system-x86 linux-image-amd64 busybox-static file                     # the VM tier (TCG, virtme-ng)
   nix-bin                                                                   # nix-instantiate --parse
+  iperf3 ethtool                                                            # bench/forwarding.py
 )
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""Forwarding benchmark: what uplinkd's nft table and rule bands cost every forwarded packet.
+
+    sudo python3 bench/forwarding.py [--sizes 2,4,8] [--rounds 5] [--seconds 3] [--quick]
+
+Per uplink count N, four labs side by side (LAN client → router → N ISPs → server, see
+uplinkd.lab), one per variant of the router:
+
+- ``bare``: a default route in main via ISP 1 and one masquerade rule; no policy rules at
+  all, so the kernel keeps its merged local/main table (one lookup a packet);
+- ``uplinkd``: the real daemon (static uplinks, no probes), running;
+- ``nft_only``: uplinkd's nft table (``render()``, loaded by hand) and a default route in
+  main; no rule bands;
+- ``bands_only``: uplinkd's rules, tables and nexthop group (written by the daemon, which is
+  then stopped), its nft table replaced by the same masquerade rule as ``bare``.
+
+Each variant needs its own router namespace: once a policy rule has been added to a
+namespace the kernel never merges local and main back, so the variants cannot take turns
+in one router.
+
+iperf3 (one TCP stream, client pinned to CPU 0, server to CPU 1) runs from the LAN client
+to the server (``up``) and back (``down``, ``-R``), first with offloads off on every
+interface of every namespace (``ethtool -K tso/gso/gro off``: each ~1500-byte packet crosses
+the router alone, the per-packet cost), then with TSO/GSO on (``bulk``: 64 KB segments).
+The variants take turns within each round, in an order rotated every round, so drift in
+the machine's load (it is shared) hits them alike. Reported: the median throughput per
+variant, the ratio of medians to ``bare``, and the median of the per-round ratios to the
+``bare`` run of the same round.
+
+Prints JSON on stdout (also written to bench/results/forwarding.json) and a table.
+Needs root, iperf3 and ethtool (scripts/setup.sh installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "netns"))  # the test harness that runs the real daemon
+
+from uplinkd import config as uconfig  # noqa: E402
+from uplinkd.kernel import nft  # noqa: E402
+from uplinkd.lab import Lab  # noqa: E402
+from uplinkd.lab.addresses import SERVER4  # noqa: E402
+from uplinkd.lab.stats import publish  # noqa: E402
+from uplinkd.model import NftState, NftUplink  # noqa: E402
+
+from running import Controller, group_members, wait_until  # noqa: E402
+
+VARIANTS = ("bare", "uplinkd", "nft_only", "bands_only")
+DIRECTIONS = ("up", "down")
+PORT = 5201
+MSS = 1448  # TCP payload of a 1500-byte packet with timestamps: packets ≈ bytes / MSS
+BARE_NAT = "bench_nat"
+RESULTS = ROOT / "bench" / "results" / "forwarding.json"
+
+
+def log(msg: str) -> None:
+    print(f"[forwarding] {msg}", file=sys.stderr, flush=True)
+
+
+def names(n: int) -> list[str]:
+    return [f"up{i}" for i in range(1, n + 1)]
+
+
+def config(n: int) -> dict[str, Any]:
+    """N static uplinks, equal weights, no probes (nothing but the benchmark's traffic)."""
+    return {
+        "uplinks": {
+            name: {
+                "match": {"name": name},
+                "address": {"mode": "static", "cidr": f"10.{100 + i}.0.2/24", "gateway": f"10.{100 + i}.0.1"},
+                "table": 100 + i,
+            }
+            for i, name in enumerate(names(n), start=1)
+        },
+        "balance": {"table": 200},
+    }
+
+
+def nft_state(n: int) -> NftState:
+    """The nft table uplinkd would load for these uplinks (for the `nft_only` router)."""
+    cfg = uconfig.parse(config(n))
+    uplinks = tuple(sorted((NftUplink(name, cfg.mark_of(name)) for name in names(n)), key=lambda u: u.ifname))
+    return NftState(table=cfg.kernel.nft_table, mask=cfg.kernel.mark_mask, uplinks=uplinks)
+
+
+def masquerade(lab: Lab) -> None:
+    """The bare router's NAT: LAN traffic leaving through any other interface is masqueraded."""
+    lab.run(
+        "router",
+        ["nft", "-f", "-"],
+        input=(
+            f"table inet {BARE_NAT} {{\n\tchain postrouting {{\n"
+            "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+            '\t\tiifname "lan0" oifname != "lan0" masquerade\n\t}\n}\n'
+        ),
+    )
+
+
+def offloads(lab: Lab, *, on: bool) -> None:
+    """TSO/GSO (and GRO) on or off on every interface of every namespace of the lab."""
+    state = "on" if on else "off"
+    for ns in lab.namespaces:
+        for link in json.loads(lab.run(ns, ["ip", "-json", "link", "show"]).stdout):
+            if link["ifname"] == "lo":
+                continue
+            argv = ["ethtool", "-K", link["ifname"], "tso", state, "gso", state]
+            if not on:
+                argv += ["gro", "off"]  # veth GRO is off by default; bulk leaves it so
+            lab.run(ns, argv)
+
+
+@dataclass
+class Router:
+    """One variant's lab, ready to forward."""
+
+    variant: str
+    lab: Lab
+
+    def iperf(self, *, seconds: float, reverse: bool) -> dict[str, float]:
+        argv = ["iperf3", "-c", str(SERVER4.ip), "-p", str(PORT), "-t", f"{seconds:g}", "-O", "1",
+                "-A", "0,1", "-J"]  # fmt: skip
+        if reverse:
+            argv.append("-R")
+        out = self.lab.run("lan1", argv, timeout=seconds + 30).stdout
+        end = json.loads(out)["end"]
+        received = end["sum_received"]
+        return {
+            "mbit_s": received["bits_per_second"] / 1e6,
+            "kpps": received["bytes"] / MSS / received["seconds"] / 1e3,
+            "cpu_sender_pct": end["cpu_utilization_percent"]["host_total" if not reverse else "remote_total"],
+        }
+
+
+def start_iperf_server(lab: Lab) -> None:
+    lab.popen("inet", ["iperf3", "-s", "-B", str(SERVER4.ip), "-p", str(PORT)])
+    wait_until(
+        lambda: f":{PORT}" in lab.run("inet", ["ss", "-Htln", f"sport = :{PORT}"]).stdout,
+        timeout=10,
+        what="iperf3 server listening",
+    )
+
+
+def build(variant: str, n: int, stack: ExitStack, workdir: Path) -> Router:
+    lab = stack.enter_context(Lab())
+    by_hand = variant in ("bare", "nft_only")
+    for name in names(n):
+        # bare and nft_only: the lab puts 10.<100+i>.0.2 on; uplinkd: the controller does
+        lab.add_isp(name, address="static" if by_hand else "none")
+    lab.add_client()
+    if by_hand:
+        lab.run("router", ["ip", "route", "add", "default", "via", str(lab.isps[0].addresses.gateway4.ip)])
+    if variant == "bare":
+        masquerade(lab)
+    elif variant == "nft_only":
+        lab.run("router", ["nft", "-f", "-"], input=nft.render(nft_state(n)))
+    else:
+        ctl_dir = workdir / variant
+        ctl_dir.mkdir()
+        c = Controller(lab, config(n), ctl_dir)
+        stack.callback(c.stop)
+        c.start()
+        tables = {100 + i: name for i, name in enumerate(names(n), start=1)}
+        wait_until(
+            lambda: len(group_members(lab.router, tables)) == n, timeout=30, what="every uplink in the group"
+        )
+        if variant == "bands_only":
+            c.stop()  # fail static: the rules, routes and group stay
+            lab.run("router", ["nft", "delete", "table", "inet", "uplinkd"])
+            masquerade(lab)
+    start_iperf_server(lab)
+    return Router(variant, lab)
+
+
+@contextmanager
+def routers(n: int) -> Iterator[list[Router]]:
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="uplinkd-fwd-") as tmp:
+        yield [build(v, n, stack, Path(tmp)) for v in VARIANTS]
+
+
+def rotated(items: Sequence[Router], k: int) -> list[Router]:
+    k %= len(items)
+    return [*items[k:], *items[:k]]
+
+
+def measure(
+    rs: Sequence[Router], *, rounds: int, seconds: float, directions: Sequence[str]
+) -> dict[str, Any]:
+    """Alternating runs: per round, each variant once (rotated order), per direction."""
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {
+        d: {r.variant: [] for r in rs} for d in directions
+    }
+    for k in range(rounds):
+        for d in directions:
+            for r in rotated(rs, k):
+                samples[d][r.variant].append(r.iperf(seconds=seconds, reverse=d == "down"))
+    return {d: summarize(samples[d]) for d in directions}
+
+
+def summarize(samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    bare = [s["mbit_s"] for s in samples["bare"]]
+    out: dict[str, Any] = {}
+    for variant, runs in samples.items():
+        rates = [s["mbit_s"] for s in runs]
+        paired = [v / b for v, b in zip(rates, bare, strict=True)]
+        out[variant] = {
+            "mbit_s": round(statistics.median(rates), 1),
+            "kpps": round(statistics.median(s["kpps"] for s in runs), 1),
+            "ratio": round(statistics.median(rates) / statistics.median(bare), 3),
+            "paired_ratio": round(statistics.median(paired), 3),
+            "samples_mbit_s": [round(x, 1) for x in rates],
+            "sender_cpu_pct": round(statistics.median(s["cpu_sender_pct"] for s in runs), 1),
+        }
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    head = f"{'uplinks':>7} {'mode':10} {'dir':4} " + " ".join(f"{v:>22}" for v in VARIANTS)
+    lines = [
+        "median Mbit/s (kpps) and ratio to bare: ratio of medians / median of per-round ratios",
+        head,
+        "-" * len(head),
+    ]
+    for run in results["runs"]:
+        for d, by_variant in run["results"].items():
+            cells = []
+            for v in VARIANTS:
+                s = by_variant[v]
+                if v == "bare":
+                    cells.append(f"{s['mbit_s']:>9.0f} ({s['kpps']:.0f} kpps)".rjust(22))
+                else:
+                    cells.append(f"{s['mbit_s']:>6.0f} {s['ratio']:.3f}/{s['paired_ratio']:.3f}".rjust(22))
+            lines.append(f"{run['uplinks']:>7} {run['mode']:10} {d:4} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/forwarding.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="2,4,8", help="uplink counts, comma-separated")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per size and mode")
+    parser.add_argument("--seconds", type=float, default=3.0, help="iperf3 run length (after 1 s omitted)")
+    parser.add_argument("--directions", default="up,down", help="up (LAN → server), down (-R)")
+    parser.add_argument("--bulk-sizes", default="2", help="uplink counts also run with offloads on")
+    parser.add_argument("--bulk-rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2 uplinks, 2 rounds of 1 s (smoke)")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces)")
+    for tool in ("iperf3", "ethtool"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is not installed (scripts/setup.sh installs it)")
+    if args.quick:
+        args.sizes, args.rounds, args.seconds, args.bulk_sizes, args.bulk_rounds = "2", 2, 1.0, "2", 1
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    bulk_sizes = {int(s) for s in args.bulk_sizes.split(",") if s}
+    directions = [d for d in args.directions.split(",") if d]
+    if not all(d in DIRECTIONS for d in directions):
+        parser.error(f"--directions: use {', '.join(DIRECTIONS)}")
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "benchmark": "forwarding",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "method": {
+            "rounds": args.rounds,
+            "bulk_rounds": args.bulk_rounds,
+            "seconds": args.seconds,
+            "omit_s": 1,
+            "streams": 1,
+            "affinity": "client CPU 0, server CPU 1",
+        },
+        "runs": [],
+    }
+    for n in sizes:
+        log(f"{n} uplinks: building {len(VARIANTS)} labs")
+        with routers(n) as rs:
+            modes: list[tuple[str, bool, int]] = [("per_packet", False, args.rounds)]
+            if n in bulk_sizes:
+                modes.append(("bulk", True, args.bulk_rounds))
+            for mode, on, rounds in modes:
+                for r in rs:
+                    offloads(r.lab, on=on)
+                log(f"{n} uplinks, {mode}: {rounds} rounds")
+                res = measure(rs, rounds=rounds, seconds=args.seconds, directions=directions)
+                results["runs"].append({"uplinks": n, "mode": mode, "results": res})
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    publish(results, args.output, table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
