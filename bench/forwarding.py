@@ -39,6 +39,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -125,72 +126,135 @@ def offloads(lab: Lab, *, on: bool) -> None:
             lab.run(ns, argv)
 
 
+def cpu_ns(pid: int) -> int:
+    """CPU time a thread has run, in ns (schedstat; softirq work done in its context included)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+def ksoftirqd_pids() -> list[int]:
+    """The per-CPU softirq threads: forwarding work the kernel defers lands there."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().startswith("ksoftirqd/"):
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
 @dataclass
 class Router:
     """One variant's lab, ready to forward."""
 
     variant: str
     lab: Lab
+    server: subprocess.Popen[str]
 
-    def iperf(self, *, seconds: float, reverse: bool) -> dict[str, float]:
-        argv = ["iperf3", "-c", str(SERVER4.ip), "-p", str(PORT), "-t", f"{seconds:g}", "-O", "1",
-                "-A", "0,1", "-J"]  # fmt: skip
+    def iperf(self, *, seconds: float, reverse: bool, softirqd: Sequence[int]) -> dict[str, float]:
+        """One iperf3 run: throughput, and the CPU it took all told (client, server, and the
+        softirq threads; the forwarding runs in softirq, mostly in the sender's context)."""
+        argv = ["iperf3", "-c", str(SERVER4.ip), "-p", str(PORT), "-t", f"{seconds:g}", "-A", "0,1", "-J"]
         if reverse:
             argv.append("-R")
-        out = self.lab.run("lan1", argv, timeout=seconds + 30).stdout
-        end = json.loads(out)["end"]
-        received = end["sum_received"]
+        before = cpu_ns(self.server.pid) + sum(cpu_ns(p) for p in softirqd)
+        proc = self.lab.popen("lan1", argv, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        after = cpu_ns(self.server.pid) + sum(cpu_ns(p) for p in softirqd)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{self.variant}: iperf3 exited {proc.returncode}: {out[-2000:]}")
+        received = json.loads(out)["end"]["sum_received"]
+        packets = received["bytes"] / MSS
+        cpu_s = usage.ru_utime + usage.ru_stime + (after - before) / 1e9
         return {
             "mbit_s": received["bits_per_second"] / 1e6,
-            "kpps": received["bytes"] / MSS / received["seconds"] / 1e3,
-            "cpu_sender_pct": end["cpu_utilization_percent"]["host_total" if not reverse else "remote_total"],
+            "kpps": packets / received["seconds"] / 1e3,
+            "cpu_us_per_packet": cpu_s / packets * 1e6,
         }
 
 
-def start_iperf_server(lab: Lab) -> None:
-    lab.popen("inet", ["iperf3", "-s", "-B", str(SERVER4.ip), "-p", str(PORT)])
+def start_iperf_server(lab: Lab) -> subprocess.Popen[str]:
+    proc = lab.popen("inet", ["iperf3", "-s", "-B", str(SERVER4.ip), "-p", str(PORT)])
     wait_until(
         lambda: f":{PORT}" in lab.run("inet", ["ss", "-Htln", f"sport = :{PORT}"]).stdout,
         timeout=10,
         what="iperf3 server listening",
     )
+    return proc
 
 
-def build(variant: str, n: int, stack: ExitStack, workdir: Path) -> Router:
+def render_with(tree: Path | None, n: int) -> str:
+    """uplinkd's nft table for N uplinks, rendered by this checkout or by the one at `tree`."""
+    if tree is None:
+        return nft.render(nft_state(n))
+    code = (
+        "import sys\nfrom uplinkd import config\nfrom uplinkd.kernel import nft\n"
+        "from uplinkd.model import NftState, NftUplink\n"
+        "cfg = config.parse(__import__('json').loads(sys.argv[1]))\n"
+        "ups = tuple(sorted((NftUplink(n, cfg.mark_of(n)) for n in cfg.uplinks), key=lambda u: u.ifname))\n"
+        "print(nft.render(NftState(cfg.kernel.nft_table, cfg.kernel.mark_mask, ups)), end='')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tree / "controller")}
+    argv = [sys.executable, "-c", code, json.dumps(config(n))]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
+
+
+@contextmanager
+def pythonpath(tree: Path | None) -> Iterator[None]:
+    """Processes started inside run the controller of the checkout at `tree` (None: this one)."""
+    saved = os.environ.get("PYTHONPATH")
+    if tree is not None:
+        os.environ["PYTHONPATH"] = str(tree / "controller")
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def build(variant: str, n: int, stack: ExitStack, workdir: Path, base: Path | None) -> Router:
+    kind, _, other = variant.partition("@")
+    tree = base if other else None
     lab = stack.enter_context(Lab())
-    by_hand = variant in ("bare", "nft_only")
+    by_hand = kind in ("bare", "nft_only")
     for name in names(n):
         # bare and nft_only: the lab puts 10.<100+i>.0.2 on; uplinkd: the controller does
         lab.add_isp(name, address="static" if by_hand else "none")
     lab.add_client()
     if by_hand:
         lab.run("router", ["ip", "route", "add", "default", "via", str(lab.isps[0].addresses.gateway4.ip)])
-    if variant == "bare":
+    if kind == "bare":
         masquerade(lab)
-    elif variant == "nft_only":
-        lab.run("router", ["nft", "-f", "-"], input=nft.render(nft_state(n)))
+    elif kind == "nft_only":
+        lab.run("router", ["nft", "-f", "-"], input=render_with(tree, n))
     else:
         ctl_dir = workdir / variant
         ctl_dir.mkdir()
         c = Controller(lab, config(n), ctl_dir)
         stack.callback(c.stop)
-        c.start()
+        with pythonpath(tree):
+            c.start()
         tables = {100 + i: name for i, name in enumerate(names(n), start=1)}
         wait_until(
             lambda: len(group_members(lab.router, tables)) == n, timeout=30, what="every uplink in the group"
         )
-        if variant == "bands_only":
+        if kind == "bands_only":
             c.stop()  # fail static: the rules, routes and group stay
             lab.run("router", ["nft", "delete", "table", "inet", "uplinkd"])
             masquerade(lab)
-    start_iperf_server(lab)
-    return Router(variant, lab)
+    return Router(variant, lab, start_iperf_server(lab))
 
 
 @contextmanager
-def routers(n: int) -> Iterator[list[Router]]:
+def routers(n: int, variants: Sequence[str], base: Path | None) -> Iterator[list[Router]]:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="uplinkd-fwd-") as tmp:
-        yield [build(v, n, stack, Path(tmp)) for v in VARIANTS]
+        yield [build(v, n, stack, Path(tmp), base) for v in variants]
 
 
 def rotated(items: Sequence[Router], k: int) -> list[Router]:
@@ -205,46 +269,58 @@ def measure(
     samples: dict[str, dict[str, list[dict[str, float]]]] = {
         d: {r.variant: [] for r in rs} for d in directions
     }
+    softirqd = ksoftirqd_pids()
     for k in range(rounds):
         for d in directions:
             for r in rotated(rs, k):
-                samples[d][r.variant].append(r.iperf(seconds=seconds, reverse=d == "down"))
+                samples[d][r.variant].append(r.iperf(seconds=seconds, reverse=d == "down", softirqd=softirqd))
     return {d: summarize(samples[d]) for d in directions}
 
 
 def summarize(samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
-    bare = [s["mbit_s"] for s in samples["bare"]]
+    """Per variant: medians, and ratios to bare. `ratio`: throughput, ratio of medians;
+    `paired_ratio`: median of the per-round throughput ratios; `cpu_ratio`: bare's CPU time
+    per packet over the variant's, median of the per-round ratios (1.0 = as cheap as bare;
+    it holds up when other load on the machine takes CPU away from the runs)."""
+    bare = samples["bare"]
     out: dict[str, Any] = {}
     for variant, runs in samples.items():
         rates = [s["mbit_s"] for s in runs]
-        paired = [v / b for v, b in zip(rates, bare, strict=True)]
+        costs = [s["cpu_us_per_packet"] for s in runs]
+        paired = [v["mbit_s"] / b["mbit_s"] for v, b in zip(runs, bare, strict=True)]
+        cpu = [b["cpu_us_per_packet"] / v["cpu_us_per_packet"] for v, b in zip(runs, bare, strict=True)]
         out[variant] = {
             "mbit_s": round(statistics.median(rates), 1),
             "kpps": round(statistics.median(s["kpps"] for s in runs), 1),
-            "ratio": round(statistics.median(rates) / statistics.median(bare), 3),
+            "cpu_us_per_packet": round(statistics.median(costs), 3),
+            "ratio": round(statistics.median(rates) / statistics.median(s["mbit_s"] for s in bare), 3),
             "paired_ratio": round(statistics.median(paired), 3),
+            "cpu_ratio": round(statistics.median(cpu), 3),
             "samples_mbit_s": [round(x, 1) for x in rates],
-            "sender_cpu_pct": round(statistics.median(s["cpu_sender_pct"] for s in runs), 1),
+            "samples_cpu_us_per_packet": [round(x, 3) for x in costs],
         }
     return out
 
 
 def table(results: dict[str, Any]) -> str:
-    head = f"{'uplinks':>7} {'mode':10} {'dir':4} " + " ".join(f"{v:>22}" for v in VARIANTS)
+    variants = results["variants"]
+    head = f"{'uplinks':>7} {'mode':10} {'dir':4} " + " ".join(f"{v:>26}" for v in variants)
     lines = [
-        "median Mbit/s (kpps) and ratio to bare: ratio of medians / median of per-round ratios",
+        "bare: median Mbit/s, CPU µs/packet; others: Mbit/s, ratio to bare in throughput (median",
+        "of per-round ratios) / in CPU per packet (bare's over theirs, median of per-round ratios)",
         head,
         "-" * len(head),
     ]
     for run in results["runs"]:
         for d, by_variant in run["results"].items():
             cells = []
-            for v in VARIANTS:
+            for v in variants:
                 s = by_variant[v]
                 if v == "bare":
-                    cells.append(f"{s['mbit_s']:>9.0f} ({s['kpps']:.0f} kpps)".rjust(22))
+                    cells.append(f"{s['mbit_s']:.0f} {s['cpu_us_per_packet']:.2f} µs".rjust(26))
                 else:
-                    cells.append(f"{s['mbit_s']:>6.0f} {s['ratio']:.3f}/{s['paired_ratio']:.3f}".rjust(22))
+                    cell = f"{s['mbit_s']:.0f} {s['paired_ratio']:.3f} / {s['cpu_ratio']:.3f}"
+                    cells.append(cell.rjust(26))
             lines.append(f"{run['uplinks']:>7} {run['mode']:10} {d:4} " + " ".join(cells))
     return "\n".join(lines)
 
@@ -253,11 +329,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/forwarding.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="2,4,8", help="uplink counts, comma-separated")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per size and mode")
-    parser.add_argument("--seconds", type=float, default=3.0, help="iperf3 run length (after 1 s omitted)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="iperf3 run length")
     parser.add_argument("--directions", default="up,down", help="up (LAN → server), down (-R)")
     parser.add_argument("--bulk-sizes", default="2", help="uplink counts also run with offloads on")
     parser.add_argument("--bulk-rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2 uplinks, 2 rounds of 1 s (smoke)")
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="another checkout (e.g. `git worktree add /tmp/base main`): its uplinkd and nft table run "
+        "too, as variants uplinkd@base and nft_only@base (before/after in one run)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -272,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     directions = [d for d in args.directions.split(",") if d]
     if not all(d in DIRECTIONS for d in directions):
         parser.error(f"--directions: use {', '.join(DIRECTIONS)}")
+    variants = [*VARIANTS, *(("uplinkd@base", "nft_only@base") if args.base else ())]
     started = time.monotonic()
     results: dict[str, Any] = {
         "benchmark": "forwarding",
@@ -282,15 +365,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rounds": args.rounds,
             "bulk_rounds": args.bulk_rounds,
             "seconds": args.seconds,
-            "omit_s": 1,
             "streams": 1,
             "affinity": "client CPU 0, server CPU 1",
         },
+        "variants": variants,
+        "base": str(args.base) if args.base else None,
         "runs": [],
     }
     for n in sizes:
-        log(f"{n} uplinks: building {len(VARIANTS)} labs")
-        with routers(n) as rs:
+        log(f"{n} uplinks: building {len(variants)} labs")
+        with routers(n, variants, args.base) as rs:
             modes: list[tuple[str, bool, int]] = [("per_packet", False, args.rounds)]
             if n in bulk_sizes:
                 modes.append(("bulk", True, args.bulk_rounds))

@@ -22,6 +22,7 @@ from harness.readback import (
     NH_BASE,
     PROTO,
     all_rules,
+    conntrack_marks,
     group_members,
     ip_json,
     nexthops,
@@ -463,6 +464,35 @@ def test_tcp_mss_is_clamped_to_the_uplinks_mtu(lab: Lab, controller: LabDaemon) 
             )
             counts[size] = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
     assert counts[1360] >= 4 and counts[1460] == 0, counts
+
+
+def test_only_the_masks_bits_of_the_marks_are_written(lab: Lab, controller: LabDaemon) -> None:
+    """Another table sets bits outside kernel.mark_mask (0xff00) in both marks before
+    uplinkd's chains run: the connection's ct mark gets lte1's mark beside them, and every
+    later packet's meta mark gets it restored beside them (counted after uplinkd's chains)."""
+    controller.start()
+    wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
+    controller.ctl("drain", "wan")
+    controller.ctl("drain", "lte2")
+    foreign = (
+        "table inet foreign {\n"
+        " chain pre {\n  type filter hook prerouting priority -160; policy accept;\n"
+        "  meta mark set meta mark | 0x1\n  ct mark set ct mark | 0x10000\n }\n"
+        " chain fwd {\n  type filter hook forward priority 0; policy accept;\n"
+        "  ct state established ct mark 0x16600 meta mark 0x6601 counter\n"
+        "  ct state established meta mark != 0x6601 counter\n }\n}\n"
+    )
+    lab.run("router", ["nft", "-f", "-"], input=foreign)
+    report = lab.flows(tcp=4, udp=4, duration=1.0)
+    assert report.by_uplink() == {"lte1": 8}, report.by_uplink()
+    listing = json.loads(lab.run("router", ["nft", "-j", "list", "chain", "inet", "foreign", "fwd"]).stdout)
+    good, bad = (
+        next(e["counter"]["packets"] for e in item["rule"]["expr"] if "counter" in e)
+        for item in listing["nftables"]
+        if "rule" in item
+    )
+    assert good >= 8 and bad == 0, (good, bad)
+    assert 0x16600 in conntrack_marks(lab.router)
 
 
 def test_flush_with_the_daemon_running_pauses_it_until_resume(lab: Lab, controller: LabDaemon) -> None:

@@ -7,12 +7,14 @@ carries a comment with the digest of what it was rendered from, so reading it ba
 What the table does, for uplink `u` with mark `M_u` under the mask:
 
 - remember: a new connection leaving through `u` (postrouting) or arriving from `u`
-  (prerouting) gets `ct mark M_u`.
+  (prerouting) gets `ct mark M_u` (map `remember`: interface → chain `remember_<M_u>`).
 - restore: every later packet of a marked connection gets `meta mark M_u` before routing
   (prerouting for forwarded traffic, the `route` output hook for the router's own), so the
-  `fwmark M_u lookup T_u` rule keeps the connection on its uplink for life.
-- masquerade out of every uplink, and clamp TCP MSS to the route's MTU.
+  `fwmark M_u lookup T_u` rule keeps the connection on its uplink for life (map `restore`:
+  ct mark → chain `restore_<M_u>`, one lookup whatever the number of uplinks).
+- masquerade out of every uplink, and clamp the MSS of TCP SYNs to the route's MTU.
 
+An established packet leaves every chain after its first rule.
 Only the mask's bits of `meta mark` and `ct mark` are written; other bits are kept.
 """
 
@@ -35,51 +37,60 @@ class NftError(Exception):
 
 
 def render(state: NftState) -> str:
-    """The whole table as an nft script (one atomic transaction)."""
+    """The whole table as an nft script (one atomic transaction).
+
+    Per packet it costs a constant, whatever the number of uplinks: an established packet
+    leaves each chain after its first rule (a map lookup keyed by the ct mark, or a failed
+    `ct state new`, or a failed SYN test); the per-uplink work is one rule in a chain of its
+    own, reached through a map."""
     mask = state.mask
     keep = 0xFFFFFFFF & ~mask
     t = state.table
+    marks = {u.mark: u for u in state.uplinks}  # one pair of chains per mark
 
-    def per_uplink(template: str) -> str:
-        return "".join(
-            "\t\t" + template.format(ifname=u.ifname, mark=u.mark, keep=keep, mask=mask) + "\n"
-            for u in state.uplinks
-        )
+    def items(pairs: list[str]) -> str:
+        return f"\t\telements = {{ {', '.join(pairs)} }}\n" if pairs else ""
 
-    names = ", ".join(f'"{u.ifname}"' for u in state.uplinks)
-    elements = f"\t\telements = {{ {names} }}\n" if state.uplinks else ""
+    names = [f'"{u.ifname}"' for u in state.uplinks]
+    chains = "".join(
+        f"\tchain restore_{mark:x} {{\n\t\tmeta mark set meta mark & {keep:#x} | {mark:#x}\n\t}}\n"
+        f"\tchain remember_{mark:x} {{\n\t\tct mark set ct mark & {keep:#x} | {mark:#x}\n\t}}\n"
+        for mark in sorted(marks)
+    )
+    restore = [f"{mark:#x} : goto restore_{mark:x}" for mark in sorted(marks)]
+    remember = [f'"{u.ifname}" : goto remember_{u.mark:x}' for u in state.uplinks]
     return (
         f"table inet {t}\n"
         f"delete table inet {t}\n"
         f"table inet {t} {{\n"
         f'\tcomment "uplinkd {state.digest}"\n'
-        f"\tset uplinks {{\n\t\ttype ifname\n{elements}\t}}\n"
-        f"\tchain restore_mark {{\n"
-        + per_uplink("ct mark & {mask:#x} == {mark:#x} meta mark set meta mark & {keep:#x} | {mark:#x}")
-        + "\t}\n"
-        "\tchain remember_in {\n"
-        + per_uplink('iifname "{ifname}" ct mark set ct mark & {keep:#x} | {mark:#x}')
-        + "\t}\n"
-        "\tchain remember_out {\n"
-        + per_uplink('oifname "{ifname}" ct mark set ct mark & {keep:#x} | {mark:#x}')
-        + "\t}\n"
+        f"\tset uplinks {{\n\t\ttype ifname\n{items(names)}\t}}\n"
+        f"{chains}"
+        f"\tmap restore {{\n\t\ttype mark : verdict\n{items(restore)}\t}}\n"
+        f"\tmap remember {{\n\t\ttype ifname : verdict\n{items(remember)}\t}}\n"
+        # A marked connection's packet: its mark restored, and out. A new one's first
+        # packet from an uplink: the connection remembers it.
         f"\tchain prerouting {{\n"
         f"\t\ttype filter hook prerouting priority mangle; policy accept;\n"
-        f"\t\tct mark & {mask:#x} != 0 jump restore_mark\n"
-        f"\t\tct state new ct mark & {mask:#x} == 0 jump remember_in\n"
+        f"\t\tct mark & {mask:#x} vmap @restore\n"
+        f"\t\tct state new ct mark & {mask:#x} == 0 iifname vmap @remember\n"
         f"\t}}\n"
         f"\tchain output {{\n"
         f"\t\ttype route hook output priority mangle; policy accept;\n"
-        f"\t\tct mark & {mask:#x} != 0 jump restore_mark\n"
+        f"\t\tct mark & {mask:#x} vmap @restore\n"
         f"\t}}\n"
         f"\tchain postrouting {{\n"
         f"\t\ttype filter hook postrouting priority mangle; policy accept;\n"
-        f"\t\tct state new ct mark & {mask:#x} == 0 jump remember_out\n"
+        f"\t\tct state new ct mark & {mask:#x} == 0 oifname vmap @remember\n"
         f"\t}}\n"
+        # Only SYNs go further than the first test.
         f"\tchain forward {{\n"
         f"\t\ttype filter hook forward priority mangle; policy accept;\n"
-        f"\t\toifname @uplinks tcp flags syn tcp option maxseg size set rt mtu\n"
-        f"\t\tiifname @uplinks tcp flags syn tcp option maxseg size set rt mtu\n"
+        f"\t\ttcp flags syn jump clamp\n"
+        f"\t}}\n"
+        f"\tchain clamp {{\n"
+        f"\t\toifname @uplinks tcp option maxseg size set rt mtu\n"
+        f"\t\tiifname @uplinks tcp option maxseg size set rt mtu\n"
         f"\t}}\n"
         f"\tchain nat {{\n"
         f"\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
@@ -139,7 +150,7 @@ def read(table: str, mask: int, *, trusted: dict[str, str]) -> NftState | None:
         return None
     uplinks = tuple(
         NftUplink(m.group(1), int(m.group(2), 16))
-        for m in re.finditer(r'oifname "([^"]+)" ct mark set ct mark & 0x[0-9a-f]+ \| (0x[0-9a-f]+)', text)
+        for m in re.finditer(r'"([^"]+)" : goto remember_([0-9a-f]+)', text)
     )
     state = NftState(table=table, mask=mask, uplinks=tuple(sorted(uplinks, key=lambda u: u.ifname)))
     return state if state.digest == digest else None
