@@ -478,14 +478,14 @@ def test_only_the_masks_bits_of_the_marks_are_written(lab: Lab, controller: LabD
         "table inet foreign {\n"
         " chain pre {\n  type filter hook prerouting priority -160; policy accept;\n"
         "  meta mark set meta mark | 0x1\n  ct mark set ct mark | 0x10000\n }\n"
-        " chain fwd {\n  type filter hook forward priority 0; policy accept;\n"
+        " chain counted {\n  type filter hook forward priority 0; policy accept;\n"
         "  ct state established ct mark 0x16600 meta mark 0x6601 counter\n"
         "  ct state established meta mark != 0x6601 counter\n }\n}\n"
     )
     lab.run("router", ["nft", "-f", "-"], input=foreign)
     report = lab.flows(tcp=4, udp=4, duration=1.0)
     assert report.by_uplink() == {"lte1": 8}, report.by_uplink()
-    listing = json.loads(lab.run("router", ["nft", "-j", "list", "chain", "inet", "foreign", "fwd"]).stdout)
+    listing = json.loads(lab.run("router", ["nft", "-j", "list", "chain", "inet", "foreign", "counted"]).stdout)
     good, bad = (
         next(e["counter"]["packets"] for e in item["rule"]["expr"] if "counter" in e)
         for item in listing["nftables"]
