@@ -23,9 +23,13 @@ to the server (``up``) and back (``down``, ``-R``), first with offloads off on e
 interface of every namespace (``ethtool -K tso/gso/gro off``: each ~1500-byte packet crosses
 the router alone, the per-packet cost), then with TSO/GSO on (``bulk``: 64 KB segments).
 The variants take turns within each round, in an order rotated every round, so drift in
-the machine's load (it is shared) hits them alike. Reported: the median throughput per
-variant, the ratio of medians to ``bare``, and the median of the per-round ratios to the
-``bare`` run of the same round.
+the machine's load (it is shared) hits them alike. Two measures per run: throughput, and
+CPU time per packet (the iperf3 client's rusage, the server's and the ksoftirqd threads'
+schedstat: the whole path runs in softirq, in their contexts), which holds up better when
+other work takes CPU away from the runs. Reported per variant: medians, and the ratios to
+``bare`` of the same round (throughput; bare's CPU per packet over the variant's), median
+over the rounds. ``--base DIR`` adds ``uplinkd@base`` and ``nft_only@base``, run from
+another checkout, to compare two versions in one run.
 
 Prints JSON on stdout (also written to bench/results/forwarding.json) and a table.
 Needs root, iperf3 and ethtool (scripts/setup.sh installs them).
@@ -340,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="another checkout (e.g. `git worktree add /tmp/base main`): its uplinkd and nft table run "
         "too, as variants uplinkd@base and nft_only@base (before/after in one run)",
     )
+    parser.add_argument("--variants", help="a subset, comma-separated (bare is always run)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -355,6 +360,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not all(d in DIRECTIONS for d in directions):
         parser.error(f"--directions: use {', '.join(DIRECTIONS)}")
     variants = [*VARIANTS, *(("uplinkd@base", "nft_only@base") if args.base else ())]
+    if args.variants:
+        wanted = {"bare", *args.variants.split(",")}
+        if not wanted <= set(variants):
+            parser.error(f"--variants: choose from {', '.join(variants)}")
+        variants = [v for v in variants if v in wanted]
     started = time.monotonic()
     results: dict[str, Any] = {
         "benchmark": "forwarding",
@@ -384,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"{n} uplinks, {mode}: {rounds} rounds")
                 res = measure(rs, rounds=rounds, seconds=args.seconds, directions=directions)
                 results["runs"].append({"uplinks": n, "mode": mode, "results": res})
+                for line in table({"variants": variants, "runs": results["runs"][-1:]}).splitlines()[4:]:
+                    log(line)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     publish(results, args.output, table(results))
     return 0
