@@ -54,18 +54,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from uplinkd import config as uconfig
+from uplinkd.kernel import nft
+from uplinkd.lab import Lab
+from uplinkd.lab.addresses import SERVER4
+from uplinkd.lab.launcher import LabDaemon
+from uplinkd.model import NftState, NftUplink
+
+import bootstrap  # noqa: F401 - harness on sys.path
+from harness.readback import group_members, wait_until
+from harness.stats import publish
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "netns"))  # the test harness that runs the real daemon
-
-from uplinkd import config as uconfig  # noqa: E402
-from uplinkd.kernel import nft  # noqa: E402
-from uplinkd.lab import Lab  # noqa: E402
-from uplinkd.lab.addresses import SERVER4  # noqa: E402
-from uplinkd.lab.stats import publish  # noqa: E402
-from uplinkd.model import NftState, NftUplink  # noqa: E402
-
-from running import Controller, group_members, wait_until  # noqa: E402
-
 VARIANTS = ("bare", "uplinkd", "nft_only", "bands_only")
 DIRECTIONS = ("up", "down")
 PORT = 5201
@@ -207,21 +207,6 @@ def render_with(tree: Path | None, n: int) -> str:
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
 
 
-@contextmanager
-def pythonpath(tree: Path | None) -> Iterator[None]:
-    """Processes started inside run the controller of the checkout at `tree` (None: this one)."""
-    saved = os.environ.get("PYTHONPATH")
-    if tree is not None:
-        os.environ["PYTHONPATH"] = str(tree / "controller")
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
-
-
 def build(variant: str, n: int, stack: ExitStack, workdir: Path, base: Path | None) -> Router:
     kind, _, other = variant.partition("@")
     tree = base if other else None
@@ -240,10 +225,10 @@ def build(variant: str, n: int, stack: ExitStack, workdir: Path, base: Path | No
     else:
         ctl_dir = workdir / variant
         ctl_dir.mkdir()
-        c = Controller(lab, config(n), ctl_dir)
+        env = {"PYTHONPATH": str(tree / "controller")} if tree is not None else None
+        c = LabDaemon(lab.router, config(n), workdir=ctl_dir, env=env, verbose=False)
         stack.callback(c.stop)
-        with pythonpath(tree):
-            c.start()
+        c.start()
         tables = {100 + i: name for i, name in enumerate(names(n), start=1)}
         wait_until(
             lambda: len(group_members(lab.router, tables)) == n, timeout=30, what="every uplink in the group"

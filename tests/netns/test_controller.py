@@ -485,7 +485,8 @@ def test_only_the_masks_bits_of_the_marks_are_written(lab: Lab, controller: LabD
     lab.run("router", ["nft", "-f", "-"], input=foreign)
     report = lab.flows(tcp=4, udp=4, duration=1.0)
     assert report.by_uplink() == {"lte1": 8}, report.by_uplink()
-    listing = json.loads(lab.run("router", ["nft", "-j", "list", "chain", "inet", "foreign", "counted"]).stdout)
+    counted = lab.run("router", ["nft", "-j", "list", "chain", "inet", "foreign", "counted"]).stdout
+    listing = json.loads(counted)
     good, bad = (
         next(e["counter"]["packets"] for e in item["rule"]["expr"] if "counter" in e)
         for item in listing["nftables"]
