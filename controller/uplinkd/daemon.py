@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ class Controller:
         self.config_path = config_path
         self.socket_path = socket_path
         self.kernel = Kernel(config)
+        self.kernel.conntrack_flushed = self.rt.counters.conntrack_flushed  # counted as it flushes
         self.notifier = Notifier()
         self.lock = asyncio.Lock()  # one pass, or one netlink conversation, at a time
         self.first_pass = asyncio.Event()
@@ -216,6 +218,7 @@ class Controller:
 
     async def reconcile(self) -> ApplyResult:
         async with self.lock:
+            started = time.monotonic()
             intent, plan = await self.compute()
             self.rt.plan = plan
             self.rt.passes += 1
@@ -231,6 +234,8 @@ class Controller:
                 self.rt.result = await self.kernel.apply(plan)
                 self.rt.writes += len(self.rt.result.done)
             self.workers.sync(intent, after_writes=True)
+            done, failed = len(self.rt.result.done), len(self.rt.result.failed)
+            self.rt.counters.pass_done(seconds=time.monotonic() - started, writes=done, failed=failed)
             return self.rt.result
 
     # --- commands (the control socket's requests are in control_server.py) ----------------------
@@ -243,6 +248,7 @@ class Controller:
         if self.config_path is None:
             return "no config file to reload"
         config = _reloadable(self.config_path, running=self.config)
+        self.rt.counters.config_loaded(not isinstance(config, str))
         if isinstance(config, str):
             return config
         async with self.lock:

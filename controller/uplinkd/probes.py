@@ -223,6 +223,7 @@ class Prober:
         self.mark = mark
         self.probe = probe
         self.on_verdict = on_verdict
+        self.on_round: Callable[[str, RoundResult], None] | None = None  # every round, for counters
         # an uplink that was in service when the daemon started stays up until probes disagree
         self.tracker = (
             Tracker(health=Health.UP, reason="in service when uplinkd started; probing")
@@ -254,6 +255,8 @@ class Prober:
             if now >= next_round(self.tracker, now=now, probe=probe):
                 result = await probe_round(probe, dev=self.dev, mark=self.mark)
                 self._bytes.append((result.started, result.bytes))
+                if self.on_round is not None:
+                    self.on_round(self.name, result)
                 self.tracker = after_round(self.tracker, result, probe)
                 log.debug(
                     "%s: %d/%d answered, tracker %s",
@@ -297,7 +300,7 @@ class ProbeWorkers(WorkerKind[ProbeSpec, Prober]):
     def make(self, name: str, spec: ProbeSpec) -> Prober:
         adopted = name in self.rt.adopted
         self.rt.adopted.discard(name)
-        return Prober(
+        prober = Prober(
             name=name,
             dev=spec.dev,
             mark=spec.mark,
@@ -305,6 +308,8 @@ class ProbeWorkers(WorkerKind[ProbeSpec, Prober]):
             on_verdict=self._verdict,
             adopted=adopted,
         )
+        prober.on_round = self.rt.counters.probe_round
+        return prober
 
     def stopped(self, name: str) -> None:
         self.rt.health.pop(name, None)

@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from uplinkd import journal
 from uplinkd.config import Config
+from uplinkd.counters import Counters
 from uplinkd.kernel.state import ApplyResult
 from uplinkd.model import HealthVerdict, Lease, State
 from uplinkd.plan import Intent, Plan, verdicts
@@ -53,6 +55,7 @@ class Runtime:
     writes: int = 0
     started: float = field(default_factory=time.monotonic)
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # a fact changed: run a pass
+    counters: Counters = field(default_factory=Counters)  # for the metrics exporter, in `status`
 
     def lease_file(self, name: str) -> Path:
         return self.config.control.state_dir / f"{name}.lease.json"
@@ -77,8 +80,12 @@ class Runtime:
                 if old is not None:
                     changes.append(ev)
                 level = logging.INFO if old is not None or s.state != State.ABSENT else logging.DEBUG
-                log.log(
-                    level, "uplink %s: %s → %s (%s)", s.name, old.state if old else "-", s.state, s.reason
+                left = old is not None and old.in_group and not s.in_group and not s.drained
+                self.counters.transition(
+                    uplink=s.name, old=ev.old, new=s.state, reason=s.reason, failover=left
+                )
+                journal.state_change(
+                    log, level, uplink=s.name, old=ev.old, new=s.state, reason=s.reason, dev=s.dev
                 )
             if "cannot be used" in s.reason and (old is None or old.reason != s.reason):
                 log.warning("uplink %s: %s", s.name, s.reason)

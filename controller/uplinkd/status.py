@@ -58,6 +58,7 @@ def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
         ],
         "passes": rt.passes,
         "writes": rt.writes,
+        "counters": rt.counters.as_json(marks={rt.config.mark_of(n): n for n in rt.config.uplinks}),
     }
 
 

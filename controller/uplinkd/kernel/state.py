@@ -186,7 +186,11 @@ class Netlink:
 
     async def conntrack_flush(self, *, mark: int, mask: int) -> None:
         try:
+            # counted first for the metrics (racy by a few entries at most; a flush is rare)
+            found = await asyncio.to_thread(conntrack.count_mark, mark, mask)
             await asyncio.to_thread(conntrack.flush_mark, mark, mask)
+            flushed = self._kernel.conntrack_flushed
+            flushed[mark] = flushed.get(mark, 0) + found
         except OSError as e:  # ConntrackError, or a timeout on the netlink socket
             raise NetlinkError(e.errno or errno.EIO, str(e)) from None
 
@@ -202,6 +206,7 @@ class Kernel:
     # Reading nft is a subprocess; it is read again only after an nftables event (the
     # daemon sets `nft_stale`), a periodic resync, or our own load.
     nft_stale: bool = True
+    conntrack_flushed: dict[int, int] = field(default_factory=dict)  # ct mark → entries deleted
     _nft_cache: NftState | None = None
     transport: Netlink = field(init=False, repr=False)  # what the kinds write through
 
