@@ -12,6 +12,7 @@ apt_packages=(
   qemu-system-x86 linux-image-amd64 busybox-static file                     # the VM tier (TCG, virtme-ng)
   nix-bin                                                                   # nix-instantiate --parse
   iperf3 ethtool                                                            # bench/forwarding.py
+  chromium chromium-driver curl                                             # the status page test (headless)
 )
 missing=()
 for p in "${apt_packages[@]}"; do
