@@ -19,8 +19,10 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from uplinkd import control
+from uplinkd import console, control
 from uplinkd.config import Config, ConfigError, load, schema
+from uplinkd.console import age as _age
+from uplinkd.console import table as _table
 from uplinkd.kernel import explain as explain_mod
 from uplinkd.kernel.nft import NftError
 from uplinkd.kernel.state import Kernel
@@ -62,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="each uplink: state, device, address, gateway, table, weight")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("watch", help="a live view: states, RTT/loss sparklines, recent events")
+    s.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (%(default)s)")
+    s.add_argument("--count", type=int, help="stop after this many refreshes (default: until Ctrl-C)")
+    s.set_defaults(func=cmd_watch)
 
     s = sub.add_parser("plan", help="what would change (exit 1 if anything would)")
     s.add_argument("--config", type=Path, help="compute locally from this config, without the daemon")
@@ -147,6 +154,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     for f in status["failures"]:
         print(f"failing: {f['op']}: {f['error']}")
     return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    if args.interval < 0.1:
+        raise UsageError(f"watch: --interval {args.interval:g} is too short; use 0.1 s or more")
+    if args.count is not None and args.count < 1:
+        raise UsageError("watch: --count must be at least 1")
+    answered = console.watch(
+        lambda: _call(args, {"command": "status"}), interval=args.interval, count=args.count
+    )
+    return EXIT_OK if answered else EXIT_UNREACHABLE
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -304,21 +322,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 # --- formatting -------------------------------------------------------------------------------
-
-
-def _age(seconds: float) -> str:
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    return f"{s // 3600}h"
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

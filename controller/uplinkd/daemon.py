@@ -295,6 +295,7 @@ def setup_logging(verbose: bool) -> None:
             from systemd.journal import JournalHandler  # noqa: PLC0415 - optional dependency
 
             handler = JournalHandler(SYSLOG_IDENTIFIER="uplinkd")
+            handler.setFormatter(logging.Formatter("%(message)s"))  # the level is PRIORITY already
         except ImportError:
             handler = None
     if handler is None:

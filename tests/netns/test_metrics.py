@@ -8,6 +8,10 @@ with the kernel's interface counters read independently (`ip -s -json link`).
 from __future__ import annotations
 
 import os
+import pty
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,3 +190,43 @@ def test_metrics_listen_only_where_told_and_survive_the_daemon(
         what="uplinkd_up to drop to 0 with the daemon stopped",
     )
     assert not any(name == "uplinkd_uplink_state" for name, _ in samples)
+
+
+def test_watch_is_plain_text_in_a_pipe_and_redraws_on_a_terminal(
+    lab: Lab, running: tuple[Controller, Exporter]
+) -> None:
+    c, _ = running
+    piped = c.ctl("watch", "--count", "3", "--interval", "0.3")
+    assert "\x1b" not in piped.stdout, "escape codes in a pipe"
+    frames = piped.stdout.split("\n\n")
+    assert len([f for f in frames if f.startswith("uplinkd ")]) == 3, piped.stdout
+    last = frames[-1]
+    for name in NAMES:
+        assert re.search(rf"^{name}\s+up\s", last, re.M), last
+    assert "recent events" in last and "probing → up" in last
+
+    # on a terminal: each frame clears the screen and redraws; the cursor comes back at the end
+    main, sub = pty.openpty()
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", lab.router, sys.executable, "-m", "uplinkd.cli", "--socket", str(c.socket),
+         "watch", "--count", "2", "--interval", "0.3"],
+        stdin=sub, stdout=sub, stderr=sub, close_fds=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )  # fmt: skip
+    os.close(sub)
+    out = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(main)
+        assert proc.wait(timeout=20) == 0
+    text = out.decode(errors="replace")
+    assert text.count("\x1b[H\x1b[2J") == 2, text
+    assert text.rstrip().endswith("\x1b[?25h")
+    assert "lte1" in text and any(glyph in text for glyph in "▁▂▃▄▅▆▇█")
