@@ -9,6 +9,7 @@
   pydantic,
   pyroute2,
   pyudev,
+  prometheus-client,
   systemd-python,
   pytestCheckHook,
   pytest-timeout,
@@ -43,6 +44,7 @@ buildPythonApplication {
     pydantic
     pyroute2
     pyudev
+    prometheus-client # uplinkd-exporter
     systemd-python # logging to the journal (pyproject's `systemd` extra)
   ];
 
@@ -56,6 +58,7 @@ buildPythonApplication {
   pythonImportsCheck = [
     "uplinkd.cli"
     "uplinkd.daemon"
+    "uplinkd.exporter.server"
   ];
 
   meta = {

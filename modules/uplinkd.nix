@@ -6,11 +6,13 @@
 #   service.nix     the config file (checked at build time), the hardened unit, the udev rule
 #   networking.nix  sysctls, table and protocol names, stable names, networkd & co. kept away
 #   assertions.nix  what only NixOS knows (the rest: `uplinkctl check` at build time)
+#   metrics.nix     the exporter (Prometheus metrics) and the LAN status page, a unit of their own
 {
   imports = [
     ./options.nix
     ./service.nix
     ./networking.nix
     ./assertions.nix
+    ./metrics.nix
   ];
 }

@@ -163,6 +163,8 @@ U = f"{OPTION}.uplinks"
 # only the module can see; or, for the renaming ones, the module would otherwise write a `.link`
 # file that renames the wrong interfaces even where the build-time check cannot run.
 BAD_CASES: dict[str, tuple[str, ...]] = {
+    "page-without-address": ("services.uplinkd.statusPage.address", "set the router's LAN address"),
+    "page-drain-without-token": ("statusPage.drain.tokenFile", "needs a token", "16 or more random"),
     "reserved-table-name": (f"{U}.main", '"main" is taken', "rename the uplink"),
     "no-match-renamed": (f"{U}.wan.match", "matches no interface", "set at least one of"),
     "empty-usb": (f"{U}.lte1.match.usb", "every USB device", "set at least one of vendor"),
