@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import io
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from uplinkd.exporter.collector import StatusCollector
 from uplinkd.exporter.history import History, Today
 from uplinkd.exporter.kernel_counters import LinkCounters
 from uplinkd.exporter.server import UsageError, parse_address
+from uplinkd.exporter.server import main as server_main
 from uplinkd.health import RoundResult
 
 
@@ -217,3 +219,27 @@ def test_pass_duration_and_counters_json_shape() -> None:
     j = status_with_counters()["counters"]
     assert set(j) == {"passes", "writes", "failed_writes", "pass_seconds", "config", "transitions", "uplinks"}
     assert j["uplinks"]["lte1"]["conntrack_flushed"] == 7
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--listen", ""], "nothing to serve"),
+        (["--listen", "localhost:9477"], "--listen: 'localhost:9477' is not ADDRESS:PORT"),
+        (["--page-token-file", "/nonexistent"], "--page-token-file: the page is off"),
+        (["--page", "192.0.2.1:8080", "--page-token-file", "/nonexistent/token"], "cannot read"),
+        (["--page", "192.0.2.1:8080", "--sample-interval", "0.1"], "--sample-interval"),
+    ],
+)
+def test_exporter_refuses_bad_arguments_with_the_fix(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert server_main(argv) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_exporter_refuses_a_short_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = tmp_path / "token"
+    token.write_text("short\n")
+    assert server_main(["--page", "192.0.2.1:8080", "--page-token-file", str(token)]) == 2
+    assert "use at least 16 random" in capsys.readouterr().err
