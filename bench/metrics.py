@@ -11,7 +11,8 @@ The real daemon (``python3 -m uplinkd.daemon``) runs in the router namespace wit
 uplinks probed with the default profile (one ICMP target each, its gateway), as in
 bench/control_plane.py's idle run. Each mode starts a fresh daemon, waits for every uplink
 to be up, lets it settle, then samples its CPU time (/proc/PID/stat utime+stime) and RSS
-(/proc/PID/status VmRSS, median of 1 s samples) for ``--seconds``:
+(/proc/PID/status VmRSS every second; the table shows the peak, since on a busy machine the
+kernel reclaims pages from idle processes and lowers the median) for ``--seconds``:
 
 - ``off``: no exporter (the daemon still keeps its in-memory counters: they are not optional);
 - ``metrics``: uplinkd-exporter with ``--listen 127.0.0.1:9477``, scraped every ``--scrape``
@@ -228,28 +229,30 @@ def summarise(runs: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
                 entry[who] = {
                     "cpu_pct": round(statistics.median(r[who]["cpu_pct"] for r in rs), 3),
                     "rss_mib": round(statistics.median(r[who]["rss_mib"] for r in rs), 1),
+                    "rss_max_mib": round(statistics.median(r[who]["rss_max_mib"] for r in rs), 1),
                 }
         by_mode[mode] = entry
     off = by_mode["off"]["daemon"]
     for entry in by_mode.values():
         entry["daemon_over_off"] = {
             "cpu_pp": round(entry["daemon"]["cpu_pct"] - off["cpu_pct"], 3),
-            "rss_mib": round(entry["daemon"]["rss_mib"] - off["rss_mib"], 1),
+            "rss_max_mib": round(entry["daemon"]["rss_max_mib"] - off["rss_max_mib"], 1),
         }
     return by_mode
 
 
 def table(results: dict[str, Any]) -> str:
     rows = [
-        ("mode", "daemon CPU %", "daemon RSS MiB", "Δ daemon CPU pp", "Δ daemon RSS MiB",
-         "exporter CPU %", "exporter RSS MiB", "scrapes"),
+        ("mode", "daemon CPU %", "daemon peak RSS MiB", "Δ daemon CPU pp", "Δ daemon peak RSS MiB",
+         "exporter CPU %", "exporter peak RSS MiB", "scrapes"),
     ]  # fmt: skip
     for mode, e in results["modes"].items():
         ex = e.get("exporter")
         rows.append(
-            (mode, f"{e['daemon']['cpu_pct']:.3f}", f"{e['daemon']['rss_mib']:.1f}",
-             f"{e['daemon_over_off']['cpu_pp']:+.3f}", f"{e['daemon_over_off']['rss_mib']:+.1f}",
-             f"{ex['cpu_pct']:.3f}" if ex else "-", f"{ex['rss_mib']:.1f}" if ex else "-", str(e["scrapes"]))
+            (mode, f"{e['daemon']['cpu_pct']:.3f}", f"{e['daemon']['rss_max_mib']:.1f}",
+             f"{e['daemon_over_off']['cpu_pp']:+.3f}", f"{e['daemon_over_off']['rss_max_mib']:+.1f}",
+             f"{ex['cpu_pct']:.3f}" if ex else "-", f"{ex['rss_max_mib']:.1f}" if ex else "-",
+             str(e["scrapes"]))
         )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
