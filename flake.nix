@@ -103,6 +103,7 @@
                 pyroute2
                 pyudev
                 systemd-python
+                prometheus-client
                 pytest
                 pytest-timeout
                 pytest-benchmark
@@ -110,10 +111,11 @@
                 mypy
               ]
             ))
-            # `uplinkd` and `uplinkctl` run the controller from this checkout, through the same
+            # `uplinkd`, `uplinkctl` and `uplinkd-exporter` run the controller from this checkout, through the same
             # entry points as the package's (pyproject's [project.scripts]).
             (pkgs.writeShellScriptBin "uplinkd" ''exec python3 -m uplinkd.entry "$@"'')
             (pkgs.writeShellScriptBin "uplinkctl" ''exec python3 -m uplinkd.cli "$@"'')
+            (pkgs.writeShellScriptBin "uplinkd-exporter" ''exec python3 -m uplinkd.exporter.server "$@"'')
             pkgs.ruff
             pkgs.import-linter
             pkgs.nixfmt

@@ -18,7 +18,13 @@ let
   page = cfg.statusPage;
 
   # "[::1]:9477" for IPv6, "127.0.0.1:9477" for IPv4
-  hostPort = address: port: if lib.hasInfix ":" address then "[${address}]:${toString port}" else "${address}:${toString port}";
+  hostPort =
+    address: port:
+    if lib.hasInfix ":" address then "[${address}]:${toString port}" else "${address}:${toString port}";
+  # What is served; a page without its address (or drain without a token) fails an assertion
+  # below, and until then is left out here rather than rendered half.
+  pageOn = page.enable && page.address != null;
+  drainOn = pageOn && page.drain.enable && page.drain.tokenFile != null;
   literalIp = types.strMatching "([0-9]{1,3}(\\.[0-9]{1,3}){3})|([0-9a-fA-F:]*:[0-9a-fA-F:.]*)";
 in
 {
@@ -95,7 +101,7 @@ in
         message = "services.uplinkd.statusPage.drain.tokenFile: drain from the page needs a token; point this at a file holding 16 or more random characters.";
       }
       {
-        assertion = page.drain.tokenFile == null || !lib.hasPrefix builtins.storeDir (toString page.drain.tokenFile);
+        assertion = page.drain.tokenFile == null || !lib.hasPrefix builtins.storeDir page.drain.tokenFile;
         message = "services.uplinkd.statusPage.drain.tokenFile: the token is in the Nix store, readable by every user; give a path outside it, as a string.";
       }
     ];
@@ -123,18 +129,18 @@ in
             "--listen"
             (if exp.enable then hostPort exp.listenAddress exp.port else "")
           ]
-          ++ lib.optionals page.enable [
+          ++ lib.optionals pageOn [
             "--page"
             (hostPort page.address page.port)
             "--sample-interval"
             (toString page.sampleInterval)
           ]
-          ++ lib.optionals (page.enable && page.drain.enable) [
+          ++ lib.optionals drainOn [
             "--page-token-file"
             "%d/page-token"
           ]
         );
-        LoadCredential = lib.optional (page.enable && page.drain.enable) "page-token:${page.drain.tokenFile}";
+        LoadCredential = lib.optional drainOn "page-token:${page.drain.tokenFile}";
         # The LAN address may not be there yet at boot (networkd is still configuring it):
         # the bind fails and the unit is started again a few seconds later.
         Restart = "always";

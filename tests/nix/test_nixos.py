@@ -150,7 +150,7 @@ def test_package_dependencies_exist_in_the_pinned_nixpkgs() -> None:
         "map (d: { inherit (d) pname version; }) self.packages.x86_64-linux.uplinkd.dependencies"
     )
     names = {dep["pname"]: dep["version"] for dep in deps}
-    assert set(names) == {"cryptography", "pydantic", "pyroute2", "pyudev", "systemd-python"}
+    assert set(names) == {"cryptography", "pydantic", "pyroute2", "pyudev", "systemd-python", "prometheus-client"}
     project = tomllib.loads((REPO / "controller" / "pyproject.toml").read_text())["project"]
     requirements = project["dependencies"] + project["optional-dependencies"]["systemd"]
     for requirement in requirements:
@@ -185,6 +185,7 @@ def test_package_source_leaves_out_the_readme() -> None:
             buildPythonApplication = lib.id;
             setuptools = null; cryptography = null; pydantic = null;
             pyroute2 = null; pyudev = null; systemd-python = null;
+            prometheus-client = null;
             pytestCheckHook = null; pytest-timeout = null; hypothesis = null;
           }};
         in package.src"""

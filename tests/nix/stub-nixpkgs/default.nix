@@ -15,6 +15,7 @@
 #   pkgs/development/python-modules/pydantic/default.nix        2.x
 #   pkgs/development/python-modules/cryptography/default.nix    40.0.1 (the only expression in the
 #     index, from 2023; nixos-26.05 has a newer one, not read)
+#   pkgs/development/python-modules/prometheus-client/default.nix  0.x (the attribute name only)
 # The test tools' versions are not checked ("0").
 { lib }:
 let
@@ -69,6 +70,7 @@ let
         pyroute2 = pythonPackage "pyroute2" "0.9.6";
         pyudev = pythonPackage "pyudev" "0.24.4";
         systemd-python = pythonPackage "systemd-python" "235";
+        prometheus-client = pythonPackage "prometheus-client" "0.x";
         pytest = pythonPackage "pytest" "0";
         pytestCheckHook = pythonPackage "pytest-check-hook" "0";
         pytest-timeout = pythonPackage "pytest-timeout" "0";

@@ -6,7 +6,7 @@
 # address only. Reach Grafana with `ssh -L 3000:127.0.0.1:3000 router`.
 { ... }:
 {
-  imports = [ ./home-router.nix ];
+  imports = [ ../home-router.nix ];
 
   services.uplinkd.exporter.enable = true; # 127.0.0.1:9477/metrics
 
@@ -56,7 +56,7 @@
         {
           name = "uplinkd";
           folder = "Routers";
-          options.path = ../contrib/grafana; # holds uplinkd.json
+          options.path = ../../contrib/grafana; # holds uplinkd.json
         }
       ];
     };
