@@ -46,7 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from uplinkd import control
-from uplinkd.lab.stats import publish
+
+import bootstrap  # noqa: F401 - harness on sys.path
+from harness.stats import publish
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "metrics.json"

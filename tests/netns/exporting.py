@@ -11,8 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from uplinkd.lab import Lab
 from uplinkd.lab.addresses import LAN_ROUTER4
+from uplinkd.lab.launcher import LabDaemon
 
-from running import Controller, wait_until
+from harness.readback import wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -20,7 +21,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 class Exporter:
     """uplinkd-exporter in the router namespace, stopped by pid."""
 
-    def __init__(self, lab: Lab, controller: Controller, *args: str) -> None:
+    def __init__(self, lab: Lab, controller: LabDaemon, *args: str) -> None:
         self.lab = lab
         self.log_path = controller.workdir / "exporter.log"
         with self.log_path.open("ab") as log:

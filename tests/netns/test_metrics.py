@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 from uplinkd.lab import Lab
+from uplinkd.lab.launcher import LabDaemon
 
 from exporting import Exporter, http_get, kernel_link, scrape, value
-from running import Controller, wait_until
+from harness.readback import wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -61,8 +62,8 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def running(lab: Lab, tmp_path: Path) -> Iterator[tuple[Controller, Exporter]]:
-    c = Controller(lab, config(), tmp_path)
+def running(lab: Lab, tmp_path: Path) -> Iterator[tuple[LabDaemon, Exporter]]:
+    c = LabDaemon(lab.router, config(), workdir=tmp_path)
     exporter: Exporter | None = None
     try:
         c.start()
@@ -94,7 +95,7 @@ def transitions(samples: dict[Any, float], uplink: str, old: str, new: str) -> f
     )
 
 
-def test_metrics_follow_a_failure_and_recovery(lab: Lab, running: tuple[Controller, Exporter]) -> None:
+def test_metrics_follow_a_failure_and_recovery(lab: Lab, running: tuple[LabDaemon, Exporter]) -> None:
     c, _exporter = running
     before, text = scrape(lab, URL)
     assert value(before, "uplinkd_up") == 1
@@ -161,7 +162,7 @@ def test_metrics_follow_a_failure_and_recovery(lab: Lab, running: tuple[Controll
     )
 
 
-def test_conntrack_entries_flushed_are_counted(lab: Lab, running: tuple[Controller, Exporter]) -> None:
+def test_conntrack_entries_flushed_are_counted(lab: Lab, running: tuple[LabDaemon, Exporter]) -> None:
     c, _ = running
     flows = lab.start_flows(tcp=8, udp=8, interval_ms=20, duration=6.0)
     time.sleep(1.5)
@@ -177,7 +178,7 @@ def test_conntrack_entries_flushed_are_counted(lab: Lab, running: tuple[Controll
 
 
 def test_metrics_listen_only_where_told_and_survive_the_daemon(
-    lab: Lab, running: tuple[Controller, Exporter]
+    lab: Lab, running: tuple[LabDaemon, Exporter]
 ) -> None:
     c, _ = running
     scrape(lab, URL)
@@ -193,7 +194,7 @@ def test_metrics_listen_only_where_told_and_survive_the_daemon(
 
 
 def test_watch_is_plain_text_in_a_pipe_and_redraws_on_a_terminal(
-    lab: Lab, running: tuple[Controller, Exporter]
+    lab: Lab, running: tuple[LabDaemon, Exporter]
 ) -> None:
     c, _ = running
     piped = c.ctl("watch", "--count", "3", "--interval", "0.3")

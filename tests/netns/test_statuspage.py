@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 from uplinkd.lab import Lab
+from uplinkd.lab.launcher import LabDaemon
 
 from exporting import Exporter, http_get, page_address
-from running import Controller, group_members, wait_until
+from harness.readback import group_members, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -62,8 +63,8 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def daemon(lab: Lab, tmp_path: Path) -> Iterator[Controller]:
-    c = Controller(lab, config(), tmp_path)
+def daemon(lab: Lab, tmp_path: Path) -> Iterator[LabDaemon]:
+    c = LabDaemon(lab.router, config(), workdir=tmp_path)
     try:
         c.start()
         for name in NAMES:
@@ -130,7 +131,7 @@ class Browser:
 
 @pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"), reason="needs chromium")
 def test_page_shows_the_uplinks_and_follows_a_failure(
-    lab: Lab, daemon: Controller, exporters: list[Exporter], tmp_path: Path
+    lab: Lab, daemon: LabDaemon, exporters: list[Exporter], tmp_path: Path
 ) -> None:
     exporter = Exporter(
         lab, daemon, "--listen", "", "--page", f"{page_address(lab)}:{PORT}", "--sample-interval", "1"
@@ -160,7 +161,7 @@ def test_page_shows_the_uplinks_and_follows_a_failure(
 
 
 def test_page_answers_only_on_its_address_and_is_read_only(
-    lab: Lab, daemon: Controller, exporters: list[Exporter]
+    lab: Lab, daemon: LabDaemon, exporters: list[Exporter]
 ) -> None:
     exporter = Exporter(lab, daemon, "--listen", "", "--page", f"{page_address(lab)}:{PORT}")
     exporters.append(exporter)
@@ -181,7 +182,7 @@ def test_page_answers_only_on_its_address_and_is_read_only(
 
 
 def test_drain_from_the_page_needs_the_token(
-    lab: Lab, daemon: Controller, exporters: list[Exporter], tmp_path: Path
+    lab: Lab, daemon: LabDaemon, exporters: list[Exporter], tmp_path: Path
 ) -> None:
     token = "s3cret-token-for-the-lab-0123456789"
     token_file = tmp_path / "page.token"
