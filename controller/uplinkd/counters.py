@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import collections
 import time
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 

@@ -150,7 +150,8 @@ def test_package_dependencies_exist_in_the_pinned_nixpkgs() -> None:
         "map (d: { inherit (d) pname version; }) self.packages.x86_64-linux.uplinkd.dependencies"
     )
     names = {dep["pname"]: dep["version"] for dep in deps}
-    assert set(names) == {"cryptography", "pydantic", "pyroute2", "pyudev", "systemd-python", "prometheus-client"}
+    expected = {"cryptography", "pydantic", "pyroute2", "pyudev", "systemd-python", "prometheus-client"}
+    assert set(names) == expected
     project = tomllib.loads((REPO / "controller" / "pyproject.toml").read_text())["project"]
     requirements = project["dependencies"] + project["optional-dependencies"]["systemd"]
     for requirement in requirements:

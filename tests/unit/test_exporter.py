@@ -61,7 +61,7 @@ def status_with_counters() -> dict[str, Any]:
     )
     c.probe_round("lte1", RoundResult(started=0.0, sent=2, answered=1, rtts=(0.02,), bytes=92))
     c.config_loaded(False, at=1000.0)
-    c.conntrack_flushed["lte1"] = 7
+    c.conntrack_flushed[0x6600] = 7
     return {
         "version": "0.1.0",
         "paused": False,
@@ -74,7 +74,7 @@ def status_with_counters() -> dict[str, Any]:
             {"name": "lte1", "state": "down", "since_s": 2.0, "dev": "wwan0", "in_group": False, "weight": 1,
              "drained": False, "probe": {"rtt_ms": None, "loss_pct": 100.0}},
         ],
-        "counters": c.as_json(),
+        "counters": c.as_json(marks={0x6600: "lte1"}),
     }  # fmt: skip
 
 
