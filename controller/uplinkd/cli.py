@@ -1,6 +1,6 @@
 """uplinkctl: talk to uplinkd, or act on the kernel directly where that makes sense.
 
-Exit codes: 0 success; 1 `plan` found changes / a command failed; 2 bad input (an invalid
+Exit codes: 0 success; 1 `plan` found changes / a command failed or was refused; 2 bad input (an invalid
 config for `check`, a wrong argument, an unknown uplink); 3 the daemon is unreachable.
 
 `--json` output is stable: the objects documented in the README ("uplinkctl --json").
@@ -19,7 +19,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from uplinkd import console, control
+from uplinkd import console, control, instance
 from uplinkd.config import Config, ConfigError, load, schema
 from uplinkd.console import age as _age
 from uplinkd.console import table as _table
@@ -36,6 +36,10 @@ class UsageError(Exception):
     pass
 
 
+class Refused(Exception):
+    """The command would be unsafe now; nothing was changed (exit 1)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -47,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError) as e:
         print(f"uplinkctl: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Refused as e:
+        print(f"uplinkctl: {e}", file=sys.stderr)
+        return EXIT_CHANGES
     except BrokenPipeError:
         return EXIT_OK
     except (NftError, NetlinkError, OSError) as e:  # acting on the kernel without the daemon
@@ -91,8 +98,22 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("uplink")
         s.set_defaults(func=cmd_drain)
 
-    s = sub.add_parser("flush", help="remove everything uplinkd owns from the kernel")
-    s.add_argument("--config", type=Path, help="when the daemon is not running (default: %(default)s)")
+    s = sub.add_parser(
+        "flush",
+        help="remove everything uplinkd owns from the kernel",
+        description="Remove everything uplinkd owns from the kernel, nothing else. With the daemon "
+        "running, it does the flush and pauses until `resume` or a restart. With no daemon "
+        "running, uplinkctl flushes the kernel itself, as FILE says what uplinkd owns. If the "
+        "daemon does not answer at the socket but is running (it holds STATE_DIR/uplinkd.lock "
+        "while it runs, STATE_DIR from FILE; or it answers at FILE's control.socket), flush "
+        "refuses and changes nothing: a daemon would put everything back. Stop it first "
+        "(systemctl stop uplinkd) or give the right --socket.",
+    )
+    s.add_argument(
+        "--config",
+        type=Path,
+        help=f"the daemon's config: its socket; what to flush when it is stopped (default: {DEFAULT_CONFIG})",
+    )
     s.set_defaults(func=cmd_flush)
 
     s = sub.add_parser("resume", help="after flush: let the daemon manage the kernel again")
@@ -279,6 +300,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
             raise
         path = args.config or DEFAULT_CONFIG
         config = load(path) if (args.config or path.exists()) else Config()
+        _refuse_if_running(config, tried=_socket(args), error=str(e))
         removed, failed = asyncio.run(_local_flush(config))
         note = "done without the daemon"
     for line in removed:
@@ -287,6 +309,33 @@ def cmd_flush(args: argparse.Namespace) -> int:
         print(f"failed: {line}", file=sys.stderr)
     print(f"removed {len(removed)} objects; {note}", file=sys.stderr)
     return EXIT_OK if not failed else EXIT_CHANGES
+
+
+def _refuse_if_running(config: Config, *, tried: Path, error: str) -> None:
+    """:class:`Refused` if an uplinkd runs for `config` although none answered at `tried`: a
+    mistyped --socket must not flush a live router (its daemon would fight back)."""
+    state_dir, sock = config.control.state_dir, config.control.socket
+    pid = instance.holder(state_dir)
+    if pid is not None:
+        who = f"uplinkd (pid {pid})" if pid else "uplinkd"
+        raise Refused(
+            f"flush: refused, nothing changed: {error.rstrip('?').split(';')[0]}, but {who} is running "
+            f"(it holds {instance.lock_path(state_dir)}). Flush through it with --socket {sock} "
+            f"(its configured socket), or stop it first (systemctl stop uplinkd)"
+        )
+    if sock != tried and _answers(sock):
+        raise Refused(
+            f"flush: refused, nothing changed: no uplinkd at {tried}, but one answers at {sock}; "
+            f"flush through it with --socket {sock}, or stop it first (systemctl stop uplinkd)"
+        )
+
+
+def _answers(path: Path) -> bool:
+    try:
+        control.call(path, {"command": "status"}, timeout=2.0)
+    except control.ControlError as e:
+        return "cannot reach" not in str(e)  # something answered, if not well
+    return True
 
 
 async def _local_flush(config: Config) -> tuple[list[str], list[str]]:

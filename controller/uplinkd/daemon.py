@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -25,9 +26,10 @@ from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from uplinkd import __version__, control_server, hooks
+from uplinkd import __version__, control_server, hooks, instance
 from uplinkd.config import Config, ConfigError, load
 from uplinkd.dhcp import DhcpWorkers
+from uplinkd.instance import SetupError
 from uplinkd.kernel.state import ApplyResult, Kernel
 from uplinkd.kernel.watch import (
     NETLINK_NETFILTER,
@@ -36,6 +38,7 @@ from uplinkd.kernel.watch import (
     ROUTING_GROUPS,
     NetlinkWatch,
 )
+from uplinkd.logs import RepeatLimit
 from uplinkd.model import Observed
 from uplinkd.plan import Facts, Intent, Plan, adopt, desired, step
 from uplinkd.probes import ProbeWorkers
@@ -83,10 +86,10 @@ class Notifier:
 class Controller:
     """The loop: wakes on a fact, plans, writes, then syncs the workers to the new intent."""
 
-    def __init__(self, config: Config, config_path: Path | None, socket_path: Path) -> None:
+    def __init__(self, config: Config, config_path: Path | None, listener: socket.socket) -> None:
         self.rt = Runtime(config)
         self.config_path = config_path
-        self.socket_path = socket_path
+        self.listener = listener  # bound and listening (control_server.listen)
         self.kernel = Kernel(config)
         self.kernel.conntrack_flushed = self.rt.counters.conntrack_flushed  # counted as it flushes
         self.notifier = Notifier()
@@ -119,7 +122,7 @@ class Controller:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
-        server = await control_server.serve(self, self.socket_path)
+        server = control_server.Server(self, self.listener, limit=control_server.client_limit(nofile_limit()))
 
         async def until_stopped() -> None:
             await stop.wait()
@@ -130,6 +133,7 @@ class Controller:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
                 self.workers.start_in(tasks)
+                tasks.create_task(self._guard("control socket", server.run()))
                 tasks.create_task(self._guard("reconcile", self._reconcile_loop()))
                 tasks.create_task(self._guard("resync", self._resync_loop()))
                 if self.notifier.watchdog_interval:
@@ -138,12 +142,9 @@ class Controller:
         except* _Stop:
             pass
         finally:
-            server.close()
             for w in watches:
                 w.stop()
             self.udev.stop()
-            with contextlib.suppress(OSError):
-                self.socket_path.unlink()
             self.kernel.close()
 
     async def _guard(self, name: str, coro: Awaitable[object]) -> None:
@@ -302,6 +303,7 @@ def setup_logging(verbose: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(levelname)s %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(message)s"
         handler.setFormatter(logging.Formatter(fmt))
+    handler.addFilter(RepeatLimit())  # no flood of one warning fills the journal
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     # its DHCP client logs an ERROR on every unplug ("network is down"); ours logs the restart
@@ -321,17 +323,61 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         log.error("%s is invalid:\n%s", args.config, e)
         return 2
-    socket_path = args.socket or config.control.socket
+    socket_path: Path = args.socket or config.control.socket
+    raise_nofile_limit()
+    try:
+        claim = instance.claim(config.control.state_dir)
+    except SetupError as e:
+        log.error("%s", e)
+        return 1
+    try:
+        listener = control_server.listen(socket_path)
+    except SetupError as e:
+        log.error("%s", e)
+        claim.release()
+        return 1
 
     async def run() -> None:
-        await Controller(config, args.config, socket_path).run()
+        await Controller(config, args.config, listener).run()
 
     try:
         asyncio.run(run())
     except Exception:  # a task died: it was logged; exit non-zero so systemd restarts us
         log.exception("uplinkd failed")
         return 1
+    finally:
+        _remove_own_socket(socket_path, listener)
+        claim.release()
     return 0
+
+
+def _remove_own_socket(path: Path, listener: socket.socket) -> None:
+    """Remove the socket file at `path` if it is still the one we listened on (not one a
+    newer daemon has put there since)."""
+    with contextlib.suppress(OSError):
+        ours = os.fstat(listener.fileno()).st_ino
+        listener.close()
+        if path.lstat().st_ino == ours:
+            path.unlink()
+
+
+def nofile_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def raise_nofile_limit() -> None:
+    """Raise the soft limit on open files to the hard one (the unit's LimitNOFILE): clients
+    of the control socket are bounded, but probes and DHCP clients need descriptors too."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as e:
+        log.warning("cannot raise the open files limit from %d to %d (%s)", soft, hard, e)
+        return
+    log.debug("open files limit raised from %d to %d", soft, hard)
 
 
 if __name__ == "__main__":
