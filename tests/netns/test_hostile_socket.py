@@ -15,16 +15,13 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import resource
-import selectors
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,13 +30,16 @@ from typing import Any
 import pytest
 
 from uplinkd.lab import Lab
-from uplinkd.lab.launcher import LabDaemon, python_env
+from uplinkd.lab.launcher import python_env
 from uplinkd.lab.netns import in_netns
 
+from harness.hostile import Daemon, Holder
 from harness.readback import NH_BASE, group_members, nexthops, nft_tables, routes, rules, wait_until
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0 or sys.platform != "linux", reason="needs root for network namespaces"),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or sys.platform != "linux", reason="needs root for network namespaces"
+    ),
     pytest.mark.timeout(180),
 ]
 
@@ -64,21 +64,6 @@ def config() -> dict[str, Any]:
     return {"uplinks": uplinks, "probe": {"profile": "fast", "interval": 0.2}, "balance": {"table": 200}}
 
 
-class Daemon(LabDaemon):
-    """uplinkd under `prlimit --nofile=SOFT:HARD` (prlimit execs it: the pid is the daemon's),
-    with extra arguments (`--socket PATH`)."""
-
-    def __init__(self, *args: Any, nofile: str | None = None, extra: tuple[str, ...] = (), **kw: Any) -> None:
-        kw["workdir"].mkdir(parents=True, exist_ok=True)
-        super().__init__(*args, **kw)
-        self.nofile = nofile
-        self.extra = extra
-
-    def command(self) -> list[str]:
-        argv = [*super().command(), *self.extra]
-        return ["prlimit", f"--nofile={self.nofile}", "--", *argv] if self.nofile else argv
-
-
 @pytest.fixture
 def lab() -> Iterator[Lab]:
     with Lab() as lab:
@@ -101,74 +86,9 @@ def start_all_up(d: Daemon, lab: Lab) -> None:
     d.start()
     for name in NAMES:
         d.wait_state(name, "up", timeout=WAIT)
-    wait_until(lambda: set(group_members(lab.router, TABLES)) == set(NAMES), timeout=WAIT, what="all in the group")
-
-
-# --- a client that holds connections ------------------------------------------------------------
-
-
-class Holder:
-    """Holds `count` connections to the socket at `path` from this process, sending nothing;
-    a thread re-opens those the daemon closes (at most `per_round` every 0.1 s) until stopped."""
-
-    def __init__(self, path: Path, count: int, *, per_round: int = 100) -> None:
-        self.path = path
-        self.count = count
-        self.per_round = per_round
-        self.sel = selectors.DefaultSelector()
-        self.turned_away = 0  # "too many connections" lines received
-        self.closed = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._keep, daemon=True)
-
-    def __enter__(self) -> Holder:
-        deadline = time.monotonic() + 20
-        while len(self.sel.get_map()) < self.count and time.monotonic() < deadline:
-            if not self._open():
-                time.sleep(0.01)  # the listen backlog is full: let the daemon accept
-        assert len(self.sel.get_map()) == self.count, f"opened {len(self.sel.get_map())} connections"
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
-        for key in list(self.sel.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-        self.sel.close()
-
-    def _open(self) -> bool:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.setblocking(False)
-        try:
-            s.connect(str(self.path))
-        except BlockingIOError:
-            s.close()
-            return False
-        except OSError as e:
-            s.close()
-            if e.errno in (errno.EAGAIN, errno.ECONNREFUSED):
-                return False
-            raise
-        self.sel.register(s, selectors.EVENT_READ)
-        return True
-
-    def _keep(self) -> None:
-        while not self.stop.is_set():
-            for key, _ in self.sel.select(timeout=0.1):
-                s: socket.socket = key.fileobj  # type: ignore[assignment]
-                try:
-                    data = s.recv(4096)
-                except OSError:
-                    data = b""
-                self.turned_away += data.count(b"too many connections")
-                self.sel.unregister(s)
-                s.close()
-                self.closed += 1
-            for _ in range(min(self.per_round, self.count - len(self.sel.get_map()))):
-                if not self._open():
-                    break
-            self.stop.wait(0.1)
+    wait_until(
+        lambda: set(group_members(lab.router, TABLES)) == set(NAMES), timeout=WAIT, what="all in the group"
+    )
 
 
 @pytest.fixture
@@ -182,7 +102,9 @@ def many_fds() -> Iterator[None]:
 
 
 def open_files_limit(pid: int) -> tuple[int, int]:
-    line = next(x for x in Path(f"/proc/{pid}/limits").read_text().splitlines() if x.startswith("Max open files"))
+    line = next(
+        x for x in Path(f"/proc/{pid}/limits").read_text().splitlines() if x.startswith("Max open files")
+    )
     soft, hard = line.split()[3:5]
     return int(soft), int(hard)
 
@@ -190,7 +112,9 @@ def open_files_limit(pid: int) -> tuple[int, int]:
 @pytest.mark.parametrize(
     "nofile",
     [
-        pytest.param("1024:16384", id="soft-1024-hard-16384"),  # systemd's default soft limit, the unit's hard
+        pytest.param(
+            "1024:16384", id="soft-1024-hard-16384"
+        ),  # systemd's default soft limit, the unit's hard
         pytest.param("64:64", id="64-fds"),  # fewer descriptors than the client holds connections
     ],
 )
@@ -253,7 +177,9 @@ def read_all(s: socket.socket) -> bytes:
 
 
 @pytest.mark.parametrize("sent", [b"", b'{"command": "sta'], ids=["idle", "half-a-line"])
-def test_a_silent_client_is_answered_and_closed(lab: Lab, daemons: list[Daemon], tmp_path: Path, sent: bytes) -> None:
+def test_a_silent_client_is_answered_and_closed(
+    lab: Lab, daemons: list[Daemon], tmp_path: Path, sent: bytes
+) -> None:
     d = Daemon(lab.router, config(), workdir=tmp_path)
     daemons.append(d)
     d.start()
@@ -342,7 +268,9 @@ def test_a_live_socket_is_refused_and_a_stale_one_replaced(
     d = Daemon(lab.router, config(), workdir=tmp_path / "third", extra=("--socket", str(stale)))
     daemons.append(d)
     d.start(wait=False)
-    wait_until(lambda: d.check_alive() or _answers(stale), timeout=WAIT, what="the daemon on the stale socket")
+    wait_until(
+        lambda: d.check_alive() or _answers(stale), timeout=WAIT, what="the daemon on the stale socket"
+    )
 
 
 def _answers(path: Path) -> bool:
