@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         listener = control_server.listen(socket_path)
+        bound = socket_path.lstat().st_ino  # the file we made, to remove at exit (only it)
     except SetupError as e:
         log.error("%s", e)
         claim.release()
@@ -346,18 +347,17 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("uplinkd failed")
         return 1
     finally:
-        _remove_own_socket(socket_path, listener)
+        listener.close()
+        _remove_own_socket(socket_path, bound)
         claim.release()
     return 0
 
 
-def _remove_own_socket(path: Path, listener: socket.socket) -> None:
-    """Remove the socket file at `path` if it is still the one we listened on (not one a
-    newer daemon has put there since)."""
+def _remove_own_socket(path: Path, inode: int) -> None:
+    """Remove the socket file at `path` if it is still the one we made (inode `inode`), not
+    one a newer daemon has put there since."""
     with contextlib.suppress(OSError):
-        ours = os.fstat(listener.fileno()).st_ino
-        listener.close()
-        if path.lstat().st_ino == ours:
+        if path.lstat().st_ino == inode:
             path.unlink()
 
 

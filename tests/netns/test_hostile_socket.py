@@ -262,6 +262,7 @@ def test_a_live_socket_is_refused_and_a_stale_one_replaced(
     assert first.status()["passes"] > 0  # the first still answers on it
     # a stale socket (bound, then its owner gone) is replaced
     first.stop()
+    assert not first.socket.exists(), "a daemon removes its own socket when it stops"
     stale = tmp_path / "stale.sock"
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(stale))
