@@ -3,7 +3,10 @@
 The protocol (requests, replies, the client) is `uplinkd.control`; this module listens,
 turns each request into what the daemon does, and renders the answer. A request must never
 take the daemon down: a bad one gets an error naming the field, an unexpected failure is
-logged and reported, and the daemon carries on.
+logged and reported, and the daemon carries on. Nor may its clients: at most `limit` are
+served at once, each has a few seconds to send its line and to take the answer, a line over
+`control.MAX_REQUEST` gets "request too large", and running out of descriptors pauses
+accepting instead of spinning (see :class:`Server`).
 """
 
 from __future__ import annotations
