@@ -24,10 +24,13 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from uplinkd.config import document, ifname
 from uplinkd.config.errors import ConfigError, describe
 from uplinkd.config.fields import Float, Int, Section, Text, check_range, ranged, shown
+from uplinkd.config.policies import DEFAULT_POLICY, Policy, Steer
+from uplinkd.config.policies import check as check_policies
 from uplinkd.config.probe import PROFILES, Probe, parse_target
 from uplinkd.linux import RESERVED_TABLES
 
 __all__ = [
+    "DEFAULT_POLICY",
     "PROFILES",
     "Address",
     "Balance",
@@ -39,9 +42,11 @@ __all__ = [
     "Hooks",
     "Match",
     "Ownership",
+    "Policy",
     "Probe",
     "Rules",
     "StaticAddress",
+    "Steer",
     "Uplink",
     "UsbMatch",
     "describe",
@@ -226,6 +231,10 @@ class Uplink(Section):
         default=None, description="fwmark value under kernel.mark_mask; default: table mod 256"
     )
     probe: Probe = Field(default_factory=Probe, description="health checks; defaults from top-level probe")
+    metered: bool = Field(
+        default=False,
+        description="paid by volume: in the default policy only when no unmetered uplink is healthy",
+    )
 
     @field_validator("table")
     @classmethod
@@ -274,6 +283,9 @@ class Balance(Section):
 
 class Rules(Section):
     priority: Int = Field(default=10000, description="base of the rule band; uses base+0 .. base+30")
+    steer: tuple[Steer, ...] = Field(
+        default=(), description="which new connections use which policy; first match wins, in order"
+    )
 
     _priority = ranged(
         "priority",
@@ -302,9 +314,14 @@ class Ownership(Section):
         description="first nexthop id owned; ids base .. base+2^25 are reserved",
     )
     mark_mask: Int = Field(default=0xFF00, description="fwmark/ct mark bits the controller owns")
+    policy_mask: Int | None = Field(
+        default=None,
+        description="fwmark/ct mark bits for policy marks, apart from mark_mask; default: the 8 bits "
+        "above mark_mask (0xff0000 with the default mark_mask), or below it if those do not fit",
+    )
     nft_table: Text = Field(default="uplinkd", description="name of the 'inet' nftables table")
 
-    _int_fields = field_validator("protocol", "nexthop_base", "mark_mask", mode="before")(
+    _int_fields = field_validator("protocol", "nexthop_base", "mark_mask", "policy_mask", mode="before")(
         classmethod(lambda cls, v: _int_or_hex(v))
     )
 
@@ -313,9 +330,11 @@ class Ownership(Section):
     )
     _nh_base = ranged("nexthop_base", low=1, high=MAX_NEXTHOP_BASE)
 
-    @field_validator("mark_mask")
+    @field_validator("mark_mask", "policy_mask")
     @classmethod
-    def _mask(cls, v: int) -> int:
+    def _mask(cls, v: int | None) -> int | None:
+        if v is None:
+            return v
         if not 0 < v < (1 << 32):
             text = f"{v:#x}" if -(1 << 64) < v < (1 << 64) else shown(v)
             raise ValueError(f"{text} is not a 32-bit mask; use e.g. 0xff00")
@@ -330,6 +349,29 @@ class Ownership(Section):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", v):
             raise ValueError(f"{shown(v)} is not an nftables table name; use letters, digits, _")
         return v
+
+    @model_validator(mode="after")
+    def _masks_apart(self) -> Ownership:
+        if self.policy_mask is not None and self.mark_mask & self.policy_mask:
+            raise ValueError(
+                f"policy_mask: {self.policy_mask:#x} overlaps mark_mask {self.mark_mask:#x}; "
+                "use bits of their own, e.g. 0xff0000"
+            )
+        return self
+
+    @property
+    def policy_bits(self) -> int:
+        """The policy mask in effect: as given, or 8 bits next to mark_mask (above if they fit)."""
+        if self.policy_mask is not None:
+            return self.policy_mask
+        above = 0xFF << self.mark_mask.bit_length()
+        if above < (1 << 32):
+            return above
+        return (0xFF << self.mark_shift) >> 8  # mark_mask reaches bit 31: below it (shift >= 8)
+
+    @property
+    def policy_shift(self) -> int:
+        return max(0, (self.policy_bits & -self.policy_bits).bit_length() - 1)
 
     @property
     def mark_shift(self) -> int:
@@ -369,6 +411,9 @@ class Config(Section):
     hooks: Hooks = Field(default_factory=Hooks)
     balance: Balance = Field(default_factory=Balance)
     rules: Rules = Field(default_factory=Rules)
+    policies: dict[str, Policy] = Field(
+        default_factory=dict, description="named tiers of uplinks that steering rules send traffic to"
+    )
     kernel: Ownership = Field(default_factory=Ownership)
     control: Control = Field(default_factory=Control)
 
@@ -402,6 +447,17 @@ class Config(Section):
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
                 raise ValueError(
                     f"uplink name {shown(name)} is not usable; use a letter then letters, digits, "
+                    "'-' or '_' (at most 32)"
+                )
+        return v
+
+    @field_validator("policies")
+    @classmethod
+    def _policy_names(cls, v: dict[str, Policy]) -> dict[str, Policy]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
+                raise ValueError(
+                    f"policy name {name!r} is not usable; use a letter then letters, digits, "
                     "'-' or '_' (at most 32)"
                 )
         return v
@@ -441,9 +497,22 @@ class Config(Section):
                         "each interface can be only one uplink"
                     )
                 exact_names.setdefault(up.match.name, f"uplinks.{name}")
+        problems += check_policies(
+            policies=self.policies,
+            steer=self.rules.steer,
+            uplinks=list(self.uplinks),
+            tables=tables,
+            policy_slots=self.kernel.policy_bits >> self.kernel.policy_shift,
+        )
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def policy_mark(self, policy: str) -> int:
+        """A policy's mark, shifted under kernel.policy_mask (0 for the built-in default)."""
+        if policy not in self.policies:
+            return 0
+        return self.policies[policy].mark_value << self.kernel.policy_shift
 
     def mark_of(self, uplink: str) -> int:
         """The uplink's fwmark, shifted under the mask."""

@@ -16,6 +16,23 @@ What the table does, for uplink `u` with mark `M_u` under the mask:
 
 An established packet leaves every chain after its first rule.
 Only the mask's bits of `meta mark` and `ct mark` are written; other bits are kept.
+
+Steering (policies), rendered by the `_steer_*` helpers apart from the table's body:
+
+- a new connection not yet pinned to an uplink (`ct mark & MASK == 0`) goes through the
+  `steer_forward` chain (prerouting: forwarded traffic) or `steer_local` (the `route` output
+  hook: the router's own traffic, unless its socket already carries an uplink mark, as the
+  probes' do). The first matching rule sets the policy's mark under the *policy mask*, in
+  `meta mark` (for this packet's routing: `fwmark M_p/PMASK lookup T_p`) and in `ct mark`
+  (so conntrack entries can be found by policy, e.g. to flush on recovery), and returns; a
+  rule naming the default policy returns without a mark.
+- The policy mask has bits of its own, apart from the uplink mask: the policy mark says
+  which uplinks may be chosen, the uplink mark (set in postrouting once the kernel chose one,
+  as without policies) pins the connection to it. Both live in one ct mark; the P+10 uplink
+  rules match only uplink bits, so a pinned connection keeps its uplink whatever its policy
+  bits say, and a flush by uplink mark still finds every connection on that uplink.
+- Inbound connections from an uplink are pinned in prerouting before steering, so steering
+  skips them.
 """
 
 from __future__ import annotations
@@ -25,7 +42,7 @@ import logging
 import re
 import subprocess
 
-from uplinkd.model import NftState, NftUplink
+from uplinkd.model import NftState, NftSteer, NftUplink
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +80,11 @@ def render(state: NftState) -> str:
         f"table inet {t}\n"
         f"delete table inet {t}\n"
         f"table inet {t} {{\n"
-        f'\tcomment "uplinkd {state.digest}"\n'
+        f'\tcomment "uplinkd {state.digest}{_steer_comment(state)}"\n'
         f"\tset uplinks {{\n\t\ttype ifname\n{items(names)}\t}}\n"
         f"{chains}"
-        f"\tmap restore {{\n\t\ttype mark : verdict\n{items(restore)}\t}}\n"
+        + _steer_chains(state)
+        + f"\tmap restore {{\n\t\ttype mark : verdict\n{items(restore)}\t}}\n"
         f"\tmap remember {{\n\t\ttype ifname : verdict\n{items(remember)}\t}}\n"
         # A marked connection's packet: its mark restored, and out. A new one's first
         # packet from an uplink: the connection remembers it.
@@ -74,11 +92,13 @@ def render(state: NftState) -> str:
         f"\t\ttype filter hook prerouting priority mangle; policy accept;\n"
         f"\t\tct mark & {mask:#x} vmap @restore\n"
         f"\t\tct state new ct mark & {mask:#x} == 0 iifname vmap @remember\n"
-        f"\t}}\n"
+        + _steer_jump(state, local=False)
+        + f"\t}}\n"
         f"\tchain output {{\n"
         f"\t\ttype route hook output priority mangle; policy accept;\n"
         f"\t\tct mark & {mask:#x} vmap @restore\n"
-        f"\t}}\n"
+        + _steer_jump(state, local=True)
+        + f"\t}}\n"
         f"\tchain postrouting {{\n"
         f"\t\ttype filter hook postrouting priority mangle; policy accept;\n"
         f"\t\tct state new ct mark & {mask:#x} == 0 oifname vmap @remember\n"
@@ -100,6 +120,76 @@ def render(state: NftState) -> str:
     )
 
 
+# --- steering (policies) ---------------------------------------------------------------------
+
+
+def _steer_comment(state: NftState) -> str:
+    return f" {state.steer_digest}" if state.steer_digest else ""
+
+
+def _steer_jump(state: NftState, *, local: bool) -> str:
+    """The hook's jump into its steering chain, for new connections not pinned yet."""
+    if not any(r.local == local for r in state.steer):
+        return ""
+    chain = "steer_local" if local else "steer_forward"
+    unmarked = f"meta mark & {state.mask:#x} == 0 " if local else ""
+    return f"\t\tct state new ct mark & {state.mask:#x} == 0 {unmarked}jump {chain}\n"
+
+
+def _steer_chains(state: NftState) -> str:
+    text = ""
+    for local in (False, True):
+        rules = [r for r in state.steer if r.local == local]
+        if rules:
+            chain = "steer_local" if local else "steer_forward"
+            body = "".join(f"\t\t{_steer_rule(state, r)}\n" for r in rules)
+            text += f"\tchain {chain} {{\n{body}\t}}\n"
+    return text
+
+
+def _set(values: list[str]) -> str:
+    return values[0] if len(values) == 1 else "{ " + ", ".join(values) + " }"
+
+
+def _ports(ranges: tuple[tuple[int, int], ...]) -> str:
+    return _set([f"{a}" if a == b else f"{a}-{b}" for a, b in ranges])
+
+
+_L4 = {"icmpv6": "ipv6-icmp"}
+
+
+def _steer_rule(state: NftState, r: NftSteer) -> str:
+    """One steering rule: its matches, then the policy mark (or just `return` for default)."""
+    ip = {4: "ip", 6: "ip6", None: ""}[r.family]
+    parts: list[str] = []
+    if r.family is not None and not (r.src or r.dst or r.dscp is not None):
+        parts.append(f"meta nfproto {'ipv4' if r.family == 4 else 'ipv6'}")
+    if r.iif is not None:
+        parts.append(f'iifname "{r.iif}"')
+    if r.uid is not None:
+        parts.append(f"meta skuid {r.uid}")
+    if r.src:
+        parts.append(f"{ip} saddr {_set(list(r.src))}")
+    if r.dst:
+        parts.append(f"{ip} daddr {_set(list(r.dst))}")
+    if r.dscp is not None:
+        parts.append(f"{ip} dscp {r.dscp}")
+    if r.protocol is not None:
+        parts.append(f"meta l4proto {_L4.get(r.protocol, r.protocol)}")
+    elif r.sport or r.dport:
+        parts.append("meta l4proto { tcp, udp, sctp }")
+    if r.sport:
+        parts.append(f"th sport {_ports(r.sport)}")
+    if r.dport:
+        parts.append(f"th dport {_ports(r.dport)}")
+    if r.mark:
+        keep = 0xFFFFFFFF & ~state.policy_mask
+        parts.append(f"meta mark set meta mark & {keep:#x} | {r.mark:#x}")
+        parts.append(f"ct mark set ct mark & {keep:#x} | {r.mark:#x}")
+    parts.append(f'return comment "rules.steer.{r.rule} → {r.policy}"')
+    return " ".join(parts)
+
+
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, timeout=10)
@@ -119,7 +209,7 @@ def delete(table: str) -> None:
         raise NftError(result.stderr.strip() or f"nft exited {result.returncode}")
 
 
-_COMMENT = re.compile(r'^\s*comment "uplinkd ([0-9a-f]+)"', re.MULTILINE)
+_COMMENT = re.compile(r'^\s*comment "uplinkd ([0-9a-f]+)(?: ([0-9a-f]+))?"', re.MULTILINE)
 
 
 def listing(table: str) -> str | None:
@@ -132,7 +222,7 @@ def listing(table: str) -> str | None:
     return result.stdout
 
 
-def read(table: str, mask: int, *, trusted: dict[str, str]) -> NftState | None:
+def read(table: str, mask: int, *, trusted: dict[str, str], policy_mask: int = 0) -> NftState | None:
     """Our table as it stands, reduced to the state it was rendered from.
 
     The digest in the comment says what it was rendered from. `trusted` maps a digest to
@@ -152,7 +242,13 @@ def read(table: str, mask: int, *, trusted: dict[str, str]) -> NftState | None:
         NftUplink(m.group(1), int(m.group(2), 16))
         for m in re.finditer(r'"([^"]+)" : goto remember_([0-9a-f]+)', text)
     )
-    state = NftState(table=table, mask=mask, uplinks=tuple(sorted(uplinks, key=lambda u: u.ifname)))
+    state = NftState(
+        table=table,
+        mask=mask,
+        uplinks=tuple(sorted(uplinks, key=lambda u: u.ifname)),
+        policy_mask=policy_mask if found.group(2) else 0,
+        steer_digest=found.group(2) or "",
+    )
     return state if state.digest == digest else None
 
 

@@ -309,7 +309,12 @@ class Kernel:
         return self._nft_cache
 
     def _nft(self) -> NftState | None:
-        return nft.read(self.config.kernel.nft_table, self.config.kernel.mark_mask, trusted=self.nft_listings)
+        return nft.read(
+            self.config.kernel.nft_table,
+            self.config.kernel.mark_mask,
+            trusted=self.nft_listings,
+            policy_mask=self.config.kernel.policy_bits,
+        )
 
     async def teardown(self) -> ApplyResult:
         """Remove everything we own. Our nft table goes even when it was edited by hand (then

@@ -24,7 +24,7 @@ from uplinkd.model.kinds.groups import Member, NexthopGroup
 from uplinkd.model.kinds.io import Snapshot, Transport
 from uplinkd.model.kinds.links import LinkUp
 from uplinkd.model.kinds.nexthops import Nexthop
-from uplinkd.model.kinds.nft import NftState, NftUplink
+from uplinkd.model.kinds.nft import NftState, NftSteer, NftUplink
 from uplinkd.model.kinds.routes import Route, RouteKey, RouteType
 from uplinkd.model.kinds.rules import Rule
 from uplinkd.model.net import (
@@ -71,6 +71,7 @@ __all__ = [
     "Nexthop",
     "NexthopGroup",
     "NftState",
+    "NftSteer",
     "NftUplink",
     "Observed",
     "Op",

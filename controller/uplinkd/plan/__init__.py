@@ -17,11 +17,13 @@ from uplinkd.plan.layout import (
     BAND_BALANCE,
     BAND_FROM,
     BAND_FWMARK,
+    BAND_POLICY,
     BAND_SUPPRESS,
     MAIN_TABLE,
     group_id,
     nexthop_id,
     owns_nexthop,
+    policy_group_id,
 )
 from uplinkd.plan.uplinks import assign_links, link_matches, survey
 
@@ -30,6 +32,7 @@ __all__ = [
     "BAND_BALANCE",
     "BAND_FROM",
     "BAND_FWMARK",
+    "BAND_POLICY",
     "BAND_SUPPRESS",
     "CONTRIBUTORS",
     "FAILED",
@@ -54,6 +57,7 @@ __all__ = [
     "merge",
     "nexthop_id",
     "owns_nexthop",
+    "policy_group_id",
     "step",
     "survey",
     "teardown",

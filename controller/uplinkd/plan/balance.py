@@ -2,7 +2,8 @@
 
 Per family: a resilient nexthop group of the healthy uplinks' nexthops and T_balance's
 `default nhid G`; with none healthy, every uplink with carrier (`last_resort: carrier`) or
-`unreachable default`, so nothing falls through to main's default routes.
+`unreachable default`, so nothing falls through to main's default routes. Metered uplinks
+are the default policy's last tier: in the group only while no unmetered uplink is healthy.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def balance_members(
     """The uplinks in the balance group for one family, and why this set."""
     usable = [s for s in statuses if s.name in ways and family in ways[s.name] and not s.drained]
     healthy = tuple(s for s in usable if s.state in (State.UP, State.DEGRADED))
+    unmetered = tuple(s for s in healthy if not config.uplinks[s.name].metered)
+    if unmetered:
+        return unmetered, "healthy uplinks"
     if healthy:
-        return healthy, "healthy uplinks"
+        return healthy, "last tier: no unmetered uplink is healthy, using the metered ones"
     if config.balance.last_resort == "carrier" and usable:
         return tuple(usable), "last resort: no uplink is healthy, using every uplink with carrier"
     return (), "no usable uplink"

@@ -16,12 +16,13 @@ from typing import Any
 
 from uplinkd.config import Config
 from uplinkd.model import FAMILIES, KernelState, UplinkStatus, kind_of
-from uplinkd.plan import balance, nft, uplinks
+from uplinkd.plan import balance, nft, policies, uplinks
 from uplinkd.plan.facts import Contribution, Contributor, Facts
 
 CONTRIBUTORS: tuple[tuple[str, Contributor], ...] = (
     ("uplinks", uplinks.contribute),
     ("balance", balance.contribute),
+    ("policies", policies.contribute),
     ("nft", nft.contribute),
 )
 

@@ -4,12 +4,19 @@ For both address families, with P = rules.priority:
 
     P+0   lookup main suppress_prefixlength 0    connected/LAN routes win, main's defaults don't
     P+10  fwmark M_u/MASK lookup T_u            pinned connections and probes
+    P+15  fwmark M_p/PMASK lookup T_p           new connections a steering rule gave policy p
     P+20  from <addr_u> lookup T_u              the router's own traffic from an uplink address
     P+30  lookup T_balance                      new connections: resilient weighted ECMP
 
 T_u holds `default via gw_u dev u` (or `default dev u`); T_balance holds `default nhid G`,
 G a resilient group of the in-service uplinks' nexthops, or `unreachable default` when
-none is usable, so nothing falls through to main's default routes.
+none is usable, so nothing falls through to main's default routes. T_p (a policy's table)
+is the same with the policy's chosen tier.
+
+Nexthop ids: an uplink's nexthop is base + 2·T_u (+1 for IPv6); a policy's group is
+base + 2·T_p (+1 for IPv6), and the balance group base (+1). Every table id is unique across
+uplinks, policies and T_balance (the config refuses a repeat) and no table is 0, so the three
+never collide, and all stay inside the owned range base .. base + 2^25.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from uplinkd.model import AF_INET6
 from uplinkd.model.kinds.io import owns_nexthop as _owns
 
 MAIN_TABLE = 254
-BAND_SUPPRESS, BAND_FWMARK, BAND_FROM, BAND_BALANCE = 0, 10, 20, 30
+BAND_SUPPRESS, BAND_FWMARK, BAND_POLICY, BAND_FROM, BAND_BALANCE = 0, 10, 15, 20, 30
 
 
 def nexthop_id(config: Config, table: int, family: int) -> int:
@@ -29,6 +36,11 @@ def nexthop_id(config: Config, table: int, family: int) -> int:
 
 def group_id(config: Config, family: int) -> int:
     return config.kernel.nexthop_base + (family == AF_INET6)
+
+
+def policy_group_id(config: Config, policy: str, family: int) -> int:
+    """A policy's group: the id its table would give an uplink (tables are unique)."""
+    return nexthop_id(config, config.policies[policy].table, family)
 
 
 def owns_nexthop(config: Config, nhid: int) -> bool:

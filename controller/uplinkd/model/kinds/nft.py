@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from uplinkd.config import Ownership
 from uplinkd.model.kinds.base import CHANGE, Change, Kind, Op, Ref, Stage, Verb
@@ -27,17 +27,52 @@ class NftUplink:
 
 
 @dataclass(frozen=True)
+class NftSteer:
+    """One steering rule for one chain and family: new connections it matches get `mark`
+    under the policy mask (0: the built-in default policy, so no mark, and no later rule)."""
+
+    rule: int  # index in rules.steer
+    policy: str
+    mark: int
+    local: bool = False  # the router's own traffic (output) instead of forwarded (prerouting)
+    family: int | None = None  # 4, 6, or None: both
+    src: tuple[str, ...] = ()
+    dst: tuple[str, ...] = ()
+    protocol: str | None = None
+    sport: tuple[tuple[int, int], ...] = ()
+    dport: tuple[tuple[int, int], ...] = ()
+    iif: str | None = None
+    dscp: int | None = None
+    uid: int | None = None
+
+
+@dataclass(frozen=True)
 class NftState:
-    """What the controller's nftables table must say: the uplinks and their marks."""
+    """What the controller's nftables table must say: the uplinks and their marks, and the
+    steering rules that give new connections a policy mark.
+
+    The steering rules are not read back from nft's listing (normalising it is fragile):
+    their digest is, from the table's comment. So `steer` takes no part in equality; two
+    states are equal when their uplinks and `steer_digest` are."""
 
     table: str
     mask: int
     uplinks: tuple[NftUplink, ...]  # sorted by ifname
+    policy_mask: int = 0
+    steer: tuple[NftSteer, ...] = field(default=(), compare=False)
+    steer_digest: str = ""  # derived from `steer` when that is given
+
+    def __post_init__(self) -> None:
+        if self.steer:
+            text = repr(self.steer).encode()
+            object.__setattr__(self, "steer_digest", hashlib.sha256(text).hexdigest()[:16])
 
     @property
     def digest(self) -> str:
         """A short stable fingerprint, stored in the table's comment to detect drift cheaply."""
         text = f"{self.table}|{self.mask}|" + ",".join(f"{u.ifname}={u.mark}" for u in self.uplinks)
+        if self.steer_digest:  # no steering: the same digest as before policies existed
+            text += f"|{self.policy_mask}|{self.steer_digest}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -52,6 +87,8 @@ class NftTables(Kind[str, NftState]):
 
     def render(self, verb: Verb, obj: NftState) -> str:
         names = ", ".join(f"{u.ifname}={u.mark:#x}" for u in obj.uplinks) or "no uplinks"
+        if obj.steer_digest:
+            names += f"; {len(obj.steer) or '?'} steering rules {obj.steer_digest}"
         return f"nft -f - # {verb} table inet {obj.table} ({names})"
 
     def changes(
@@ -84,7 +121,7 @@ def steps(have: NftState | None, want: NftState) -> tuple[NftState | None, NftSt
     same_shape = have is not None and (have.table, have.mask) == (want.table, want.mask)
     kept = {u.ifname: u for u in have.uplinks} if have is not None and same_shape else {}
     kept.update({u.ifname: u for u in want.uplinks})
-    union = NftState(want.table, want.mask, tuple(sorted(kept.values(), key=lambda u: u.ifname)))
+    union = replace(want, uplinks=tuple(sorted(kept.values(), key=lambda u: u.ifname)))
     current = have.digest if have is not None else None
     early = union if union.digest != current else None
     late = want if want.digest != union.digest else None
