@@ -259,10 +259,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
         ),
         ("uplink", ex["uplink"] or "-"),
     ]
+    steer = ex.get("steer")
+    if steer is not None:
+        rows.insert(0, ("steering", _steer_text(steer)))
     if ex.get("error"):
         rows.append(("error", ex["error"]))
     print(_table(rows))
     return EXIT_OK if not ex.get("error") else EXIT_CHANGES
+
+
+def _steer_text(steer: dict[str, Any]) -> str:
+    """The steering rule, policy and tier, and how this was found out."""
+    if steer.get("policy") is None:
+        return str(steer.get("note"))
+    rule = f"rules.steer.{steer['rule']}" if steer.get("rule") is not None else "no rule matched"
+    tier = f", tier {steer['tier']}" if steer.get("tier") is not None else ""
+    why = f" ({steer['why']})" if steer.get("why") else ""
+    return f"{rule} → policy {steer['policy']}{tier}{why}; {steer.get('note')}"
 
 
 async def _local_explain(request: dict[str, Any]) -> explain_mod.Explanation:

@@ -19,13 +19,15 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from uplinkd import control
 from uplinkd.instance import SetupError, usable_dir, why
 from uplinkd.kernel.state import ApplyResult, Kernel
-from uplinkd.plan import Intent, Plan
+from uplinkd.plan import Intent, Plan, policies
 from uplinkd.runtime import Runtime
 
 log = logging.getLogger("uplinkd")
@@ -300,15 +302,44 @@ async def handle(daemon: Daemon, line: bytes) -> bytes:
         return control.reply(error is None, daemon.status() if error is None else None, error)
     assert isinstance(req, control.Explain)
     by_dev = {s.dev: s.name for s in (rt.intent.uplinks if rt.intent else ()) if s.dev}
+    steer = _steering(rt, req, by_dev)
+    mark = req.mark
+    if mark is None and steer["mark"]:
+        mark = steer["mark"]  # what the nft table sets on this connection's first packet
     async with daemon.lock:
         explanation = await daemon.kernel.explain(
             dst=req.dst,
             src=req.src,
             iif=req.iif,
-            mark=req.mark,
+            mark=mark,
             ipproto=req.ipproto,
             sport=req.sport,
             dport=req.dport,
             uplinks_by_dev=by_dev,
         )
-    return control.reply(True, explanation.as_dict())
+    return control.reply(True, replace(explanation, steer=steer).as_dict())
+
+
+def _steering(rt: Runtime, req: control.Explain, by_dev: Mapping[str, str]) -> dict[str, Any]:
+    """Which steering rule and policy tier a new connection with this packet gets: the
+    config's rules evaluated here, since the kernel does not report nft rule matches."""
+    note = "evaluated from the config's rules.steer (the kernel does not say which nft rule matched)"
+    if req.iif is not None and req.iif in by_dev:
+        return {"rule": None, "policy": None, "tier": None, "mark": 0,
+                "note": f"arriving from uplink {by_dev[req.iif]}: pinned to it, not steered"}  # fmt: skip
+    packet = policies.Packet(
+        dst=req.dst, src=req.src, iif=req.iif, protocol=req.ipproto, sport=req.sport, dport=req.dport
+    )
+    index, policy = policies.steer_for(rt.config, packet)
+    family = socket.AF_INET if req.dst.version == 4 else socket.AF_INET6
+    reason = rt.intent.reasons.get(policies.topic(policy, family)) if rt.intent else None
+    if policy == "default":
+        reason = rt.intent.balance_reason.get(family) if rt.intent else None
+    return {
+        "rule": index,
+        "policy": policy,
+        "tier": policies.tier_of(reason) if reason and policy != "default" else None,
+        "why": reason,
+        "mark": rt.config.policy_mark(policy),
+        "note": note,
+    }

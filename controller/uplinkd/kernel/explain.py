@@ -50,6 +50,9 @@ class Explanation:
     prefsrc: str | None
     uplink: str | None  # the uplink whose interface the packet leaves by
     error: str | None = None
+    # which steering rule and policy tier a new connection gets (from the daemon's config:
+    # the kernel does not say which nft rule matched); None when the config is not known
+    steer: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -25,11 +25,24 @@ The steering rules themselves are nft rules (see `kernel/nft.py` and `plan/nft.p
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from uplinkd.config import DEFAULT_POLICY, Config
-from uplinkd.model import FAMILIES, Member, NexthopGroup, Route, RouteKey, Rule, State, UplinkStatus, any_net
+from uplinkd.config import DEFAULT_POLICY, Config, Steer
+from uplinkd.model import (
+    FAMILIES,
+    IPAddress,
+    Member,
+    NexthopGroup,
+    Route,
+    RouteKey,
+    Rule,
+    State,
+    UplinkStatus,
+    any_net,
+)
 from uplinkd.plan.balance import FAMILY_NAMES, balance_members
 from uplinkd.plan.facts import Contribution, Facts, Survey
 from uplinkd.plan.layout import BAND_POLICY, nexthop_id, policy_group_id
@@ -138,3 +151,54 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
             )
             objects.append(Route(key, nhid=gid))
     return Contribution(objects=tuple(objects), reasons=reasons)
+
+
+# --- which rule a packet matches (for `uplinkctl explain`) ------------------------------------
+
+
+def tier_of(reason: str) -> int | None:
+    """The tier a policy's reason names ("tier 1: wan"), or None (a last resort)."""
+    found = re.match(r"tier (\d+):", reason)
+    return int(found.group(1)) if found else None
+
+
+@dataclass(frozen=True)
+class Packet:
+    """What explain knows of a new connection's first packet. `iif` None: the router's own."""
+
+    dst: IPAddress
+    src: IPAddress | None = None
+    iif: str | None = None
+    protocol: str | None = None
+    sport: int | None = None
+    dport: int | None = None
+
+
+def steer_for(config: Config, packet: Packet) -> tuple[int | None, str]:
+    """The first steering rule (index) that matches the packet and the policy it names;
+    (None, "default") when none does. Evaluated from the config, as the nft rules are
+    rendered from it: the kernel does not say which nft rule matched. Rules that need what
+    a packet description lacks (DSCP, uid) do not match."""
+    for index, rule in enumerate(config.rules.steer):
+        if _matches(rule, packet):
+            return index, rule.policy
+    return None, DEFAULT_POLICY
+
+
+def _matches(rule: Steer, p: Packet) -> bool:
+    if rule.local != (p.iif is None) or p.dst.version not in rule.families:
+        return False
+    if rule.src and (p.src is None or not any(p.src in net for net in rule.src)):
+        return False
+    if rule.dst and not any(p.dst in net for net in rule.dst):
+        return False
+    if rule.protocol is not None and rule.protocol != p.protocol:
+        return False
+    if (rule.sport or rule.dport) and p.protocol not in ("tcp", "udp", "sctp"):
+        return False
+    for ranges, port in ((rule.sport, p.sport), (rule.dport, p.dport)):
+        if ranges and (port is None or not any(lo <= port <= hi for lo, hi in ranges)):
+            return False
+    if rule.iif is not None and not fnmatch.fnmatchcase(p.iif or "", rule.iif):
+        return False
+    return rule.dscp is None and rule.uid is None
