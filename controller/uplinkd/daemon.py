@@ -204,7 +204,9 @@ class Controller:
         if self.rt.intent is None:
             self.rt.adopted |= adopt(self.config, actual)
         intent = desired(self.config, self._facts(enrich(observed, self.udev.facts)))
-        return intent, step(actual, intent, before=self.rt.intent, mask=self.config.kernel.mark_mask)
+        return intent, step(
+            actual, intent, before=self.rt.intent, mask=self.config.kernel.mark_mask, config=self.config
+        )
 
     def _facts(self, observed: Observed) -> Facts:
         return Facts(

@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 from uplinkd.config import Config
 from uplinkd.model import GROUPS, ConntrackFlush, Health, HealthVerdict, KernelState, Op, State, UplinkStatus
+from uplinkd.plan import policies
 from uplinkd.plan.desired import Intent
 from uplinkd.plan.diff import Plan, diff
 
@@ -36,13 +37,24 @@ def failover(before: Sequence[UplinkStatus], after: Sequence[UplinkStatus], *, m
     return tuple(ops)
 
 
-def step(actual: KernelState, intent: Intent, *, before: Intent | None, mask: int) -> Plan:
+def step(
+    actual: KernelState, intent: Intent, *, before: Intent | None, mask: int, config: Config | None = None
+) -> Plan:
     """One pass's plan: the diff to the intent, then the flushes of the uplinks that failed
-    since the last pass (none on the first: nothing was seen failing)."""
+    since the last pass (none on the first: nothing was seen failing), and, given the config,
+    of the connections of policies whose higher tier came back (`flush_on_recovery`)."""
     plan = diff(actual, intent.kernel)
     if before is None:
         return plan
-    return plan + Plan(failover(before.uplinks, intent.uplinks, mask=mask))
+    flushes = failover(before.uplinks, intent.uplinks, mask=mask)
+    if config is not None:
+        seen = {op.obj for op in flushes}
+        flushes += tuple(
+            op
+            for op in policies.recoveries(config, before.reasons, intent.reasons)
+            if op.obj not in seen
+        )
+    return plan + Plan(flushes)
 
 
 def adopt(config: Config, actual: KernelState) -> frozenset[str]:

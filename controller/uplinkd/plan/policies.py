@@ -33,9 +33,11 @@ from dataclasses import dataclass
 from uplinkd.config import DEFAULT_POLICY, Config, Steer
 from uplinkd.model import (
     FAMILIES,
+    ConntrackFlush,
     IPAddress,
     Member,
     NexthopGroup,
+    Op,
     Route,
     RouteKey,
     Rule,
@@ -202,3 +204,26 @@ def _matches(rule: Steer, p: Packet) -> bool:
     if rule.iif is not None and not fnmatch.fnmatchcase(p.iif or "", rule.iif):
         return False
     return rule.dscp is None and rule.uid is None
+
+
+def recoveries(config: Config, before: Mapping[str, str], after: Mapping[str, str]) -> tuple[Op, ...]:
+    """For policies with `flush_on_recovery`: when a higher tier than before is chosen (in
+    either family), delete the policy's connections on uplinks outside that tier (ct mark =
+    policy mark | uplink mark), so they reconnect through it. Without it they stay."""
+    flushes: dict[tuple[int, int], Op] = {}
+    mask = config.kernel.policy_bits | config.kernel.mark_mask
+    for name, spec in config.policies.items():
+        if not spec.flush_on_recovery:
+            continue
+        for family in FAMILIES:
+            was, now = before.get(topic(name, family)), after.get(topic(name, family))
+            old, new = tier_of(was or ""), tier_of(now or "")
+            if was is None or new is None or (old is not None and new >= old):
+                continue
+            for uplink in config.uplinks:
+                if uplink in spec.tiers[new]:
+                    continue
+                mark = config.policy_mark(name) | config.mark_of(uplink)
+                why = f"policy {name}: tier {new} is back; moving its connections off {uplink}"
+                flushes.setdefault((mark, mask), Op("delete", ConntrackFlush(uplink, mark, mask, why)))
+    return tuple(flushes.values())
