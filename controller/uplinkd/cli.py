@@ -172,6 +172,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"ambiguous: {u['name']} uses {u['dev']}, but {', '.join(u['also_matches'])} match it too;"
                 " make its match more specific (USB serial, match.path or an exact name)"
             )
+        usage = u.get("usage")
+        if usage:
+            budget = f" of {usage['budget']}" if usage["budget"] else ""
+            state = " (budget spent: last tier only)" if usage["spent"] else ""
+            print(f"{u['name']}: {usage['bytes']}{budget} bytes in {usage['month']}{state}")
+    for name, p in (status.get("policies") or {}).items():
+        tiers = ", ".join(
+            f"{fam} {'tier ' + str(v['tier']) if v['tier'] is not None else (v['why'] or '-')}"
+            for fam, v in (("ipv4", p["ipv4"]), ("ipv6", p["ipv6"]))
+        )
+        print(f"policy {name} (table {p['table']}): {tiers}")
     for f in status["failures"]:
         print(f"failing: {f['op']}: {f['error']}")
     return EXIT_OK

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from uplinkd import __version__, control_server, hooks, instance
+from uplinkd import __version__, control_server, hooks, instance, meter, usage
 from uplinkd.config import Config, ConfigError, load
 from uplinkd.dhcp import DhcpWorkers
 from uplinkd.instance import SetupError
@@ -53,7 +53,7 @@ DEBOUNCE = 0.005  # coalesce a burst of netlink events into one pass
 RETRY_MIN, RETRY_MAX = 0.1, 5.0
 
 # Every kind of worker the daemon runs, synced in this order after each pass (workers.py).
-WORKERS: tuple[type[WorkerKind[Any, Any]], ...] = (DhcpWorkers, ProbeWorkers)
+WORKERS: tuple[type[WorkerKind[Any, Any]], ...] = (DhcpWorkers, ProbeWorkers, meter.MeterWorkers)
 
 
 class _Stop(Exception):
@@ -88,6 +88,8 @@ class Controller:
 
     def __init__(self, config: Config, config_path: Path | None, listener: socket.socket) -> None:
         self.rt = Runtime(config)
+        self.rt.usage = usage.load(self.rt.usage_file)  # metered uplinks' bytes, kept across restarts
+        self.rt.spent = meter.spent(self.rt, time.time())
         self.config_path = config_path
         self.listener = listener  # bound and listening (control_server.listen)
         self.kernel = Kernel(config)
@@ -213,6 +215,7 @@ class Controller:
             observed=observed,
             health=self.rt.verdicts(),
             drained=frozenset(self.rt.drained),
+            spent=self.rt.spent,
             leases=self.rt.leases,
             previous={s.name: s.ifindex for s in self.rt.intent.uplinks if s.ifindex is not None}
             if self.rt.intent

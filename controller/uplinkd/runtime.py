@@ -20,6 +20,8 @@ from uplinkd.counters import Counters
 from uplinkd.kernel.state import ApplyResult
 from uplinkd.model import HealthVerdict, Lease, State
 from uplinkd.plan import Intent, Plan, verdicts
+from uplinkd.usage import SAVE_S, USAGE_FILE, Usage
+from uplinkd.usage import save as save_usage
 
 log = logging.getLogger("uplinkd")
 
@@ -56,6 +58,20 @@ class Runtime:
     started: float = field(default_factory=time.monotonic)
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # a fact changed: run a pass
     counters: Counters = field(default_factory=Counters)  # for the metrics exporter, in `status`
+    usage: dict[str, Usage] = field(default_factory=dict)  # metered uplinks' bytes this month
+    spent: frozenset[str] = frozenset()  # uplinks whose monthly budget is used up
+    saved_usage: float = 0.0  # monotonic time usage.json was last written
+
+    @property
+    def usage_file(self) -> Path:
+        return self.config.control.state_dir / USAGE_FILE
+
+    def save_usage(self, *, force: bool) -> None:
+        """Keep the usage in state_dir: now when forced, else at most every SAVE_S."""
+        now = time.monotonic()
+        if force or now - self.saved_usage >= SAVE_S:
+            save_usage(self.usage_file, self.usage)
+            self.saved_usage = now
 
     def lease_file(self, name: str) -> Path:
         return self.config.control.state_dir / f"{name}.lease.json"

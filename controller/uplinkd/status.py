@@ -9,9 +9,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from uplinkd import __version__
-from uplinkd.model import UplinkStatus
+from uplinkd.model import FAMILIES, UplinkStatus
+from uplinkd.plan import policies
 from uplinkd.probes import Prober
 from uplinkd.runtime import Runtime
+from uplinkd.usage import month_of, read_bytes
 
 
 def summary(rt: Runtime) -> str:
@@ -42,9 +44,11 @@ def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
                 # the latest round's words (a new verdict's reason alone does not re-plan)
                 "reason": rt.health[s.name].reason if s.ready and s.name in rt.health else s.reason,
                 "probe": _probe_json(rt, s.name, probers.get(s.name), now),
+                **_metering_json(rt, s),
             }
             for s in ups
         ],
+        "policies": _policies_json(rt),
         "balance": {
             "table": rt.config.balance.table,
             "ipv4": rt.intent.balance_reason.get(socket.AF_INET) if rt.intent else None,
@@ -96,3 +100,35 @@ def _probe_json(rt: Runtime, name: str, prober: Prober | None, now: float) -> di
         "suspicious": tracker.suspicious if tracker else False,
         "bytes_per_minute": prober.bytes_per_minute(now) if prober else 0,
     }
+
+
+def _metering_json(rt: Runtime, s: UplinkStatus) -> dict[str, Any]:
+    """Added fields: `metered`, `bytes` (the interface's rx+tx counters now, null when absent)
+    and `usage` (this month's bytes against the budget, for metered or budgeted uplinks)."""
+    up = rt.config.uplinks.get(s.name)
+    if up is None:
+        return {}
+    usage = rt.usage.get(s.name)
+    month = month_of(time.time())
+    this_month = usage.bytes if usage is not None and usage.month == month else 0
+    return {
+        "metered": up.metered,
+        "bytes": read_bytes(s.dev) if s.dev is not None else None,
+        "usage": {"month": month, "bytes": this_month, "budget": up.budget, "spent": s.name in rt.spent}
+        if up.metered or up.budget is not None
+        else None,
+    }
+
+
+def _policies_json(rt: Runtime) -> dict[str, Any]:
+    """Each policy's table, mark and, per family, the tier in use and why."""
+    out: dict[str, Any] = {}
+    reasons = rt.intent.reasons if rt.intent else {}
+    for name, spec in rt.config.policies.items():
+        entry: dict[str, Any] = {"table": spec.table, "mark": rt.config.policy_mark(name)}
+        for family in FAMILIES:
+            why = reasons.get(policies.topic(name, family))
+            key = "ipv4" if family == socket.AF_INET else "ipv6"
+            entry[key] = {"tier": policies.tier_of(why) if why else None, "why": why}
+        out[name] = entry
+    return out

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from uplinkd import plan
+from uplinkd import plan, usage
 from uplinkd.config import Config, ConfigError, parse
 from uplinkd.model import (
     AF_INET,
@@ -202,7 +202,7 @@ def test_metered_uplink_is_the_default_policys_last_tier() -> None:
     assert group_of(intent, 200) == {(nh(101), 3), (nh(103), 1)}
     only_metered = plan.desired(c, facts(wan=Health.DOWN, lte2=Health.DOWN))
     assert group_of(only_metered, 200) == {(nh(102), 1)}
-    assert "no unmetered uplink is healthy" in only_metered.balance_reason[AF_INET]
+    assert "no unmetered uplink (with budget left) is healthy" in only_metered.balance_reason[AF_INET]
 
 
 def test_without_policies_nothing_changes() -> None:
@@ -283,3 +283,42 @@ def test_explain_evaluates_the_rules_in_order(
 def test_tier_of_reads_the_reason() -> None:
     assert policies.tier_of("tier 1: lte1") == 1
     assert policies.tier_of("last resort: no tier is healthy") is None
+
+
+# --- budgets ---------------------------------------------------------------------------------------
+
+
+def test_budget_parses_units() -> None:
+    c = parse({"uplinks": {"lte1": up("lte1", 102, budget="1.5G")}})
+    assert c.uplinks["lte1"].budget == 1_500_000_000
+    assert "is not an amount of bytes" in "\n".join(
+        errors({"uplinks": {"lte1": up("lte1", 102, budget="lots")}})
+    )
+
+
+def test_a_spent_uplink_counts_only_in_a_last_tier() -> None:
+    c = cfg(uplinks={**UPLINKS, "lte2": up("lte2", 103, budget=1000)})
+    spent = Facts(observed(), spent=frozenset({"lte2"}))
+    intent = plan.desired(c, spent)
+    assert group_of(intent, 151) == {(nh(101), 2)}  # backup's tier 0 without lte2
+    assert group_of(intent, 152) == {(nh(103), 1)}  # chain has one tier: the last, so lte2 stays
+    assert group_of(intent, 200) == {(nh(101), 3)}  # default: lte2 joins only as a last tier
+    wan_down = plan.desired(
+        c, Facts(observed(), spent=frozenset({"lte2"}), health={"wan": HealthVerdict(Health.DOWN)})
+    )
+    assert group_of(wan_down, 200) == {(nh(102), 1), (nh(103), 1)}
+
+
+def test_usage_arithmetic_and_keeping(tmp_path: Any) -> None:
+    assert usage.moved_since(None, 500) == 0  # the first reading is a baseline
+    assert usage.moved_since(500, 800) == 300
+    assert usage.moved_since(800, 100) == 100  # replugged: the counter started again
+    u = usage.account(None, month="2026-12", moved=10)
+    assert usage.account(u, month="2026-12", moved=5) == usage.Usage("2026-12", 15)
+    assert usage.account(u, month="2027-01", moved=5) == usage.Usage("2027-01", 5)
+    path = tmp_path / "usage.json"
+    usage.save(path, {"lte1": usage.Usage("2026-12", 15)})
+    assert usage.load(path) == {"lte1": usage.Usage("2026-12", 15)}
+    path.write_text("{not json")
+    assert usage.load(path) == {}
+    assert usage.load(tmp_path / "none.json") == {}

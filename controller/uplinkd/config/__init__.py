@@ -235,6 +235,24 @@ class Uplink(Section):
         default=False,
         description="paid by volume: in the default policy only when no unmetered uplink is healthy",
     )
+    budget: int | None = Field(
+        default=None,
+        description="bytes per calendar month (UTC), in and out; when spent, the uplink is used "
+        "only as a last tier. Units allowed: \"10G\", \"500M\" (powers of 1000)",
+    )
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, v: object) -> object:
+        if isinstance(v, str):
+            m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[bB]?\s*", v)
+            if m is None:
+                raise ValueError(f'{v!r} is not an amount of bytes; write e.g. 5000000000 or "5G"')
+            scale = 1000 ** " KMGT".index(m.group(2).upper() or " ")
+            return round(float(m.group(1)) * scale)
+        return v
+
+    _budget_range = ranged("budget", low=1, high=1 << 62, use="a number of bytes above 0, e.g. \"5G\"")
 
     @field_validator("table")
     @classmethod

@@ -36,16 +36,22 @@ def topic(family: int) -> str:
 
 
 def balance_members(
-    config: Config, statuses: Sequence[UplinkStatus], ways: Mapping[str, Mapping[int, Way]], family: int
+    config: Config,
+    statuses: Sequence[UplinkStatus],
+    ways: Mapping[str, Mapping[int, Way]],
+    family: int,
+    *,
+    spent: frozenset[str] = frozenset(),
 ) -> tuple[tuple[UplinkStatus, ...], str]:
-    """The uplinks in the balance group for one family, and why this set."""
+    """The uplinks in the balance group for one family, and why this set. Metered uplinks,
+    and those whose budget is spent, are the last tier."""
     usable = [s for s in statuses if s.name in ways and family in ways[s.name] and not s.drained]
     healthy = tuple(s for s in usable if s.state in (State.UP, State.DEGRADED))
-    unmetered = tuple(s for s in healthy if not config.uplinks[s.name].metered)
+    unmetered = tuple(s for s in healthy if not config.uplinks[s.name].metered and s.name not in spent)
     if unmetered:
         return unmetered, "healthy uplinks"
     if healthy:
-        return healthy, "last tier: no unmetered uplink is healthy, using the metered ones"
+        return healthy, "last tier: no unmetered uplink (with budget left) is healthy, using the others"
     if config.balance.last_resort == "carrier" and usable:
         return tuple(usable), "last resort: no uplink is healthy, using every uplink with carrier"
     return (), "no usable uplink"
@@ -61,7 +67,9 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
     for family in FAMILIES:
         objects.append(Rule(family, prio + BAND_SUPPRESS, MAIN_TABLE, suppress_prefixlength=0))
         objects.append(Rule(family, prio + BAND_BALANCE, config.balance.table))
-        members, reasons[topic(family)] = balance_members(config, survey.statuses, survey.ways, family)
+        members, reasons[topic(family)] = balance_members(
+            config, survey.statuses, survey.ways, family, spent=facts.spent
+        )
         key = RouteKey(family, config.balance.table, str(any_net(family)))
         if not members:
             objects.append(Route(key, type="unreachable"))

@@ -30,6 +30,8 @@ class Facts:
     health: Mapping[str, HealthVerdict] = field(default_factory=dict)
     leases: Mapping[str, Lease] = field(default_factory=dict)
     drained: frozenset[str] = frozenset()
+    # uplinks whose monthly budget is spent: used only as a last tier
+    spent: frozenset[str] = frozenset()
     # uplink → ifindex it had on the last pass: an uplink keeps its interface
     previous: Mapping[str, int] = field(default_factory=dict)
 
@@ -37,6 +39,7 @@ class Facts:
         for name in ("health", "leases", "previous"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         object.__setattr__(self, "drained", frozenset(self.drained))
+        object.__setattr__(self, "spent", frozenset(self.spent))
 
 
 @dataclass(frozen=True)

@@ -65,23 +65,31 @@ class Choice:
     reason: str
 
 
-def choose(config: Config, survey: Survey, policy: str, family: int) -> Choice:
-    """The uplinks a policy's new connections use in one family."""
+def choose(
+    config: Config, survey: Survey, policy: str, family: int, *, spent: frozenset[str] = frozenset()
+) -> Choice:
+    """The uplinks a policy's new connections use in one family. An uplink whose budget is
+    spent counts only in the policy's last tier (and its last resort)."""
     if policy == DEFAULT_POLICY:
-        members, why = balance_members(config, survey.statuses, survey.ways, family)
+        members, why = balance_members(config, survey.statuses, survey.ways, family, spent=spent)
         return Choice({s.name: s.weight for s in members}, None, f"default policy: {why}")
-    return _choose(config, survey, policy, family, seen=())
+    return _choose(config, survey, policy, family, seen=(), spent=spent)
 
 
-def _choose(config: Config, survey: Survey, policy: str, family: int, *, seen: tuple[str, ...]) -> Choice:
+def _choose(
+    config: Config, survey: Survey, policy: str, family: int, *, seen: tuple[str, ...], spent: frozenset[str]
+) -> Choice:
     spec = config.policies[policy]
     by_name = {s.name: s for s in survey.statuses}
     usable: dict[str, int] = {}
+    last = len(spec.tiers) - 1
     for index, tier in enumerate(spec.tiers):
         healthy: dict[str, int] = {}
         for name, weight in tier.items():
             s = by_name.get(name)
             if s is None or s.drained or family not in survey.ways.get(name, {}):
+                continue
+            if name in spent and index < last:
                 continue
             w = _weight(config, s, weight)
             usable.setdefault(name, w)
@@ -95,9 +103,9 @@ def _choose(config: Config, survey: Survey, policy: str, family: int, *, seen: t
     if resort in ("carrier", "unreachable"):
         return Choice({}, None, "no usable uplink in any tier")
     if resort == DEFAULT_POLICY or resort in seen:  # a cycle is refused by the config
-        inner = choose(config, survey, DEFAULT_POLICY, family)
+        inner = choose(config, survey, DEFAULT_POLICY, family, spent=spent)
     else:
-        inner = _choose(config, survey, resort, family, seen=(*seen, policy))
+        inner = _choose(config, survey, resort, family, seen=(*seen, policy), spent=spent)
     return Choice(
         inner.members, None, f"last resort: no tier is healthy, as policy {resort} ({inner.reason})"
     )
@@ -130,7 +138,7 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                     fwmask=config.kernel.policy_bits,
                 )
             )
-            choice = choose(config, survey, name, family)
+            choice = choose(config, survey, name, family, spent=facts.spent)
             reasons[topic(name, family)] = choice.reason
             key = RouteKey(family, spec.table, str(any_net(family)))
             if not choice.members:
