@@ -232,3 +232,46 @@ def test_explain_names_the_rule_and_tier(lab: Lab, make_controller: Any) -> None
     assert plain["steer"]["rule"] is None and plain["steer"]["policy"] == "default"
     v6 = explain("2001:db8:100::100", "--from", "fd50::12", "--iif", "lan0")
     assert v6["steer"]["policy"] == "guest" and v6["uplink"] == "lte2"
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_budget_demotes_the_uplink_and_survives_a_restart(
+    lab: Lab, make_controller: Any, family: Family
+) -> None:
+    """lan1 prefers lte1 (tier 0) over wan (tier 1); lte1's budget is small. Once spent,
+    lte1 counts only as a last tier: lan1's new flows go by wan, also after a restart."""
+    cfg = {
+        "uplinks": {"wan": uplink(1, "wan"), "lte1": uplink(2, "lte1", metered=True, budget="60K")},
+        "policies": {"lte-first": {"tiers": [["lte1"], ["wan"]], "table": 150}},
+        "rules": {"steer": [{"src": ["192.168.50.11/32", "fd50::11/128"], "policy": "lte-first"}]},
+    }
+    lab.unplug("lte2")
+    c = make_controller(cfg)
+    c.start()
+    v6 = family == 6
+    wait_until(lambda: policy_members(lab, 150, v6) == {"lte1"}, timeout=WAIT, what="lte1 as tier 0")
+    first = lab.flows(tcp=5, udp=5, interval_ms=20, duration=1.0, family=family)
+    assert set(first.by_uplink(at="first")) == {"lte1"}
+
+    def spent() -> dict[str, Any] | None:
+        usage = next(u for u in status(c)["uplinks"] if u["name"] == "lte1")["usage"]
+        return usage if usage["spent"] else None
+
+    for _ in range(20):  # bounded: each round moves ~100 KB through lte1 until the budget is gone
+        if spent() is not None:
+            break
+        lab.flows(tcp=5, udp=5, interval_ms=10, duration=1.0, family=family)
+    usage = wait_until(spent, timeout=WAIT, what="lte1's budget to be spent")
+    assert usage["bytes"] >= 60_000 and usage["budget"] == 60_000
+    wait_until(lambda: policy_members(lab, 150, v6) == {"wan"}, timeout=WAIT, what="wan for lan1")
+    after = lab.flows(tcp=5, udp=5, interval_ms=50, duration=1.0, family=family)
+    assert set(after.by_uplink(at="first")) == {"wan"}
+
+    kept = json.loads((c.state_dir / "usage.json").read_text())["uplinks"]["lte1"]
+    assert kept["bytes"] >= 60_000
+    assert c.stop() == 0
+    c.start()
+    assert next(u for u in status(c)["uplinks"] if u["name"] == "lte1")["usage"]["spent"]
+    assert policy_members(lab, 150, v6) == {"wan"}, "a restart forgot the spent budget"
+    again = lab.flows(tcp=5, udp=5, interval_ms=50, duration=1.0, family=family)
+    assert set(again.by_uplink(at="first")) == {"wan"}
