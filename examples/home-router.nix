@@ -3,9 +3,14 @@
 # connection stays on the uplink it started on; a dead uplink is out within a second; either
 # stick can be unplugged and plugged into any USB port at any time.
 #
+# Policies: VoIP (the phone, and SIP from any softphone) and the admin's workstation go by the
+# wired ISP only; the guest Wi-Fi goes by the LTE sticks only; everything else is balanced over
+# all three; the router's own updates (root's traffic: nix-daemon, nixos-upgrade) never use LTE.
+#
 # LAN: two ports bridged as br-lan, 192.168.1.0/24, DHCP from networkd, DNS from a local
 # recursive resolver (so names resolve over whichever uplinks are up), and a firewall that lets
-# the LAN out and nothing in.
+# the LAN out and nothing in. Guest Wi-Fi: an access point on enp4s0, 192.168.2.0/24, which
+# may go out but not reach the LAN.
 #
 # Import it from your configuration next to your hardware-configuration.nix, with uplinkd's
 # NixOS module (the flake's nixosModules.default). Adjust the interface names and the sticks'
@@ -59,6 +64,55 @@
         table = 103;
       };
     };
+
+    # Which traffic may use which uplinks. A policy is a list of tiers (the first with a
+    # healthy member is used); `last_resort = "unreachable"` means "only these, or nothing".
+    settings.policies = {
+      wired = {
+        tiers = [ { wan = 1; } ];
+        table = 150;
+        last_resort = "unreachable";
+      };
+      lte = {
+        tiers = [
+          {
+            lte1 = 1;
+            lte2 = 1;
+          }
+        ];
+        table = 151;
+        last_resort = "unreachable";
+      };
+    };
+    # New connections, first match wins; what matches no rule is balanced over every uplink.
+    # A connection stays on the uplink it started on either way.
+    settings.rules.steer = [
+      {
+        # the VoIP phone and the admin's workstation
+        src = [
+          "192.168.1.20/32"
+          "192.168.1.10/32"
+        ];
+        policy = "wired";
+      }
+      {
+        # SIP from any softphone
+        protocol = "udp";
+        dport = [ 5060 ];
+        policy = "wired";
+      }
+      {
+        src = [ "192.168.2.0/24" ];
+        policy = "lte";
+      }
+      {
+        # the router's own traffic as root: updates and the nix daemon, never over LTE
+        # (unbound runs as its own user, so DNS keeps using every uplink)
+        local = true;
+        uid = 0;
+        policy = "wired";
+      }
+    ];
   };
 
   systemd.network = {
@@ -90,6 +144,18 @@
         };
         linkConfig.RequiredForOnline = "routable";
       };
+      "40-guest" = {
+        matchConfig.Name = "enp4s0";
+        address = [ "192.168.2.1/24" ];
+        networkConfig.DHCPServer = true;
+        dhcpServerConfig = {
+          PoolOffset = 100;
+          PoolSize = 100;
+          EmitDNS = true;
+          DNS = [ "192.168.2.1" ];
+        };
+        linkConfig.RequiredForOnline = "no";
+      };
     };
   };
 
@@ -103,11 +169,13 @@
         "127.0.0.1"
         "::1"
         "192.168.1.1"
+        "192.168.2.1"
       ];
       access-control = [
         "127.0.0.0/8 allow"
         "::1/128 allow"
         "192.168.1.0/24 allow"
+        "192.168.2.0/24 allow"
       ];
     };
   };
@@ -119,9 +187,17 @@
   networking.firewall = {
     enable = true;
     trustedInterfaces = [ "br-lan" ];
+    interfaces.enp4s0 = {
+      allowedUDPPorts = [
+        53
+        67
+      ];
+      allowedTCPPorts = [ 53 ];
+    };
     filterForward = true;
     extraForwardRules = ''
       iifname "br-lan" oifname { "enp1s0", "lte1", "lte2" } accept
+      iifname "enp4s0" oifname { "lte1", "lte2" } accept
     '';
   };
 

@@ -4,15 +4,26 @@
 { lib }:
 let
   inherit (lib)
-    filterAttrsRecursive
+    filterAttrs
     hasInfix
+    isAttrs
+    isList
+    mapAttrs
     optional
     ;
 in
 rec {
-  # What the controller reads: the settings without their nulls. Every nullable field of the
-  # controller's config defaults to null, so dropping them changes nothing but the noise.
-  render = settings: filterAttrsRecursive (_: value: value != null) settings;
+  # What the controller reads: the settings without their nulls, also inside lists of sections
+  # (rules.steer). Every nullable field of the controller's config defaults to null, so
+  # dropping them changes nothing but the noise.
+  render =
+    value:
+    if isAttrs value then
+      mapAttrs (_: render) (filterAttrs (_: v: v != null) value)
+    else if isList value then
+      map render value
+    else
+      value;
 
   # A USB-matched uplink is renamed to its attribute name by a systemd .link file, so its
   # interface name is known whatever port or order it was plugged in.

@@ -208,6 +208,12 @@ let
   # The health checks' options (probe-options.nix), for the top level and each uplink.
   probeSubmodule = import ./probe-options.nix { inherit lib withDescription; };
 
+  # Policies and steering rules (policy-options.nix).
+  inherit (import ./policy-options.nix { inherit lib withDescription tableId; })
+    policySubmodule
+    steerSubmodule
+    ;
+
   uplinkSubmodule = {
     options = {
       match = mkOption {
@@ -245,6 +251,17 @@ let
         type = types.submodule probeSubmodule;
         default = { };
         description = "Health checks for this uplink; what is unset here comes from the top-level `probe`.";
+      };
+      metered = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Paid by volume: in the default policy only when no unmetered uplink is healthy.";
+      };
+      budget = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        example = 5000000000;
+        description = "Bytes per calendar month (UTC); when spent the uplink is used only as a last tier.";
       };
     };
   };
@@ -292,6 +309,11 @@ let
       default = 10000;
       description = "Base of the controller's rule band; it uses base+0 .. base+30.";
     };
+    options.steer = mkOption {
+      type = types.listOf (types.submodule steerSubmodule);
+      default = [ ];
+      description = "Which new connections use which policy; the first matching rule wins.";
+    };
   };
 
   kernelSubmodule = {
@@ -314,6 +336,11 @@ let
         default = 65280;
         defaultText = literalExpression ''"0xff00"'';
         description = "The fwmark and ct mark bits the controller owns.";
+      };
+      policy_mask = mkOption {
+        type = types.nullOr markMask;
+        default = null;
+        description = "Mark bits for policy marks, apart from `mark_mask`; null: the 8 bits above it.";
       };
       nft_table = mkOption {
         type = withDescription "nftables table name: letters, digits, _" (
@@ -429,6 +456,11 @@ let
         type = types.submodule rulesSubmodule;
         default = { };
         description = "The controller's policy routing rules.";
+      };
+      policies = mkOption {
+        type = types.attrsOf (types.submodule policySubmodule);
+        default = { };
+        description = "Named tiers of uplinks that `rules.steer` sends new connections to.";
       };
       kernel = mkOption {
         type = types.submodule kernelSubmodule;

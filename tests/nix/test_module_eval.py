@@ -135,7 +135,9 @@ def leaf_paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple
     out = []
     for name, node in tree.items():
         if "children" in node:
-            named = ("<name>",) if "attrsOf" in node["type"] else ()
+            named = (
+                ("<name>",) if "attrsOf" in node["type"] else ("<item>",) if "listOf" in node["type"] else ()
+            )
             out += leaf_paths(node["children"], (*prefix, name, *named))
         else:
             out.append((*prefix, name))
@@ -143,9 +145,12 @@ def leaf_paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple
 
 
 def is_set(settings: Any, path: tuple[str, ...]) -> bool:
-    """Whether some value sits at `path` ("<name>" stands for any attribute)."""
+    """Whether some value sits at `path` ("<name>" stands for any attribute, "<item>" for any
+    entry of a list of sections)."""
     if not path:
         return True
+    if path[0] == "<item>":
+        return isinstance(settings, list) and any(is_set(v, path[1:]) for v in settings)
     if not isinstance(settings, dict):
         return False
     head, rest = path[0], path[1:]
@@ -171,10 +176,14 @@ BAD_CASES: dict[str, tuple[str, ...]] = {
     "usb-long-name": (f"{U}.lte-in-the-attic", "at most 15 characters", "shorten it"),
     "usb-with-name": (f"{U}.lte1.match.name", "would never match", "remove match.name"),
     "renamed-name-taken": (
-        f"{U}.lte1 (renamed to it) and {U}.wan", 'both match the interface "lte1"', "only one uplink",
+        f"{U}.lte1 (renamed to it) and {U}.wan",
+        'both match the interface "lte1"',
+        "only one uplink",
     ),
     "duplicate-table-networkd": (
-        f"{U}.wan.table and systemd.network.config.routeTables.vpn", "routing table 101", "own table id",
+        f"{U}.wan.table and systemd.network.config.routeTables.vpn",
+        "routing table 101",
+        "own table id",
     ),
     "duplicate-usb": (f"{U}.lte1 and {U}.lte2", "12d1:14dc", "set match.usb.serial on each"),
     "socket-outside-runtime-dir": (f"{OPTION}.control.socket", "outside /run/uplinkd", "use a path"),
@@ -350,6 +359,11 @@ def compare_field(
             return [f"{where}: a table of named entries in the controller, {option['type']} in the module"]
         value = resolve(node["additionalProperties"], defs)
         return compare_tree(option["children"], properties(value, defs), defs, prefix=f"{where}.<name>.")
+    items = resolve(node.get("items") or {}, defs) if node.get("type") == "array" else {}
+    if "properties" in items:  # a list of sections (rules.steer): compare one entry's fields
+        if "listOf" not in option["type"] or "children" not in option:
+            return [f"{where}: a list of sections in the controller, {option['type']} in the module"]
+        return compare_tree(option["children"], properties(items, defs), defs, prefix=f"{where}.*.")
     if "properties" in node or "oneOf" in node:
         if "children" not in option:
             return [f"{where}: a section in the controller, a single value in the module"]

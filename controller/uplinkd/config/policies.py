@@ -35,6 +35,8 @@ PortRange = tuple[int, int]
 
 
 def _port_range(value: object) -> PortRange:
+    if isinstance(value, list | tuple) and len(value) == 2:  # [low, high], as the Nix module writes
+        value = f"{value[0]}-{value[1]}"
     text = str(value).strip()
     m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", text)
     if m is None:
