@@ -17,6 +17,14 @@ server as the internet; see uplinkd.lab). For each probe profile and each scenar
    state change, which it writes to the group at once) and until a new connection gets a reply through it
    (`new_flows_ms`: a LAN poller opens four new UDP flows every 20 ms).
 
+With `--setups balanced,tiered` (the default) each profile runs twice: `balanced` is the above
+(every flow from lan1, balanced over all three); `tiered` steers lan1 (a steering rule on its
+source address) to a policy whose top tier is lte1 alone, then wan and lte2, while a second
+client, lan2, is balanced as usual. Half the flows come from each client. Every lan1 flow
+starts on lte1 and must move to the next tier when it dies; the lan2 flows on wan and lte2 are
+the healthy ones that must not notice; the recovery poller (in lan1) times when new
+connections return to the top tier.
+
 Meanwhile a second lab sits idle with one uplink per profile for a minute, to read what
 probing an idle uplink costs (`uplinkctl status` → probe.bytes_per_minute).
 
@@ -76,12 +84,16 @@ def uplink(index: int, name: str, probe: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def config(profile: str) -> dict[str, Any]:
-    return {
+def config(profile: str, setup: str = "balanced") -> dict[str, Any]:
+    cfg: dict[str, Any] = {
         "uplinks": {name: uplink(i + 1, name, {}) for i, name in enumerate(NAMES)},
         "probe": {"profile": profile},
         "balance": {"table": 200},
     }
+    if setup == "tiered":
+        cfg["policies"] = {"tiered": {"tiers": [{"lte1": 1}, {"wan": 1, "lte2": 1}], "table": 150}}
+        cfg["rules"] = {"steer": [{"src": "192.168.50.11/32", "policy": "tiered"}]}
+    return cfg
 
 
 def percentiles(values: Sequence[float]) -> dict[str, Any]:
@@ -90,12 +102,15 @@ def percentiles(values: Sequence[float]) -> dict[str, Any]:
 
 
 @contextmanager
-def running_lab(n: int, cfg: dict[str, Any], names: Sequence[str] = NAMES) -> Iterator[tuple[Lab, LabDaemon]]:
+def running_lab(
+    n: int, cfg: dict[str, Any], names: Sequence[str] = NAMES, clients: int = 1
+) -> Iterator[tuple[Lab, LabDaemon]]:
     """A lab with the daemon started (its log's tail is attached to any error)."""
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="uplinkd-bench-") as tmp:
         for name in names[:n]:
             lab.add_isp(name, address="none")  # the controller puts the static address on
-        lab.add_client()
+        for _ in range(clients):
+            lab.add_client()
         with LabDaemon(lab.router, cfg, workdir=Path(tmp)) as c:
             yield lab, c
 
@@ -167,10 +182,17 @@ def new_flows_through(lab: Lab, name: str) -> subprocess.Popen[str]:
     return proc
 
 
-def one_run(lab: Lab, c: LabDaemon, profile: str, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
+def one_run(
+    lab: Lab, c: LabDaemon, profile: str, scenario: str, args: argparse.Namespace, *, setup: str = "balanced"
+) -> dict[str, Any]:
     all_up(lab, c)
     duration = DURATION_S.get((profile, scenario), CARRIER_DURATION_S)
-    flows = lab.start_flows(tcp=args.tcp, udp=args.udp, interval_ms=args.interval_ms, duration=duration)
+    if setup == "tiered":  # half from the steered client, half from the balanced one
+        half = {"tcp": args.tcp // 2, "udp": args.udp // 2, "interval_ms": args.interval_ms}
+        clients = ("lan1", "lan2")
+        flows: Any = _Joined([lab.start_flows(client=cl, duration=duration, **half) for cl in clients])
+    else:
+        flows = lab.start_flows(tcp=args.tcp, udp=args.udp, interval_ms=args.interval_ms, duration=duration)
     time.sleep(PRE_FAULT_S)
     at = time.time()
     fault(lab, scenario, True)
@@ -196,6 +218,17 @@ def one_run(lab: Lab, c: LabDaemon, profile: str, scenario: str, args: argparse.
     ]
     rejoin_ms = round((back[0] - undone) * 1000, 1) if back else None
     return {"detect_ms": detect_ms, "report": report, "rejoin_ms": rejoin_ms, "new_flows_ms": new_flows_ms}
+
+
+class _Joined:
+    """Several clients' flow runs, reported as one."""
+
+    def __init__(self, runs: Sequence[Any]) -> None:
+        self.runs = list(runs)
+
+    def result(self) -> FlowReport:
+        reports = [r.result() for r in self.runs]
+        return FlowReport(tuple(f for r in reports for f in r.flows), reports[0].uplink_names)
 
 
 def summarize(profile: str, scenario: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -245,14 +278,15 @@ def summarize(profile: str, scenario: str, runs: list[dict[str, Any]]) -> dict[s
     }
 
 
-def run_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_profile(profile: str, args: argparse.Namespace, setup: str = "balanced") -> dict[str, Any]:
     result: dict[str, Any] = {}
-    with running_lab(3, config(profile)) as (lab, c):
+    clients = 2 if setup == "tiered" else 1
+    with running_lab(3, config(profile, setup), clients=clients) as (lab, c):
         for scenario in ("blackhole", "carrier"):
             runs = []
             for i in range(args.repeat):
-                log(f"{profile}: {scenario} run {i + 1}/{args.repeat}")
-                runs.append(one_run(lab, c, profile, scenario, args))
+                log(f"{profile} {setup}: {scenario} run {i + 1}/{args.repeat}")
+                runs.append(one_run(lab, c, profile, scenario, args, setup=setup))
             result[scenario] = summarize(profile, scenario, runs)
         # the last minute, faults included
         result["bytes_per_minute"] = {
@@ -309,9 +343,10 @@ def fmts(values: Sequence[float | None]) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    rows = [("profile", "fault", "flows", "outage p50/p95/max ms", "tcp p95", "udp p95", "detect ms",
+    rows = [("setup", "profile", "fault", "flows", "outage p50/p95/max ms", "tcp p95", "udp p95", "detect ms",
              "healthy hit", "rejoin ms", "new flows ms", "target")]  # fmt: skip
-    for profile, by_scenario in results["profiles"].items():
+    setups = [("balanced", results["profiles"])] + [("tiered", results["tiered"])] * ("tiered" in results)
+    for setup, profile, by_scenario in ((st, p, b) for st, by in setups for p, b in by.items()):
         for scenario in ("blackhole", "carrier"):
             s = by_scenario[scenario]
             o = s["outage_ms"]
@@ -321,7 +356,7 @@ def table(results: dict[str, Any]) -> str:
                 else f"{'ok' if s['met'] else 'MISSED'} {s['target_p95_ms']:.0f}"
             )
             rows.append(
-                (profile, scenario, str(s["affected_flows"]), fmts([o["p50"], o["p95"], o["max"]]),
+                (setup, profile, scenario, str(s["affected_flows"]), fmts([o["p50"], o["p95"], o["max"]]),
                  fmt(s["outage_ms_tcp"]["p95"]), fmt(s["outage_ms_udp"]["p95"]), fmts(s["detect_ms"]),
                  f"{s['healthy_disturbed']}/{s['healthy_flows']}", fmts(s["rejoin_ms"]),
                  fmts(s["new_flows_ms"]), target)
@@ -344,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--udp", type=int, default=24, help="UDP flows per run")
     parser.add_argument("--interval-ms", type=int, default=20, help="each flow sends this often")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle probe-cost minute")
+    parser.add_argument("--setups", default="balanced,tiered", help="balanced and/or tiered (a policy)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -360,8 +396,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "failed_uplink": FAILED,
         "profiles": {},
     }
+    setups = [s for s in args.setups.split(",") if s]
     for profile in profiles:
-        results["profiles"][profile] = run_profile(profile, args)
+        if "balanced" in setups:
+            results["profiles"][profile] = run_profile(profile, args)
+        if "tiered" in setups:
+            results.setdefault("tiered", {})[profile] = run_profile(profile, args, "tiered")
     if idle is not None:
         results["idle_bytes_per_minute"] = idle.join()
     results["elapsed_s"] = round(time.monotonic() - started, 1)
