@@ -212,6 +212,7 @@ let
   inherit (import ./policy-options.nix { inherit lib withDescription tableId; })
     policySubmodule
     steerSubmodule
+    meteringOptions
     ;
 
   uplinkSubmodule = {
@@ -252,18 +253,8 @@ let
         default = { };
         description = "Health checks for this uplink; what is unset here comes from the top-level `probe`.";
       };
-      metered = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Paid by volume: in the default policy only when no unmetered uplink is healthy.";
-      };
-      budget = mkOption {
-        type = types.nullOr types.ints.positive;
-        default = null;
-        example = 5000000000;
-        description = "Bytes per calendar month (UTC); when spent the uplink is used only as a last tier.";
-      };
-    };
+    }
+    // meteringOptions;
   };
 
   balanceSubmodule = {

@@ -34,6 +34,21 @@ let
   prefixes = types.coercedTo types.str lib.toList (types.listOf types.str);
 in
 {
+  # An uplink's `metered` and `budget` (merged into the uplink's options).
+  meteringOptions = {
+    metered = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Paid by volume: in the default policy only when no unmetered uplink is healthy.";
+    };
+    budget = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      example = 5000000000;
+      description = "Bytes per calendar month (UTC); when spent the uplink is used only as a last tier.";
+    };
+  };
+
   policySubmodule = {
     options = {
       tiers = mkOption {

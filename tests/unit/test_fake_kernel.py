@@ -186,7 +186,8 @@ def facts(draw: Any) -> Facts:
     )
     health = draw(st.dictionaries(st.sampled_from(["a", "b", "c"]), verdict))
     drained = frozenset(draw(st.lists(st.sampled_from(["a", "b", "c"]), unique=True)))
-    return Facts(obs, health=health, drained=drained)
+    spent = frozenset(draw(st.lists(st.sampled_from(["a", "b", "c"]), unique=True)))
+    return Facts(obs, health=health, drained=drained, spent=spent)
 
 
 THREE_UPLINKS = {n: {"match": {"name": f"eth{i}"}, "table": 100 + i} for i, n in enumerate("abc", 1)}
@@ -200,6 +201,39 @@ def test_every_transition_between_planned_states_converges(
 ) -> None:
     actual = plan.desired(BUCKETS[b1], before).kernel
     wanted = plan.desired(BUCKETS[b2], after).kernel
+    assert not diff(walk(actual, wanted), wanted)
+
+
+POLICIES = {
+    "none": THREE,
+    "tiered": parse(
+        {
+            "uplinks": {**THREE_UPLINKS, "c": {**THREE_UPLINKS["c"], "metered": True, "budget": 1000}},
+            "policies": {
+                "p": {"tiers": [["a"], {"b": 2, "c": 1}], "table": 150},
+                "q": {"tiers": [["c"]], "table": 151, "last_resort": "p"},
+                "r": {"tiers": [["b", "a"]], "table": 152, "last_resort": "unreachable"},
+            },
+            "rules": {"steer": [{"src": "192.168.2.0/24", "policy": "p"}, {"local": True, "policy": "q"}]},
+        }
+    ),
+    "fewer": parse(
+        {
+            "uplinks": THREE_UPLINKS,
+            "policies": {"p": {"tiers": [["c"], ["a"]], "table": 150, "flush_on_recovery": True}},
+            "rules": {"steer": [{"protocol": "udp", "dport": 5060, "policy": "p"}]},
+        }
+    ),
+}
+
+
+@settings(max_examples=100, deadline=None)
+@given(facts(), facts(), st.sampled_from(sorted(POLICIES)), st.sampled_from(sorted(POLICIES)))
+def test_every_transition_with_policies_converges(before: Facts, after: Facts, c1: str, c2: str) -> None:
+    """Policies' groups (ids from their tables), their rules and the nft steering state, added,
+    changed and removed along with uplinks coming and going, healthy or not, spent or not."""
+    actual = plan.desired(POLICIES[c1], before).kernel
+    wanted = plan.desired(POLICIES[c2], after).kernel
     assert not diff(walk(actual, wanted), wanted)
 
 

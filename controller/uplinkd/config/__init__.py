@@ -23,7 +23,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 
 from uplinkd.config import document, ifname
 from uplinkd.config.errors import ConfigError, describe
-from uplinkd.config.fields import Float, Int, Section, Text, check_range, ranged, shown
+from uplinkd.config.fields import Float, Int, Section, Text, byte_amount, check_range, ranged, shown
 from uplinkd.config.policies import DEFAULT_POLICY, Policy, Steer
 from uplinkd.config.policies import check as check_policies
 from uplinkd.config.probe import PROFILES, Probe, parse_target
@@ -241,17 +241,7 @@ class Uplink(Section):
         "only as a last tier. Units allowed: \"10G\", \"500M\" (powers of 1000)",
     )
 
-    @field_validator("budget", mode="before")
-    @classmethod
-    def _budget(cls, v: object) -> object:
-        if isinstance(v, str):
-            m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[bB]?\s*", v)
-            if m is None:
-                raise ValueError(f'{v!r} is not an amount of bytes; write e.g. 5000000000 or "5G"')
-            scale = 1000 ** " KMGT".index(m.group(2).upper() or " ")
-            return round(float(m.group(1)) * scale)
-        return v
-
+    _budget = field_validator("budget", mode="before")(classmethod(lambda cls, v: byte_amount(v)))
     _budget_range = ranged("budget", low=1, high=1 << 62, use="a number of bytes above 0, e.g. \"5G\"")
 
     @field_validator("table")

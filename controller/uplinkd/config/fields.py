@@ -13,6 +13,7 @@ quotes what the file said, cut short so a hostile value cannot flood the error.
 
 from __future__ import annotations
 
+import re
 import reprlib
 from typing import Annotated, Any, TypeVar
 
@@ -73,3 +74,13 @@ def ranged(
         return check_range(value, low=low, high=high, unit=unit, use=use, above=above)
 
     return field_validator(*fields)(check)
+
+
+def byte_amount(value: object) -> object:
+    """A number of bytes from "5G", "500M", "10k" (powers of 1000) or a plain number."""
+    if not isinstance(value, str):
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[bB]?\s*", value)
+    if m is None:
+        raise ValueError(f'{value!r} is not an amount of bytes; write e.g. 5000000000 or "5G"')
+    return round(float(m.group(1)) * 1000 ** " KMGT".index(m.group(2).upper() or " "))
