@@ -210,7 +210,6 @@ def test_metered_uplink_is_the_last_tier(lab: Lab, make_controller: Any, family:
     kept = during.result()
     assert set(kept.by_uplink(at="first")) == {"lte1"}
     assert not kept.moved() and kept.reconnects() == 0, "wan's return moved existing connections"
-    time.sleep(0)  # nothing else to wait for: every flow above has finished
 
 
 def test_explain_names_the_rule_and_tier(lab: Lab, make_controller: Any) -> None:
@@ -275,3 +274,37 @@ def test_budget_demotes_the_uplink_and_survives_a_restart(
     assert policy_members(lab, 150, v6) == {"wan"}, "a restart forgot the spent budget"
     again = lab.flows(tcp=5, udp=5, interval_ms=50, duration=1.0, family=family)
     assert set(again.by_uplink(at="first")) == {"wan"}
+
+
+def test_flush_on_recovery_moves_existing_connections_back_to_the_top_tier(
+    lab: Lab, make_controller: Any
+) -> None:
+    """A policy with flush_on_recovery: when its top tier returns, the connections it carried
+    on the lower tier are deleted and (UDP, same socket) continue through the top tier; the
+    default policy's connections on the same lower-tier uplink stay."""
+    probe = {"targets": [SERVER]}
+    cfg = {
+        "uplinks": {"wan": uplink(1, "wan", probe=probe), "lte1": uplink(2, "lte1", probe=probe)},
+        "probe": {"profile": "fast"},
+        "policies": {"lte-first": {"tiers": [["lte1"], ["wan"]], "table": 150, "flush_on_recovery": True}},
+        "rules": {"steer": [{"src": "192.168.50.11/32", "policy": "lte-first"}]},
+    }
+    lab.unplug("lte2")
+    c = make_controller(cfg)
+    c.start()
+    wait_state(c, "lte1", "up")
+    wait_until(lambda: policy_members(lab, 150) == {"lte1"}, timeout=WAIT, what="lte1 as tier 0")
+    lab.isp("lte1").blackhole()
+    wait_state(c, "lte1", "down")
+    wait_until(lambda: policy_members(lab, 150) == {"wan"}, timeout=WAIT, what="wan as the next tier")
+    steered = lab.start_flows(client="lan1", tcp=0, udp=8, interval_ms=20, duration=8.0)
+    other = lab.start_flows(client="lan2", tcp=0, udp=8, interval_ms=20, duration=8.0)
+    time.sleep(0.5)
+    lab.isp("lte1").blackhole(False)
+    wait_state(c, "lte1", "up")
+    wait_until(lambda: policy_members(lab, 150) == {"lte1"}, timeout=WAIT, what="lte1 back as tier 0")
+    moved = steered.result()
+    assert set(moved.by_uplink(at="first")) == {"wan"}
+    assert set(moved.by_uplink(at="last")) == {"lte1"}, "the policy's connections did not return"
+    stayed = other.result()
+    assert not stayed.moved(), "a default-policy connection was moved by another policy's recovery"
