@@ -23,7 +23,8 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 
 from uplinkd.config import document, ifname
 from uplinkd.config.errors import ConfigError, describe
-from uplinkd.config.fields import Float, Int, Section, Text, byte_amount, check_range, ranged, shown
+from uplinkd.config.fields import Flag, Float, Int, Section, Text, byte_amount, check_range, ranged, shown
+from uplinkd.config.ownership import Ownership
 from uplinkd.config.policies import DEFAULT_POLICY, Policy, Steer
 from uplinkd.config.policies import check as check_policies
 from uplinkd.config.probe import PROFILES, Probe, parse_target
@@ -61,9 +62,6 @@ MAX_TABLE = (1 << 24) - 1
 # The rule band: base + 0 .. base + 30 must stay below main's rule at 32766.
 RULE_BAND = 40
 MAX_RULE_PRIORITY = 32766 - RULE_BAND
-# Nexthop ids base .. base + 2^25 are ours, and must stay 32-bit.
-MAX_NEXTHOP_BASE = (1 << 32) - (1 << 25) - 1
-
 
 # The longest path a unix socket can bind (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH = 107
@@ -231,11 +229,11 @@ class Uplink(Section):
         default=None, description="fwmark value under kernel.mark_mask; default: table mod 256"
     )
     probe: Probe = Field(default_factory=Probe, description="health checks; defaults from top-level probe")
-    metered: bool = Field(
+    metered: Flag = Field(
         default=False,
         description="paid by volume: in the default policy only when no unmetered uplink is healthy",
     )
-    budget: int | None = Field(
+    budget: Int | None = Field(
         default=None,
         description="bytes per calendar month (UTC), in and out; when spent, the uplink is used "
         "only as a last tier. Units allowed: \"10G\", \"500M\" (powers of 1000)",
@@ -292,7 +290,9 @@ class Balance(Section):
 class Rules(Section):
     priority: Int = Field(default=10000, description="base of the rule band; uses base+0 .. base+30")
     steer: tuple[Steer, ...] = Field(
-        default=(), description="which new connections use which policy; first match wins, in order"
+        default=(),
+        max_length=1000,
+        description="which new connections use which policy; first match wins, in order (at most 1000)",
     )
 
     _priority = ranged(
@@ -301,93 +301,6 @@ class Rules(Section):
         high=MAX_RULE_PRIORITY,
         use=f"1 to {MAX_RULE_PRIORITY} so the band (base .. base+30) stays below main's rule at 32766",
     )
-
-
-def _int_or_hex(v: object) -> object:
-    if isinstance(v, str):
-        try:
-            return int(v, 0)
-        except ValueError:
-            raise ValueError(f'{v!r} is not a number; write e.g. 65280 or "0xff00"') from None
-    return v
-
-
-class Ownership(Section):
-    """The `kernel` section: what the controller owns in the kernel (its protocol number,
-    nexthop ids, mark bits, nft table). Nothing outside these is ever touched."""
-
-    protocol: Int = Field(default=77, description="route/rule/nexthop protocol number (rt_protos)")
-    nexthop_base: Int = Field(
-        default=100_000_000,
-        description="first nexthop id owned; ids base .. base+2^25 are reserved",
-    )
-    mark_mask: Int = Field(default=0xFF00, description="fwmark/ct mark bits the controller owns")
-    policy_mask: Int | None = Field(
-        default=None,
-        description="fwmark/ct mark bits for policy marks, apart from mark_mask; default: the 8 bits "
-        "above mark_mask (0xff0000 with the default mark_mask), or below it if those do not fit",
-    )
-    nft_table: Text = Field(default="uplinkd", description="name of the 'inet' nftables table")
-
-    _int_fields = field_validator("protocol", "nexthop_base", "mark_mask", "policy_mask", mode="before")(
-        classmethod(lambda cls, v: _int_or_hex(v))
-    )
-
-    _protocol = ranged(
-        "protocol", low=5, high=254, use="5-254, a number no routing daemon here uses (default 77)"
-    )
-    _nh_base = ranged("nexthop_base", low=1, high=MAX_NEXTHOP_BASE)
-
-    @field_validator("mark_mask", "policy_mask")
-    @classmethod
-    def _mask(cls, v: int | None) -> int | None:
-        if v is None:
-            return v
-        if not 0 < v < (1 << 32):
-            text = f"{v:#x}" if -(1 << 64) < v < (1 << 64) else shown(v)
-            raise ValueError(f"{text} is not a 32-bit mask; use e.g. 0xff00")
-        low = v & -v
-        if (v // low) & ((v // low) + 1):
-            raise ValueError(f"{v:#x} is not one run of bits; use contiguous bits, e.g. 0xff00")
-        return v
-
-    @field_validator("nft_table")
-    @classmethod
-    def _nft_table(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", v):
-            raise ValueError(f"{shown(v)} is not an nftables table name; use letters, digits, _")
-        return v
-
-    @model_validator(mode="after")
-    def _masks_apart(self) -> Ownership:
-        if self.policy_mask is not None and self.mark_mask & self.policy_mask:
-            raise ValueError(
-                f"policy_mask: {self.policy_mask:#x} overlaps mark_mask {self.mark_mask:#x}; "
-                "use bits of their own, e.g. 0xff0000"
-            )
-        return self
-
-    @property
-    def policy_bits(self) -> int:
-        """The policy mask in effect: as given, or 8 bits next to mark_mask (above if they fit)."""
-        if self.policy_mask is not None:
-            return self.policy_mask
-        above = 0xFF << self.mark_mask.bit_length()
-        if above < (1 << 32):
-            return above
-        return (0xFF << self.mark_shift) >> 8  # mark_mask reaches bit 31: below it (shift >= 8)
-
-    @property
-    def policy_shift(self) -> int:
-        return max(0, (self.policy_bits & -self.policy_bits).bit_length() - 1)
-
-    @property
-    def mark_shift(self) -> int:
-        return (self.mark_mask & -self.mark_mask).bit_length() - 1
-
-    @property
-    def mark_slots(self) -> int:
-        return self.mark_mask >> self.mark_shift
 
 
 class Control(Section):

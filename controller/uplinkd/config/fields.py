@@ -26,6 +26,8 @@ Int = Annotated[int, Strict()]
 # A number: a whole number is fine (1 means 1.0), true/false and "1.5" are not.
 Float = Annotated[float, Strict()]
 Text = Annotated[str, Strict()]
+# true or false: not 1, not "yes".
+Flag = Annotated[bool, Strict()]
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = 80

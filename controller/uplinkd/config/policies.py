@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from uplinkd.config.fields import Section, check_range
+from uplinkd.config.fields import Flag, Int, Section, Text, check_range
 
 DEFAULT_POLICY = "default"
 LAST_RESORTS = ("carrier", "unreachable")
@@ -50,20 +50,20 @@ def _port_range(value: object) -> PortRange:
 class Policy(Section):
     """A named policy: tiers of uplinks, tried in order."""
 
-    tiers: tuple[dict[str, int | None], ...] = Field(
+    tiers: tuple[dict[Text, Int | None], ...] = Field(
         description="ordered tiers; each maps uplink name → weight (null: the uplink's weight); "
         "a list of names is read as weights null"
     )
-    table: int = Field(description="routing table T_policy, 1-16777215, not 253/254/255")
-    mark: int | None = Field(
+    table: Int = Field(description="routing table T_policy, 1-16777215, not 253/254/255")
+    mark: Int | None = Field(
         default=None, description="policy mark under kernel.policy_mask; default: table mod 256"
     )
-    last_resort: str = Field(
+    last_resort: Text = Field(
         default="carrier",
         description="when no tier has a healthy member: 'carrier' (its uplinks with carrier), "
         "'unreachable', or another policy's name",
     )
-    flush_on_recovery: bool = Field(
+    flush_on_recovery: Flag = Field(
         default=False,
         description="when a higher tier comes back, delete the connections of this policy on "
         "lower tiers (they reconnect through the higher tier); default: they stay",
@@ -97,18 +97,18 @@ class Policy(Section):
 class Steer(Section):
     """One steering rule: every given criterion must hold; the first matching rule wins."""
 
-    policy: str = Field(description="the policy new connections matching this rule use")
+    policy: Text = Field(description="the policy new connections matching this rule use")
     src: tuple[IPNet, ...] = Field(default=(), description="source prefix(es), any of")
     dst: tuple[IPNet, ...] = Field(default=(), description="destination prefix(es), any of")
     protocol: Literal["tcp", "udp", "sctp", "icmp", "icmpv6"] | None = None
     sport: tuple[PortRange, ...] = Field(default=(), description='source port(s): 5060 or "5060-5061"')
     dport: tuple[PortRange, ...] = Field(default=(), description="destination port(s), like sport")
-    iif: str | None = Field(
+    iif: Text | None = Field(
         default=None, description="input interface (forwarded traffic), '*' glob at the end"
     )
-    dscp: int | None = Field(default=None, description="DSCP value, 0-63")
-    local: bool = Field(default=False, description="the router's own traffic instead of forwarded traffic")
-    uid: int | None = Field(default=None, description="with local: only sockets of this uid")
+    dscp: Int | None = Field(default=None, description="DSCP value, 0-63")
+    local: Flag = Field(default=False, description="the router's own traffic instead of forwarded traffic")
+    uid: Int | None = Field(default=None, description="with local: only sockets of this uid")
 
     @field_validator("src", "dst", mode="before")
     @classmethod
@@ -132,6 +132,13 @@ class Steer(Section):
     @classmethod
     def _dscp(cls, v: int | None) -> int | None:
         return None if v is None else check_range(v, low=0, high=63, use="a DSCP value from 0 to 63")
+
+    @field_validator("uid")
+    @classmethod
+    def _uid(cls, v: int | None) -> int | None:
+        return (
+            None if v is None else check_range(v, low=0, high=(1 << 32) - 2, use="a uid from 0 to 4294967294")
+        )
 
     @model_validator(mode="after")
     def _coherent(self) -> Steer:
