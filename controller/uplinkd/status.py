@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from uplinkd import __version__
-from uplinkd.model import UplinkStatus
+from uplinkd.model import NftState, UplinkStatus
 from uplinkd.probes import Prober
 from uplinkd.runtime import Runtime
 
@@ -40,7 +40,9 @@ def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
             {
                 **uplink_json(s, now - rt.since.get(s.name, now)),
                 # the latest round's words (a new verdict's reason alone does not re-plan)
-                "reason": rt.health[s.name].reason if s.ready and s.name in rt.health else s.reason,
+                "reason": _nft_trouble(
+                    rt, s, rt.health[s.name].reason if s.ready and s.name in rt.health else s.reason
+                ),
                 "probe": _probe_json(rt, s.name, probers.get(s.name), now),
             }
             for s in ups
@@ -60,6 +62,16 @@ def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
         "writes": rt.writes,
         "counters": rt.counters.as_json(marks={rt.config.mark_of(n): n for n in rt.config.uplinks}),
     }
+
+
+def _nft_trouble(rt: Runtime, s: UplinkStatus, reason: str) -> str:
+    """An uplink whose interface the nft table was to take in, while loading that table
+    failed, routes without masquerade or connection pinning: its reason says so."""
+    for failure in rt.result.failed:
+        obj = failure.op.obj
+        if isinstance(obj, NftState) and s.dev is not None and s.dev in {u.ifname for u in obj.uplinks}:
+            return f"{reason}; its nftables rules are not loaded (no masquerade, no pinning): {failure.error}"
+    return reason
 
 
 def uplink_json(s: UplinkStatus, age: float) -> dict[str, Any]:

@@ -546,3 +546,20 @@ def test_a_match_that_fits_two_interfaces_is_reported(lab: Lab, tmp_path: Path) 
         assert f"ambiguous: lte1 uses {lte['dev']}, but {left.pop()} match it too" in c.ctl("status").stdout
         assert "also matches its match criteria" in c.log()
         assert c.uplink("wan")["also_matches"] == []
+
+
+def test_a_failed_nft_load_shows_in_each_uplinks_status(lab: Lab, tmp_path: Path) -> None:
+    """`nft` refuses the table (here: an `nft` first on PATH that fails as nft does on a kernel
+    without nf_tables): routing still follows the uplinks, and status says, per uplink, that
+    it has no masquerade or pinning, with nft's words."""
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "nft").write_text("#!/bin/sh\necho 'Error: Could not process rule: Operation not supported' >&2\nexit 1\n")
+    (fake / "nft").chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}"}
+    with LabDaemon(lab.router, three_uplinks(), workdir=tmp_path, env=env) as c:
+        wan = wait_until(lambda: (u := c.uplink("wan"))["state"] == "up" and u, what="wan up")
+        assert "its nftables rules are not loaded" in wan["reason"], wan
+        assert "Operation not supported" in wan["reason"]
+        assert any("nft" in f["op"] for f in c.status()["failures"])
+    assert nft_tables(lab.router) == []  # nothing of ours got in
