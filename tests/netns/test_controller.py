@@ -554,7 +554,8 @@ def test_a_failed_nft_load_shows_in_each_uplinks_status(lab: Lab, tmp_path: Path
     it has no masquerade or pinning, with nft's words."""
     fake = tmp_path / "fakebin"
     fake.mkdir()
-    (fake / "nft").write_text("#!/bin/sh\necho 'Error: Could not process rule: Operation not supported' >&2\nexit 1\n")
+    refusal = "Error: Could not process rule: Operation not supported"
+    (fake / "nft").write_text(f"#!/bin/sh\necho '{refusal}' >&2\nexit 1\n")
     (fake / "nft").chmod(0o755)
     env = {"PATH": f"{fake}:{os.environ['PATH']}"}
     with LabDaemon(lab.router, three_uplinks(), workdir=tmp_path, env=env) as c:
