@@ -224,7 +224,7 @@ class Soak:
         self, rec: dict[str, Any], flows: FlowsRun, poller: subprocess.Popen[str], faulted: set[str]
     ) -> None:
         try:
-            report = flows.result()
+            report = flows.result(timeout=20)  # it has ended by now (the window outlasts it)
         except LabError as e:
             rec["traffic_error"] = str(e)[:500]
             report = None
@@ -282,10 +282,12 @@ class Soak:
     ) -> None:
         t = time.monotonic()
         do()
+        rec["do_call_ms"] = round((time.monotonic() - t) * 1000, 1)
         rec["converge_ms"] = self.wait(f"{name} out of the group", self.group_is(self.without(name)), t)
         time.sleep(HOLD_S)
         t = time.monotonic()
         undo()
+        rec["undo_call_ms"] = round((time.monotonic() - t) * 1000, 1)
         rec["recover_ms"] = self.wait("baseline after undo", self.at_baseline, t)
 
     def fault_blackhole(self, rec: dict[str, Any]) -> set[str]:
@@ -323,6 +325,7 @@ class Soak:
         time.sleep(HOLD_S)
         t = time.monotonic()
         self.lab.plug(self.stick, new)
+        rec["undo_call_ms"] = round((time.monotonic() - t) * 1000, 1)  # veth, ISP side up, dnsmasq
         rec["recover_ms"] = self.wait("baseline after the plug", self.at_baseline, t)
         rec["new_addresses"] = kernel.ipv4_addresses(self.lab.router, new)
         return {"stick"}
@@ -345,7 +348,7 @@ class Soak:
         return set()
 
     def fault_sighup_invalid(self, rec: dict[str, Any]) -> set[str]:
-        broken = {
+        broken: dict[str, dict[str, Any] | str] = {
             "truncated JSON": '{"uplinks": {"wan": {"table": ',
             "main table": config(WEIGHTS) | {"balance": {"table": 254}},
             "weight out of range": {**config(WEIGHTS), "uplinks": {

@@ -111,9 +111,19 @@ def _pick(entry: Mapping[str, Any], keys: tuple[str, ...], names: Names) -> dict
     return picked
 
 
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
 def _strip(obj: Any) -> Any:
+    """Without handles, counters and comments; set elements in a fixed order (nft lists a set
+    of names in an order that depends on the names, and the stick's name changes)."""
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in NFT_DROP}
+        return {
+            k: sorted(v) if k in ("elem", "set") and _names(v) else _strip(v)
+            for k, v in obj.items()
+            if k not in NFT_DROP
+        }
     if isinstance(obj, list):
         return [_strip(v) for v in obj]
     return obj
@@ -128,7 +138,8 @@ def nft_lines(netns: str, names: Names) -> list[str]:
         kind = next(iter(obj))
         if kind == "metainfo":
             continue
-        lines.append(f"nft {kind} " + names.text(json.dumps(_strip(obj[kind]), sort_keys=True)))
+        named = json.loads(names.text(json.dumps(obj[kind])))
+        lines.append(f"nft {kind} " + json.dumps(_strip(named), sort_keys=True))
     return lines
 
 

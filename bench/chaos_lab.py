@@ -56,7 +56,8 @@ class Daemon:
         self._c.start()
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        return self._c.stop(sig)
+        code: int | None = self._c.stop(sig)
+        return code
 
     def signal(self, sig: int) -> None:
         self._c.signal(sig)
@@ -76,10 +77,11 @@ class Daemon:
         return dict(self.call({"command": "status"}))
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self._c.ctl(*args, check=False)
+        done: subprocess.CompletedProcess[str] = self._c.ctl(*args, check=False)
+        return done
 
     def log(self) -> str:
-        return self._c.log()
+        return str(self._c.log())
 
 
 # --- the poller: new flows, each its own UDP socket ---------------------------------------------

@@ -19,6 +19,9 @@ def _kind(windows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "n": len(windows),
         "converge_ms": summary(converge),
         "recover_ms": summary(recover),
+        # part of recover_ms: the lab's own undo call (carrier: waits for the ISP end to be up;
+        # replug: makes the veth, brings the ISP end up, starts dnsmasq)
+        "undo_call_ms": summary([w["undo_call_ms"] for w in windows if "undo_call_ms" in w]),
         "not_converged": sum(1 for w in windows if w.get("timeouts")),
         "healthy_flows": sum(h["flows"] for h in healthy),
         "healthy_lost": sum(h["lost"] for h in healthy),
@@ -37,6 +40,7 @@ def summarize(windows: Sequence[dict[str, Any]], read_ms: Sequence[float]) -> di
     by_kind = {k: _kind([w for w in windows if w["kind"] == k]) for k in kinds}
     targeted = [w for w in windows if w.get("faulted") and "healthy" in w]
     wide = [w for w in windows if not w.get("faulted") and "healthy" in w]
+    kills = [w for w in windows if w["kind"] == "sigkill"]
     return {
         "faults": len(windows),
         "by_kind": by_kind,
@@ -53,6 +57,8 @@ def summarize(windows: Sequence[dict[str, Any]], read_ms: Sequence[float]) -> di
         "new_flows_through_out_uplink": sum(k["new_flows_through_out_uplink"] for k in by_kind.values()),
         "not_converged": sum(k["not_converged"] for k in by_kind.values()),
         "invalid_sighup_kept": [w.get("kept") for w in windows if w["kind"] == "sighup_invalid"],
+        "sigkill_layout_kept_while_dead": [w.get("layout_kept_while_dead") for w in kills],
+        "sigkill_restart_writes": [w.get("restart_writes") for w in kills],
         "read_ms": {k: v for k, v in summary(read_ms).items() if k != "samples"},
     }
 
