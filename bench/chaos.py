@@ -68,13 +68,16 @@ from pathlib import Path
 from typing import Any
 
 import chaos_kernel as kernel
-from chaos_lab import POLLER, ROOT, SERVER, TABLES, Daemon, config
+from chaos_lab import POLLER, ROOT, SERVER, TABLES, config, config_file, exit_status, launch
 from chaos_report import summarize, table
 
 from uplinkd import control
 from uplinkd.lab import FlowsRun, Lab, LabError
 from uplinkd.lab.flows import DEFAULT_PORT
-from uplinkd.lab.stats import publish
+from uplinkd.lab.launcher import LabDaemon
+
+import bootstrap  # noqa: F401 - harness on sys.path
+from harness.stats import publish
 
 KINDS = (
     "blackhole", "carrier", "replug", "drain", "sighup_valid", "sighup_invalid",
@@ -108,7 +111,7 @@ class Soak:
         self.rng = random.Random(seed)
         self.stick = lab.isp("stick")
         self.weights = dict(WEIGHTS)
-        self.daemon = Daemon(lab, config(self.weights), workdir)
+        self.daemon: LabDaemon = launch(lab, config(self.weights), workdir)
         self.crashes: list[dict[str, Any]] = []
         self.events: dict[tuple[float, str, str], dict[str, Any]] = {}
         self.read_ms: list[float] = []
@@ -141,7 +144,7 @@ class Soak:
         return members
 
     def check_daemon(self, phase: str) -> None:
-        code = self.daemon.returncode()
+        code = exit_status(self.daemon)
         if code is None or self.killed:
             return
         tail = self.daemon.log().splitlines()[-30:]
@@ -336,13 +339,13 @@ class Soak:
         rec["weight"] = weight
         self.weights = {**WEIGHTS, name: weight}
         t = time.monotonic()
-        self.daemon.write_config(config(self.weights))
+        config_file(self.daemon, config(self.weights))
         self.daemon.signal(signal.SIGHUP)
         rec["converge_ms"] = self.wait("the new weight", self.group_is(dict(self.weights)), t)
         time.sleep(HOLD_S)
         self.weights = dict(WEIGHTS)
         t = time.monotonic()
-        self.daemon.write_config(config(self.weights))
+        config_file(self.daemon, config(self.weights))
         self.daemon.signal(signal.SIGHUP)
         rec["recover_ms"] = self.wait("baseline after the old file", self.at_baseline, t)
         return set()
@@ -358,13 +361,13 @@ class Soak:
         rec["broken"] = what = self.rng.choice(sorted(broken))
         refusals = self.daemon.log().count(REFUSED)
         t = time.monotonic()
-        self.daemon.write_config(broken[what])
+        config_file(self.daemon, broken[what])
         self.daemon.signal(signal.SIGHUP)
         refused = lambda: self.daemon.log().count(REFUSED) > refusals  # noqa: E731
         rec["converge_ms"] = self.wait("the refusal logged", refused, t)
         time.sleep(HOLD_S)
-        rec["kept"] = self.daemon.returncode() is None and self.at_baseline()
-        self.daemon.write_config(config(WEIGHTS))
+        rec["kept"] = exit_status(self.daemon) is None and self.at_baseline()
+        config_file(self.daemon, config(WEIGHTS))
         return set()
 
     def admin(self, rec: dict[str, Any], argv: list[str]) -> None:
@@ -410,7 +413,7 @@ class Soak:
         self.killed = True
         self.daemon.stop(signal.SIGTERM)
         after_stop = self.layout()
-        flush = self.daemon.ctl("flush", "--config", str(self.daemon.config_path))
+        flush = self.daemon.ctl("flush", "--config", str(self.daemon.config_path), check=False)
         flushed = self.layout()
         self.killed = False
         self.daemon.start()

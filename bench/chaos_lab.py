@@ -1,22 +1,16 @@
-"""The chaos soak's lab side: the daemon's config, the one place the daemon is launched, the
-new-flow poller.  See bench/chaos.py."""
+"""The chaos soak's lab side: the daemon's config, the one place the daemon is launched (the
+shared launcher, `uplinkd.lab.launcher.LabDaemon`), the new-flow poller.  See bench/chaos.py."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from uplinkd.lab import Lab
+from uplinkd.lab.addresses import SERVER4
+from uplinkd.lab.launcher import LabDaemon, with_control
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "netns"))  # the harness that runs the real daemon
-
-from uplinkd import control  # noqa: E402
-from uplinkd.lab import Lab  # noqa: E402
-from uplinkd.lab.addresses import SERVER4  # noqa: E402
-
-from running import Controller  # noqa: E402
 
 SERVER = str(SERVER4.ip)
 TABLES = {"wan": 101, "lte1": 102, "stick": 103}
@@ -41,47 +35,25 @@ def config(weights: dict[str, int]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-# --- the daemon: the one place this file starts, signals and asks it ---------------------------
+# --- the daemon: the one place this soak launches it ---------------------------------------------
 
 
-class Daemon:
-    """uplinkd in the lab's router namespace, through the tests' launcher (tests/netns/running.py)."""
+def launch(lab: Lab, cfg: dict[str, Any], workdir: Path) -> LabDaemon:
+    """The daemon for `lab`'s router with `cfg` (not started yet): the shared launcher."""
+    return LabDaemon(lab.router, cfg, workdir=workdir)
 
-    def __init__(self, lab: Lab, cfg: dict[str, Any], workdir: Path) -> None:
-        self._c = Controller(lab, cfg, workdir)
-        self.config_path = self._c.config_path
-        self.log_path = self._c.log_path
 
-    def start(self) -> None:
-        self._c.start()
+def config_file(daemon: LabDaemon, cfg: dict[str, Any] | str) -> None:
+    """Write `cfg` as the daemon's config file (keeping its socket and state directory)."""
+    if isinstance(cfg, str):
+        daemon.write_config(cfg)
+    else:
+        daemon.write_config(with_control(cfg, socket=str(daemon.socket), state_dir=str(daemon.state_dir)))
 
-    def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        code: int | None = self._c.stop(sig)
-        return code
 
-    def signal(self, sig: int) -> None:
-        self._c.signal(sig)
-
-    def returncode(self) -> int | None:
-        """None while it runs."""
-        proc = self._c.proc
-        return None if proc is None else proc.poll()
-
-    def write_config(self, cfg: dict[str, Any] | str) -> None:
-        self._c.write_config(cfg if isinstance(cfg, str) else {**cfg, "control": self._c.config["control"]})
-
-    def call(self, request: dict[str, Any]) -> Any:
-        return control.call(self._c.socket, request, timeout=5)
-
-    def status(self) -> dict[str, Any]:
-        return dict(self.call({"command": "status"}))
-
-    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        done: subprocess.CompletedProcess[str] = self._c.ctl(*args, check=False)
-        return done
-
-    def log(self) -> str:
-        return str(self._c.log())
+def exit_status(daemon: LabDaemon) -> int | None:
+    """None while it runs (or was never started)."""
+    return None if daemon.proc is None else daemon.proc.poll()
 
 
 # --- the poller: new flows, each its own UDP socket ---------------------------------------------

@@ -6,7 +6,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from uplinkd.lab.stats import summary
+import bootstrap  # noqa: F401 - harness on sys.path
+from harness.stats import markdown_table, summary
 
 
 def _kind(windows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -76,9 +77,7 @@ def table(results: dict[str, Any]) -> str:
                      f"{k['healthy_hit']}/{k['healthy_flows']} ({k['healthy_lost']})",
                      f"{k['new_flows_through_out_uplink']}/{k['new_flows']}",
                      _pair(k["at_fault_max_gap_ms"])))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines = markdown_table(rows).splitlines()
     end, m = results["end"], results["machine"]
     kept = s["invalid_sighup_kept"]
     return "\n".join([
