@@ -460,12 +460,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         rng.shuffle(bag)
                     kind = bag.pop()
                     soak.rng = random.Random(rng.random())  # each window's own draws
-                    rec = soak.run_window(len(windows), kind)
+                    try:
+                        rec = soak.run_window(len(windows), kind)
+                    except (LabError, control.ControlError) as e:  # a window that broke: on with the next
+                        rec = {**soak.window, "error": f"{type(e).__name__}: {e}"[:2000]}
+                        soak.check_daemon("after an error")
                     windows.append(rec)
                     say(f"{len(windows):3} {kind:14} {rec.get('target', ''):6} "
                         f"converge {rec.get('converge_ms')} "
                         f"recover {rec.get('recover_ms')} healthy lost {rec.get('healthy', {}).get('lost')} "
-                        f"new-through-out {rec['new_flows']['through_out_uplink']} load {rec['loadavg'][0]}")
+                        f"new-through-out {rec.get('new_flows', {}).get('through_out_uplink')} "
+                        f"load {rec.get('loadavg', ['-'])[0]} {rec.get('error', '')}")
                 soaked = time.monotonic() - began
                 end = soak.leftovers()
             finally:

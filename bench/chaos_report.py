@@ -16,6 +16,7 @@ def _kind(windows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     gaps = [a["max_gap_ms"] for a in at_fault if a["max_gap_ms"] is not None and a["flows"]]
     converge = [w["converge_ms"] for w in windows if w.get("converge_ms") is not None]
     recover = [w["recover_ms"] for w in windows if w.get("recover_ms") is not None]
+    new = [w["new_flows"] for w in windows if "new_flows" in w]
     return {
         "n": len(windows),
         "converge_ms": summary(converge),
@@ -30,8 +31,9 @@ def _kind(windows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "at_fault_flows": sum(a["flows"] for a in at_fault),
         "at_fault_lost": sum(a["lost"] for a in at_fault),
         "at_fault_max_gap_ms": summary(gaps),
-        "new_flows": sum(w["new_flows"]["sent"] for w in windows),
-        "new_flows_through_out_uplink": sum(w["new_flows"]["through_out_uplink"] for w in windows),
+        "new_flows": sum(n["sent"] for n in new),
+        "new_flows_through_out_uplink": sum(n["through_out_uplink"] for n in new),
+        "errors": [w["error"] for w in windows if "error" in w],
         "traffic_errors": sum(1 for w in windows if "traffic_error" in w),
     }
 
@@ -57,6 +59,7 @@ def summarize(windows: Sequence[dict[str, Any]], read_ms: Sequence[float]) -> di
         "router_wide_hit_by_kind": dict(Counter(w["kind"] for w in wide if w["healthy"]["hit"])),
         "new_flows_through_out_uplink": sum(k["new_flows_through_out_uplink"] for k in by_kind.values()),
         "not_converged": sum(k["not_converged"] for k in by_kind.values()),
+        "window_errors": sum(len(k["errors"]) for k in by_kind.values()),
         "invalid_sighup_kept": [w.get("kept") for w in windows if w["kind"] == "sighup_invalid"],
         "sigkill_layout_kept_while_dead": [w.get("layout_kept_while_dead") for w in kills],
         "sigkill_restart_writes": [w.get("restart_writes") for w in kills],
@@ -90,7 +93,7 @@ def table(results: dict[str, Any]) -> str:
         f"router-wide faults, flows hit: {s['router_wide_hit']} of {s['router_wide_flows']}"
         f" ({s['router_wide_lost']} lost; windows with a hit: {s['router_wide_hit_by_kind']})",
         f"new flows through an out-of-group uplink: {s['new_flows_through_out_uplink']};"
-        f" not converged: {s['not_converged']};"
+        f" not converged: {s['not_converged']}; windows that broke: {s['window_errors']};"
         f" invalid SIGHUP kept the config: {sum(map(bool, kept))}/{len(kept)}",
         f"leftovers vs a fresh start: {len(end['leftovers'])} extra, {len(end['missing_after_soak'])}"
         f" missing; fresh = baseline: {end['fresh_equals_baseline']}; read p50 {s['read_ms'].get('p50')} ms",
