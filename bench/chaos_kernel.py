@@ -111,16 +111,13 @@ def _pick(entry: Mapping[str, Any], keys: tuple[str, ...], names: Names) -> dict
     return picked
 
 
-def _names(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(x, str) for x in value)
-
-
 def _strip(obj: Any) -> Any:
-    """Without handles, counters and comments; set elements in a fixed order (nft lists a set
-    of names in an order that depends on the names, and the stick's name changes)."""
+    """Without handles, counters and comments; set and map elements in a fixed order (nft lists
+    them in an order that depends on the interface names, and the stick's name changes)."""
     if isinstance(obj, dict):
+        unordered = ("elem", "set")
         return {
-            k: sorted(v) if k in ("elem", "set") and _names(v) else _strip(v)
+            k: sorted(_strip(v), key=json.dumps) if k in unordered and isinstance(v, list) else _strip(v)
             for k, v in obj.items()
             if k not in NFT_DROP
         }
