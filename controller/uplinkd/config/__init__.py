@@ -24,6 +24,8 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from uplinkd.config import document, ifname
 from uplinkd.config.errors import ConfigError, describe
 from uplinkd.config.fields import Float, Int, Section, Text, check_range, ranged, shown
+from uplinkd.config.lan import Lan, LanIpv6
+from uplinkd.config.lan import cross_check as lan_cross_check
 from uplinkd.config.probe import PROFILES, Probe, parse_target
 from uplinkd.linux import RESERVED_TABLES
 
@@ -37,6 +39,8 @@ __all__ = [
     "DhcpAddress",
     "ExternalAddress",
     "Hooks",
+    "Lan",
+    "LanIpv6",
     "Match",
     "Ownership",
     "Probe",
@@ -371,6 +375,9 @@ class Config(Section):
     rules: Rules = Field(default_factory=Rules)
     kernel: Ownership = Field(default_factory=Ownership)
     control: Control = Field(default_factory=Control)
+    lan: dict[str, Lan] = Field(
+        default_factory=dict, description="per LAN interface (by kernel name): what its IPv6 may do"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -441,6 +448,7 @@ class Config(Section):
                         "each interface can be only one uplink"
                     )
                 exact_names.setdefault(up.match.name, f"uplinks.{name}")
+        problems += lan_cross_check(self.lan, dict(self.uplinks), set(exact_names))
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -12,7 +12,8 @@ What the table does, for uplink `u` with mark `M_u` under the mask:
   (prerouting for forwarded traffic, the `route` output hook for the router's own), so the
   `fwmark M_u lookup T_u` rule keeps the connection on its uplink for life (map `restore`:
   ct mark → chain `restore_<M_u>`, one lookup whatever the number of uplinks).
-- masquerade out of every uplink, and clamp the MSS of TCP SYNs to the route's MTU.
+- masquerade IPv4 out of every uplink (IPv6 is translated only where a LAN asks for it, see
+  `nft6`), and clamp the MSS of TCP SYNs to the route's MTU.
 
 An established packet leaves every chain after its first rule.
 Only the mask's bits of `meta mark` and `ct mark` are written; other bits are kept.
@@ -25,6 +26,7 @@ import logging
 import re
 import subprocess
 
+from uplinkd.kernel import nft6
 from uplinkd.model import NftState, NftUplink
 
 log = logging.getLogger(__name__)
@@ -87,16 +89,19 @@ def render(state: NftState) -> str:
         f"\tchain forward {{\n"
         f"\t\ttype filter hook forward priority mangle; policy accept;\n"
         f"\t\ttcp flags syn jump clamp\n"
-        f"\t}}\n"
+        + nft6.forward_rules(state)
+        + "\t}\n"
         f"\tchain clamp {{\n"
         f"\t\toifname @uplinks tcp option maxseg size set rt mtu\n"
         f"\t\tiifname @uplinks tcp option maxseg size set rt mtu\n"
         f"\t}}\n"
         f"\tchain nat {{\n"
         f"\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-        f"\t\toifname @uplinks masquerade\n"
-        f"\t}}\n"
-        f"}}\n"
+        + nft6.nat_rules(state)
+        + "\t\tmeta nfproto ipv4 oifname @uplinks masquerade\n"
+        "\t}\n"
+        + nft6.guard_chain(state)
+        + "}\n"
     )
 
 
@@ -152,7 +157,9 @@ def read(table: str, mask: int, *, trusted: dict[str, str]) -> NftState | None:
         NftUplink(m.group(1), int(m.group(2), 16))
         for m in re.finditer(r'"([^"]+)" : goto remember_([0-9a-f]+)', text)
     )
-    state = NftState(table=table, mask=mask, uplinks=tuple(sorted(uplinks, key=lambda u: u.ifname)))
+    state = NftState(
+        table=table, mask=mask, uplinks=tuple(sorted(uplinks, key=lambda u: u.ifname)), ipv6=nft6.read(text)
+    )
     return state if state.digest == digest else None
 
 

@@ -24,7 +24,7 @@ from uplinkd.model.kinds.groups import Member, NexthopGroup
 from uplinkd.model.kinds.io import Snapshot, Transport
 from uplinkd.model.kinds.links import LinkUp
 from uplinkd.model.kinds.nexthops import Nexthop
-from uplinkd.model.kinds.nft import NftState, NftUplink
+from uplinkd.model.kinds.nft import NftIpv6, NftPrefix, NftState, NftTranslation, NftUplink
 from uplinkd.model.kinds.routes import Route, RouteKey, RouteType
 from uplinkd.model.kinds.rules import Rule
 from uplinkd.model.net import (
@@ -70,7 +70,10 @@ __all__ = [
     "Member",
     "Nexthop",
     "NexthopGroup",
+    "NftIpv6",
+    "NftPrefix",
     "NftState",
+    "NftTranslation",
     "NftUplink",
     "Observed",
     "Op",

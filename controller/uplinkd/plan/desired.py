@@ -16,13 +16,14 @@ from typing import Any
 
 from uplinkd.config import Config
 from uplinkd.model import FAMILIES, KernelState, UplinkStatus, kind_of
-from uplinkd.plan import balance, nft, uplinks
+from uplinkd.plan import balance, lan6, nft, uplinks
 from uplinkd.plan.facts import Contribution, Contributor, Facts
 
 CONTRIBUTORS: tuple[tuple[str, Contributor], ...] = (
     ("uplinks", uplinks.contribute),
     ("balance", balance.contribute),
     ("nft", nft.contribute),
+    ("lan6", lan6.contribute),
 )
 
 

@@ -1,10 +1,11 @@
 """The nftables table: every present uplink's interface and its mark (which connections
-are pinned to it, and masquerade out of it)."""
+are pinned to it, and masquerade out of it), and the IPv6 part `lan6` computes."""
 
 from __future__ import annotations
 
 from uplinkd.config import Config
 from uplinkd.model import NftState, NftUplink
+from uplinkd.plan import lan6
 from uplinkd.plan.facts import Contribution, Facts, Survey
 
 
@@ -14,6 +15,11 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
     )
     return Contribution(
         objects=(
-            NftState(table=config.kernel.nft_table, mask=config.kernel.mark_mask, uplinks=tuple(uplinks)),
+            NftState(
+                table=config.kernel.nft_table,
+                mask=config.kernel.mark_mask,
+                uplinks=tuple(uplinks),
+                ipv6=lan6.nft_part(config, survey),
+            ),
         )
     )

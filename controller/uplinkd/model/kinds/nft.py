@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from uplinkd.config import Ownership
 from uplinkd.model.kinds.base import CHANGE, Change, Kind, Op, Ref, Stage, Verb
@@ -26,18 +26,66 @@ class NftUplink:
     mark: int
 
 
+@dataclass(frozen=True, order=True)
+class NftPrefix:
+    """An uplink's own IPv6 prefix: what may leave it as a source (`ipv6_guard`)."""
+
+    ifname: str
+    prefix: str  # "2001:db8:1::/64"
+
+
+@dataclass(frozen=True, order=True)
+class NftTranslation:
+    """IPv6 from LAN interface `lan` with a source in `inner` leaves uplink `ifname` with
+    `inner`'s network half swapped for `outer` (the interface ID kept); conntrack undoes it."""
+
+    lan: str
+    inner: str
+    ifname: str
+    outer: str
+
+
+@dataclass(frozen=True)
+class NftIpv6:
+    """The table's IPv6 part: uplink prefixes, prefix translations, LANs shut off. Sorted."""
+
+    prefixes: tuple[NftPrefix, ...] = ()
+    translations: tuple[NftTranslation, ...] = ()
+    closed: tuple[str, ...] = ()  # LAN interfaces whose IPv6 may not go out of any uplink
+
+    @property
+    def text(self) -> str:
+        return "|".join(
+            (
+                ",".join(f"{p.ifname}={p.prefix}" for p in self.prefixes),
+                ",".join(f"{t.lan}:{t.inner}>{t.ifname}:{t.outer}" for t in self.translations),
+                ",".join(self.closed),
+            )
+        )
+
+
+# Bumped when the rendered table changes shape, so a table an older version loaded is replaced
+# (v2: the masquerade is IPv4 only; the IPv6 part).
+TABLE_VERSION = 2
+
+
 @dataclass(frozen=True)
 class NftState:
-    """What the controller's nftables table must say: the uplinks and their marks."""
+    """What the controller's nftables table must say: the uplinks and their marks, and the
+    IPv6 part (which LAN prefixes are translated to which uplink's, which may leave where)."""
 
     table: str
     mask: int
     uplinks: tuple[NftUplink, ...]  # sorted by ifname
+    ipv6: NftIpv6 = field(default_factory=NftIpv6)
 
     @property
     def digest(self) -> str:
         """A short stable fingerprint, stored in the table's comment to detect drift cheaply."""
-        text = f"{self.table}|{self.mask}|" + ",".join(f"{u.ifname}={u.mark}" for u in self.uplinks)
+        text = f"v{TABLE_VERSION}|{self.table}|{self.mask}|" + ",".join(
+            f"{u.ifname}={u.mark}" for u in self.uplinks
+        )
+        text += "|" + self.ipv6.text
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -52,7 +100,10 @@ class NftTables(Kind[str, NftState]):
 
     def render(self, verb: Verb, obj: NftState) -> str:
         names = ", ".join(f"{u.ifname}={u.mark:#x}" for u in obj.uplinks) or "no uplinks"
-        return f"nft -f - # {verb} table inet {obj.table} ({names})"
+        v6 = [f"{t.inner}>{t.outer} out {t.ifname}" for t in obj.ipv6.translations]
+        v6 += [f"{lan} ipv6 off" for lan in obj.ipv6.closed]
+        extra = f"; {', '.join(v6)}" if v6 else ""
+        return f"nft -f - # {verb} table inet {obj.table} ({names}{extra})"
 
     def changes(
         self, have: Mapping[str, NftState], want: Mapping[str, NftState], *, recreated: frozenset[Ref]
@@ -84,7 +135,9 @@ def steps(have: NftState | None, want: NftState) -> tuple[NftState | None, NftSt
     same_shape = have is not None and (have.table, have.mask) == (want.table, want.mask)
     kept = {u.ifname: u for u in have.uplinks} if have is not None and same_shape else {}
     kept.update({u.ifname: u for u in want.uplinks})
-    union = NftState(want.table, want.mask, tuple(sorted(kept.values(), key=lambda u: u.ifname)))
+    union = NftState(
+        want.table, want.mask, tuple(sorted(kept.values(), key=lambda u: u.ifname)), ipv6=want.ipv6
+    )
     current = have.digest if have is not None else None
     early = union if union.digest != current else None
     late = want if want.digest != union.digest else None
