@@ -3,6 +3,7 @@ runtime state and the running probers, never from the kernel (that is `plan`'s j
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from typing import Any
 
 from uplinkd import __version__
 from uplinkd.model import NftState, UplinkStatus
+from uplinkd.plan import lan6
 from uplinkd.probes import Prober
 from uplinkd.runtime import Runtime
 
@@ -52,6 +54,7 @@ def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
             "ipv4": rt.intent.balance_reason.get(socket.AF_INET) if rt.intent else None,
             "ipv6": rt.intent.balance_reason.get(socket.AF_INET6) if rt.intent else None,
         },
+        "lan": _lan_json(rt),
         "pending": [str(op) for op in rt.plan.ops] if rt.paused else [],
         "failures": [{"op": str(f.op), "error": f.error} for f in rt.result.failed],
         "events": [
@@ -85,6 +88,7 @@ def uplink_json(s: UplinkStatus, age: float) -> dict[str, Any]:
         "addresses": [str(a) for a in s.addresses],
         "gateway4": str(s.gateway4) if s.gateway4 else None,
         "gateway6": str(s.gateway6) if s.gateway6 else None,
+        "prefixes6": _prefixes6(s),
         "table": s.table,
         "mark": s.mark,
         "weight": s.weight,
@@ -92,6 +96,35 @@ def uplink_json(s: UplinkStatus, age: float) -> dict[str, Any]:
         "drained": s.drained,
         "also_matches": list(s.also_matches),
     }
+
+
+def _prefixes6(s: UplinkStatus) -> list[str]:
+    """The uplink's global IPv6 prefixes (what a LAN's IPv6 may be translated to)."""
+    nets = {
+        str(a.network)
+        for a in s.addresses
+        if isinstance(a, ipaddress.IPv6Interface) and not a.ip.is_link_local and a.network.prefixlen < 128
+    }
+    return sorted(nets)
+
+
+def _lan_json(rt: Runtime) -> list[dict[str, Any]]:
+    """Each configured LAN: its IPv6 mode, its prefixes, and `uplink=prefix` it leaves by."""
+    if rt.intent is None:
+        return []
+    devs = {s.dev: s.name for s in rt.intent.uplinks if s.dev is not None}
+    tables = [obj for obj in rt.intent.kernel if isinstance(obj, NftState)]
+    translations = [t for table in tables for t in table.ipv6.translations]
+    return [
+        {
+            "name": name,
+            "mode": lan.ipv6.mode,
+            "prefixes": [str(lan.ipv6.prefix)] if lan.ipv6.prefix is not None else [],
+            "via": sorted(f"{devs.get(t.ifname, t.ifname)}={t.outer}" for t in translations if t.lan == name),
+            "reason": rt.intent.reasons.get(lan6.topic(name)),
+        }
+        for name, lan in rt.config.lan.items()
+    ]
 
 
 def _probe_json(rt: Runtime, name: str, prober: Prober | None, now: float) -> dict[str, Any] | None:

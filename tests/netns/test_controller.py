@@ -332,12 +332,15 @@ def test_bad_control_requests_get_clear_errors(lab: Lab, controller: LabDaemon) 
 
 
 def test_ipv6_uplinks_get_their_own_resilient_group(tmp_path: Path) -> None:
-    """IPv6 mirrors IPv4: per-uplink v6 tables and a v6 group; v6 flows spread over both."""
+    """IPv6 mirrors IPv4: per-uplink v6 tables and a v6 group; v6 flows from a `translate`
+    LAN spread over both (without a `lan` section nothing is NAT66'd: see test_lan_ipv6)."""
     with Lab() as lab:
-        lab.add_isp("wan", address="none")
-        lab.add_isp("lte1", address="none")
+        lab.add_isp("wan", address="none", routed6=True)
+        lab.add_isp("lte1", address="none", routed6=True)
         lab.add_client()
+        lab.run("lan1", ["ip", "address", "add", "2001:db8:ff::11/64", "dev", "eth0", "nodad"])
         config = {
+            "lan": {"lan0": {"ipv6": {"mode": "translate", "prefix": "2001:db8:ff::/64"}}},
             "uplinks": {
                 name: {
                     "match": {"name": name},
