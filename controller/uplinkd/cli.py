@@ -172,6 +172,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"ambiguous: {u['name']} uses {u['dev']}, but {', '.join(u['also_matches'])} match it too;"
                 " make its match more specific (USB serial, match.path or an exact name)"
             )
+    for u in status["uplinks"]:
+        if u.get("prefixes6"):
+            print(f"ipv6: {u['name']} has {', '.join(u['prefixes6'])}")
+    for lan in status.get("lan", []):
+        prefixes = ", ".join(lan["prefixes"]) or "no prefix"
+        print(f"lan {lan['name']}: ipv6 {lan['mode']} ({prefixes}); {lan['reason'] or '-'}")
     for f in status["failures"]:
         print(f"failing: {f['op']}: {f['error']}")
     return EXIT_OK

@@ -119,6 +119,7 @@ def test_default_and_off_forward_no_lan_ipv6_and_nat66_nothing(lab: Lab, daemon:
     report = lab.flows(tcp=0, udp=6, duration=0.5, family=6)
     assert report.received() == 0, report.by_uplink()
     assert foreign(lab) == NO_LEAK
+    assert [isp.forwarded6() for isp in lab.isps] == [0, 0, 0], "IPv6 from the LAN left, NAT66'd"
     c.stop()
 
     # `off`: a client that even holds an address in wan's own prefix gets nothing through
@@ -130,6 +131,7 @@ def test_default_and_off_forward_no_lan_ipv6_and_nat66_nothing(lab: Lab, daemon:
         assert not ping6(lab, source="2001:db8:1::11")
     assert not ping6(lab)
     assert foreign(lab) == NO_LEAK
+    assert [isp.forwarded6() for isp in lab.isps] == [0, 0, 0]
     st = control.call(c.socket, {"command": "status"})
     (lan,) = st["lan"]
     assert (lan["name"], lan["mode"]) == ("lan0", "off")
@@ -156,12 +158,32 @@ def test_translate_keeps_the_interface_id_and_splits_by_weight(lab: Lab, daemon:
         assert source in IPv6Network(f"2001:db8:{index}::/64"), source
         assert int(source) & ((1 << 64) - 1) == 0x11, f"interface ID changed: {source}"
     assert foreign(lab) == NO_LEAK
+    assert all(isp.forwarded6() > 0 for isp in lab.isps)  # the counter the off test reads counts
     st = control.call(c.socket, {"command": "status"})
     (lan,) = st["lan"]
     assert lan["mode"] == "translate" and lan["prefixes"] == [str(INNER)]
     assert sorted(lan["via"]) == sorted(f"{n}=2001:db8:{i + 1}::/64" for i, n in enumerate(NAMES))
     wan = next(u for u in st["uplinks"] if u["name"] == "wan")
     assert wan["prefixes6"] == ["2001:db8:1::/64"]
+    text = c.ctl("status").stdout
+    assert "lan lan0: ipv6 translate (2001:db8:ff::/64); translate 2001:db8:ff::/64 via wan as" in text
+    assert "ipv6: lte1 has 2001:db8:2::/64" in text
+
+
+def test_translate_restart_makes_no_writes_and_interrupts_no_ipv6_flow(lab: Lab, daemon: Any) -> None:
+    """The table's IPv6 part and the LAN's router address read back as planned: a restart
+    with the same config writes nothing, and translated flows carry on."""
+    c = daemon(translate(lab))
+    address = lab.run("router", ["ip", "-6", "address", "show", "dev", "lan0", "to", str(INNER)]).stdout
+    assert f"{INNER.network_address + 1}/64" in address
+    flows = lab.start_flows(tcp=10, udp=10, interval_ms=20, duration=4.0, family=6)
+    assert c.stop() == 0
+    writes_before = len(c.writes())
+    c.start()
+    status = c.status()
+    assert status["passes"] >= 1 and status["writes"] == 0, c.writes()[writes_before:]
+    report = flows.result()
+    assert report.lost() == 0 and not report.moved() and report.reconnects() == 0
 
 
 def test_translate_blackhole_breaks_only_that_uplinks_ipv6(lab: Lab, daemon: Any) -> None:

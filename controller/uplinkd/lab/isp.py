@@ -110,6 +110,12 @@ def base_ruleset(addresses: IspAddresses | None = None, *, routed6: bool = False
         iifname "{DOWN}" ip saddr != {{ {mine4} }} counter name "foreign4"
         iifname "{DOWN}" ip6 saddr != {{ {mine6} }} counter name "foreign6"
     }}
+    counter forwarded6 {{
+    }}
+    chain forwarded {{
+        type filter hook forward priority filter; policy accept;
+        iifname "{DOWN}" oifname "{UP}" meta nfproto ipv6 counter name "forwarded6"
+    }}
 """
     family = "meta nfproto ipv4 " if routed6 else ""
     return f"""\
@@ -275,6 +281,14 @@ class Isp:
                 if "counter" in item:
                     counts[f"ipv{family}"] = int(item["counter"]["packets"])
         return counts
+
+    def forwarded6(self) -> int:
+        """IPv6 packets from the router side this ISP forwarded upstream (whatever their
+        source: a NAT66'd packet carries an address inside the ISP's prefix)."""
+        argv = ["nft", "-j", "list", "counter", "inet", TABLE, "forwarded6"]
+        out = self._runner.run(self.netns, argv)
+        found = [item["counter"] for item in json.loads(out.stdout)["nftables"] if "counter" in item]
+        return int(found[0]["packets"])
 
     def leases(self) -> list[DnsmasqLease]:
         """The leases dnsmasq has handed out (its lease file)."""
