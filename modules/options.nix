@@ -375,8 +375,59 @@ let
     };
   };
 
+  lanSubmodule = {
+    options.ipv6 = mkOption {
+      default = { };
+      description = "What this LAN's IPv6 may do through the uplinks.";
+      type = types.submodule {
+        options = {
+          mode = mkOption {
+            # extend, delegate and tunnel are designed but not built yet: the controller
+            # refuses them with a message saying so (and `uplinkctl check` fails the build).
+            type = types.enum [
+              "off"
+              "translate"
+              "extend"
+              "delegate"
+              "tunnel"
+            ];
+            default = "off";
+            description = ''
+              `off`: nothing from this LAN is forwarded to an uplink over IPv6 (and nothing is
+              NAT66'd). `translate`: the LAN's internal /64 (`prefix`) leaves each uplink
+              prefix-translated to that uplink's /64, the interface ID kept, balanced and failed
+              over like IPv4. `extend`, `delegate`, `tunnel`: not built yet.
+            '';
+          };
+          prefix = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "2001:db8:ff::/64";
+            description = "`translate`: the LAN's internal /64; prefer a non-ULA prefix (clients prefer IPv4 over a ULA source).";
+          };
+          uplinks = mkOption {
+            type = types.nullOr (types.listOf types.str);
+            default = null;
+            description = "`translate`: the uplinks that carry this LAN's IPv6; null means all.";
+          };
+        };
+      };
+    };
+  };
+
   settingsSubmodule = {
     options = {
+      lan = mkOption {
+        type = types.attrsOf (types.submodule lanSubmodule);
+        default = { };
+        example = literalExpression ''
+          { lan0.ipv6 = { mode = "translate"; prefix = "2001:db8:ff::/64"; }; }
+        '';
+        description = ''
+          Per LAN interface, by its kernel name: what its IPv6 may do through the uplinks.
+          Without an entry a LAN's IPv6 is never NAT66'd (the masquerade is IPv4 only).
+        '';
+      };
       uplinks = mkOption {
         type = types.attrsOf (types.submodule uplinkSubmodule);
         default = { };
