@@ -192,7 +192,7 @@ def test_off_closes_the_lan_and_adds_no_address() -> None:
     assert table(i).ipv6.closed == ("lan0",)
     assert not [a for a in i.kernel[ADDRESSES].values() if a.dev == "lan0"]
     assert i.reasons["lan lan0 ipv6"] == "off: no IPv6 from this LAN to any uplink"
-    assert 'iifname "lan0" oifname @uplinks meta nfproto ipv6 drop' in nft.render(table(i))
+    assert 'meta nfproto ipv6 iifname { "lan0" } oifname @uplinks drop' in nft.render(table(i))
 
 
 def test_translate_maps_the_inner_prefix_to_every_uplinks_64_and_puts_the_router_on_the_lan() -> None:
@@ -240,12 +240,13 @@ def test_the_ipv6_part_reads_back_from_the_rendered_table() -> None:
 
 def test_the_guard_lets_each_uplink_carry_only_its_own_prefix() -> None:
     text = nft6.guard_chain(state())
-    wan = [line.strip() for line in text.splitlines() if 'oifname "wan"' in line]
-    assert wan == [
-        'oifname "wan" ip6 saddr 2001:db8:1::/64 accept comment "uplinkd6 own wan 2001:db8:1::/64"',
-        'oifname "wan" ip6 saddr fc00::/7 drop',
-        'oifname "wan" ip6 saddr 2001:db8:2::/64 drop',
-        'oifname "wan" ip6 saddr 2001:db8:ff::/64 drop',
+    assert 'meta nfproto ipv6 oifname vmap { "lte1" : goto guard6_6600, "wan" : goto guard6_6500 }' in text
+    wan = text[text.index("chain guard6_6500") :].split("}")[0]
+    assert [line.strip() for line in wan.splitlines()[1:] if line.strip()] == [
+        'ip6 saddr 2001:db8:1::/64 accept comment "uplinkd6 own wan 2001:db8:1::/64"',
+        "ip6 saddr fc00::/7 drop",
+        "ip6 saddr 2001:db8:2::/64 drop",
+        "ip6 saddr 2001:db8:ff::/64 drop",
     ]
 
 

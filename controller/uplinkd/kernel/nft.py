@@ -91,12 +91,12 @@ def render(state: NftState) -> str:
         f"\t\ttcp flags syn jump clamp\n"
         + nft6.forward_rules(state)
         + "\t}\n"
-        f"\tchain clamp {{\n"
-        f"\t\toifname @uplinks tcp option maxseg size set rt mtu\n"
-        f"\t\tiifname @uplinks tcp option maxseg size set rt mtu\n"
-        f"\t}}\n"
-        f"\tchain nat {{\n"
-        f"\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+        "\tchain clamp {\n"
+        "\t\toifname @uplinks tcp option maxseg size set rt mtu\n"
+        "\t\tiifname @uplinks tcp option maxseg size set rt mtu\n"
+        "\t}\n"
+        "\tchain nat {\n"
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
         + nft6.nat_rules(state)
         + "\t\tmeta nfproto ipv4 oifname @uplinks masquerade\n"
         "\t}\n"
