@@ -9,6 +9,7 @@ pass IPv6 upstream unchanged, so the server sees exactly what left the router.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -165,6 +166,10 @@ def test_translate_keeps_the_interface_id_and_splits_by_weight(lab: Lab, daemon:
     assert sorted(lan["via"]) == sorted(f"{n}=2001:db8:{i + 1}::/64" for i, n in enumerate(NAMES))
     wan = next(u for u in st["uplinks"] if u["name"] == "wan")
     assert wan["prefixes6"] == ["2001:db8:1::/64"]
+    # explain: a new connection from the LAN's internal prefix takes the IPv6 balance table
+    client = str(INNER.network_address + 0x11)
+    explained = json.loads(c.ctl("explain", SERVER6, "--from", client, "--iif", "lan0", "--json").stdout)
+    assert explained["rule"] == "10030: from all lookup 200" and explained["uplink"] in NAMES, explained
     text = c.ctl("status").stdout
     assert "lan lan0: ipv6 translate (2001:db8:ff::/64); translate 2001:db8:ff::/64 via wan as" in text
     assert "ipv6: lte1 has 2001:db8:2::/64" in text
