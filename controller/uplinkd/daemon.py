@@ -44,6 +44,7 @@ from uplinkd.plan import Facts, Intent, Plan, adopt, desired, step
 from uplinkd.probes import ProbeWorkers
 from uplinkd.runtime import Runtime
 from uplinkd.status import render, summary
+from uplinkd.tunnels import TunnelWorkers, remove_interfaces
 from uplinkd.udev import UdevWatch, enrich
 from uplinkd.workers import Supervisor, WorkerKind
 
@@ -53,7 +54,7 @@ DEBOUNCE = 0.005  # coalesce a burst of netlink events into one pass
 RETRY_MIN, RETRY_MAX = 0.1, 5.0
 
 # Every kind of worker the daemon runs, synced in this order after each pass (workers.py).
-WORKERS: tuple[type[WorkerKind[Any, Any]], ...] = (DhcpWorkers, ProbeWorkers)
+WORKERS: tuple[type[WorkerKind[Any, Any]], ...] = (DhcpWorkers, ProbeWorkers, TunnelWorkers)
 
 
 class _Stop(Exception):
@@ -212,6 +213,7 @@ class Controller:
             health=self.rt.verdicts(),
             drained=frozenset(self.rt.drained),
             leases=self.rt.leases,
+            tunnels=self.rt.tunnels,
             previous={s.name: s.ifindex for s in self.rt.intent.uplinks if s.ifindex is not None}
             if self.rt.intent
             else {},
@@ -267,7 +269,8 @@ class Controller:
             # hands off: probes would fail without our rules and report every uplink down
             self.workers.stop(needs_our_routes=True)
             self.rt.health.clear()
-        return {"removed": [str(op) for op in result.done], "failed": [f.error for f in result.failed]}
+            gone = await remove_interfaces(self.config.tunnels)  # wireguard-go ends with its interface
+        return {"removed": [str(op) for op in result.done] + gone, "failed": [f.error for f in result.failed]}
 
 
 def _reloadable(path: Path, *, running: Config) -> Config | str:

@@ -55,6 +55,7 @@ def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
             "ipv6": rt.intent.balance_reason.get(socket.AF_INET6) if rt.intent else None,
         },
         "lan": _lan_json(rt),
+        "tunnels": tunnels_json(rt),
         "pending": [str(op) for op in rt.plan.ops] if rt.paused else [],
         "failures": [{"op": str(f.op), "error": f.error} for f in rt.result.failed],
         "events": [
@@ -141,3 +142,30 @@ def _probe_json(rt: Runtime, name: str, prober: Prober | None, now: float) -> di
         "suspicious": tracker.suspicious if tracker else False,
         "bytes_per_minute": prober.bytes_per_minute(now) if prober else 0,
     }
+
+
+def tunnels_json(rt: Runtime) -> list[dict[str, Any]]:
+    """Each tunnel: state, the uplink(s) carrying it, last handshake, bytes, endpoint."""
+    reasons = rt.intent.reasons if rt.intent else {}
+    out: list[dict[str, Any]] = []
+    for name, t in rt.config.tunnels.items():
+        h = rt.tunnels.get(name)
+        state = reasons.get(f"tunnel {name}", "down: not planned yet")
+        out.append(
+            {
+                "name": name,
+                "interface": t.interface,
+                "state": state.split(":", 1)[0],
+                "reason": state.split(": ", 1)[-1],
+                "underlay4": reasons.get(f"tunnel {name} underlay ipv4") or None,
+                "underlay6": reasons.get(f"tunnel {name} underlay ipv6") or None,
+                "last_handshake": h.last_handshake if h else None,
+                "handshake_age_s": round(time.time() - h.last_handshake, 1)
+                if h and h.last_handshake
+                else None,
+                "rx_bytes": h.rx_bytes if h else 0,
+                "tx_bytes": h.tx_bytes if h else 0,
+                "endpoint": h.endpoint if h else None,
+            }
+        )
+    return out

@@ -27,6 +27,7 @@ from uplinkd.config.fields import Float, Int, Section, Text, check_range, ranged
 from uplinkd.config.lan import Lan, LanIpv6
 from uplinkd.config.lan import cross_check as lan_cross_check
 from uplinkd.config.probe import PROFILES, Probe, parse_target
+from uplinkd.config.tunnels import Peer, Tunnel, cross_check
 from uplinkd.linux import RESERVED_TABLES
 
 __all__ = [
@@ -43,9 +44,11 @@ __all__ = [
     "LanIpv6",
     "Match",
     "Ownership",
+    "Peer",
     "Probe",
     "Rules",
     "StaticAddress",
+    "Tunnel",
     "Uplink",
     "UsbMatch",
     "describe",
@@ -378,6 +381,7 @@ class Config(Section):
     lan: dict[str, Lan] = Field(
         default_factory=dict, description="per LAN interface (by kernel name): what its IPv6 may do"
     )
+    tunnels: dict[str, Tunnel] = Field(default_factory=dict, description="WireGuard tunnels")
 
     @model_validator(mode="before")
     @classmethod
@@ -449,6 +453,7 @@ class Config(Section):
                     )
                 exact_names.setdefault(up.match.name, f"uplinks.{name}")
         problems += lan_cross_check(self.lan, dict(self.uplinks), set(exact_names))
+        problems += cross_check(self, self.tunnels)
         if problems:
             raise ValueError("\n".join(problems))
         return self

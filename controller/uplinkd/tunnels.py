@@ -1,0 +1,204 @@
+"""The tunnel worker: one per configured tunnel, it keeps the WireGuard device there and
+configured, and records the tunnel's health (its peers' last handshake) for planning.
+
+Here (the netns tier) the device is wireguard-go's: the worker starts `wireguard-go -f IF` in
+a session of its own, logging to a file in the state directory, and configures it over the
+userspace API. It does not stop it when it is cancelled: a daemon restart leaves the tunnel
+running (fail static), and the next worker adopts the device, writes only what differs (for
+the same config: nothing, so no new handshake). `uplinkctl flush` removes the interface,
+which ends wireguard-go.
+
+The tunnel's routes, rules and addresses are planned by `plan.tunnels` and written by the
+applier like everything else; the worker writes only the WireGuard configuration (keys,
+peers, fwmark), which is the device's, not the routing's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from uplinkd.config import Tunnel
+from uplinkd.kernel import wguapi
+from uplinkd.kernel.wireguard import (
+    WIREGUARD_GO,
+    UserspaceWg,
+    WgError,
+    apply,
+    preshared_key_file,
+    private_key_file,
+)
+from uplinkd.plan import Intent
+from uplinkd.runtime import Runtime
+from uplinkd.tunnel.health import TunnelHealth, judge
+from uplinkd.tunnel.wireguard import PublicKey, WgDevice, WgPeer, WgReading
+from uplinkd.workers import WorkerKind
+
+log = logging.getLogger("uplinkd.tunnels")
+
+POLL_S = 1.0
+START_TIMEOUT_S = 5.0
+
+
+def device_of(tunnel: Tunnel) -> WgDevice:
+    """The WireGuard device the config asks for (reads the key files: raises KeyFileError)."""
+    peers = tuple(
+        WgPeer(
+            PublicKey.from_base64(p.public_key),
+            preshared_key=preshared_key_file(p.preshared_key_file) if p.preshared_key_file else None,
+            endpoint=p.endpoint_value,
+            allowed_ips=frozenset(p.allowed_ips),
+            keepalive=p.keepalive,
+        )
+        for p in tunnel.peers
+    )
+    return WgDevice(
+        tunnel.interface,
+        private_key=private_key_file(tunnel.private_key_file),
+        listen_port=tunnel.listen_port,
+        fwmark=tunnel.mark,
+        peers=peers,
+    )
+
+
+def health_of(ifname: str, reading: WgReading, now: float) -> TunnelHealth:
+    """The tunnel is up while any peer's last handshake is fresh."""
+    stats = sorted(reading.stats, key=lambda s: s.last_handshake or 0, reverse=True)
+    best = stats[0] if stats else None
+    up, why = judge(ifname, last_handshake=best.last_handshake if best else None, now=now)
+    return TunnelHealth(
+        up=up,
+        reason=why,
+        ifname=ifname,
+        last_handshake=best.last_handshake if best else None,
+        rx_bytes=sum(s.rx_bytes for s in reading.stats),
+        tx_bytes=sum(s.tx_bytes for s in reading.stats),
+        endpoint=str(best.endpoint) if best and best.endpoint else None,
+    )
+
+
+def read_now(ifname: str, *, socket_dir: Path = wguapi.SOCKET_DIR, timeout: float = 1.0) -> WgReading | None:
+    """The device read synchronously (at start, before the first pass), or None."""
+    path = wguapi.socket_path(ifname, socket_dir=socket_dir)
+    if not path.exists():
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(b"get=1\n\n")
+            data = b""
+            while not data.endswith(b"\n\n") and len(data) < wguapi.MAX_REPLY:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        lines = [tuple(line.split("=", 1)) for line in data.decode().splitlines() if "=" in line]
+        return wguapi.parse_get(ifname, [(k, v) for k, v in lines if k != "errno"])
+    except (OSError, ValueError, wguapi.WgUapiError) as e:
+        log.warning("%s: cannot read the WireGuard device at start (%s)", ifname, e)
+        return None
+
+
+class TunnelWorker:
+    def __init__(self, *, name: str, tunnel: Tunnel, log_dir: Path, rt: Runtime) -> None:
+        self.name = name
+        self.tunnel = tunnel
+        self.log_dir = log_dir
+        self.rt = rt
+        self.backend = UserspaceWg()
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def run(self) -> None:
+        desired = device_of(self.tunnel)
+        ifname = self.tunnel.interface
+        if await self.backend.read(ifname) is None:
+            await self._start(ifname)
+        while True:
+            await apply(self.backend, desired)
+            reading = await self.backend.read(ifname)
+            if reading is None:
+                raise WgError(f"{ifname}: the WireGuard device went away")
+            self._record(health_of(ifname, reading, time.time()))
+            await asyncio.sleep(POLL_S)
+
+    async def _start(self, ifname: str) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        logfile = self.log_dir / f"{ifname}.wireguard-go.log"
+        with open(logfile, "ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                WIREGUARD_GO, "-f", ifname,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                env={**os.environ, "LOG_LEVEL": "error"}, start_new_session=True,
+            )  # fmt: skip
+        log.info(
+            "%s: started %s %s (pid %d; log %s)", self.name, WIREGUARD_GO, ifname, self.proc.pid, logfile
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                raise WgError(f"{WIREGUARD_GO} {ifname} exited {self.proc.returncode}; see {logfile}")
+            with contextlib.suppress(WgError):
+                if await self.backend.read(ifname) is not None:
+                    return
+            await asyncio.sleep(0.02)
+        raise WgError(f"{WIREGUARD_GO} {ifname}: no answer after {START_TIMEOUT_S} s; see {logfile}")
+
+    def _record(self, health: TunnelHealth) -> None:
+        old = self.rt.tunnels.get(self.name)
+        self.rt.tunnels[self.name] = health
+        if old is None or old.up != health.up:
+            log.info("tunnel %s: %s (%s)", self.name, "up" if health.up else "down", health.reason)
+            self.rt.wake.set()
+
+
+@dataclass(frozen=True)
+class TunnelSpec:
+    tunnel: Tunnel
+
+
+class TunnelWorkers(WorkerKind[TunnelSpec, TunnelWorker]):
+    """One worker per configured tunnel. Stopped by `flush` (which removes the interface)."""
+
+    name = "tunnel"
+    needs_our_routes = True
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        now = time.time()
+        for name, tunnel in rt.config.tunnels.items():
+            reading = read_now(tunnel.interface)
+            if reading is not None:  # adopt: a restart plans from the tunnel as it is
+                rt.tunnels[name] = health_of(tunnel.interface, reading, now)
+
+    def wanted(self, intent: Intent, running: Mapping[str, TunnelSpec]) -> dict[str, TunnelSpec]:
+        return {name: TunnelSpec(t) for name, t in self.rt.config.tunnels.items()}
+
+    def make(self, name: str, spec: TunnelSpec) -> TunnelWorker:
+        return TunnelWorker(
+            name=name, tunnel=spec.tunnel, log_dir=self.rt.config.control.state_dir, rt=self.rt
+        )
+
+    def stopped(self, name: str) -> None:
+        if self.rt.tunnels.pop(name, None) is not None:
+            self.rt.wake.set()
+
+
+async def remove_interfaces(tunnels: Mapping[str, Tunnel]) -> list[str]:
+    """Delete the tunnels' interfaces (`flush`): wireguard-go ends with its interface."""
+    done: list[str] = []
+    for t in tunnels.values():
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "link", "delete", "dev", t.interface,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        if await proc.wait() == 0:
+            done.append(f"ip link delete dev {t.interface}")
+    return done
