@@ -13,6 +13,7 @@ from uplinkd.config import Config
 from uplinkd.model import GROUPS, ConntrackFlush, Health, HealthVerdict, KernelState, Op, State, UplinkStatus
 from uplinkd.plan.desired import Intent
 from uplinkd.plan.diff import Plan, diff
+from uplinkd.plan.tunnels import underlay_moved
 
 # States in which an uplink carries nothing: its pinned connections must move.
 FAILED = frozenset({State.ABSENT, State.PRESENT, State.ADDRESSED, State.DOWN})
@@ -42,7 +43,10 @@ def step(actual: KernelState, intent: Intent, *, before: Intent | None, mask: in
     plan = diff(actual, intent.kernel)
     if before is None:
         return plan
-    return plan + Plan(failover(before.uplinks, intent.uplinks, mask=mask))
+    flushes = failover(before.uplinks, intent.uplinks, mask=mask)
+    done = {getattr(op.obj, "mark", None) for op in flushes}
+    moved = underlay_moved(before.reasons, intent.reasons, intent.uplinks, mask=mask)
+    return plan + Plan(flushes + tuple(op for op in moved if getattr(op.obj, "mark", None) not in done))
 
 
 def adopt(config: Config, actual: KernelState) -> frozenset[str]:

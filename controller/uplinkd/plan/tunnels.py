@@ -27,18 +27,22 @@ itself is the tunnel worker's (uplinkd.tunnels): wireguard-go or kernel WireGuar
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping, Sequence
 
 from uplinkd.config import Config, Tunnel
 from uplinkd.model import (
     AF_INET,
     AF_INET6,
     FAMILIES,
+    ConntrackFlush,
     LinkUp,
+    Op,
     Route,
     RouteKey,
     Rule,
     State,
     StaticAddr,
+    UplinkStatus,
     any_net,
 )
 from uplinkd.plan.balance import balance_members
@@ -132,3 +136,23 @@ def _routes(tunnel: Tunnel, family: int, *, ifindex: int | None) -> list[Route]:
         elif tunnel.kills:
             out.append(Route(key, type="unreachable"))
     return out
+
+
+def underlay_moved(
+    before: Mapping[str, str], after: Mapping[str, str], uplinks: Sequence[UplinkStatus], *, mask: int
+) -> tuple[Op, ...]:
+    """Conntrack flushes for uplinks a tunnel's underlay just left (`before`/`after`: the
+    passes' reasons). The tunnel's UDP flow is ct-marked with the uplink it left by; deleted,
+    its next packet is routed and masqueraded afresh through the new underlay. This holds even
+    when the old uplink stays in a balance group as the last resort of another family (where
+    the uplinks' own failover keeps its connections)."""
+    marks = {s.name: s.mark for s in uplinks}
+    ops: dict[int, Op] = {}
+    for topic, old in before.items():
+        if not topic.startswith("tunnel ") or " underlay " not in topic:
+            continue
+        if old in marks and after.get(topic) != old:
+            mark = marks[old]
+            why = f"a tunnel's underlay left it ({topic}: {after.get(topic) or 'none'})"
+            ops.setdefault(mark, Op("delete", ConntrackFlush(old, mark, mask, why)))
+    return tuple(ops.values())
