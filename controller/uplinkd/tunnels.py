@@ -38,7 +38,7 @@ from uplinkd.kernel.wireguard import (
 from uplinkd.plan import Intent
 from uplinkd.runtime import Runtime
 from uplinkd.tunnel.health import TunnelHealth, judge
-from uplinkd.tunnel.wireguard import PublicKey, WgDevice, WgPeer, WgReading
+from uplinkd.tunnel.wireguard import PeerUpdate, PublicKey, WgDevice, WgPeer, WgReading, WgUpdate
 from uplinkd.workers import WorkerKind
 
 log = logging.getLogger("uplinkd.tunnels")
@@ -115,6 +115,10 @@ class TunnelWorker:
         self.rt = rt
         self.backend = UserspaceWg()
         self.proc: asyncio.subprocess.Process | None = None
+        # set when the tunnel's underlay changed: WireGuard must forget the source address
+        # and interface it learnt from the old uplink (wireguard-go pins both; the kernel
+        # would route a pinned interface "on link" whatever the rules say)
+        self.unstick = asyncio.Event()
 
     async def run(self) -> None:
         desired = device_of(self.tunnel)
@@ -127,7 +131,20 @@ class TunnelWorker:
             if reading is None:
                 raise WgError(f"{ifname}: the WireGuard device went away")
             self._record(health_of(ifname, reading, time.time()))
-            await asyncio.sleep(POLL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.unstick.wait(), POLL_S)
+            if self.unstick.is_set():
+                self.unstick.clear()
+                await self._forget_sources(desired)
+
+    async def _forget_sources(self, desired: WgDevice) -> None:
+        """Set each peer's endpoint again: WireGuard then drops the source it remembered, and
+        the next packet is routed by the tunnel's mark through the new underlay."""
+        peers = tuple(PeerUpdate(p, fields=frozenset({"endpoint"})) for p in desired.peers if p.endpoint)
+        if peers:
+            update = WgUpdate(desired.ifname, peers=peers)
+            log.info("%s: underlay changed: %s", self.name, update)
+            await self.backend.write(update)
 
     async def _start(self, ifname: str) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -169,9 +186,12 @@ class TunnelWorkers(WorkerKind[TunnelSpec, TunnelWorker]):
 
     name = "tunnel"
     needs_our_routes = True
+    after_writes = True  # a new underlay is in the kernel before WireGuard forgets the old one
 
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
+        self._workers: dict[str, TunnelWorker] = {}
+        self._underlay: dict[str, tuple[str, ...]] = {}
         now = time.time()
         for name, tunnel in rt.config.tunnels.items():
             reading = read_now(tunnel.interface)
@@ -179,14 +199,26 @@ class TunnelWorkers(WorkerKind[TunnelSpec, TunnelWorker]):
                 rt.tunnels[name] = health_of(tunnel.interface, reading, now)
 
     def wanted(self, intent: Intent, running: Mapping[str, TunnelSpec]) -> dict[str, TunnelSpec]:
+        for name in self.rt.config.tunnels:
+            now = tuple(
+                v for k, v in sorted(intent.reasons.items()) if k.startswith(f"tunnel {name} underlay ")
+            )
+            before = self._underlay.get(name)
+            self._underlay[name] = now
+            worker = self._workers.get(name)
+            if before is not None and before != now and worker is not None:
+                worker.unstick.set()
         return {name: TunnelSpec(t) for name, t in self.rt.config.tunnels.items()}
 
     def make(self, name: str, spec: TunnelSpec) -> TunnelWorker:
-        return TunnelWorker(
+        worker = TunnelWorker(
             name=name, tunnel=spec.tunnel, log_dir=self.rt.config.control.state_dir, rt=self.rt
         )
+        self._workers[name] = worker
+        return worker
 
     def stopped(self, name: str) -> None:
+        self._workers.pop(name, None)
         if self.rt.tunnels.pop(name, None) is not None:
             self.rt.wake.set()
 

@@ -94,14 +94,49 @@ def render(state: NftState) -> str:
         "\tchain clamp {\n"
         "\t\toifname @uplinks tcp option maxseg size set rt mtu\n"
         "\t\tiifname @uplinks tcp option maxseg size set rt mtu\n"
-        "\t}\n"
-        "\tchain nat {\n"
+        + tunnel_clamp(state)
+        + "\t}\n"
+        + tunnel_chains(state)
+        + "\tchain nat {\n"
         "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
         + nft6.nat_rules(state)
         + "\t\tmeta nfproto ipv4 oifname @uplinks masquerade\n"
         "\t}\n"
         + nft6.guard_chain(state)
         + "}\n"
+    )
+
+
+_TUNNEL_MSS = re.compile(r'oifname "([^"]+)" tcp option maxseg size set rt mtu comment "tunnel"')
+_TUNNEL_PEER = re.compile(r"ip6? saddr (\S+) udp sport (\d+) notrack")
+_TUNNEL_DROP = re.compile(r'ip6? saddr (\S+) udp sport (\d+) iifname != (\{[^}]*\}|"[^"]+") drop')
+
+
+def tunnel_clamp(state: NftState) -> str:
+    """The tunnels' lines of the `clamp` chain (SYNs only): MSS clamped both ways."""
+    return "".join(
+        f'\t\toifname "{i}" tcp option maxseg size set rt mtu comment "tunnel"\n'
+        f'\t\tiifname "{i}" tcp option maxseg size set rt mtu\n'
+        for i in state.tunnel_ifnames
+    )
+
+
+def tunnel_chains(state: NftState) -> str:
+    """The tunnels' chain: their peers' UDP not tracked inbound, and dropped when it arrives
+    by an uplink their underlay does not use now (see NftState). Empty without peers."""
+    if not state.tunnel_peers:
+        return ""
+    peers = ""
+    for a, p, ifnames in state.tunnel_peers:
+        ip = "ip6" if ":" in a else "ip"
+        if ifnames:
+            names = ", ".join(f'"{i}"' for i in ifnames)
+            peers += f"\t\t{ip} saddr {a} udp sport {p} iifname != {{ {names} }} drop\n"
+        peers += f"\t\t{ip} saddr {a} udp sport {p} notrack\n"
+    return (
+        "\tchain tunnel_notrack {\n\t\ttype filter hook prerouting priority raw; policy accept;\n"
+        + peers
+        + "\t}\n"
     )
 
 
@@ -157,8 +192,18 @@ def read(table: str, mask: int, *, trusted: dict[str, str]) -> NftState | None:
         NftUplink(m.group(1), int(m.group(2), 16))
         for m in re.finditer(r'"([^"]+)" : goto remember_([0-9a-f]+)', text)
     )
+    tunnel_ifnames = tuple(sorted(set(_TUNNEL_MSS.findall(text))))
+    allowed = {
+        (a, int(p)): tuple(sorted(re.findall(r'"([^"]+)"', i))) for a, p, i in _TUNNEL_DROP.findall(text)
+    }
+    peers = tuple(sorted((a, int(p), allowed.get((a, int(p)), ())) for a, p in _TUNNEL_PEER.findall(text)))
     state = NftState(
-        table=table, mask=mask, uplinks=tuple(sorted(uplinks, key=lambda u: u.ifname)), ipv6=nft6.read(text)
+        table=table,
+        mask=mask,
+        uplinks=tuple(sorted(uplinks, key=lambda u: u.ifname)),
+        ipv6=nft6.read(text),
+        tunnel_ifnames=tunnel_ifnames,
+        tunnel_peers=peers,
     )
     return state if state.digest == digest else None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from uplinkd.config import Config
 from uplinkd.model import NftState, NftUplink
-from uplinkd.plan import lan6
+from uplinkd.plan import lan6, tunnels
 from uplinkd.plan.facts import Contribution, Facts, Survey
 
 
@@ -20,6 +20,8 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                 mask=config.kernel.mark_mask,
                 uplinks=tuple(uplinks),
                 ipv6=lan6.nft_part(config, survey),
+                tunnel_ifnames=tuple(sorted(t.interface for t in config.tunnels.values())),
+                tunnel_peers=tunnels.nft_peers(config, survey),
             ),
         )
     )

@@ -156,3 +156,20 @@ def underlay_moved(
             why = f"a tunnel's underlay left it ({topic}: {after.get(topic) or 'none'})"
             ops.setdefault(mark, Op("delete", ConntrackFlush(old, mark, mask, why)))
     return tuple(ops.values())
+
+
+def nft_peers(config: Config, survey: Survey) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
+    """For the nft table: each peer endpoint and the uplink interfaces its tunnel's underlay
+    uses now (in the endpoint's family); see `NftState.tunnel_peers`."""
+    found: dict[tuple[str, int], set[str]] = {}
+    devs = {s.name: s.dev for s in survey.statuses if s.dev}
+    for tunnel in config.tunnels.values():
+        for p in tunnel.peers:
+            ep = p.endpoint_value
+            if ep is None:
+                continue
+            family = AF_INET if ep.address.version == 4 else AF_INET6
+            _, via = underlay(config, tunnel, survey, family)
+            names = via.removeprefix("balance (").removesuffix(")").split(", ") if via else []
+            found.setdefault((str(ep.address), ep.port), set()).update(devs[n] for n in names if n in devs)
+    return tuple(sorted((a, port, tuple(sorted(i))) for (a, port), i in found.items()))

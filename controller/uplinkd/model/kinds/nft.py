@@ -78,6 +78,13 @@ class NftState:
     mask: int
     uplinks: tuple[NftUplink, ...]  # sorted by ifname
     ipv6: NftIpv6 = field(default_factory=NftIpv6)
+    # tunnels (plan/tunnels.py): their interfaces get the MSS clamp; their peers' endpoints
+    # (address, port, the uplink interfaces of the current underlay), sorted: not tracked
+    # inbound (the tunnel's conntrack entry is made by its outgoing packet, and masqueraded by
+    # the uplink it leaves by), and dropped when they arrive by another uplink (WireGuard
+    # would learn that uplink's address and interface as its source again)
+    tunnel_ifnames: tuple[str, ...] = ()
+    tunnel_peers: tuple[tuple[str, int, tuple[str, ...]], ...] = ()
 
     @property
     def digest(self) -> str:
@@ -86,6 +93,13 @@ class NftState:
             f"{u.ifname}={u.mark}" for u in self.uplinks
         )
         text += "|" + self.ipv6.text
+        if self.tunnel_ifnames or self.tunnel_peers:  # (a table without tunnels keeps its digest)
+            text += (
+                "|"
+                + ",".join(self.tunnel_ifnames)
+                + "|"
+                + ",".join(f"{a}:{p}@{'+'.join(i)}" for a, p, i in self.tunnel_peers)
+            )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -136,7 +150,12 @@ def steps(have: NftState | None, want: NftState) -> tuple[NftState | None, NftSt
     kept = {u.ifname: u for u in have.uplinks} if have is not None and same_shape else {}
     kept.update({u.ifname: u for u in want.uplinks})
     union = NftState(
-        want.table, want.mask, tuple(sorted(kept.values(), key=lambda u: u.ifname)), ipv6=want.ipv6
+        want.table,
+        want.mask,
+        tuple(sorted(kept.values(), key=lambda u: u.ifname)),
+        ipv6=want.ipv6,
+        tunnel_ifnames=want.tunnel_ifnames,
+        tunnel_peers=want.tunnel_peers,
     )
     current = have.digest if have is not None else None
     early = union if union.digest != current else None
