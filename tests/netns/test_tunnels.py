@@ -379,6 +379,8 @@ def test_restart_writes_nothing_and_flush_removes_only_the_tunnel(
     for name in NAMES:
         wait_up(daemon, name)
     ifname = wait_tunnel(daemon, "up")["interface"]
+    # mtu auto: the uplinks' 1500 minus WireGuard over IPv4 (the endpoint's family)
+    assert json.loads(lab.run("router", ["ip", "-j", "link", "show", ifname]).stdout)[0]["mtu"] == 1440
     handshake = home.handshake()
     daemon.stop(signal.SIGTERM)
     links_before = lab.run("router", ["ip", "-o", "link", "show"]).stdout

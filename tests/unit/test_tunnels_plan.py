@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from uplinkd.model import (
     RouteKey,
     Rule,
 )
+from uplinkd.model.kinds.mtu import LinkMtu
 from uplinkd.plan import Facts
 from uplinkd.plan.failover import step
 from uplinkd.tunnel.health import TunnelHealth
@@ -216,3 +218,20 @@ def test_nft_table_carries_the_tunnel_and_reads_back() -> None:
     assert 'oifname "wg0" tcp flags syn tcp option maxseg size set rt mtu' in text
     plain = NftState("uplinkd", 0xFF00, (NftUplink("wan", 0x6500),))
     assert "tunnel" not in knft.render(plain)
+
+
+def test_mtu_auto_follows_the_smallest_carrying_uplink() -> None:
+    obs = observed()
+    links = dict(obs.links)
+    links[2] = replace(links[2], mtu=1500)
+    links[3] = replace(links[3], mtu=1428)
+    links[9] = replace(links[9], mtu=1420)
+    facts = Facts(
+        replace(obs, links=links),
+        health={"wan": UP, "lte1": UP},
+        tunnels={"home": TunnelHealth(up=True, reason="test", ifname=WG)},
+    )
+    mtus = [o for o in plan.desired(config(), facts).kernel if isinstance(o, LinkMtu)]
+    assert mtus == [LinkMtu(9, 1428 - 60)]  # an IPv4 endpoint: 60 bytes of WireGuard
+    fixed = [o for o in plan.desired(config(mtu=1280), facts).kernel if isinstance(o, LinkMtu)]
+    assert fixed == [LinkMtu(9, 1280)]

@@ -106,6 +106,9 @@ class Netlink:
     async def link_up(self, *, index: int) -> None:
         await self.ipr.link("set", index=index, state="up")
 
+    async def link_mtu(self, *, index: int, mtu: int) -> None:
+        await self.ipr.link("set", index=index, mtu=mtu)
+
     async def replace_route(
         self,
         *,
@@ -293,6 +296,7 @@ class Kernel:
                     up=bool(flags & IFF_UP),
                     carrier=bool(flags & IFF_LOWER_UP),
                     pointopoint=bool(flags & (IFF_POINTOPOINT | IFF_NOARP)) and name != "lo",
+                    mtu=msg.get("IFLA_MTU") or 0,
                     **_sysfs_identity(name, kind),
                 )
             )

@@ -24,6 +24,7 @@ class Link:
     usb_product: str | None = None
     usb_serial: str | None = None
     id_path: str | None = None
+    mtu: int = 0  # 0: not known
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,11 @@ from uplinkd.model import (
     UplinkStatus,
     any_net,
 )
+from uplinkd.model.kinds.mtu import LinkMtu
 from uplinkd.plan.balance import balance_members
 from uplinkd.plan.facts import Contribution, Facts, Survey
 from uplinkd.plan.layout import BAND_TUNNEL_ROUTE, BAND_TUNNEL_UNDERLAY, group_id
+from uplinkd.tunnel.mtu import tunnel_mtu
 
 VERSION: dict[int, int] = {AF_INET: 4, AF_INET6: 6}
 FAMILY_NAMES: dict[int, str] = {AF_INET: "ipv4", AF_INET6: "ipv6"}
@@ -114,6 +116,11 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                 objects.append(Rule(family, prio + BAND_TUNNEL_ROUTE, tunnel.t_route))
             objects += _routes(tunnel, family, ifindex=link.index if up and link else None)
         if link is not None:
+            mtu = mtu_of(tunnel, facts, survey)
+            if mtu is not None:
+                objects.append(LinkMtu(link.index, mtu, dev=link.name))
+            else:
+                reasons[f"tunnel {name} mtu"] = "auto: no carrying uplink is present; MTU left as it is"
             objects.append(LinkUp(link.index, dev=link.name))
             objects += [StaticAddr(link.index, a, dev=link.name) for a in tunnel.addresses]
     return Contribution(objects=tuple(objects), reasons=reasons)
@@ -173,3 +180,20 @@ def nft_peers(config: Config, survey: Survey) -> tuple[tuple[str, int, tuple[str
             names = via.removeprefix("balance (").removesuffix(")").split(", ") if via else []
             found.setdefault((str(ep.address), ep.port), set()).update(devs[n] for n in names if n in devs)
     return tuple(sorted((a, port, tuple(sorted(i))) for (a, port), i in found.items()))
+
+
+def mtu_of(tunnel: Tunnel, facts: Facts, survey: Survey) -> int | None:
+    """The tunnel's MTU: the configured number, or `auto`: the smallest MTU among the present
+    uplinks that may carry it minus WireGuard's overhead for its endpoints' family (80 when
+    any endpoint is IPv6, else 60). None when no carrying uplink is present (or ValueError:
+    too small), so the interface keeps the MTU it has."""
+    if isinstance(tunnel.mtu, int):
+        return tunnel.mtu
+    carriers = [s for s in survey.statuses if tunnel.underlay == "balance" or s.name in tunnel.underlay]
+    links = [facts.observed.links.get(s.ifindex) for s in carriers if s.ifindex is not None]
+    mtus = [link.mtu for link in links if link is not None and link.mtu]
+    v6 = any(p.endpoint_value is not None and p.endpoint_value.address.version == 6 for p in tunnel.peers)
+    try:
+        return tunnel_mtu(mtus, ipv6_underlay=v6) if mtus else None
+    except ValueError:
+        return None
