@@ -166,6 +166,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         )
     print(_table(rows))
+    if status.get("tunnels"):
+        print()
+        print(_table(_tunnel_rows(status["tunnels"])))
     for u in status["uplinks"]:
         if u.get("also_matches"):
             print(
@@ -181,6 +184,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     for f in status["failures"]:
         print(f"failing: {f['op']}: {f['error']}")
     return EXIT_OK
+
+
+def _tunnel_rows(tunnels: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [("TUNNEL", "STATE", "DEV", "UNDERLAY", "HANDSHAKE", "RX", "TX", "WHY")]
+    for t in tunnels:
+        age = t["handshake_age_s"]
+        rows.append(
+            (
+                t["name"],
+                t["state"],
+                t["interface"],
+                t["underlay4"] or t["underlay6"] or "-",
+                "never" if age is None else _age(age) + " ago",
+                str(t["rx_bytes"]),
+                str(t["tx_bytes"]),
+                t["reason"],
+            )
+        )
+    return rows
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

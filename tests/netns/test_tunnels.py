@@ -205,6 +205,8 @@ def test_restart_writes_nothing_and_flush_removes_only_the_tunnel(
     time.sleep(2)
     assert status(daemon)["writes"] == 0, daemon.writes()
     assert home.handshake() == handshake
+    shown = daemon.ctl("status").stdout
+    assert "TUNNEL" in shown and ifname in shown, shown
 
     flushed = daemon.ctl("flush")
     assert flushed.returncode == 0, flushed.stderr
