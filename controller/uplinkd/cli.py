@@ -287,6 +287,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         ),
         ("uplink", ex["uplink"] or "-"),
     ]
+    if ex.get("tunnel"):
+        rows.append(("tunnel", ex["tunnel"]))
+        via = ex.get("encrypted_via") or ex.get("encrypted_dev") or "none (unreachable)"
+        rows.append(("encrypted via", via))
     if ex.get("error"):
         rows.append(("error", ex["error"]))
     print(_table(rows))

@@ -27,6 +27,7 @@ from uplinkd.instance import SetupError, usable_dir, why
 from uplinkd.kernel.state import ApplyResult, Kernel
 from uplinkd.plan import Intent, Plan
 from uplinkd.runtime import Runtime
+from uplinkd.tunnels import explain_tunnel
 
 log = logging.getLogger("uplinkd")
 
@@ -311,4 +312,5 @@ async def handle(daemon: Daemon, line: bytes) -> bytes:
             dport=req.dport,
             uplinks_by_dev=by_dev,
         )
-    return control.reply(True, explanation.as_dict())
+        explained = await explain_tunnel(daemon.kernel, rt.config.tunnels, explanation.as_dict(), by_dev)
+    return control.reply(True, explained)

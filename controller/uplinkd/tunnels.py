@@ -24,9 +24,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from uplinkd.config import Tunnel
 from uplinkd.kernel import wguapi
+from uplinkd.kernel.state import Kernel
 from uplinkd.kernel.wireguard import (
     WIREGUARD_GO,
     UserspaceWg,
@@ -234,3 +236,23 @@ async def remove_interfaces(tunnels: Mapping[str, Tunnel]) -> list[str]:
         if await proc.wait() == 0:
             done.append(f"ip link delete dev {t.interface}")
     return done
+
+
+async def explain_tunnel(
+    kernel: Kernel, tunnels: Mapping[str, Tunnel], explained: dict[str, Any], by_dev: Mapping[str, str]
+) -> dict[str, Any]:
+    """`uplinkctl explain` for a packet routed into a tunnel: which tunnel, and which uplink
+    the tunnel's encrypted packets to its (first) peer leave by, as the kernel routes them now
+    (the device's fwmark, UDP to the endpoint)."""
+    tunnel = next(((n, t) for n, t in tunnels.items() if t.interface == explained.get("dev")), None)
+    if tunnel is None:
+        return explained
+    name, t = tunnel
+    endpoint = next((p.endpoint_value for p in t.peers if p.endpoint_value is not None), None)
+    out = {**explained, "tunnel": name, "encrypted_via": None, "encrypted_dev": None}
+    if endpoint is not None:
+        outer = await kernel.explain(
+            dst=endpoint.address, mark=t.mark, ipproto="udp", dport=endpoint.port, uplinks_by_dev=by_dev
+        )
+        out.update(encrypted_via=outer.uplink, encrypted_dev=outer.dev, encrypted_rule=outer.rule)
+    return out

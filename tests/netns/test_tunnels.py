@@ -107,6 +107,14 @@ def wait_up(c: LabDaemon, name: str) -> None:
     wait_until(up, timeout=WAIT, what=f"uplink {name} up")
 
 
+def explain_lan(daemon: LabDaemon) -> tuple[str, str]:
+    """`uplinkctl explain` for a LAN client's packet to the server: its tunnel, and the
+    uplink the tunnel's encrypted packets leave by."""
+    out = daemon.ctl("explain", "--iif", "lan0", "--from", "192.168.50.11", "198.51.100.100", "--json")
+    ex = json.loads(out.stdout)
+    return ex.get("tunnel"), ex.get("encrypted_via")
+
+
 def test_flows_inside_the_tunnel_survive_an_underlay_blackhole(
     lab: Lab, home: Home, setup: tuple[LabDaemon, str, dict[str, Any]]
 ) -> None:
@@ -124,6 +132,7 @@ def test_flows_inside_the_tunnel_survive_an_underlay_blackhole(
     assert seen["wan"]["encrypted"] > 0
     assert seen["lte1"]["encrypted"] == 0
     assert home.endpoint().startswith(upstream(1) + ":")
+    assert explain_lan(daemon) == ("home", "wan")
 
     run = lab.start_flows(tcp=5, udp=5, interval_ms=20, duration=10.0)
     time.sleep(2)
@@ -142,6 +151,7 @@ def test_flows_inside_the_tunnel_survive_an_underlay_blackhole(
     assert seen["wan"]["encrypted"] == 0
     assert seen["lte1"]["encrypted"] > 0
     assert home.endpoint().startswith(upstream(2) + ":")
+    assert explain_lan(daemon) == ("home", "lte1")
 
     # back to wan for new handshakes when it returns (fail_back immediate)
     lab.isp("wan").blackhole(False)
