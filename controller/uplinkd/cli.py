@@ -27,6 +27,7 @@ from uplinkd.kernel import explain as explain_mod
 from uplinkd.kernel.nft import NftError
 from uplinkd.kernel.state import Kernel
 from uplinkd.plan import Facts, desired, diff
+from uplinkd.tunnels import audit
 
 DEFAULT_CONFIG = Path("/etc/uplinkd/config.json")
 EXIT_OK, EXIT_CHANGES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -81,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", type=Path, help="compute locally from this config, without the daemon")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser(
+        "audit", help="with a full tunnel: can a LAN source reach an uplink directly? (exit 1)"
+    )
+    s.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the daemon's config file")
+    s.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("explain", help="the rule, table, route and uplink the kernel picks")
     s.add_argument("dst", help="destination address")
@@ -236,6 +243,15 @@ async def _local_plan(config: Config) -> list[str]:
     finally:
         kernel.close()
     return [str(op) for op in diff(actual, desired(config, Facts(observed)).kernel).ops]
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    problems, checked = asyncio.run(audit(load(args.config)))
+    for line in checked:
+        print(f"ok: {line}")
+    for line in problems:
+        print(f"LEAK: {line}")
+    return EXIT_CHANGES if problems else EXIT_OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -166,6 +166,8 @@ def test_kill_switch_leaks_nothing_v4_or_v6_while_home_is_unreachable(
     for name in NAMES:
         wait_up(daemon, name)
     assert tunnel(daemon)["state"] == "down"
+    audited = daemon.ctl("audit", "--config", str(daemon.config_path), check=False)
+    assert audited.returncode == 0 and "ok: lan0" in audited.stdout, audited.stdout + audited.stderr
     seen = Counted(lab)
     leak_attempts(lab)
     for name in NAMES:
@@ -243,3 +245,7 @@ def test_without_the_kill_switch_the_same_traffic_leaks(
     leak_attempts(lab)
     assert sum(seen[n]["leak4"] for n in NAMES) > 0
     assert seen["wan"]["leak6"] > 0  # wan's native IPv6 carries LAN IPv6 around the tunnel
+    # and `uplinkctl audit` names the path
+    audited = daemon.ctl("audit", "--config", str(daemon.config_path), check=False)
+    assert audited.returncode == 1, audited.stdout + audited.stderr
+    assert "LEAK: lan0" in audited.stdout and "leaves by uplink wan" in audited.stdout, audited.stdout
