@@ -12,7 +12,51 @@ in
 rec {
   # What the controller reads: the settings without their nulls. Every nullable field of the
   # controller's config defaults to null, so dropping them changes nothing but the noise.
-  render = settings: filterAttrsRecursive (_: value: value != null) settings;
+  render = settings: filterAttrsRecursive (_: value: value != null) (withCredentials settings);
+
+  # Tunnel key files reach the service as systemd credentials (LoadCredential): the unit
+  # reads them as root, the controller (user uplinkd) reads the copies systemd makes in its
+  # credentials directory. `credentials` lists them (id and the admin's path), `withCredentials`
+  # points the rendered config at the copies.
+  credentialDir = "/run/credentials/uplinkd.service";
+  keyIds =
+    name: tunnel:
+    [
+      {
+        id = "tunnel-${name}.key";
+        path = tunnel.private_key_file;
+      }
+    ]
+    ++ lib.concatLists (
+      lib.imap0 (
+        i: peer:
+        optional (peer.preshared_key_file != null) {
+          id = "tunnel-${name}-peer${toString i}.psk";
+          path = peer.preshared_key_file;
+        }
+      ) tunnel.peers
+    );
+  credentials =
+    settings: lib.concatLists (lib.mapAttrsToList keyIds (settings.tunnels or { }));
+  withCredentials =
+    settings:
+    settings
+    // lib.optionalAttrs (settings ? tunnels) {
+      tunnels = lib.mapAttrs (
+        name: tunnel:
+        tunnel
+        // {
+          private_key_file = "${credentialDir}/tunnel-${name}.key";
+          peers = lib.imap0 (
+            i: peer:
+            peer
+            // lib.optionalAttrs (peer.preshared_key_file != null) {
+              preshared_key_file = "${credentialDir}/tunnel-${name}-peer${toString i}.psk";
+            }
+          ) tunnel.peers;
+        }
+      ) settings.tunnels;
+    };
 
   # A USB-matched uplink is renamed to its attribute name by a systemd .link file, so its
   # interface name is known whatever port or order it was plugged in.

@@ -491,6 +491,14 @@ let
         default = { };
         description = "The control socket, the state directory and the resync period.";
       };
+      tunnels = mkOption {
+        type = types.attrsOf (types.submodule (import ./tunnel-options.nix { inherit lib; }));
+        default = { };
+        description = ''
+          WireGuard tunnels that ride the healthy uplinks, by name. Key files are passed to
+          the service as systemd credentials; they must not be in the Nix store.
+        '';
+      };
     };
   };
 in

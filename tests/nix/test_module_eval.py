@@ -135,7 +135,7 @@ def leaf_paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple
     out = []
     for name, node in tree.items():
         if "children" in node:
-            named = ("<name>",) if "attrsOf" in node["type"] else ()
+            named = ("<name>",) if "attrsOf" in node["type"] else ("*",) if "list" in node["type"] else ()
             out += leaf_paths(node["children"], (*prefix, name, *named))
         else:
             out.append((*prefix, name))
@@ -143,9 +143,12 @@ def leaf_paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple
 
 
 def is_set(settings: Any, path: tuple[str, ...]) -> bool:
-    """Whether some value sits at `path` ("<name>" stands for any attribute)."""
+    """Whether some value sits at `path` ("<name>" stands for any attribute, "*" for any
+    element of a list)."""
     if not path:
         return True
+    if path[0] == "*":
+        return isinstance(settings, list) and any(is_set(v, path[1:]) for v in settings)
     if not isinstance(settings, dict):
         return False
     head, rest = path[0], path[1:]
@@ -171,16 +174,21 @@ BAD_CASES: dict[str, tuple[str, ...]] = {
     "usb-long-name": (f"{U}.lte-in-the-attic", "at most 15 characters", "shorten it"),
     "usb-with-name": (f"{U}.lte1.match.name", "would never match", "remove match.name"),
     "renamed-name-taken": (
-        f"{U}.lte1 (renamed to it) and {U}.wan", 'both match the interface "lte1"', "only one uplink",
+        f"{U}.lte1 (renamed to it) and {U}.wan",
+        'both match the interface "lte1"',
+        "only one uplink",
     ),
     "duplicate-table-networkd": (
-        f"{U}.wan.table and systemd.network.config.routeTables.vpn", "routing table 101", "own table id",
+        f"{U}.wan.table and systemd.network.config.routeTables.vpn",
+        "routing table 101",
+        "own table id",
     ),
     "duplicate-usb": (f"{U}.lte1 and {U}.lte2", "12d1:14dc", "set match.usb.serial on each"),
     "socket-outside-runtime-dir": (f"{OPTION}.control.socket", "outside /run/uplinkd", "use a path"),
     "state-dir-outside": (f"{OPTION}.control.state_dir", "outside /var/lib/uplinkd", "use /var/lib"),
     "nft-table-taken": ("networking.nftables.tables.uplinkd", "belongs to uplinkd", "rename that table"),
     "strict-reverse-path": ("networking.firewall.checkReversePath", 'set it to "loose"'),
+    "tunnel-key-in-store": (f"{OPTION}.tunnels", "is in the Nix store", "keep keys outside the store"),
 }
 
 # Of those, the ones the controller refuses too: the module must say so before it writes the
@@ -354,6 +362,9 @@ def compare_field(
         if "children" not in option:
             return [f"{where}: a section in the controller, a single value in the module"]
         return compare_tree(option["children"], properties(node, defs), defs, prefix=f"{where}.")
+    items = resolve(node.get("items", {}), defs) if node.get("type") == "array" else {}
+    if "children" in option and "properties" in items:  # a list of sections (a tunnel's peers)
+        return compare_tree(option["children"], properties(items, defs), defs, prefix=f"{where}.*.")
     if "children" in option:
         return [f"{where}: a single value in the controller, a section in the module"]
     # Probe settings are layered by the controller (profile, top level, uplink): unset is null.
@@ -389,3 +400,19 @@ def test_probe_profiles_are_the_controllers(tmp_path: Path) -> None:
     for name, timings in profiles.items():
         probe = parse({"probe": {"profile": name}}).probe
         assert {field: getattr(probe, field) for field in timings} == timings, name
+
+
+def test_tunnel_keys_reach_the_service_as_credentials_not_in_the_config() -> None:
+    """The rendered config names the credential copies; the unit loads the admin's files."""
+    credentials = "systemd.services.uplinkd.serviceConfig.LoadCredential"
+    result = evaluate(GOOD / "all-fields.nix", show=(credentials,))
+    assert result["config"][credentials] == [
+        "tunnel-home.key:/run/keys/wg-home.key",
+        "tunnel-home-peer0.psk:/run/keys/wg-home.psk",
+    ]
+    tunnel = result["settings"]["tunnels"]["home"]
+    assert tunnel["private_key_file"] == "/run/credentials/uplinkd.service/tunnel-home.key"
+    assert (
+        tunnel["peers"][0]["preshared_key_file"] == "/run/credentials/uplinkd.service/tunnel-home-peer0.psk"
+    )
+    assert "/run/keys/wg-home.key" not in json.dumps(result["settings"])
