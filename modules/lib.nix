@@ -48,8 +48,9 @@ rec {
         // {
           private_key_file = "${credentialDir}/tunnel-${name}.key";
           peers = lib.imap0 (
+            # (filterAttrsRecursive does not look into lists: drop a peer's nulls here)
             i: peer:
-            peer
+            lib.filterAttrs (_: value: value != null) peer
             // lib.optionalAttrs (peer.preshared_key_file != null) {
               preshared_key_file = "${credentialDir}/tunnel-${name}-peer${toString i}.psk";
             }
