@@ -28,6 +28,8 @@ HOME_PORT = 51820
 OUTSIDE4, OUTSIDE6 = "198.51.100.200", "2001:db8:100::200"
 INNER_ROUTER, INNER_HOME = "10.99.0.2/24", "10.99.0.1/24"
 NAMES = ("wan", "lte1")
+# the LAN's internal IPv6 prefix for `lan.lan0.ipv6.mode = translate` (not ULA: see README)
+LAN_INNER6 = "2001:db8:ff::/64"
 
 
 def upstream(index: int) -> str:
@@ -195,7 +197,9 @@ while time.monotonic() < end:
 
 
 def add_outside(lab: Lab) -> None:
-    """OUTSIDE: addresses on the lab's internet that LAN clients try to reach."""
+    """OUTSIDE: addresses on the lab's internet that LAN clients try to reach; and the LAN
+    client's address in the translated LAN prefix (its IPv6 source to the internet)."""
+    lab.run(lab.clients[0].netns, ["ip", "address", "add", "2001:db8:ff::11/64", "dev", "eth0", "nodad"])
     lab.run("inet", ["ip", "address", "add", f"{OUTSIDE4}/32", "dev", "br0"])
     lab.run("inet", ["ip", "address", "add", f"{OUTSIDE6}/128", "dev", "br0", "nodad"])
 
@@ -208,6 +212,8 @@ def router_config(workdir: Path, home: Home, **tunnel: Any) -> tuple[dict[str, A
     cfg: dict[str, Any] = {
         "uplinks": {"wan": uplink(1, v6=True), "lte1": uplink(2)},
         "probe": {"profile": "fast"},
+        # LAN IPv6 would go out (translated) by wan's native IPv6: what the kill switch must stop
+        "lan": {"lan0": {"ipv6": {"mode": "translate", "prefix": LAN_INNER6}}},
         "tunnels": {
             "home": {
                 "interface": "wgt" + uuid.uuid4().hex[:8],
