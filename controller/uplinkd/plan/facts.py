@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from uplinkd.config import Config
-from uplinkd.model import HealthVerdict, IPAddress, IPInterface, Lease, Observed, UplinkStatus
+from uplinkd.model import Bearer, HealthVerdict, IPAddress, IPInterface, Lease, Observed, UplinkStatus
 
 
 def _frozen(mapping: Mapping[Any, Any] | None) -> Mapping[Any, Any]:
@@ -32,9 +32,11 @@ class Facts:
     drained: frozenset[str] = frozenset()
     # uplink → ifindex it had on the last pass: an uplink keeps its interface
     previous: Mapping[str, int] = field(default_factory=dict)
+    # uplink → its modem's connected bearer (mode modem; none: not connected)
+    bearers: Mapping[str, Bearer] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("health", "leases", "previous"):
+        for name in ("health", "leases", "previous", "bearers"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         object.__setattr__(self, "drained", frozenset(self.drained))
 
