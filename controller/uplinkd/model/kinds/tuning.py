@@ -65,6 +65,7 @@ class LinkTunings(Kind[int, LinkTuning]):
         return (
             LinkTuning(i, mtu=link.mtu, accept_ra=link.accept_ra, dev=link.name)
             for i, link in snapshot.links.items()
+            if link.mtu is not None or link.accept_ra is not None
         )
 
     async def write(self, io: Transport, verb: Verb, obj: LinkTuning, owner: Ownership) -> None:
