@@ -18,7 +18,7 @@ from uplinkd import journal
 from uplinkd.config import Config
 from uplinkd.counters import Counters
 from uplinkd.kernel.state import ApplyResult
-from uplinkd.model import HealthVerdict, Lease, State
+from uplinkd.model import Bearer, HealthVerdict, Lease, State
 from uplinkd.plan import Intent, Plan, verdicts
 
 log = logging.getLogger("uplinkd")
@@ -45,6 +45,7 @@ class Runtime:
     paused: bool = False  # after `flush`: hands off the kernel until `resume` or restart
     health: dict[str, HealthVerdict] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
+    bearers: dict[str, Bearer] = field(default_factory=dict)  # modem uplinks' connected bearers
     adopted: set[str] = field(default_factory=set)  # in the group when we started; up until probed
     since: dict[str, float] = field(default_factory=dict)  # uplink → monotonic time of last change
     events: collections.deque[Event] = field(default_factory=lambda: collections.deque(maxlen=200))
