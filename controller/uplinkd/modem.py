@@ -58,6 +58,7 @@ BEARER = f"{MM}.Bearer"
 DBUS, DBUS_PATH = "org.freedesktop.DBus", "/org/freedesktop/DBus"
 PROPS = f"{DBUS}.Properties"
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+WATCHED = frozenset({PROPS, OBJECT_MANAGER, DBUS})  # signals that mean "look again"
 
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 60.0
 PIN_WRONG_RECHECK = 10.0  # how often a refused PIN's file is read again for a corrected PIN
@@ -186,6 +187,7 @@ class ModemWatcher:
     _delay: float = RECONNECT_MIN
     _next: float = 0.0  # monotonic time of the next connect attempt
     _up_since: float | None = None
+    _attempt_delay: float | None = None  # `_delay` before the last connect attempt doubled it
 
     async def run(self) -> None:
         try:
@@ -196,8 +198,9 @@ class ModemWatcher:
         self._bus = bus
         try:
             bus.add_message_handler(self._on_message)
-            owner = f"type='signal',member='NameOwnerChanged',arg0='{MM}'"
-            for rule in (f"type='signal',sender='{MM}'", owner):
+            rules = [f"type='signal',sender='{MM}',interface='{i}'" for i in (PROPS, OBJECT_MANAGER)]
+            rules.append(f"type='signal',interface='{DBUS}',member='NameOwnerChanged',arg0='{MM}'")
+            for rule in rules:
                 await self._call(DBUS_PATH, DBUS, "AddMatch", dest=DBUS, sig="s", body=[rule])
             while True:
                 self._poke.clear()
@@ -209,7 +212,7 @@ class ModemWatcher:
             bus.disconnect()
 
     def _on_message(self, msg: Message) -> None:
-        if msg.message_type == MessageType.SIGNAL:
+        if msg.message_type == MessageType.SIGNAL and msg.interface in WATCHED:
             self._poke.set()
 
     async def _call(
@@ -243,14 +246,17 @@ class ModemWatcher:
             self.report = report
 
     def _bearer(self, bearer: Bearer | None, why: str) -> None:
+        now = time.monotonic()
         if bearer is None and self._up_since is not None:
-            # reconnect after `_delay`; a bearer that stayed up a minute starts the backoff anew
-            if time.monotonic() - self._up_since >= RECONNECT_MAX:
+            # reconnect after `_delay`, doubling; a bearer that stayed up a minute starts anew
+            if now - self._up_since >= RECONNECT_MAX:
                 self._delay = RECONNECT_MIN
-            self._next = time.monotonic() + self._delay
             self._up_since = None
+            self._backoff()
         elif bearer is not None and self._up_since is None:
-            self._up_since = time.monotonic()
+            self._up_since = now
+            if self._attempt_delay is not None:  # the attempt held: its doubling is undone
+                self._delay, self._attempt_delay = self._attempt_delay, None
         self.on_bearer(self.name, bearer, why)
 
     async def _look(self) -> float | None:
@@ -356,6 +362,7 @@ class ModemWatcher:
                 return self._backoff()
         props = {k: Variant(sig, v) for k, (sig, v) in self.address.connect_properties(password).items()}
         self.report = replace(self.report, connect_attempts=self.report.connect_attempts + 1)
+        self._attempt_delay = self._delay
         wait = self._backoff()  # the next attempt, should this one not hold
         log.info("%s: connecting modem %s (apn %s)", self.name, path, self.address.apn or "default")
         try:
