@@ -104,9 +104,8 @@ def _connect(self: Any, props: dict[str, Any]) -> str:
         mockobject.objects[BEARER_PATH].UpdateProperties(BEARER, bearer_props)
     else:
         mockobject.objects[MAIN_OBJ].AddObject(BEARER_PATH, BEARER, bearer_props, [])
-    self.UpdateProperties(
-        MODEM, {"Bearers": dbus.Array([dbus.ObjectPath(BEARER_PATH)], signature="o"), "State": dbus.Int32(CONNECTED)}
-    )
+    bearers = dbus.Array([dbus.ObjectPath(BEARER_PATH)], signature="o")
+    self.UpdateProperties(MODEM, {"Bearers": bearers, "State": dbus.Int32(CONNECTED)})
     return dbus.ObjectPath(BEARER_PATH)
 
 
@@ -115,9 +114,8 @@ def _send_pin(self: Any, pin: str) -> None:
     modem = mockobject.objects[MODEM_PATH]
     if str(pin) != MODEM_STATE["pin"]:
         left = max(0, int(modem.props[MODEM]["UnlockRetries"].get(LOCK_SIM_PIN, 3)) - 1)
-        modem.UpdateProperties(
-            MODEM, {"UnlockRetries": dbus.Dictionary({dbus.UInt32(LOCK_SIM_PIN): dbus.UInt32(left)}, signature="uu")}
-        )
+        retries = dbus.Dictionary({dbus.UInt32(LOCK_SIM_PIN): dbus.UInt32(left)}, signature="uu")
+        modem.UpdateProperties(MODEM, {"UnlockRetries": retries})
         raise _fail(f"{ERR}.MobileEquipment.IncorrectPassword", "Incorrect password")
     modem.UpdateProperties(MODEM, {"State": dbus.Int32(REGISTERED), "UnlockRequired": dbus.UInt32(LOCK_NONE)})
 
@@ -149,10 +147,12 @@ def AddUplinkModem(self: Any, port: str, options: dict[str, Any]) -> str:
         "Plugin": dbus.String("sierra"),
         "PrimaryPort": dbus.String("cdc-wdm0"),
         "Ports": dbus.Array(
-            [dbus.Struct((dbus.String("cdc-wdm0"), dbus.UInt32(PORT_QMI))),
-             dbus.Struct((dbus.String(port), dbus.UInt32(PORT_NET)))],
+            [
+                dbus.Struct((dbus.String("cdc-wdm0"), dbus.UInt32(PORT_QMI))),
+                dbus.Struct((dbus.String(port), dbus.UInt32(PORT_NET))),
+            ],
             signature="(su)",
-        ),  # fmt: skip
+        ),
         "EquipmentIdentifier": dbus.String(options.get("imei", "356789012345678")),
         "UnlockRequired": dbus.UInt32(LOCK_SIM_PIN if locked else LOCK_NONE),
         "UnlockRetries": dbus.Dictionary({dbus.UInt32(LOCK_SIM_PIN): dbus.UInt32(3)}, signature="uu"),

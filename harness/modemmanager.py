@@ -20,9 +20,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from uplinkd.lab.netns import stop_process, wait_until
-
 import dbus
+
+from uplinkd.lab.netns import stop_process, wait_until
 
 TEMPLATE = Path(__file__).with_name("mm_template.py")
 MM = "org.freedesktop.ModemManager1"

@@ -211,8 +211,8 @@ def survey(config: Config, facts: Facts) -> Survey:
         )
         if not found:
             state, reason = _why_not_ready(uplink, lease, status, facts.observed)
-            if uplink.address.mode == "modem":
-                reason = why_not_connected(facts.bearers.get(name))
+            if uplink.address.mode == "modem":  # the bearer is what gives it an address
+                state, reason = State.PRESENT, why_not_connected(facts.bearers.get(name))
             statuses.append(replace(status, state=state, reason=reason))
             continue
         all_ways[name] = found
