@@ -23,18 +23,20 @@ in
       Mode `modem`: a file holding the APN password (kept out of the Nix store: give a path
       such as /run/secrets/apn-password, readable by the `uplinkd` user).'';
     allowed_auth = mkOption {
-      type = types.listOf (
-        types.enum [
+      type = types.nullOr (
+        types.listOf (
+          types.enum [
           "none"
           "pap"
           "chap"
           "mschap"
           "mschapv2"
           "eap"
-        ]
+          ]
+        )
       );
-      default = [ ];
-      description = "Mode `modem`: the authentication methods the APN may use; empty: ModemManager's choice.";
+      default = null;
+      description = "Mode `modem`: the authentication methods the APN may use; null: ModemManager's choice.";
     };
     allow_roaming = nullOr types.bool "Mode `modem`: connect while roaming; null: ModemManager's default.";
     pin_file = nullOr types.str ''

@@ -150,7 +150,8 @@ def test_package_dependencies_exist_in_the_pinned_nixpkgs() -> None:
         "map (d: { inherit (d) pname version; }) self.packages.x86_64-linux.uplinkd.dependencies"
     )
     names = {dep["pname"]: dep["version"] for dep in deps}
-    expected = {"cryptography", "pydantic", "pyroute2", "pyudev", "systemd-python", "prometheus-client"}
+    expected = {"cryptography", "pydantic", "pyroute2", "pyudev", "systemd-python", "prometheus-client",
+                "dbus-fast"}
     assert set(names) == expected
     project = tomllib.loads((REPO / "controller" / "pyproject.toml").read_text())["project"]
     requirements = project["dependencies"] + project["optional-dependencies"]["systemd"]
@@ -186,7 +187,7 @@ def test_package_source_leaves_out_the_readme() -> None:
             buildPythonApplication = lib.id;
             setuptools = null; cryptography = null; pydantic = null;
             pyroute2 = null; pyudev = null; systemd-python = null;
-            prometheus-client = null;
+            prometheus-client = null; dbus-fast = null;
             pytestCheckHook = null; pytest-timeout = null; hypothesis = null;
           }};
         in package.src"""
@@ -426,7 +427,8 @@ def test_a_modem_uplink_enables_modemmanager_and_lets_uplinkd_control_modems(tmp
 def test_no_modem_uplink_leaves_modemmanager_and_polkit_alone(tmp_path: Path) -> None:
     show = ("networking.modemmanager.enable", "security.polkit.extraConfig")
     got = evaluate(EXAMPLES[0], show=show)["config"]
-    assert got["networking.modemmanager.enable"] is False and "uplinkd" not in got["security.polkit.extraConfig"]
+    assert got["networking.modemmanager.enable"] is False
+    assert "uplinkd" not in got["security.polkit.extraConfig"]
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,9 @@ class ModemAddress(Section):
     ip_type: IpType | None = Field(default=None, description="ipv4, ipv6 or ipv4v6")
     user: Text | None = Field(default=None, description="APN user name")
     password_file: Path | None = Field(default=None, description="file holding the APN password")
-    allowed_auth: tuple[Auth, ...] = Field(default=(), description="any of none, pap, chap, mschap, …")
+    allowed_auth: tuple[Auth, ...] | None = Field(
+        default=None, description="any of none, pap, chap, mschap, mschapv2, eap; unset: the modem's choice"
+    )
     allow_roaming: Annotated[bool, Strict()] | None = Field(default=None, description="connect while roaming")
     pin_file: Path | None = Field(default=None, description="file holding the SIM PIN; sent once")
     imei: Text | None = Field(default=None, description="only the modem with this IMEI")
