@@ -87,7 +87,8 @@ BEARER = Bearer("wwan0", ip4=BearerIp(ADDRESS, ipaddress.ip_address("10.64.0.1")
 def intent(bearer: Bearer | None, *, held: bool) -> plan.Intent:
     addrs = (Addr(7, ADDRESS),) if held else ()
     observed = Observed(links={7: WWAN}, addrs=addrs)
-    return plan.desired(parse(modem(apn="internet")), Facts(observed, bearers={"lte": bearer} if bearer else {}))
+    bearers = {"lte": bearer} if bearer else {}
+    return plan.desired(parse(modem(apn="internet")), Facts(observed, bearers=bearers))
 
 
 def objects(i: plan.Intent) -> list[object]:
@@ -113,7 +114,7 @@ def test_a_bearer_puts_its_address_and_mtu_on_the_interface_then_routes_dev() ->
 def test_no_bearer_means_no_address_no_route_and_waiting() -> None:
     i = intent(None, held=True)
     (status,) = i.uplinks
-    assert (status.state, status.reason, status.in_group) == ("present", "waiting for the modem's bearer", False)
+    assert (status.state, status.reason, status.in_group) == ("present", "waiting for the modem's bearer", 0)
     wanted = objects(i)
     assert not [o for o in wanted if isinstance(o, (StaticAddr, LinkTuning))]
     assert not [o for o in wanted if isinstance(o, Route) and o.key.table == 110]
