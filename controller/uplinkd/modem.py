@@ -31,6 +31,7 @@ import contextlib
 import enum
 import hashlib
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -44,6 +45,7 @@ from dbus_fast.aio import MessageBus
 from uplinkd.config import ModemAddress
 from uplinkd.model import Bearer, BearerIp
 from uplinkd.plan import Intent
+from uplinkd.runtime import Runtime
 from uplinkd.workers import WorkerKind
 
 log = logging.getLogger("uplinkd.modem")
@@ -164,6 +166,34 @@ def bearer_ip(config: Mapping[str, Any], *, v6: bool) -> tuple[BearerIp | None, 
         ),
         False,
     )
+
+
+def bearer_json(bearer: Bearer) -> dict[str, Any]:
+    def ip(b: BearerIp | None) -> dict[str, Any] | None:
+        if b is None:
+            return None
+        gateway = str(b.gateway) if b.gateway else None
+        return {"address": str(b.address), "gateway": gateway, "mtu": b.mtu, "dns": [str(d) for d in b.dns]}
+
+    return {"interface": bearer.interface, "ip4": ip(bearer.ip4), "ip6": ip(bearer.ip6), "ra6": bearer.ra6}
+
+
+def stored_bearer(path: Path) -> Bearer | None:
+    """The bearer a previous run recorded (used at start, so a restart changes nothing in
+    the kernel; the watcher confirms or drops it on its first look)."""
+
+    def ip(d: dict[str, Any] | None) -> BearerIp | None:
+        if d is None:
+            return None
+        gateway = ipaddress.ip_address(d["gateway"]) if d.get("gateway") else None
+        dns = tuple(ipaddress.ip_address(x) for x in d.get("dns", ()))
+        return BearerIp(ipaddress.ip_interface(d["address"]), gateway, d.get("mtu"), dns)
+
+    try:
+        d = json.loads(path.read_text())
+        return Bearer(str(d["interface"]), ip(d.get("ip4")), ip(d.get("ip6")), bool(d.get("ra6")))
+    except (OSError, ValueError, TypeError, LookupError, AttributeError):  # missing or mangled
+        return None
 
 
 def pin_digest(sim: str, pin: str) -> str:
@@ -440,6 +470,15 @@ class ModemWorkers(WorkerKind[ModemSpec, ModemWatcher]):
 
     name = "modem"
 
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        for name, uplink in rt.config.uplinks.items():
+            if uplink.address.mode == "modem" and (bearer := stored_bearer(self._file(name))):
+                rt.bearers[name] = bearer  # adopt what the last run had: a restart changes nothing
+
+    def _file(self, name: str) -> Path:
+        return self.rt.config.control.state_dir / f"{name}.bearer.json"
+
     def wanted(self, intent: Intent, running: Mapping[str, ModemSpec]) -> dict[str, ModemSpec]:
         wanted: dict[str, ModemSpec] = {}
         for s in intent.uplinks:
@@ -459,6 +498,7 @@ class ModemWorkers(WorkerKind[ModemSpec, ModemWatcher]):
         )
 
     def stopped(self, name: str) -> None:
+        self._file(name).unlink(missing_ok=True)
         if self.rt.bearers.pop(name, None) is not None:
             self.rt.wake.set()
 
@@ -467,8 +507,12 @@ class ModemWorkers(WorkerKind[ModemSpec, ModemWatcher]):
             return
         if bearer is None:
             self.rt.bearers.pop(name, None)
+            self._file(name).unlink(missing_ok=True)
             log.info("%s: no bearer (%s)", name, why)
         else:
             self.rt.bearers[name] = bearer
+            with contextlib.suppress(OSError):
+                self._file(name).parent.mkdir(parents=True, exist_ok=True)
+                self._file(name).write_text(json.dumps(bearer_json(bearer)))
             log.info("%s: bearer on %s: %s", name, bearer.interface, bearer)
         self.rt.wake.set()

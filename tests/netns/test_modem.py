@@ -199,6 +199,27 @@ def test_an_unknown_connect_key_is_refused_by_the_stand_in(mm: ModemManagerStand
         bus.close()
 
 
+def test_restart_with_the_modem_connected_makes_no_kernel_writes(
+    lab: Lab, mm: ModemManagerStandIn, start: Any
+) -> None:
+    """Fail static: the bearer a run recorded is adopted at start and confirmed by the watcher."""
+    c = start(modem_config(apn="internet"))
+    mm.add_modem(PORT, **bearer_options(lab))
+    before = c.wait_state("lte", "up")
+    def kernel() -> tuple[Any, ...]:
+        return ip_json(lab.router, "address", "show", "dev", PORT), table_routes(lab, TABLE), nexthops(lab.router)
+
+    held = kernel()
+    assert c.stop() == 0
+    c.start()
+    wait_modem(c, "state", "connected")
+    time.sleep(0.3)  # the watcher's first look is done; anything it changed would be written now
+    assert c.status()["writes"] == 0
+    assert c.uplink("lte")["addresses"] == before["addresses"] and c.uplink("lte")["state"] == "up"
+    assert kernel() == held
+    assert len(mm.connect_calls()) == 1  # the connected bearer was used, not connected again
+
+
 # --- 2. the bearer disconnects --------------------------------------------------------------------
 
 
