@@ -206,8 +206,10 @@ def test_restart_with_the_modem_connected_makes_no_kernel_writes(
     c = start(modem_config(apn="internet"))
     mm.add_modem(PORT, **bearer_options(lab))
     before = c.wait_state("lte", "up")
+
     def kernel() -> tuple[Any, ...]:
-        return ip_json(lab.router, "address", "show", "dev", PORT), table_routes(lab, TABLE), nexthops(lab.router)
+        addresses = ip_json(lab.router, "address", "show", "dev", PORT)
+        return addresses, table_routes(lab, TABLE), nexthops(lab.router)
 
     held = kernel()
     assert c.stop() == 0
