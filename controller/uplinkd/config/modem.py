@@ -63,7 +63,7 @@ class ModemAddress(Section):
     def _iccid(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"\d{18,22}F?", v):
             raise ValueError(
-                f"{shown(v)} is not an ICCID; write its 18-22 digits (printed on the SIM; mmcli -i 0 shows it)"
+                f"{shown(v)} is not an ICCID; write its 18-22 digits (on the SIM card; mmcli -i 0 shows it)"
             )
         return v
 
