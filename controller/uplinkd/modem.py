@@ -29,8 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import hashlib
-import ipaddress
 import json
 import logging
 import time
@@ -43,54 +41,44 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from uplinkd.config import ModemAddress
-from uplinkd.model import Bearer, BearerIp
+from uplinkd.model import Bearer
+from uplinkd.modemmanager import (
+    AUTH_ERRORS,
+    BEARER,
+    DBUS,
+    DBUS_PATH,
+    LOCK_SIM_PIN,
+    LOCK_SIM_PUK,
+    MM,
+    MM_PATH,
+    MODEM,
+    MODEM_3GPP,
+    OBJECT_MANAGER,
+    POLKIT_FIX,
+    PROPS,
+    REGISTRATION,
+    SIM,
+    SIMPLE,
+    STATE_LOCKED,
+    STATE_REGISTERED,
+    STATES,
+    WRONG_PIN,
+    access_technology,
+    bearer_ip,
+    bearer_json,
+    pin_digest,
+    stored_bearer,
+    unwrap,
+)
 from uplinkd.plan import Intent
 from uplinkd.runtime import Runtime
 from uplinkd.workers import WorkerKind
 
 log = logging.getLogger("uplinkd.modem")
 
-MM = "org.freedesktop.ModemManager1"
-MM_PATH = "/org/freedesktop/ModemManager1"
-MODEM = f"{MM}.Modem"
-MODEM_3GPP = f"{MM}.Modem.Modem3gpp"
-SIMPLE = f"{MM}.Modem.Simple"
-SIM = f"{MM}.Sim"
-BEARER = f"{MM}.Bearer"
-DBUS, DBUS_PATH = "org.freedesktop.DBus", "/org/freedesktop/DBus"
-PROPS = f"{DBUS}.Properties"
-OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
-WATCHED = frozenset({PROPS, OBJECT_MANAGER, DBUS})  # signals that mean "look again"
-
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 60.0
 PIN_WRONG_RECHECK = 10.0  # how often a refused PIN's file is read again for a corrected PIN
-
-# ModemManager's enums (ModemManager-enums.h)
-STATE_LOCKED, STATE_REGISTERED = 2, 8
-LOCK_SIM_PIN, LOCK_SIM_PUK = 2, 4
-METHOD_STATIC, METHOD_DHCP = 2, 3
-REGISTRATION = {
-    0: "idle", 1: "home", 2: "searching", 3: "denied", 4: "unknown", 5: "roaming",
-    6: "home-sms-only", 7: "roaming-sms-only", 8: "emergency-only",
-    9: "home-csfb-not-preferred", 10: "roaming-csfb-not-preferred", 11: "attached-rlos",
-}  # fmt: skip
-STATES = {
-    -1: "failed", 0: "unknown", 1: "initializing", 2: "locked", 3: "disabled", 4: "disabling",
-    5: "enabling", 6: "enabled", 7: "searching", 8: "registered", 9: "disconnecting",
-    10: "connecting", 11: "connected",
-}  # fmt: skip
-ACCESS = (
-    (1 << 15, "5gnr"), (1 << 14, "lte"), (1 << 16, "lte-cat-m"), (1 << 17, "lte-nb-iot"),
-    (1 << 9, "hspa+"), (1 << 8, "hspa"), (1 << 7, "hsupa"), (1 << 6, "hsdpa"), (1 << 5, "umts"),
-    (1 << 4, "edge"), (1 << 3, "gprs"), (1 << 1, "gsm"),
-)  # fmt: skip
-
-AUTH_ERRORS = frozenset({"org.freedesktop.DBus.Error.AccessDenied", f"{MM}.Error.Core.Unauthorized"})
-WRONG_PIN = f"{MM}.Error.MobileEquipment.IncorrectPassword"
-POLKIT_FIX = (
-    "ModemManager refused uplinkd (polkit): allow its user the org.freedesktop.ModemManager1.* "
-    "actions (the NixOS module adds this rule; elsewhere add a polkit rule for the uplinkd user)"
-)
+WATCHED = frozenset({PROPS, OBJECT_MANAGER, DBUS})  # signals that mean "look again"
 
 
 class Problem(enum.StrEnum):
@@ -134,70 +122,6 @@ class DBusCallError(Exception):
         super().__init__(f"{name}: {text}")
         self.name = name
         self.text = text
-
-
-def _v(props: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    value = props.get(key)
-    return value.value if isinstance(value, Variant) else default if value is None else value
-
-
-def access_technology(bits: int) -> str | None:
-    return next((name for bit, name in ACCESS if bits & bit), None)
-
-
-def bearer_ip(config: Mapping[str, Any], *, v6: bool) -> tuple[BearerIp | None, bool]:
-    """An Ip4Config/Ip6Config as a fact, and whether IPv6 comes by router advertisement."""
-    method = _v(config, "method", 0)
-    address, prefix = _v(config, "address"), _v(config, "prefix")
-    if v6 and method == METHOD_DHCP:
-        return None, True  # SLAAC on the data interface
-    if method not in (METHOD_STATIC, METHOD_DHCP) or not address or not prefix:
-        return None, False
-    gateway = _v(config, "gateway") or None
-    dns = tuple(
-        ipaddress.ip_address(d) for k in ("dns1", "dns2", "dns3") if (d := _v(config, k)) is not None and d
-    )
-    return (
-        BearerIp(
-            ipaddress.ip_interface(f"{address}/{prefix}"),
-            ipaddress.ip_address(gateway) if gateway else None,
-            mtu=_v(config, "mtu") or None,
-            dns=dns,
-        ),
-        False,
-    )
-
-
-def bearer_json(bearer: Bearer) -> dict[str, Any]:
-    def ip(b: BearerIp | None) -> dict[str, Any] | None:
-        if b is None:
-            return None
-        gateway = str(b.gateway) if b.gateway else None
-        return {"address": str(b.address), "gateway": gateway, "mtu": b.mtu, "dns": [str(d) for d in b.dns]}
-
-    return {"interface": bearer.interface, "ip4": ip(bearer.ip4), "ip6": ip(bearer.ip6), "ra6": bearer.ra6}
-
-
-def stored_bearer(path: Path) -> Bearer | None:
-    """The bearer a previous run recorded (used at start, so a restart changes nothing in
-    the kernel; the watcher confirms or drops it on its first look)."""
-
-    def ip(d: dict[str, Any] | None) -> BearerIp | None:
-        if d is None:
-            return None
-        gateway = ipaddress.ip_address(d["gateway"]) if d.get("gateway") else None
-        dns = tuple(ipaddress.ip_address(x) for x in d.get("dns", ()))
-        return BearerIp(ipaddress.ip_interface(d["address"]), gateway, d.get("mtu"), dns)
-
-    try:
-        d = json.loads(path.read_text())
-        return Bearer(str(d["interface"]), ip(d.get("ip4")), ip(d.get("ip6")), bool(d.get("ra6")))
-    except (OSError, ValueError, TypeError, LookupError, AttributeError):  # missing or mangled
-        return None
-
-
-def pin_digest(sim: str, pin: str) -> str:
-    return hashlib.sha256(f"{sim}\0{pin}".encode()).hexdigest()
 
 
 @dataclass
@@ -319,14 +243,14 @@ class ModemWatcher:
         (objects,) = await self._call(MM_PATH, OBJECT_MANAGER, "GetManagedObjects")
         for path, ifaces in sorted(objects.items()):
             modem = ifaces.get(MODEM)
-            if modem is None or self.dev not in {p[0] for p in _v(modem, "Ports", [])}:
+            if modem is None or self.dev not in {p[0] for p in unwrap(modem, "Ports", [])}:
                 continue
-            if self.address.imei is not None and _v(modem, "EquipmentIdentifier") != self.address.imei:
+            if self.address.imei is not None and unwrap(modem, "EquipmentIdentifier") != self.address.imei:
                 continue
-            sim_path = _v(modem, "Sim", "/")
+            sim_path = unwrap(modem, "Sim", "/")
             iccid = None
             if sim_path != "/":
-                iccid = _v(await self._props(sim_path, SIM), "SimIdentifier") or None
+                iccid = unwrap(await self._props(sim_path, SIM), "SimIdentifier") or None
             if self.address.iccid is not None and iccid != self.address.iccid:
                 continue
             return path, modem, ifaces.get(MODEM_3GPP, {}), iccid
@@ -340,26 +264,26 @@ class ModemWatcher:
                       "(mmcli -L lists them; check imei/iccid in the config)")  # fmt: skip
             return None
         path, modem, g3pp, iccid = found
-        state = int(_v(modem, "State", 0))
-        quality = _v(modem, "SignalQuality", (None, False))
-        registration = _v(g3pp, "RegistrationState")
+        state = int(unwrap(modem, "State", 0))
+        quality = unwrap(modem, "SignalQuality", (None, False))
+        registration = unwrap(g3pp, "RegistrationState")
         self._set(
             STATES.get(state, str(state)),
             path=path,
-            imei=_v(modem, "EquipmentIdentifier") or _v(g3pp, "Imei"),
+            imei=unwrap(modem, "EquipmentIdentifier") or unwrap(g3pp, "Imei"),
             iccid=iccid,
             signal_pct=quality[0],
-            access_technology=access_technology(int(_v(modem, "AccessTechnologies", 0))),
-            operator=_v(g3pp, "OperatorName") or None,
+            access_technology=access_technology(int(unwrap(modem, "AccessTechnologies", 0))),
+            operator=unwrap(g3pp, "OperatorName") or None,
             registration=REGISTRATION.get(registration) if registration is not None else None,
         )
-        if state == STATE_LOCKED or _v(modem, "UnlockRequired", 0) in (LOCK_SIM_PIN, LOCK_SIM_PUK):
+        if state == STATE_LOCKED or unwrap(modem, "UnlockRequired", 0) in (LOCK_SIM_PIN, LOCK_SIM_PUK):
             self._bearer(None, "SIM locked")
             return await self._unlock(modem, iccid or path)
         bearer = None
-        for bearer_path in _v(modem, "Bearers", []):
+        for bearer_path in unwrap(modem, "Bearers", []):
             props = await self._props(bearer_path, BEARER)
-            if _v(props, "Connected", False) and _v(props, "Interface") == self.dev:
+            if unwrap(props, "Connected", False) and unwrap(props, "Interface") == self.dev:
                 bearer = self._fact(props)
                 break
         if bearer is not None and state >= STATE_REGISTERED:
@@ -374,8 +298,8 @@ class ModemWatcher:
         return await self._connect(path)
 
     def _fact(self, props: Mapping[str, Any]) -> Bearer | None:
-        ip4, _ = bearer_ip(_v(props, "Ip4Config", {}), v6=False)
-        ip6, ra6 = bearer_ip(_v(props, "Ip6Config", {}), v6=True)
+        ip4, _ = bearer_ip(unwrap(props, "Ip4Config", {}), v6=False)
+        ip6, ra6 = bearer_ip(unwrap(props, "Ip6Config", {}), v6=True)
         if ip4 is None and ip6 is None and not ra6:
             self._set(Problem.UNSUPPORTED, "the bearer gives no static or DHCP address (PPP?); "
                       "use address.mode = external with a ppp daemon")  # fmt: skip
@@ -406,10 +330,10 @@ class ModemWatcher:
         return 0.0  # look at the new bearer now
 
     async def _unlock(self, modem: Mapping[str, Any], sim: str) -> float | None:
-        sim_path = _v(modem, "Sim", "/")
-        retries = _v(modem, "UnlockRetries", {}).get(LOCK_SIM_PIN)
+        sim_path = unwrap(modem, "Sim", "/")
+        retries = unwrap(modem, "UnlockRetries", {}).get(LOCK_SIM_PIN)
         left = f" ({retries} attempts left)" if retries is not None else ""
-        if _v(modem, "UnlockRequired", 0) == LOCK_SIM_PUK:
+        if unwrap(modem, "UnlockRequired", 0) == LOCK_SIM_PUK:
             self._set(Problem.SIM_PUK, "the SIM wants its PUK; unlock it by hand: mmcli -i "
                       f"{sim_path} --puk=<PUK> --pin=<new PIN>; put the new PIN in pin_file")  # fmt: skip
             return None
@@ -483,7 +407,11 @@ class ModemWorkers(WorkerKind[ModemSpec, ModemWatcher]):
         wanted: dict[str, ModemSpec] = {}
         for s in intent.uplinks:
             addr = self.rt.config.uplinks[s.name].address
-            if isinstance(addr, ModemAddress) and s.dev is not None:
+            if not isinstance(addr, ModemAddress):
+                continue
+            if s.dev is None:
+                self._forget(s.name)  # no data interface: no bearer of it is in use
+            else:
                 wanted[s.name] = ModemSpec(s.dev, addr)
         return wanted
 
@@ -498,6 +426,13 @@ class ModemWorkers(WorkerKind[ModemSpec, ModemWatcher]):
         )
 
     def stopped(self, name: str) -> None:
+        """A watcher restarted with new settings (a reload) leaves the bearer in use until the
+        new one has looked; one whose uplink is no longer a modem uplink takes it along."""
+        uplink = self.rt.config.uplinks.get(name)
+        if uplink is None or uplink.address.mode != "modem":
+            self._forget(name)
+
+    def _forget(self, name: str) -> None:
         self._file(name).unlink(missing_ok=True)
         if self.rt.bearers.pop(name, None) is not None:
             self.rt.wake.set()

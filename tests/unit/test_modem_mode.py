@@ -26,7 +26,7 @@ from uplinkd.model import (
     StaticAddr,
 )
 from uplinkd.model.kinds.base import CHANGE
-from uplinkd.modem import METHOD_DHCP, METHOD_STATIC, access_technology, bearer_ip, pin_digest
+from uplinkd.modemmanager import METHOD_DHCP, METHOD_STATIC, access_technology, bearer_ip, pin_digest
 from uplinkd.plan import Facts
 
 
