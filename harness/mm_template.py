@@ -109,6 +109,13 @@ def _connect(self: Any, props: dict[str, Any]) -> str:
     return dbus.ObjectPath(BEARER_PATH)
 
 
+def _disconnect(self: Any, bearer: str) -> None:
+    _stamp("Disconnect")
+    if str(bearer) in mockobject.objects:
+        mockobject.objects[str(bearer)].UpdateProperties(BEARER, {"Connected": dbus.Boolean(False)})
+    self.UpdateProperties(MODEM, {"State": dbus.Int32(REGISTERED)})
+
+
 def _send_pin(self: Any, pin: str) -> None:
     _stamp("SendPin")
     modem = mockobject.objects[MODEM_PATH]
@@ -176,7 +183,7 @@ def AddUplinkModem(self: Any, port: str, options: dict[str, Any]) -> str:
     self.AddObject(MODEM_PATH, MODEM, modem_props, [])
     modem = mockobject.objects[MODEM_PATH]
     modem.AddProperties(MODEM_3GPP, g3pp_props)
-    modem.AddMethods(SIMPLE, [("Connect", "a{sv}", "o", _connect)])
+    modem.AddMethods(SIMPLE, [("Connect", "a{sv}", "o", _connect), ("Disconnect", "o", "", _disconnect)])
     self.EmitSignal(
         OBJECT_MANAGER_IFACE, "InterfacesAdded", "oa{sa{sv}}",
         [dbus.ObjectPath(MODEM_PATH), {MODEM: modem_props, MODEM_3GPP: g3pp_props}],

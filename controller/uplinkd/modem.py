@@ -141,6 +141,7 @@ class ModemWatcher:
     _delay: float = RECONNECT_MIN
     _next: float = 0.0  # monotonic time of the next connect attempt
     _up_since: float | None = None
+    _checked: bool = False  # a connected bearer's settings were compared with ours
     _attempt_delay: float | None = None  # `_delay` before the last connect attempt doubled it
 
     async def run(self) -> None:
@@ -284,8 +285,15 @@ class ModemWatcher:
         for bearer_path in unwrap(modem, "Bearers", []):
             props = await self._props(bearer_path, BEARER)
             if unwrap(props, "Connected", False) and unwrap(props, "Interface") == self.dev:
+                if not self._checked and self._stale(unwrap(props, "Properties", {})):
+                    # connected with other settings (before a reload): connect anew, once
+                    log.info("%s: bearer %s has other settings; reconnecting", self.name, bearer_path)
+                    self._checked = True
+                    await self._call(path, SIMPLE, "Disconnect", sig="o", body=[bearer_path])
+                    return 0.0
                 bearer = self._fact(props)
                 break
+        self._checked = True
         if bearer is not None and state >= STATE_REGISTERED:
             self._bearer(bearer, "bearer connected")
             self.report = replace(self.report, next_attempt_in_s=None, dns=_dns(bearer))
@@ -296,6 +304,12 @@ class ModemWatcher:
             self.report = replace(self.report, next_attempt_in_s=round(self._next - now, 3))
             return self._next - now
         return await self._connect(path)
+
+    def _stale(self, connected_with: Mapping[str, Any]) -> bool:
+        """Whether a bearer connected with `connected_with` differs from what is configured
+        (the password is not compared: ModemManager does not show it)."""
+        wanted = self.address.connect_properties(None)
+        return any(unwrap(connected_with, key) != value for key, (_, value) in wanted.items())
 
     def _fact(self, props: Mapping[str, Any]) -> Bearer | None:
         ip4, _ = bearer_ip(unwrap(props, "Ip4Config", {}), v6=False)

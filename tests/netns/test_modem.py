@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 
 from uplinkd.lab import Lab
-from uplinkd.lab.launcher import LabDaemon
+from uplinkd.lab.launcher import LabDaemon, with_control
 
 from harness.readback import conntrack_marks, group_members, ip_json, nexthops, nhid, wait_until
 
@@ -220,6 +221,21 @@ def test_restart_with_the_modem_connected_makes_no_kernel_writes(
     assert c.uplink("lte")["addresses"] == before["addresses"] and c.uplink("lte")["state"] == "up"
     assert kernel() == held
     assert len(mm.connect_calls()) == 1  # the connected bearer was used, not connected again
+
+
+def test_a_reload_with_another_apn_reconnects_with_it(lab: Lab, mm: ModemManagerStandIn, start: Any) -> None:
+    c = start(modem_config(apn="internet"))
+    mm.add_modem(PORT, **bearer_options(lab))
+    c.wait_state("lte", "up")
+    c.write_config(with_control(modem_config(apn="business.example"), socket=str(c.socket),
+                                state_dir=str(c.state_dir)))  # fmt: skip
+    c.signal(signal.SIGHUP)
+    wait_until(lambda: len(mm.connect_calls()) == 2, timeout=15, what="a connect with the new APN")
+    assert [mm.plain(props["apn"]) for props in mm.connect_calls()] == ["internet", "business.example"]
+    assert mm.times("Disconnect"), "the old bearer was not disconnected first"
+    c.wait_state("lte", "up")
+    time.sleep(0.5)
+    assert len(mm.connect_calls()) == 2  # once, not a loop
 
 
 # --- 2. the bearer disconnects --------------------------------------------------------------------
