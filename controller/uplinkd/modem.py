@@ -77,6 +77,7 @@ from uplinkd.workers import WorkerKind
 log = logging.getLogger("uplinkd.modem")
 
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 60.0
+CALL_TIMEOUT, CONNECT_TIMEOUT = 30.0, 180.0  # registering and connecting can take a while
 PIN_WRONG_RECHECK = 10.0  # how often a refused PIN's file is read again for a corrected PIN
 WATCHED = frozenset({PROPS, OBJECT_MANAGER, DBUS})  # signals that mean "look again"
 
@@ -179,12 +180,16 @@ class ModemWatcher:
         dest: str = MM,
         sig: str = "",
         body: list[Any] | None = None,
+        timeout: float = CALL_TIMEOUT,
     ) -> list[Any]:
         assert self._bus is not None
         msg = Message(
             destination=dest, path=path, interface=iface, member=member, signature=sig, body=body or []
         )
-        reply = await self._bus.call(msg)
+        try:
+            reply = await asyncio.wait_for(self._bus.call(msg), timeout)
+        except TimeoutError:
+            raise DBusCallError("timeout", f"{member} got no answer in {timeout:g} s") from None
         if reply.message_type == MessageType.ERROR:
             raise DBusCallError(reply.error_name or "?", str(reply.body[0]) if reply.body else "")
         return list(reply.body)
@@ -229,6 +234,9 @@ class ModemWatcher:
                 return None  # its NameOwnerChanged wakes us
             if e.name == f"{DBUS}.Error.UnknownObject":
                 return 0.1  # the modem went while we looked: look again
+            if e.name == "timeout":
+                self._set(Problem.CONNECT_FAILED, f"ModemManager did not answer: {e.text}; check mmcli -m 0")
+                return self._backoff()
             raise
 
     def _backoff(self) -> float:
@@ -334,7 +342,7 @@ class ModemWatcher:
         wait = self._backoff()  # the next attempt, should this one not hold
         log.info("%s: connecting modem %s (apn %s)", self.name, path, self.address.apn or "default")
         try:
-            await self._call(path, SIMPLE, "Connect", sig="a{sv}", body=[props])
+            await self._call(path, SIMPLE, "Connect", sig="a{sv}", body=[props], timeout=CONNECT_TIMEOUT)
         except DBusCallError as e:
             if e.name in AUTH_ERRORS:
                 raise
