@@ -158,12 +158,14 @@ let
   };
 
   addressSubmodule = {
+    imports = [ ./modem-options.nix ];
     options = {
       mode = mkOption {
         type = types.enum [
           "external"
           "static"
           "dhcp"
+          "modem"
         ];
         default = "external";
         description = ''
@@ -172,6 +174,8 @@ let
           - `static`: the controller puts `cidr` (and `cidr6`) on the interface.
           - `dhcp`: the controller runs a DHCPv4 client; the lease goes into the uplink's table
             only, never into `main`.
+          - `modem`: ModemManager connects the modem (the module enables it); the controller
+            puts the bearer's address on the data interface and routes by it (docs/modems.md).
 
           With `static` and `dhcp` the module keeps networkd, dhcpcd and NetworkManager off
           the interface.

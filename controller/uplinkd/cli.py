@@ -182,6 +182,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"ambiguous: {u['name']} uses {u['dev']}, but {', '.join(u['also_matches'])} match it too;"
                 " make its match more specific (USB serial, match.path or an exact name)"
             )
+        if u.get("modem"):
+            print(_modem_line(u["name"], u["modem"]))
     for u in status["uplinks"]:
         if u.get("prefixes6"):
             print(f"ipv6: {u['name']} has {', '.join(u['prefixes6'])}")
@@ -221,6 +223,19 @@ def cmd_watch(args: argparse.Namespace) -> int:
         lambda: _call(args, {"command": "status"}), interval=args.interval, count=args.count
     )
     return EXIT_OK if answered else EXIT_UNREACHABLE
+
+
+def _modem_line(name: str, m: dict[str, Any]) -> str:
+    """`lte: modem connected, lte 71%, Lab Mobile (home)`, then what stops it and the fix."""
+    seen = [m.get("access_technology"), f"{m['signal_pct']}%" if m.get("signal_pct") is not None else None]
+    where = m.get("operator") or ""
+    if m.get("registration"):
+        where += f" ({m['registration']})"
+    parts = (" ".join(filter(None, seen)), where)
+    text = f"{name}: modem {m['state']}" + "".join(f", {w}" for w in parts if w)
+    if m.get("fix"):
+        text += f"\n  {m['problem']}: {m['fix']}"
+    return text
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from uplinkd.kernel.watch import (
 )
 from uplinkd.logs import RepeatLimit
 from uplinkd.model import Observed
+from uplinkd.modem import ModemWorkers
 from uplinkd.plan import Facts, Intent, Plan, adopt, desired, step
 from uplinkd.probes import ProbeWorkers
 from uplinkd.runtime import Runtime
@@ -54,7 +55,7 @@ DEBOUNCE = 0.005  # coalesce a burst of netlink events into one pass
 RETRY_MIN, RETRY_MAX = 0.1, 5.0
 
 # Every kind of worker the daemon runs, synced in this order after each pass (workers.py).
-WORKERS: tuple[type[WorkerKind[Any, Any]], ...] = (DhcpWorkers, ProbeWorkers, TunnelWorkers)
+WORKERS: tuple[type[WorkerKind[Any, Any]], ...] = (DhcpWorkers, ModemWorkers, ProbeWorkers, TunnelWorkers)
 
 
 class _Stop(Exception):
@@ -214,6 +215,7 @@ class Controller:
             drained=frozenset(self.rt.drained),
             leases=self.rt.leases,
             tunnels=self.rt.tunnels,
+            bearers=self.rt.bearers,
             previous={s.name: s.ifindex for s in self.rt.intent.uplinks if s.ifindex is not None}
             if self.rt.intent
             else {},
@@ -244,7 +246,9 @@ class Controller:
     # --- commands (the control socket's requests are in control_server.py) ----------------------
 
     def status(self) -> dict[str, Any]:
-        return render(self.rt, probers=self.workers.running(ProbeWorkers))
+        return render(
+            self.rt, probers=self.workers.running(ProbeWorkers), modems=self.workers.running(ModemWorkers)
+        )
 
     async def reload(self) -> str | None:
         """Re-read the config. An invalid one keeps the running config; returns the error."""

@@ -18,7 +18,7 @@ from uplinkd import journal
 from uplinkd.config import Config
 from uplinkd.counters import Counters
 from uplinkd.kernel.state import ApplyResult
-from uplinkd.model import HealthVerdict, Lease, State
+from uplinkd.model import Bearer, HealthVerdict, Lease, State
 from uplinkd.plan import Intent, Plan, verdicts
 from uplinkd.tunnel.health import TunnelHealth
 
@@ -47,6 +47,7 @@ class Runtime:
     health: dict[str, HealthVerdict] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
     tunnels: dict[str, TunnelHealth] = field(default_factory=dict)  # tunnel → its worker's last look
+    bearers: dict[str, Bearer] = field(default_factory=dict)  # modem uplinks' connected bearers
     adopted: set[str] = field(default_factory=set)  # in the group when we started; up until probed
     since: dict[str, float] = field(default_factory=dict)  # uplink → monotonic time of last change
     events: collections.deque[Event] = field(default_factory=lambda: collections.deque(maxlen=200))

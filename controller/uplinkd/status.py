@@ -11,6 +11,7 @@ from typing import Any
 
 from uplinkd import __version__
 from uplinkd.model import NftState, UplinkStatus
+from uplinkd.modem import ModemWatcher
 from uplinkd.plan import lan6
 from uplinkd.probes import Prober
 from uplinkd.runtime import Runtime
@@ -31,7 +32,9 @@ def summary(rt: Runtime) -> str:
     return text
 
 
-def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
+def render(
+    rt: Runtime, *, probers: Mapping[str, Prober], modems: Mapping[str, ModemWatcher] | None = None
+) -> dict[str, Any]:
     now = time.monotonic()
     ups = rt.intent.uplinks if rt.intent else ()
     return {
@@ -46,6 +49,7 @@ def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
                     rt, s, rt.health[s.name].reason if s.ready and s.name in rt.health else s.reason
                 ),
                 "probe": _probe_json(rt, s.name, probers.get(s.name), now),
+                **_modem_json(rt, s.name, (modems or {}).get(s.name)),
             }
             for s in ups
         ],
@@ -169,3 +173,13 @@ def tunnels_json(rt: Runtime) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _modem_json(rt: Runtime, name: str, watcher: ModemWatcher | None) -> dict[str, Any]:
+    """`modem` for uplinks in modem mode: ModemManager's view (state, signal, access
+    technology, operator, registration) and what stops it, with the fix; null while no
+    interface is there to watch for."""
+    up = rt.config.uplinks.get(name)
+    if up is None or up.address.mode != "modem":
+        return {}
+    return {"modem": watcher.report.as_json() if watcher is not None else None}

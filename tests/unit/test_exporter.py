@@ -117,6 +117,21 @@ def test_collector_turns_status_into_parseable_metrics() -> None:
     assert m[("uplinkd_config_load_failures_total", ())] == 1
 
 
+def test_a_modem_uplink_has_its_signal_and_registration_as_metrics() -> None:
+    status = status_with_counters()
+    status["uplinks"][1]["modem"] = {
+        "state": "connected", "problem": None, "signal_pct": 71, "access_technology": "lte",
+        "operator": "Lab Mobile", "registration": "home", "connect_attempts": 2,
+    }  # fmt: skip
+    m = exposition(status)
+    assert m[("uplinkd_modem_signal_ratio", (("uplink", "lte1"),))] == 0.71
+    labels = (("access_technology", "lte"), ("operator", "Lab Mobile"), ("problem", ""),
+              ("registration", "home"), ("state", "connected"), ("uplink", "lte1"))  # fmt: skip
+    assert m[("uplinkd_modem_info", labels)] == 1
+    assert m[("uplinkd_modem_connect_attempts_total", (("uplink", "lte1"),))] == 2
+    assert ("uplinkd_modem_signal_ratio", (("uplink", "wan"),)) not in m
+
+
 def test_collector_says_down_when_the_daemon_does_not_answer() -> None:
     assert exposition(None) == {("uplinkd_up", ()): 0}
 

@@ -30,7 +30,7 @@ from uplinkd.model import (
     RouteKey,
     Rule,
 )
-from uplinkd.model.kinds.mtu import LinkMtu
+from uplinkd.model.kinds.tuning import LinkTuning
 from uplinkd.plan import Facts
 from uplinkd.plan.failover import step
 from uplinkd.tunnel.health import TunnelHealth
@@ -231,7 +231,7 @@ def test_mtu_auto_follows_the_smallest_carrying_uplink() -> None:
         health={"wan": UP, "lte1": UP},
         tunnels={"home": TunnelHealth(up=True, reason="test", ifname=WG)},
     )
-    mtus = [o for o in plan.desired(config(), facts).kernel if isinstance(o, LinkMtu)]
-    assert mtus == [LinkMtu(9, 1428 - 60)]  # an IPv4 endpoint: 60 bytes of WireGuard
-    fixed = [o for o in plan.desired(config(mtu=1280), facts).kernel if isinstance(o, LinkMtu)]
-    assert fixed == [LinkMtu(9, 1280)]
+    mtus = [o for o in plan.desired(config(), facts).kernel if isinstance(o, LinkTuning)]
+    assert mtus == [LinkTuning(9, mtu=1428 - 60)]  # an IPv4 endpoint: 60 bytes of WireGuard
+    fixed = [o for o in plan.desired(config(mtu=1280), facts).kernel if isinstance(o, LinkTuning)]
+    assert fixed == [LinkTuning(9, mtu=1280)]

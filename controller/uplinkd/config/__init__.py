@@ -26,6 +26,7 @@ from uplinkd.config.errors import ConfigError, describe
 from uplinkd.config.fields import Float, Int, Section, Text, check_range, ranged, shown
 from uplinkd.config.lan import Lan, LanIpv6
 from uplinkd.config.lan import cross_check as lan_cross_check
+from uplinkd.config.modem import ModemAddress
 from uplinkd.config.probe import PROFILES, Probe, parse_target
 from uplinkd.config.tunnels import Peer, Tunnel, cross_check
 from uplinkd.linux import RESERVED_TABLES
@@ -43,6 +44,7 @@ __all__ = [
     "Lan",
     "LanIpv6",
     "Match",
+    "ModemAddress",
     "Ownership",
     "Peer",
     "Probe",
@@ -221,7 +223,9 @@ class DhcpAddress(Section):
         return v
 
 
-Address = Annotated[ExternalAddress | StaticAddress | DhcpAddress, Field(discriminator="mode")]
+Address = Annotated[
+    ExternalAddress | StaticAddress | DhcpAddress | ModemAddress, Field(discriminator="mode")
+]
 
 
 class Uplink(Section):

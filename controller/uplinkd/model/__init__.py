@@ -11,6 +11,7 @@ from uplinkd.model.kinds import (
     CONNTRACK,
     GROUPS,
     KINDS,
+    LINK_TUNING,
     LINKS_UP,
     NEXTHOPS,
     NFT,
@@ -27,6 +28,7 @@ from uplinkd.model.kinds.nexthops import Nexthop
 from uplinkd.model.kinds.nft import NftIpv6, NftPrefix, NftState, NftTranslation, NftUplink
 from uplinkd.model.kinds.routes import Route, RouteKey, RouteType
 from uplinkd.model.kinds.rules import Rule
+from uplinkd.model.kinds.tuning import LinkTuning
 from uplinkd.model.net import (
     AF_INET,
     AF_INET6,
@@ -37,7 +39,7 @@ from uplinkd.model.net import (
     any_net,
     fam,
 )
-from uplinkd.model.observed import Addr, Gateway, Lease, Link, Observed
+from uplinkd.model.observed import Addr, Bearer, BearerIp, Gateway, Lease, Link, Observed
 from uplinkd.model.state import KernelState
 from uplinkd.model.uplinks import Health, HealthVerdict, State, UplinkStatus
 
@@ -50,11 +52,14 @@ __all__ = [
     "GROUPS",
     "KINDS",
     "LINKS_UP",
+    "LINK_TUNING",
     "NEXTHOPS",
     "NFT",
     "ROUTES",
     "RULES",
     "Addr",
+    "Bearer",
+    "BearerIp",
     "ConntrackFlush",
     "Gateway",
     "Health",
@@ -66,6 +71,7 @@ __all__ = [
     "Kind",
     "Lease",
     "Link",
+    "LinkTuning",
     "LinkUp",
     "Member",
     "Nexthop",

@@ -45,7 +45,7 @@ from uplinkd.model import (
     UplinkStatus,
     any_net,
 )
-from uplinkd.model.kinds.mtu import LinkMtu
+from uplinkd.model.kinds.tuning import LinkTuning
 from uplinkd.plan.balance import balance_members
 from uplinkd.plan.facts import Contribution, Facts, Survey
 from uplinkd.plan.layout import BAND_TUNNEL_ROUTE, BAND_TUNNEL_UNDERLAY, group_id
@@ -118,7 +118,7 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
         if link is not None:
             mtu = mtu_of(tunnel, facts, survey)
             if mtu is not None:
-                objects.append(LinkMtu(link.index, mtu, dev=link.name))
+                objects.append(LinkTuning(link.index, mtu=mtu, dev=link.name))
             else:
                 reasons[f"tunnel {name} mtu"] = "auto: no carrying uplink is present; MTU left as it is"
             objects.append(LinkUp(link.index, dev=link.name))
