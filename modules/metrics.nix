@@ -63,6 +63,17 @@ in
         default = 8080;
         description = "TCP port of the status page.";
       };
+      hostNames = mkOption {
+        type = types.listOf (types.strMatching "[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]+)?");
+        default = [ ];
+        example = [ "router.lan" ];
+        description = ''
+          Names the page is also reached by (`NAME`, or `NAME:PORT` for another port than
+          `port`, e.g. behind a reverse proxy). The page answers only requests whose Host header
+          is its own `address:port` or one of these, so that a web page which points its own
+          DNS name at the router (DNS rebinding) cannot read it from a LAN browser.
+        '';
+      };
       openFirewall = mkOption {
         type = types.listOf types.str;
         default = [ ];
@@ -135,6 +146,7 @@ in
             "--sample-interval"
             (toString page.sampleInterval)
           ]
+          ++ lib.optionals pageOn (lib.concatMap (name: [ "--page-host" name ]) page.hostNames)
           ++ lib.optionals drainOn [
             "--page-token-file"
             "%d/page-token"
