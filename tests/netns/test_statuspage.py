@@ -228,7 +228,8 @@ def test_page_refuses_a_foreign_host_header(
     exporters.append(exporter)
     wait_page(lab, exporter)
     status = page_url(lab) + "status.json"
-    for foreign in (f"rebind.example:{PORT}", "rebind.example", page_address(lab), f"router.lan:{PORT + 1}", ""):
+    foreigners = (f"rebind.example:{PORT}", "rebind.example", page_address(lab), f"router.lan:{PORT + 1}", "")
+    for foreign in foreigners:
         refused = http_get(lab, "lan1", status, host=foreign)
         assert refused.stdout.endswith("\n421"), (foreign, refused.stdout)
         assert "uplinks" not in refused.stdout

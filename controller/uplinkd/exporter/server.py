@@ -120,7 +120,9 @@ def page_hosts(address: tuple[str, int], names: list[str]) -> frozenset[HostKey]
     for name in names:
         key = host_key(name)
         if key is None:
-            raise UsageError(f"--page-host: {name!r} is not a host name; write e.g. router.lan or router.lan:8080")
+            raise UsageError(
+                f"--page-host: {name!r} is not a host name; write e.g. router.lan or router.lan:8080"
+            )
         keys.append((key[0], key[1] or port))
     return frozenset(keys) | {(h, None) for h, p in keys if p == 80}
 
