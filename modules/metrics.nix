@@ -25,6 +25,7 @@ let
   # below, and until then is left out here rather than rendered half.
   pageOn = page.enable && page.address != null;
   drainOn = pageOn && page.drain.enable && page.drain.tokenFile != null;
+  hostLabel = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
   literalIp = types.strMatching "([0-9]{1,3}(\\.[0-9]{1,3}){3})|([0-9a-fA-F:]*:[0-9a-fA-F:.]*)";
 in
 {
@@ -64,7 +65,8 @@ in
         description = "TCP port of the status page.";
       };
       hostNames = mkOption {
-        type = types.listOf (types.strMatching "[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]+)?");
+        # host names (RFC 1123 labels), as uplinkd-exporter's --page-host takes them
+        type = types.listOf (types.strMatching "${hostLabel}(\\.${hostLabel})*\\.?(:[0-9]{1,5})?");
         default = [ ];
         example = [ "router.lan" ];
         description = ''
