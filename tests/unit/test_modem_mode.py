@@ -12,7 +12,7 @@ import pytest
 from dbus_fast import Variant
 
 from uplinkd import plan
-from uplinkd.config import ConfigError, parse
+from uplinkd.config import ConfigError, Probe, parse
 from uplinkd.model import (
     LINK_TUNING,
     Addr,
@@ -28,6 +28,7 @@ from uplinkd.model import (
 from uplinkd.model.kinds.base import CHANGE
 from uplinkd.modemmanager import METHOD_DHCP, METHOD_STATIC, access_technology, bearer_ip, pin_digest
 from uplinkd.plan import Facts
+from uplinkd.probes import effective_probe
 
 
 def modem(**address: Any) -> dict[str, Any]:
@@ -157,3 +158,26 @@ def test_ip6config_dhcp_means_router_advertisements_and_ppp_means_nothing() -> N
 def test_access_technology_names_the_best_one_and_pin_digests_differ_by_sim() -> None:
     assert access_technology((1 << 14) | (1 << 5)) == "lte" and access_technology(0) is None
     assert pin_digest("8944", "1234") != pin_digest("8945", "1234")
+
+
+def test_dns_probe_without_targets_asks_the_bearers_dns_servers() -> None:
+    dns4 = (ipaddress.ip_address("10.64.0.53"), ipaddress.ip_address("10.64.0.54"))
+    dns6 = (ipaddress.ip_address("fd64::53"),)
+    bearer = Bearer(
+        "wwan0",
+        ip4=BearerIp(ADDRESS, None, dns=dns4),
+        ip6=BearerIp(ipaddress.ip_interface("fd64::2/64"), None, dns=dns6),
+    )
+    dns = Probe(method="dns", quorum=5)
+    assert effective_probe(dns, bearer).targets == ("10.64.0.53", "10.64.0.54", "fd64::53")
+    assert effective_probe(dns, bearer).quorum == 3  # no more than the servers it asks
+    # a new bearer with other servers is another probe: the prober restarts with them
+    other = Bearer("wwan0", ip4=BearerIp(ADDRESS, None, dns=(ipaddress.ip_address("10.64.1.53"),)))
+    assert effective_probe(dns, other).targets == ("10.64.1.53",)
+    assert effective_probe(dns, other) != effective_probe(dns, bearer)
+    # targets of its own win; other methods, no bearer or a bearer without DNS: unchanged
+    own = Probe(method="dns", targets=("192.0.2.53",))
+    assert effective_probe(own, bearer) == own
+    assert effective_probe(Probe(method="icmp"), bearer).targets == ()
+    assert effective_probe(dns, None).targets == ()
+    assert effective_probe(dns, Bearer("wwan0", ip4=BearerIp(ADDRESS, None))).targets == ()
