@@ -80,6 +80,8 @@ def _connect(self: Any, props: dict[str, Any]) -> str:
             )
     if self.props[MODEM]["State"] == LOCKED:
         raise _fail(f"{ERR}.MobileEquipment.SimPin", "SIM PIN required")
+    if self.props[MODEM_3GPP]["RegistrationState"] not in (1, 5) or self.props[MODEM]["State"] < REGISTERED:
+        raise _fail(f"{ERR}.MobileEquipment.NoNetwork", "not registered")
     ip4 = MODEM_STATE["ip4"]
     config = dbus.Dictionary(
         {
@@ -196,6 +198,16 @@ def DropBearer(self: Any) -> None:
     """The network tears the bearer down: Connected false, the modem back to registered."""
     mockobject.objects[BEARER_PATH].UpdateProperties(BEARER, {"Connected": dbus.Boolean(False)})
     mockobject.objects[MODEM_PATH].UpdateProperties(MODEM, {"State": dbus.Int32(REGISTERED)})
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="ui", out_signature="")
+def SetRegistration(self: Any, registration: int, state: int) -> None:
+    """The network comes or goes: the 3GPP RegistrationState (0 idle, 1 home, 2 searching,
+    3 denied, 5 roaming) and the modem State (8 registered, 11 connected, below: not)."""
+    mockobject.objects[MODEM_PATH].UpdateProperties(
+        MODEM_3GPP, {"RegistrationState": dbus.UInt32(registration)}
+    )
+    mockobject.objects[MODEM_PATH].UpdateProperties(MODEM, {"State": dbus.Int32(state)})
 
 
 @dbus.service.method(MOCK_IFACE, in_signature="", out_signature="")

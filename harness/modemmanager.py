@@ -133,6 +133,9 @@ class ModemManagerStandIn:
     def drop_bearer(self) -> None:
         self._mock().DropBearer()
 
+    def set_registration(self, registration: int, state: int) -> None:
+        self._mock().SetRegistration(registration, state)
+
     def remove_modem(self) -> None:
         self._mock().RemoveUplinkModem()
 

@@ -56,6 +56,7 @@ from uplinkd.modemmanager import (
     OBJECT_MANAGER,
     POLKIT_FIX,
     PROPS,
+    REGISTERED_3GPP,
     REGISTRATION,
     SIM,
     SIMPLE,
@@ -302,7 +303,11 @@ class ModemWatcher:
                 bearer = self._fact(props)
                 break
         self._checked = True
-        if bearer is not None and state >= STATE_REGISTERED:
+        # registered: the modem's State, and its 3GPP registration where it has one (a modem
+        # can lose the network (idle, searching, denied) before its State says so)
+        in_3gpp = registration is None or int(registration) in REGISTERED_3GPP
+        registered = state >= STATE_REGISTERED and in_3gpp
+        if bearer is not None and registered:
             self._bearer(bearer, "bearer connected")
             self.report = replace(self.report, next_attempt_in_s=None, dns=_dns(bearer))
             return None

@@ -32,6 +32,8 @@ OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 STATE_LOCKED, STATE_REGISTERED = 2, 8
 LOCK_SIM_PIN, LOCK_SIM_PUK = 2, 4
 METHOD_STATIC, METHOD_DHCP = 2, 3
+# 3GPP registration states that carry data: home, roaming and their csfb-not-preferred kin
+REGISTERED_3GPP = frozenset({1, 5, 9, 10})
 REGISTRATION = {
     0: "idle", 1: "home", 2: "searching", 3: "denied", 4: "unknown", 5: "roaming",
     6: "home-sms-only", 7: "roaming-sms-only", 8: "emergency-only",

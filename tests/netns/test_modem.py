@@ -273,6 +273,35 @@ def test_bearer_loss_takes_the_uplink_down_flushes_its_connections_and_reconnect
     assert default_dev(lab) == PORT
 
 
+@pytest.mark.parametrize(
+    ("registration", "state"),
+    [(2, 11), (3, 11), (0, 7)],  # searching, denied (State still connected); idle with State searching
+    ids=["searching", "denied", "state-below-registered"],
+)
+def test_leaving_registration_takes_the_uplink_out_at_once_and_it_returns_with_it(
+    lab: Lab, mm: ModemManagerStandIn, start: Any, registration: int, state: int
+) -> None:
+    c = start(modem_config(apn="internet"))
+    mm.add_modem(PORT, **bearer_options(lab))
+    c.wait_state("lte", "up")
+    flows = lab.start_flows(tcp=5, udp=5, interval_ms=20, duration=4.0)
+    assert any(ours(m) for m in conntrack_marks(lab.router)), "no connection went through lte"
+
+    mm.set_registration(registration, state)  # the bearer still says connected
+    down = c.wait_state("lte", "present")
+    assert not down["in_group"]
+    assert group_members(lab.router, {TABLE: "lte"}) == {}
+    assert default_dev(lab) is None
+    wait_until(lambda: not any(ours(m) for m in conntrack_marks(lab.router)), timeout=5,
+               what="lte's connections flushed by its mark")  # fmt: skip
+    flows.result()
+
+    mm.set_registration(1, 11)  # home again, the bearer connected
+    up = c.wait_state("lte", "up", timeout=20)
+    assert up["in_group"] and default_dev(lab) == PORT
+    assert group_members(lab.router, {TABLE: "lte"}) == {"lte": 1}
+
+
 def default_dev(lab: Lab) -> str | None:
     return next((r.get("dev") for r in table_routes(lab, TABLE) if r["dst"] == "default"), None)
 
