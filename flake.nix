@@ -102,8 +102,10 @@
                 pydantic
                 pyroute2
                 pyudev
+                dbus-fast
                 systemd-python
                 prometheus-client
+                python-dbusmock
                 pytest
                 pytest-timeout
                 pytest-benchmark

@@ -10,6 +10,7 @@
   pyroute2,
   pyudev,
   prometheus-client,
+  dbus-fast,
   systemd-python,
   pytestCheckHook,
   pytest-timeout,
@@ -45,6 +46,7 @@ buildPythonApplication {
     pyroute2
     pyudev
     prometheus-client # uplinkd-exporter
+    dbus-fast # ModemManager over the system bus (modem uplinks)
     systemd-python # logging to the journal (pyproject's `systemd` extra)
   ];
 

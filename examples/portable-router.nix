@@ -2,9 +2,10 @@
 #
 # The uplink is whatever USB network device is plugged in: a USB Ethernet adapter into the
 # hotel's wall socket, a phone sharing its connection over USB, or an LTE stick. Another kind
-# is a small change, shown below (Wi-Fi). The home tunnel (WireGuard over whichever uplink is
-# healthy, with the home LAN bridged in over VXLAN) is added here once the controller has its
-# options; the LAN bridge below is where that segment will join.
+# is a small change, shown below (Wi-Fi). The home tunnel is WireGuard over whichever uplink is
+# healthy: all LAN traffic, IPv4 and IPv6, goes through it, and nothing leaves by the uplink
+# while it is down (the kill switch). (The home LAN bridged in over VXLAN is not in the
+# controller yet; the LAN bridge below is where that segment will join.)
 #
 # Import it from your configuration next to your hardware-configuration.nix, with uplinkd's
 # NixOS module (the flake's nixosModules.default).
@@ -39,6 +40,26 @@
       ];
       address.mode = "dhcp";
       table = 101;
+    };
+    # The tunnel home. The private key stays outside the Nix store (`wg genkey > /etc/secrets/
+    # wg-home.key; chmod 600`); the service gets it as a systemd credential. The home end
+    # needs this router's public key (`wg pubkey < /etc/secrets/wg-home.key`) and a route for
+    # 192.168.77.0/24 into its tunnel.
+    settings.tunnels.home = {
+      interface = "wg-home";
+      private_key_file = "/etc/secrets/wg-home.key";
+      listen_port = 51820;
+      addresses = [ "10.99.0.2/24" ];
+      peers = [
+        {
+          public_key = "GW7cTEnbLLp+3AJ8jqYLWmH1Ed1p3ZMhUiqFs6rEOGI="; # home's
+          endpoint = "192.0.2.1:51820"; # home's public address
+          allowed_ips = [ "0.0.0.0/0" ];
+        }
+      ];
+      underlay = [ "wan" ];
+      route = "full"; # kill switch on by default: LAN IPv6 is refused too (a v4-only tunnel)
+      table = 150;
     };
     # A Wi-Fi uplink instead: iwd joins the network and networkd takes the lease, uplinkd
     # learns address and gateway from the kernel.
@@ -109,6 +130,9 @@
   networking.firewall = {
     enable = true;
     trustedInterfaces = [ "br-lan" ];
+    # The tunnel's packets from home are not connection-tracked (so the router's own packet
+    # always makes the NAT entry of the uplink it leaves by): open its listen port.
+    allowedUDPPorts = [ 51820 ];
     filterForward = true;
     extraForwardRules = ''
       iifname "br-lan" accept

@@ -113,9 +113,16 @@ def write_key(path: Path, key: bytes, mode: int = 0o600) -> Path:
 
 
 def kill_pid(pid: int) -> None:
-    """Stop a process this test started, by pid, if it still runs."""
+    """Stop a process this test started, by pid, if it still runs. A wireguard-go killed so
+    leaves its control socket behind (it removes it only on SIGTERM): remove that too."""
+    try:
+        args = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        args = []
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+    if args and Path(os.fsdecode(args[0])).name == "wireguard-go":
+        Path("/var/run/wireguard", f"{os.fsdecode(args[-1])}.sock").unlink(missing_ok=True)
 
 
 def nft_counter(pair: Pair, ns: str, table: str, *, chain: str = "c") -> int:

@@ -140,6 +140,11 @@ in
     assertions =
       lib.concatLists (lib.mapAttrsToList perUplink uplinks)
       ++ map (check false) networkdClashes
+      ++ map (
+        c:
+        check (!lib.hasPrefix builtins.storeDir c.path) ''
+          ${opt}.tunnels: the key file ${c.path} is in the Nix store, where every user can read it; keep keys outside the store (e.g. /etc/secrets, or agenix/sops-nix paths) and name the file as a string, not a Nix path.''
+      ) (helpers.credentials cfg.settings)
       ++ lib.mapAttrsToList (clash (v: "both match the interface \"${v}\"")
         "an interface can be only one uplink; match the other one by another name, driver, usb or path"
       ) nameClashes

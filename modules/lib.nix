@@ -14,16 +14,61 @@ let
 in
 rec {
   # What the controller reads: the settings without their nulls, also inside lists of sections
-  # (rules.steer). Every nullable field of the controller's config defaults to null, so
-  # dropping them changes nothing but the noise.
-  render =
+  # (rules.steer, a tunnel's peers). Every nullable field of the controller's config defaults
+  # to null, so dropping them changes nothing but the noise.
+  render = settings: dropNulls (withCredentials settings);
+  dropNulls =
     value:
     if isAttrs value then
-      mapAttrs (_: render) (filterAttrs (_: v: v != null) value)
+      mapAttrs (_: dropNulls) (filterAttrs (_: v: v != null) value)
     else if isList value then
-      map render value
+      map dropNulls value
     else
       value;
+
+  # Tunnel key files reach the service as systemd credentials (LoadCredential): the unit
+  # reads them as root, the controller (user uplinkd) reads the copies systemd makes in its
+  # credentials directory. `credentials` lists them (id and the admin's path), `withCredentials`
+  # points the rendered config at the copies.
+  credentialDir = "/run/credentials/uplinkd.service";
+  keyIds =
+    name: tunnel:
+    [
+      {
+        id = "tunnel-${name}.key";
+        path = tunnel.private_key_file;
+      }
+    ]
+    ++ lib.concatLists (
+      lib.imap0 (
+        i: peer:
+        optional (peer.preshared_key_file != null) {
+          id = "tunnel-${name}-peer${toString i}.psk";
+          path = peer.preshared_key_file;
+        }
+      ) tunnel.peers
+    );
+  credentials =
+    settings: lib.concatLists (lib.mapAttrsToList keyIds (settings.tunnels or { }));
+  withCredentials =
+    settings:
+    settings
+    // lib.optionalAttrs (settings ? tunnels) {
+      tunnels = lib.mapAttrs (
+        name: tunnel:
+        tunnel
+        // {
+          private_key_file = "${credentialDir}/tunnel-${name}.key";
+          peers = lib.imap0 (
+            i: peer:
+            peer
+            // lib.optionalAttrs (peer.preshared_key_file != null) {
+              preshared_key_file = "${credentialDir}/tunnel-${name}-peer${toString i}.psk";
+            }
+          ) tunnel.peers;
+        }
+      ) settings.tunnels;
+    };
 
   # A USB-matched uplink is renamed to its attribute name by a systemd .link file, so its
   # interface name is known whatever port or order it was plugged in.

@@ -25,6 +25,7 @@ let
   # below, and until then is left out here rather than rendered half.
   pageOn = page.enable && page.address != null;
   drainOn = pageOn && page.drain.enable && page.drain.tokenFile != null;
+  hostLabel = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
   literalIp = types.strMatching "([0-9]{1,3}(\\.[0-9]{1,3}){3})|([0-9a-fA-F:]*:[0-9a-fA-F:.]*)";
 in
 {
@@ -62,6 +63,18 @@ in
         type = types.port;
         default = 8080;
         description = "TCP port of the status page.";
+      };
+      hostNames = mkOption {
+        # host names (RFC 1123 labels), as uplinkd-exporter's --page-host takes them
+        type = types.listOf (types.strMatching "${hostLabel}(\\.${hostLabel})*\\.?(:[0-9]{1,5})?");
+        default = [ ];
+        example = [ "router.lan" ];
+        description = ''
+          Names the page is also reached by (`NAME`, or `NAME:PORT` for another port than
+          `port`, e.g. behind a reverse proxy). The page answers only requests whose Host header
+          is its own `address:port` or one of these, so that a web page which points its own
+          DNS name at the router (DNS rebinding) cannot read it from a LAN browser.
+        '';
       };
       openFirewall = mkOption {
         type = types.listOf types.str;
@@ -135,6 +148,7 @@ in
             "--sample-interval"
             (toString page.sampleInterval)
           ]
+          ++ lib.optionals pageOn (lib.concatMap (name: [ "--page-host" name ]) page.hostNames)
           ++ lib.optionals drainOn [
             "--page-token-file"
             "%d/page-token"

@@ -158,12 +158,14 @@ let
   };
 
   addressSubmodule = {
+    imports = [ ./modem-options.nix ];
     options = {
       mode = mkOption {
         type = types.enum [
           "external"
           "static"
           "dhcp"
+          "modem"
         ];
         default = "external";
         description = ''
@@ -172,6 +174,8 @@ let
           - `static`: the controller puts `cidr` (and `cidr6`) on the interface.
           - `dhcp`: the controller runs a DHCPv4 client; the lease goes into the uplink's table
             only, never into `main`.
+          - `modem`: ModemManager connects the modem (the module enables it); the controller
+            puts the bearer's address on the data interface and routes by it (docs/modems.md).
 
           With `static` and `dhcp` the module keeps networkd, dhcpcd and NetworkManager off
           the interface.
@@ -393,8 +397,59 @@ let
     };
   };
 
+  lanSubmodule = {
+    options.ipv6 = mkOption {
+      default = { };
+      description = "What this LAN's IPv6 may do through the uplinks.";
+      type = types.submodule {
+        options = {
+          mode = mkOption {
+            # extend, delegate and tunnel are designed but not built yet: the controller
+            # refuses them with a message saying so (and `uplinkctl check` fails the build).
+            type = types.enum [
+              "off"
+              "translate"
+              "extend"
+              "delegate"
+              "tunnel"
+            ];
+            default = "off";
+            description = ''
+              `off`: nothing from this LAN is forwarded to an uplink over IPv6 (and nothing is
+              NAT66'd). `translate`: the LAN's internal /64 (`prefix`) leaves each uplink
+              prefix-translated to that uplink's /64, the interface ID kept, balanced and failed
+              over like IPv4. `extend`, `delegate`, `tunnel`: not built yet.
+            '';
+          };
+          prefix = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "2001:db8:ff::/64";
+            description = "`translate`: the LAN's internal /64; prefer a non-ULA prefix (clients prefer IPv4 over a ULA source).";
+          };
+          uplinks = mkOption {
+            type = types.nullOr (types.listOf types.str);
+            default = null;
+            description = "`translate`: the uplinks that carry this LAN's IPv6; null means all.";
+          };
+        };
+      };
+    };
+  };
+
   settingsSubmodule = {
     options = {
+      lan = mkOption {
+        type = types.attrsOf (types.submodule lanSubmodule);
+        default = { };
+        example = literalExpression ''
+          { lan0.ipv6 = { mode = "translate"; prefix = "2001:db8:ff::/64"; }; }
+        '';
+        description = ''
+          Per LAN interface, by its kernel name: what its IPv6 may do through the uplinks.
+          Without an entry a LAN's IPv6 is never NAT66'd (the masquerade is IPv4 only).
+        '';
+      };
       uplinks = mkOption {
         type = types.attrsOf (types.submodule uplinkSubmodule);
         default = { };
@@ -462,6 +517,14 @@ let
         type = types.submodule controlSubmodule;
         default = { };
         description = "The control socket, the state directory and the resync period.";
+      };
+      tunnels = mkOption {
+        type = types.attrsOf (types.submodule (import ./tunnel-options.nix { inherit lib; }));
+        default = { };
+        description = ''
+          WireGuard tunnels that ride the healthy uplinks, by name. Key files are passed to
+          the service as systemd credentials; they must not be in the Nix store.
+        '';
       };
     };
   };

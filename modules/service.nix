@@ -125,6 +125,9 @@ in
         RestartSteps = 6;
         RestartMaxDelaySec = "1min";
 
+        # tunnel key files (modules/lib.nix), never in the store
+        LoadCredential = map (c: "${c.id}:${c.path}") (helpers.credentials cfg.settings);
+
         User = "uplinkd";
         Group = "uplinkd";
         RuntimeDirectory = "uplinkd";

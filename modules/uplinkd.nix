@@ -7,6 +7,8 @@
 #   networking.nix  sysctls, table and protocol names, stable names, networkd & co. kept away
 #   assertions.nix  what only NixOS knows (the rest: `uplinkctl check` at build time)
 #   metrics.nix     the exporter (Prometheus metrics) and the LAN status page, a unit of their own
+#   modem.nix       `modem` uplinks: ModemManager, its polkit rule, no second manager
+#   modem-options.nix  the `modem` address mode's options
 {
   imports = [
     ./options.nix
@@ -14,5 +16,6 @@
     ./networking.nix
     ./assertions.nix
     ./metrics.nix
+    ./modem.nix
   ];
 }

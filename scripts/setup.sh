@@ -13,6 +13,7 @@ apt_packages=(
   nix-bin                                                                   # nix-instantiate --parse
   iperf3 ethtool                                                            # bench/forwarding.py
   chromium chromium-driver curl                                             # the status page test (headless)
+  dbus libdbus-1-dev libglib2.0-dev                                         # modem tests: dbus-daemon; dbus-python (dbusmock) builds here
 )
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -27,6 +27,7 @@ from uplinkd.kernel import explain as explain_mod
 from uplinkd.kernel.nft import NftError
 from uplinkd.kernel.state import Kernel
 from uplinkd.plan import Facts, desired, diff
+from uplinkd.tunnels import audit
 
 DEFAULT_CONFIG = Path("/etc/uplinkd/config.json")
 EXIT_OK, EXIT_CHANGES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -81,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", type=Path, help="compute locally from this config, without the daemon")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser(
+        "audit", help="with a full tunnel: can a LAN source reach an uplink directly? (exit 1)"
+    )
+    s.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the daemon's config file")
+    s.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("explain", help="the rule, table, route and uplink the kernel picks")
     s.add_argument("dst", help="destination address")
@@ -166,6 +173,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         )
     print(_table(rows))
+    if status.get("tunnels"):
+        print()
+        print(_table(_tunnel_rows(status["tunnels"])))
     for u in status["uplinks"]:
         if u.get("also_matches"):
             print(
@@ -177,15 +187,42 @@ def cmd_status(args: argparse.Namespace) -> int:
             budget = f" of {usage['budget']}" if usage["budget"] else ""
             state = " (budget spent: last tier only)" if usage["spent"] else ""
             print(f"{u['name']}: {usage['bytes']}{budget} bytes in {usage['month']}{state}")
+        if u.get("modem"):
+            print(_modem_line(u["name"], u["modem"]))
     for name, p in (status.get("policies") or {}).items():
         tiers = ", ".join(
             f"{fam} {'tier ' + str(v['tier']) if v['tier'] is not None else (v['why'] or '-')}"
             for fam, v in (("ipv4", p["ipv4"]), ("ipv6", p["ipv6"]))
         )
         print(f"policy {name} (table {p['table']}): {tiers}")
+    for u in status["uplinks"]:
+        if u.get("prefixes6"):
+            print(f"ipv6: {u['name']} has {', '.join(u['prefixes6'])}")
+    for lan in status.get("lan", []):
+        prefixes = ", ".join(lan["prefixes"]) or "no prefix"
+        print(f"lan {lan['name']}: ipv6 {lan['mode']} ({prefixes}); {lan['reason'] or '-'}")
     for f in status["failures"]:
         print(f"failing: {f['op']}: {f['error']}")
     return EXIT_OK
+
+
+def _tunnel_rows(tunnels: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [("TUNNEL", "STATE", "DEV", "UNDERLAY", "HANDSHAKE", "RX", "TX", "WHY")]
+    for t in tunnels:
+        age = t["handshake_age_s"]
+        rows.append(
+            (
+                t["name"],
+                t["state"],
+                t["interface"],
+                t["underlay4"] or t["underlay6"] or "-",
+                "never" if age is None else _age(age) + " ago",
+                str(t["rx_bytes"]),
+                str(t["tx_bytes"]),
+                t["reason"],
+            )
+        )
+    return rows
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -197,6 +234,19 @@ def cmd_watch(args: argparse.Namespace) -> int:
         lambda: _call(args, {"command": "status"}), interval=args.interval, count=args.count
     )
     return EXIT_OK if answered else EXIT_UNREACHABLE
+
+
+def _modem_line(name: str, m: dict[str, Any]) -> str:
+    """`lte: modem connected, lte 71%, Lab Mobile (home)`, then what stops it and the fix."""
+    seen = [m.get("access_technology"), f"{m['signal_pct']}%" if m.get("signal_pct") is not None else None]
+    where = m.get("operator") or ""
+    if m.get("registration"):
+        where += f" ({m['registration']})"
+    parts = (" ".join(filter(None, seen)), where)
+    text = f"{name}: modem {m['state']}" + "".join(f", {w}" for w in parts if w)
+    if m.get("fix"):
+        text += f"\n  {m['problem']}: {m['fix']}"
+    return text
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -219,6 +269,15 @@ async def _local_plan(config: Config) -> list[str]:
     finally:
         kernel.close()
     return [str(op) for op in diff(actual, desired(config, Facts(observed)).kernel).ops]
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    problems, checked = asyncio.run(audit(load(args.config)))
+    for line in checked:
+        print(f"ok: {line}")
+    for line in problems:
+        print(f"LEAK: {line}")
+    return EXIT_CHANGES if problems else EXIT_OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -273,6 +332,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     steer = ex.get("steer")
     if steer is not None:
         rows.insert(0, ("steering", _steer_text(steer)))
+    if ex.get("tunnel"):
+        rows.append(("tunnel", ex["tunnel"]))
+        via = ex.get("encrypted_via") or ex.get("encrypted_dev") or "none (unreachable)"
+        rows.append(("encrypted via", via))
     if ex.get("error"):
         rows.append(("error", ex["error"]))
     print(_table(rows))

@@ -29,6 +29,7 @@ from uplinkd.instance import SetupError, usable_dir, why
 from uplinkd.kernel.state import ApplyResult, Kernel
 from uplinkd.plan import Intent, Plan, policies
 from uplinkd.runtime import Runtime
+from uplinkd.tunnels import explain_tunnel
 
 log = logging.getLogger("uplinkd")
 
@@ -317,7 +318,10 @@ async def handle(daemon: Daemon, line: bytes) -> bytes:
             dport=req.dport,
             uplinks_by_dev=by_dev,
         )
-    return control.reply(True, replace(explanation, steer=steer).as_dict())
+        explained = await explain_tunnel(
+            daemon.kernel, rt.config.tunnels, replace(explanation, steer=steer).as_dict(), by_dev
+        )
+    return control.reply(True, explained)
 
 
 def _steering(rt: Runtime, req: control.Explain, by_dev: Mapping[str, str]) -> dict[str, Any]:

@@ -40,10 +40,12 @@ from uplinkd.kernel.watch import (
 )
 from uplinkd.logs import RepeatLimit
 from uplinkd.model import Observed
+from uplinkd.modem import ModemWorkers
 from uplinkd.plan import Facts, Intent, Plan, adopt, desired, step
 from uplinkd.probes import ProbeWorkers
 from uplinkd.runtime import Runtime
 from uplinkd.status import render, summary
+from uplinkd.tunnels import TunnelWorkers, remove_interfaces
 from uplinkd.udev import UdevWatch, enrich
 from uplinkd.workers import Supervisor, WorkerKind
 
@@ -53,7 +55,13 @@ DEBOUNCE = 0.005  # coalesce a burst of netlink events into one pass
 RETRY_MIN, RETRY_MAX = 0.1, 5.0
 
 # Every kind of worker the daemon runs, synced in this order after each pass (workers.py).
-WORKERS: tuple[type[WorkerKind[Any, Any]], ...] = (DhcpWorkers, ProbeWorkers, meter.MeterWorkers)
+WORKERS: tuple[type[WorkerKind[Any, Any]], ...] = (
+    DhcpWorkers,
+    ModemWorkers,
+    ProbeWorkers,
+    TunnelWorkers,
+    meter.MeterWorkers,
+)
 
 
 class _Stop(Exception):
@@ -217,6 +225,8 @@ class Controller:
             drained=frozenset(self.rt.drained),
             spent=self.rt.spent,
             leases=self.rt.leases,
+            tunnels=self.rt.tunnels,
+            bearers=self.rt.bearers,
             previous={s.name: s.ifindex for s in self.rt.intent.uplinks if s.ifindex is not None}
             if self.rt.intent
             else {},
@@ -247,7 +257,9 @@ class Controller:
     # --- commands (the control socket's requests are in control_server.py) ----------------------
 
     def status(self) -> dict[str, Any]:
-        return render(self.rt, probers=self.workers.running(ProbeWorkers))
+        return render(
+            self.rt, probers=self.workers.running(ProbeWorkers), modems=self.workers.running(ModemWorkers)
+        )
 
     async def reload(self) -> str | None:
         """Re-read the config. An invalid one keeps the running config; returns the error."""
@@ -272,7 +284,8 @@ class Controller:
             # hands off: probes would fail without our rules and report every uplink down
             self.workers.stop(needs_our_routes=True)
             self.rt.health.clear()
-        return {"removed": [str(op) for op in result.done], "failed": [f.error for f in result.failed]}
+            gone = await remove_interfaces(self.config.tunnels)  # wireguard-go ends with its interface
+        return {"removed": [str(op) for op in result.done] + gone, "failed": [f.error for f in result.failed]}
 
 
 def _reloadable(path: Path, *, running: Config) -> Config | str:

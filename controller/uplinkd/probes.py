@@ -31,7 +31,7 @@ from typing import Any
 
 from uplinkd.config import Probe, parse_target
 from uplinkd.health import RoundResult, Tracker, after_round, after_traffic, next_round
-from uplinkd.model import Health, HealthVerdict, IPAddress
+from uplinkd.model import Bearer, Health, HealthVerdict, IPAddress
 from uplinkd.plan import Intent
 from uplinkd.workers import WorkerKind
 
@@ -281,9 +281,22 @@ class ProbeSpec:
     probe: Probe
 
 
+def effective_probe(probe: Probe, bearer: Bearer | None) -> Probe:
+    """The probe an uplink runs: a `dns` probe that names no targets of its own asks the DNS
+    servers of its modem's bearer (Ip4Config/Ip6Config dns1..3), so a new bearer with new
+    servers is a new spec and restarts the prober. Targets in the config always win."""
+    if probe.method != "dns" or probe.targets or bearer is None:
+        return probe
+    servers = tuple(str(d) for ip in (bearer.ip4, bearer.ip6) if ip is not None for d in ip.dns)
+    if not servers:
+        return probe
+    return probe.model_copy(update={"targets": servers, "quorum": min(probe.quorum, len(servers))})
+
+
 class ProbeWorkers(WorkerKind[ProbeSpec, Prober]):
-    """One prober per ready uplink that has probe targets; none for the others. Its verdicts
-    are the uplinks' health."""
+    """One prober per ready uplink that has probe targets (a modem uplink's `dns` probe
+    without targets: its bearer's DNS servers); none for the others. Its verdicts are the
+    uplinks' health."""
 
     name = "probe"
     after_writes = True  # a probe sent before its uplink's route exists is lost
@@ -292,7 +305,7 @@ class ProbeWorkers(WorkerKind[ProbeSpec, Prober]):
     def wanted(self, intent: Intent, running: Mapping[str, ProbeSpec]) -> dict[str, ProbeSpec]:
         wanted: dict[str, ProbeSpec] = {}
         for s in intent.uplinks:
-            probe = self.rt.config.uplinks[s.name].probe
+            probe = effective_probe(self.rt.config.uplinks[s.name].probe, self.rt.bearers.get(s.name))
             if s.ready and s.dev is not None and probe.targets:
                 wanted[s.name] = ProbeSpec(s.dev, s.mark, probe)
         return wanted

@@ -18,8 +18,9 @@ from uplinkd import journal
 from uplinkd.config import Config
 from uplinkd.counters import Counters
 from uplinkd.kernel.state import ApplyResult
-from uplinkd.model import HealthVerdict, Lease, State
+from uplinkd.model import Bearer, HealthVerdict, Lease, State
 from uplinkd.plan import Intent, Plan, verdicts
+from uplinkd.tunnel.health import TunnelHealth
 from uplinkd.usage import SAVE_S, USAGE_FILE, Usage
 from uplinkd.usage import save as save_usage
 
@@ -47,6 +48,8 @@ class Runtime:
     paused: bool = False  # after `flush`: hands off the kernel until `resume` or restart
     health: dict[str, HealthVerdict] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
+    tunnels: dict[str, TunnelHealth] = field(default_factory=dict)  # tunnel → its worker's last look
+    bearers: dict[str, Bearer] = field(default_factory=dict)  # modem uplinks' connected bearers
     adopted: set[str] = field(default_factory=set)  # in the group when we started; up until probed
     since: dict[str, float] = field(default_factory=dict)  # uplink → monotonic time of last change
     events: collections.deque[Event] = field(default_factory=lambda: collections.deque(maxlen=200))

@@ -3,14 +3,16 @@ runtime state and the running probers, never from the kernel (that is `plan`'s j
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from uplinkd import __version__
-from uplinkd.model import FAMILIES, UplinkStatus
-from uplinkd.plan import policies
+from uplinkd.model import FAMILIES, NftState, UplinkStatus
+from uplinkd.modem import ModemWatcher
+from uplinkd.plan import lan6, policies
 from uplinkd.probes import Prober
 from uplinkd.runtime import Runtime
 from uplinkd.usage import month_of, read_bytes
@@ -31,7 +33,9 @@ def summary(rt: Runtime) -> str:
     return text
 
 
-def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
+def render(
+    rt: Runtime, *, probers: Mapping[str, Prober], modems: Mapping[str, ModemWatcher] | None = None
+) -> dict[str, Any]:
     now = time.monotonic()
     ups = rt.intent.uplinks if rt.intent else ()
     return {
@@ -42,9 +46,12 @@ def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
             {
                 **uplink_json(s, now - rt.since.get(s.name, now)),
                 # the latest round's words (a new verdict's reason alone does not re-plan)
-                "reason": rt.health[s.name].reason if s.ready and s.name in rt.health else s.reason,
+                "reason": _nft_trouble(
+                    rt, s, rt.health[s.name].reason if s.ready and s.name in rt.health else s.reason
+                ),
                 "probe": _probe_json(rt, s.name, probers.get(s.name), now),
                 **_metering_json(rt, s),
+                **_modem_json(rt, s.name, (modems or {}).get(s.name)),
             }
             for s in ups
         ],
@@ -54,6 +61,8 @@ def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
             "ipv4": rt.intent.balance_reason.get(socket.AF_INET) if rt.intent else None,
             "ipv6": rt.intent.balance_reason.get(socket.AF_INET6) if rt.intent else None,
         },
+        "lan": _lan_json(rt),
+        "tunnels": tunnels_json(rt),
         "pending": [str(op) for op in rt.plan.ops] if rt.paused else [],
         "failures": [{"op": str(f.op), "error": f.error} for f in rt.result.failed],
         "events": [
@@ -64,6 +73,16 @@ def render(rt: Runtime, *, probers: Mapping[str, Prober]) -> dict[str, Any]:
         "writes": rt.writes,
         "counters": rt.counters.as_json(marks={rt.config.mark_of(n): n for n in rt.config.uplinks}),
     }
+
+
+def _nft_trouble(rt: Runtime, s: UplinkStatus, reason: str) -> str:
+    """An uplink whose interface the nft table was to take in, while loading that table
+    failed, routes without masquerade or connection pinning: its reason says so."""
+    for failure in rt.result.failed:
+        obj = failure.op.obj
+        if isinstance(obj, NftState) and s.dev is not None and s.dev in {u.ifname for u in obj.uplinks}:
+            return f"{reason}; its nftables rules are not loaded (no masquerade, no pinning): {failure.error}"
+    return reason
 
 
 def uplink_json(s: UplinkStatus, age: float) -> dict[str, Any]:
@@ -77,6 +96,7 @@ def uplink_json(s: UplinkStatus, age: float) -> dict[str, Any]:
         "addresses": [str(a) for a in s.addresses],
         "gateway4": str(s.gateway4) if s.gateway4 else None,
         "gateway6": str(s.gateway6) if s.gateway6 else None,
+        "prefixes6": _prefixes6(s),
         "table": s.table,
         "mark": s.mark,
         "weight": s.weight,
@@ -84,6 +104,35 @@ def uplink_json(s: UplinkStatus, age: float) -> dict[str, Any]:
         "drained": s.drained,
         "also_matches": list(s.also_matches),
     }
+
+
+def _prefixes6(s: UplinkStatus) -> list[str]:
+    """The uplink's global IPv6 prefixes (what a LAN's IPv6 may be translated to)."""
+    nets = {
+        str(a.network)
+        for a in s.addresses
+        if isinstance(a, ipaddress.IPv6Interface) and not a.ip.is_link_local and a.network.prefixlen < 128
+    }
+    return sorted(nets)
+
+
+def _lan_json(rt: Runtime) -> list[dict[str, Any]]:
+    """Each configured LAN: its IPv6 mode, its prefixes, and `uplink=prefix` it leaves by."""
+    if rt.intent is None:
+        return []
+    devs = {s.dev: s.name for s in rt.intent.uplinks if s.dev is not None}
+    tables = [obj for obj in rt.intent.kernel if isinstance(obj, NftState)]
+    translations = [t for table in tables for t in table.ipv6.translations]
+    return [
+        {
+            "name": name,
+            "mode": lan.ipv6.mode,
+            "prefixes": [str(lan.ipv6.prefix)] if lan.ipv6.prefix is not None else [],
+            "via": sorted(f"{devs.get(t.ifname, t.ifname)}={t.outer}" for t in translations if t.lan == name),
+            "reason": rt.intent.reasons.get(lan6.topic(name)),
+        }
+        for name, lan in rt.config.lan.items()
+    ]
 
 
 def _probe_json(rt: Runtime, name: str, prober: Prober | None, now: float) -> dict[str, Any] | None:
@@ -132,3 +181,40 @@ def _policies_json(rt: Runtime) -> dict[str, Any]:
             entry[key] = {"tier": policies.tier_of(why) if why else None, "why": why}
         out[name] = entry
     return out
+
+
+def tunnels_json(rt: Runtime) -> list[dict[str, Any]]:
+    """Each tunnel: state, the uplink(s) carrying it, last handshake, bytes, endpoint."""
+    reasons = rt.intent.reasons if rt.intent else {}
+    out: list[dict[str, Any]] = []
+    for name, t in rt.config.tunnels.items():
+        h = rt.tunnels.get(name)
+        state = reasons.get(f"tunnel {name}", "down: not planned yet")
+        out.append(
+            {
+                "name": name,
+                "interface": t.interface,
+                "state": state.split(":", 1)[0],
+                "reason": state.split(": ", 1)[-1],
+                "underlay4": reasons.get(f"tunnel {name} underlay ipv4") or None,
+                "underlay6": reasons.get(f"tunnel {name} underlay ipv6") or None,
+                "last_handshake": h.last_handshake if h else None,
+                "handshake_age_s": round(time.time() - h.last_handshake, 1)
+                if h and h.last_handshake
+                else None,
+                "rx_bytes": h.rx_bytes if h else 0,
+                "tx_bytes": h.tx_bytes if h else 0,
+                "endpoint": h.endpoint if h else None,
+            }
+        )
+    return out
+
+
+def _modem_json(rt: Runtime, name: str, watcher: ModemWatcher | None) -> dict[str, Any]:
+    """`modem` for uplinks in modem mode: ModemManager's view (state, signal, access
+    technology, operator, registration) and what stops it, with the fix; null while no
+    interface is there to watch for."""
+    up = rt.config.uplinks.get(name)
+    if up is None or up.address.mode != "modem":
+        return {}
+    return {"modem": watcher.report.as_json() if watcher is not None else None}

@@ -41,6 +41,10 @@
       http_addr = "127.0.0.1";
       http_port = 3000;
     };
+    # Required since NixOS 26.05 (no default). Grafana reads it from the file at start, so it
+    # stays out of the Nix store: `openssl rand -hex 32 > /etc/grafana/secret-key`, readable by
+    # the grafana user only.
+    settings.security.secret_key = "$__file{/etc/grafana/secret-key}";
     provision = {
       enable = true;
       datasources.settings.datasources = [

@@ -45,11 +45,15 @@ class Exporter:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def http_get(lab: Lab, role: str, url: str, *, timeout: float = 10) -> subprocess.CompletedProcess[str]:
-    """curl from inside a lab namespace (exit code 7: connection refused)."""
+def http_get(
+    lab: Lab, role: str, url: str, *, timeout: float = 10, host: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """curl from inside a lab namespace (exit code 7: connection refused); `host` replaces the
+    Host header curl derives from the URL."""
+    headers = ["-H", f"Host: {host}"] if host is not None else []
     return subprocess.run(
         ["ip", "netns", "exec", lab.netns(role), "curl", "-sS", "--max-time", str(timeout), "-o", "-",
-         "-w", "\n%{http_code}", url],
+         "-w", "\n%{http_code}", *headers, url],
         capture_output=True, text=True, check=False, timeout=timeout + 5,
     )  # fmt: skip
 

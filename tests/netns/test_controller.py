@@ -332,12 +332,15 @@ def test_bad_control_requests_get_clear_errors(lab: Lab, controller: LabDaemon) 
 
 
 def test_ipv6_uplinks_get_their_own_resilient_group(tmp_path: Path) -> None:
-    """IPv6 mirrors IPv4: per-uplink v6 tables and a v6 group; v6 flows spread over both."""
+    """IPv6 mirrors IPv4: per-uplink v6 tables and a v6 group; v6 flows from a `translate`
+    LAN spread over both (without a `lan` section nothing is NAT66'd: see test_lan_ipv6)."""
     with Lab() as lab:
-        lab.add_isp("wan", address="none")
-        lab.add_isp("lte1", address="none")
+        lab.add_isp("wan", address="none", routed6=True)
+        lab.add_isp("lte1", address="none", routed6=True)
         lab.add_client()
+        lab.run("lan1", ["ip", "address", "add", "2001:db8:ff::11/64", "dev", "eth0", "nodad"])
         config = {
+            "lan": {"lan0": {"ipv6": {"mode": "translate", "prefix": "2001:db8:ff::/64"}}},
             "uplinks": {
                 name: {
                     "match": {"name": name},
@@ -546,3 +549,21 @@ def test_a_match_that_fits_two_interfaces_is_reported(lab: Lab, tmp_path: Path) 
         assert f"ambiguous: lte1 uses {lte['dev']}, but {left.pop()} match it too" in c.ctl("status").stdout
         assert "also matches its match criteria" in c.log()
         assert c.uplink("wan")["also_matches"] == []
+
+
+def test_a_failed_nft_load_shows_in_each_uplinks_status(lab: Lab, tmp_path: Path) -> None:
+    """`nft` refuses the table (here: an `nft` first on PATH that fails as nft does on a kernel
+    without nf_tables): routing still follows the uplinks, and status says, per uplink, that
+    it has no masquerade or pinning, with nft's words."""
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    refusal = "Error: Could not process rule: Operation not supported"
+    (fake / "nft").write_text(f"#!/bin/sh\necho '{refusal}' >&2\nexit 1\n")
+    (fake / "nft").chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}"}
+    with LabDaemon(lab.router, three_uplinks(), workdir=tmp_path, env=env) as c:
+        wan = wait_until(lambda: (u := c.uplink("wan"))["state"] == "up" and u, what="wan up")
+        assert "its nftables rules are not loaded" in wan["reason"], wan
+        assert "Operation not supported" in wan["reason"]
+        assert any("nft" in f["op"] for f in c.status()["failures"])
+    assert nft_tables(lab.router) == []  # nothing of ours got in

@@ -2,7 +2,9 @@
 to one uplink, a port steered to another, a metered uplink kept as the last tier, explain.
 
 Every test builds its own lab (three ISPs, two LAN clients) and tears it down. Waits are
-generous; assertions are about which uplink the server saw each flow come from.
+generous; assertions are about which uplink the server saw each flow come from. LAN IPv6
+leaves only as `lan` allows (see test_lan_ipv6): the LAN is `translate`d, its clients hold
+addresses in LAN6, and the ISPs route the uplinks' /64s, so the server sees which one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ TABLES = {101 + i: name for i, name in enumerate(NAMES)}
 SERVER = "198.51.100.100"
 WAIT = 30.0
 Family = Literal[4, 6]
+LAN6 = "2001:db8:ff::"  # the LAN's inner IPv6 prefix (a /64; not ULA: see test_lan_ipv6)
+LAN = {"lan0": {"ipv6": {"mode": "translate", "prefix": f"{LAN6}/64"}}}
 
 
 def uplink(index: int, name: str, **extra: Any) -> dict[str, Any]:
@@ -56,6 +60,7 @@ def uplinks(**extra: dict[str, Any]) -> dict[str, Any]:
 
 
 STEERED: dict[str, Any] = {
+    "lan": LAN,
     "uplinks": uplinks(),
     "policies": {
         "guest": {"tiers": [["lte2"]], "table": 150, "last_resort": "unreachable"},
@@ -64,7 +69,7 @@ STEERED: dict[str, Any] = {
     "rules": {
         "steer": [
             # the second LAN client stands for a guest subnet
-            {"src": ["192.168.50.12/32", "fd50::12/128"], "policy": "guest"},
+            {"src": ["192.168.50.12/32", f"{LAN6}12/128"], "policy": "guest"},
             {"protocol": "udp", "dport": DEFAULT_PORT, "policy": "voip"},
         ]
     },
@@ -75,9 +80,10 @@ STEERED: dict[str, Any] = {
 def lab() -> Iterator[Lab]:
     with Lab() as lab:
         for name in NAMES:
-            lab.add_isp(name, address="none")
-        lab.add_client()
-        lab.add_client()
+            lab.add_isp(name, address="none", routed6=True)
+        for k in (1, 2):
+            lab.add_client()
+            lab.run(f"lan{k}", ["ip", "address", "add", f"{LAN6}1{k}/64", "dev", "eth0", "nodad"])
         yield lab
 
 
@@ -172,6 +178,7 @@ def test_policy_without_a_healthy_tier_is_unreachable_not_leaked(lab: Lab, make_
 def test_metered_uplink_is_the_last_tier(lab: Lab, make_controller: Any, family: Family) -> None:
     probe = {"profile": "fast"}
     cfg = {
+        "lan": LAN,
         "uplinks": {
             "wan": uplink(1, "wan", probe={"targets": [SERVER, "198.51.100.1"]}),
             "lte1": uplink(2, "lte1", metered=True, probe={"targets": [SERVER, "198.51.100.2"]}),
@@ -229,7 +236,7 @@ def test_explain_names_the_rule_and_tier(lab: Lab, make_controller: Any) -> None
     plain = explain(SERVER, "--from", "192.168.50.11", "--iif", "lan0", "--ipproto", "tcp",
                     "--sport", "40000", "--dport", "443")  # fmt: skip
     assert plain["steer"]["rule"] is None and plain["steer"]["policy"] == "default"
-    v6 = explain("2001:db8:100::100", "--from", "fd50::12", "--iif", "lan0")
+    v6 = explain("2001:db8:100::100", "--from", f"{LAN6}12", "--iif", "lan0")
     assert v6["steer"]["policy"] == "guest" and v6["uplink"] == "lte2"
 
 
@@ -240,9 +247,10 @@ def test_budget_demotes_the_uplink_and_survives_a_restart(
     """lan1 prefers lte1 (tier 0) over wan (tier 1); lte1's budget is small. Once spent,
     lte1 counts only as a last tier: lan1's new flows go by wan, also after a restart."""
     cfg = {
+        "lan": LAN,
         "uplinks": {"wan": uplink(1, "wan"), "lte1": uplink(2, "lte1", metered=True, budget="60K")},
         "policies": {"lte-first": {"tiers": [["lte1"], ["wan"]], "table": 150}},
-        "rules": {"steer": [{"src": ["192.168.50.11/32", "fd50::11/128"], "policy": "lte-first"}]},
+        "rules": {"steer": [{"src": ["192.168.50.11/32", f"{LAN6}11/128"], "policy": "lte-first"}]},
     }
     lab.unplug("lte2")
     c = make_controller(cfg)

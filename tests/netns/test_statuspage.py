@@ -2,8 +2,9 @@
 
 The page loads, shows the lab's uplinks, and updates by itself when one fails; a screenshot
 of it (after the failure) is written to the test's tmp directory and its path printed.
-The page answers only on the address it was given, and drain/undrain are refused unless a
-token file enables them, then refused without the token.
+The page answers only on the address it was given and only to requests that name it in their
+Host header (DNS rebinding), and drain/undrain are refused unless a token file enables them,
+then refused without the token.
 """
 
 from __future__ import annotations
@@ -211,8 +212,47 @@ def test_drain_from_the_page_needs_the_token(
     assert set(group_members(lab.router, TABLES)) == set(NAMES)
 
 
-def post(lab: Lab, path: str, body: dict[str, Any], *, token: str | None) -> subprocess.CompletedProcess[str]:
+def test_page_refuses_a_foreign_host_header(
+    lab: Lab, daemon: LabDaemon, exporters: list[Exporter], tmp_path: Path
+) -> None:
+    """A rebinding page's requests reach the router's address but carry the attacker's name as
+    Host: the page answers 421 to those (reads and drains alike), and serves its own address and
+    the names given with --page-host."""
+    token = "s3cret-token-for-the-lab-0123456789"
+    token_file = tmp_path / "page.token"
+    token_file.write_text(token + "\n")
+    exporter = Exporter(
+        lab, daemon, "--listen", "", "--page", f"{page_address(lab)}:{PORT}",
+        "--page-host", "router.lan", "--page-token-file", str(token_file),
+    )  # fmt: skip
+    exporters.append(exporter)
+    wait_page(lab, exporter)
+    status = page_url(lab) + "status.json"
+    foreigners = (f"rebind.example:{PORT}", "rebind.example", page_address(lab), f"router.lan:{PORT + 1}", "")
+    for foreign in foreigners:
+        refused = http_get(lab, "lan1", status, host=foreign)
+        assert refused.stdout.endswith("\n421"), (foreign, refused.stdout)
+        assert "uplinks" not in refused.stdout
+    drain = post(lab, "api/drain", {"uplink": "lte1"}, token=token, host=f"rebind.example:{PORT}")
+    assert drain.stdout.endswith("\n421"), drain.stdout
+    assert group_members(lab.router, TABLES) == dict.fromkeys(NAMES, 1)
+
+    for own in (f"{page_address(lab)}:{PORT}", f"router.lan:{PORT}", f"ROUTER.lan.:{PORT}"):
+        served = http_get(lab, "lan1", status, host=own)
+        assert served.stdout.endswith("\n200"), (own, served.stdout)
+        shown = json.loads(served.stdout.rsplit("\n", 1)[0])["uplinks"]
+        assert {u["name"] for u in shown} == set(NAMES)
+    ok = post(lab, "api/drain", {"uplink": "lte1"}, token=token, host=f"router.lan:{PORT}")
+    assert ok.stdout.endswith("\n200"), ok.stdout
+    assert set(group_members(lab.router, TABLES)) == {"wan", "lte2"}
+    assert "is not the page's" in exporter.log()
+
+
+def post(
+    lab: Lab, path: str, body: dict[str, Any], *, token: str | None, host: str | None = None
+) -> subprocess.CompletedProcess[str]:
     auth = ["-H", f"Authorization: Bearer {token}"] if token is not None else []
+    auth += ["-H", f"Host: {host}"] if host is not None else []
     return subprocess.run(
         ["ip", "netns", "exec", lab.netns("lan1"), "curl", "-sS", "--max-time", "15", "-o", "-",
          "-w", "\n%{http_code}", "-X", "POST", "-H", "Content-Type: application/json", *auth,

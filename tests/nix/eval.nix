@@ -104,6 +104,7 @@ let
         };
         toml = format;
         ini = format;
+        yaml = format;
       };
     };
 
@@ -150,6 +151,19 @@ let
         optionTree o
     ) (removeAttrs opts [ "_module" ]);
 
+  plain =
+    v:
+    if builtins.isPath v then
+      toString v
+    else if lib.isDerivation v then
+      v
+    else if builtins.isAttrs v then
+      lib.mapAttrs (_: plain) v
+    else if builtins.isList v then
+      map plain v
+    else
+      v;
+
   paths = lib.filter (p: p != "") (lib.splitString "," show);
   etc = cfg.environment.etc;
 
@@ -178,11 +192,12 @@ assert forced;
       builtins.fromJSON etc."uplinkd/config.json".source.text
     else
       null;
-  # An option path nothing defines shows as null.
+  # An option path nothing defines shows as null; a Nix path shows as its string (JSON would
+  # copy it to the store).
   config = lib.genAttrs paths (
     p:
     let
-      v = lib.attrByPath (lib.splitString "." p) null cfg;
+      v = plain (lib.attrByPath (lib.splitString "." p) null cfg);
     in
     builtins.deepSeq v v
   );

@@ -135,9 +135,7 @@ def leaf_paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple
     out = []
     for name, node in tree.items():
         if "children" in node:
-            named = (
-                ("<name>",) if "attrsOf" in node["type"] else ("<item>",) if "listOf" in node["type"] else ()
-            )
+            named = ("<name>",) if "attrsOf" in node["type"] else ("*",) if "list" in node["type"] else ()
             out += leaf_paths(node["children"], (*prefix, name, *named))
         else:
             out.append((*prefix, name))
@@ -145,11 +143,11 @@ def leaf_paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple
 
 
 def is_set(settings: Any, path: tuple[str, ...]) -> bool:
-    """Whether some value sits at `path` ("<name>" stands for any attribute, "<item>" for any
-    entry of a list of sections)."""
+    """Whether some value sits at `path` ("<name>" stands for any attribute, "*" for any
+    element of a list)."""
     if not path:
         return True
-    if path[0] == "<item>":
+    if path[0] == "*":
         return isinstance(settings, list) and any(is_set(v, path[1:]) for v in settings)
     if not isinstance(settings, dict):
         return False
@@ -190,6 +188,7 @@ BAD_CASES: dict[str, tuple[str, ...]] = {
     "state-dir-outside": (f"{OPTION}.control.state_dir", "outside /var/lib/uplinkd", "use /var/lib"),
     "nft-table-taken": ("networking.nftables.tables.uplinkd", "belongs to uplinkd", "rename that table"),
     "strict-reverse-path": ("networking.firewall.checkReversePath", 'set it to "loose"'),
+    "tunnel-key-in-store": (f"{OPTION}.tunnels", "is in the Nix store", "keep keys outside the store"),
 }
 
 # Of those, the ones the controller refuses too: the module must say so before it writes the
@@ -360,7 +359,7 @@ def compare_field(
         value = resolve(node["additionalProperties"], defs)
         return compare_tree(option["children"], properties(value, defs), defs, prefix=f"{where}.<name>.")
     items = resolve(node.get("items") or {}, defs) if node.get("type") == "array" else {}
-    if "properties" in items:  # a list of sections (rules.steer): compare one entry's fields
+    if "properties" in items:  # a list of sections (rules.steer, a tunnel's peers): one entry's fields
         if "listOf" not in option["type"] or "children" not in option:
             return [f"{where}: a list of sections in the controller, {option['type']} in the module"]
         return compare_tree(option["children"], properties(items, defs), defs, prefix=f"{where}.*.")
@@ -403,3 +402,19 @@ def test_probe_profiles_are_the_controllers(tmp_path: Path) -> None:
     for name, timings in profiles.items():
         probe = parse({"probe": {"profile": name}}).probe
         assert {field: getattr(probe, field) for field in timings} == timings, name
+
+
+def test_tunnel_keys_reach_the_service_as_credentials_not_in_the_config() -> None:
+    """The rendered config names the credential copies; the unit loads the admin's files."""
+    credentials = "systemd.services.uplinkd.serviceConfig.LoadCredential"
+    result = evaluate(GOOD / "all-fields.nix", show=(credentials,))
+    assert result["config"][credentials] == [
+        "tunnel-home.key:/run/keys/wg-home.key",
+        "tunnel-home-peer0.psk:/run/keys/wg-home.psk",
+    ]
+    tunnel = result["settings"]["tunnels"]["home"]
+    assert tunnel["private_key_file"] == "/run/credentials/uplinkd.service/tunnel-home.key"
+    assert (
+        tunnel["peers"][0]["preshared_key_file"] == "/run/credentials/uplinkd.service/tunnel-home-peer0.psk"
+    )
+    assert "/run/keys/wg-home.key" not in json.dumps(result["settings"])

@@ -150,7 +150,8 @@ def test_package_dependencies_exist_in_the_pinned_nixpkgs() -> None:
         "map (d: { inherit (d) pname version; }) self.packages.x86_64-linux.uplinkd.dependencies"
     )
     names = {dep["pname"]: dep["version"] for dep in deps}
-    expected = {"cryptography", "pydantic", "pyroute2", "pyudev", "systemd-python", "prometheus-client"}
+    expected = {"cryptography", "pydantic", "pyroute2", "pyudev", "systemd-python", "prometheus-client",
+                "dbus-fast"}
     assert set(names) == expected
     project = tomllib.loads((REPO / "controller" / "pyproject.toml").read_text())["project"]
     requirements = project["dependencies"] + project["optional-dependencies"]["systemd"]
@@ -186,7 +187,7 @@ def test_package_source_leaves_out_the_readme() -> None:
             buildPythonApplication = lib.id;
             setuptools = null; cryptography = null; pydantic = null;
             pyroute2 = null; pyudev = null; systemd-python = null;
-            prometheus-client = null;
+            prometheus-client = null; dbus-fast = null;
             pytestCheckHook = null; pytest-timeout = null; hypothesis = null;
           }};
         in package.src"""
@@ -388,3 +389,63 @@ def test_failover_test_exercises_a_real_ruleset_flush(tmp_path: Path) -> None:
     flushing = evaluate(router, show=show, specialisation="flushing")
     assert flushing["config"][show[0]] is True
     assert "specialisation/flushing/bin/switch-to-configuration" in script
+
+
+# --- issue 14: modem uplinks ----------------------------------------------------------------------
+
+MODEM_ROUTER = """{ services.uplinkd = { enable = true;
+  settings.uplinks.lte = {
+    match.usb = { vendor = "1199"; product = "9071"; };
+    address = { mode = "modem"; apn = "internet"; ip_type = "ipv4v6"; allowed_auth = [ "pap" "chap" ];
+                pin_file = "/run/secrets/sim-pin"; };
+    table = 110;
+  }; }; }"""
+
+
+def test_a_modem_uplink_enables_modemmanager_and_lets_uplinkd_control_modems(tmp_path: Path) -> None:
+    show = (
+        "networking.modemmanager.enable",
+        "security.polkit.enable",
+        "security.polkit.extraConfig",
+        "systemd.services.uplinkd.after",
+        "boot.kernel.sysctl",
+    )
+    result = evaluate(combined(tmp_path, MODEM_ROUTER), show=show)
+    assert result["failedAssertions"] == []
+    got = result["config"]
+    assert got["networking.modemmanager.enable"] is True and got["security.polkit.enable"] is True
+    rule = got["security.polkit.extraConfig"]
+    assert 'subject.user == "uplinkd"' in rule and '"org.freedesktop.ModemManager1.Device.Control"' in rule
+    assert "ModemManager.service" in got["systemd.services.uplinkd.after"]
+    # the renamed data interface accepts RAs although the router forwards
+    assert got["boot.kernel.sysctl"]["net.ipv6.conf.lte.accept_ra"] == 2
+    # the controller takes the rendered settings
+    address = parse(result["settings"]).uplinks["lte"].address
+    assert address.mode == "modem" and address.connect_properties(None)["allowed-auth"] == ("u", 0b110)
+
+
+def test_no_modem_uplink_leaves_modemmanager_and_polkit_alone(tmp_path: Path) -> None:
+    show = ("networking.modemmanager.enable", "security.polkit.extraConfig")
+    got = evaluate(EXAMPLES[0], show=show)["config"]
+    assert got["networking.modemmanager.enable"] is False
+    assert "uplinkd" not in got["security.polkit.extraConfig"]
+
+
+@pytest.mark.parametrize(
+    ("other", "names"),
+    [
+        ("{ networking.networkmanager.enable = true; }", "networking.networkmanager.enable"),
+        (
+            '{ systemd.network.networks."40-wwan".extraConfig = "[MobileNetwork]\\nAPN=internet\\n"; }',
+            'systemd.network.networks."40-wwan"',
+        ),
+    ],
+    ids=["networkmanager", "networkd"],
+)
+def test_a_second_manager_claiming_the_modem_fails_the_build(
+    other: str, names: str, tmp_path: Path
+) -> None:
+    result = evaluate(combined(tmp_path, MODEM_ROUTER, other))
+    [message] = result["failedAssertions"]
+    assert message.startswith(names) and "services.uplinkd.settings.uplinks.lte" in message
+    assert 'address.mode = \\"external\\"' in message or 'address.mode = "external"' in message

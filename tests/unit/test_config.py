@@ -167,7 +167,7 @@ RESERVED = "is the kernel's '{}' table; pick another number, e.g. 100-252"
 TABLE_RANGE = "is out of range; use a table id from 1 to 16777215"
 WEIGHT = "is out of range; use a whole number from 1 to 256"
 IFNAME = "cannot be an interface name; use 1-15 characters without '/' or spaces"
-MODES = "use one of 'external', 'static', 'dhcp'"
+MODES = "use one of 'external', 'static', 'dhcp', 'modem'"
 
 BAD: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-top", {"bogus": 1}, "bogus: unknown key; remove it or check its spelling"),

@@ -18,7 +18,7 @@ from uplinkd.counters import Counters, Histogram, reason_kind
 from uplinkd.exporter.collector import StatusCollector
 from uplinkd.exporter.history import History, Today
 from uplinkd.exporter.kernel_counters import LinkCounters
-from uplinkd.exporter.server import UsageError, parse_address
+from uplinkd.exporter.server import UsageError, host_key, page_hosts, parse_address
 from uplinkd.exporter.server import main as server_main
 from uplinkd.health import RoundResult
 
@@ -115,6 +115,21 @@ def test_collector_turns_status_into_parseable_metrics() -> None:
     assert m[("uplinkd_pass_duration_seconds_bucket", (("le", "0.01"),))] == 1
     assert m[("uplinkd_config_last_load_success", ())] == 0
     assert m[("uplinkd_config_load_failures_total", ())] == 1
+
+
+def test_a_modem_uplink_has_its_signal_and_registration_as_metrics() -> None:
+    status = status_with_counters()
+    status["uplinks"][1]["modem"] = {
+        "state": "connected", "problem": None, "signal_pct": 71, "access_technology": "lte",
+        "operator": "Lab Mobile", "registration": "home", "connect_attempts": 2,
+    }  # fmt: skip
+    m = exposition(status)
+    assert m[("uplinkd_modem_signal_ratio", (("uplink", "lte1"),))] == 0.71
+    labels = (("access_technology", "lte"), ("operator", "Lab Mobile"), ("problem", ""),
+              ("registration", "home"), ("state", "connected"), ("uplink", "lte1"))  # fmt: skip
+    assert m[("uplinkd_modem_info", labels)] == 1
+    assert m[("uplinkd_modem_connect_attempts_total", (("uplink", "lte1"),))] == 2
+    assert ("uplinkd_modem_signal_ratio", (("uplink", "wan"),)) not in m
 
 
 def test_collector_says_down_when_the_daemon_does_not_answer() -> None:
@@ -230,6 +245,8 @@ def test_pass_duration_and_counters_json_shape() -> None:
         (["--page-token-file", "/nonexistent"], "--page-token-file: the page is off"),
         (["--page", "192.0.2.1:8080", "--page-token-file", "/nonexistent/token"], "cannot read"),
         (["--page", "192.0.2.1:8080", "--sample-interval", "0.1"], "--sample-interval"),
+        (["--page-host", "router.lan"], "--page-host: the page is off"),
+        (["--page", "192.0.2.1:8080", "--page-host", "http://x/"], "--page-host: 'http://x/' is not"),
     ],
 )
 def test_exporter_refuses_bad_arguments_with_the_fix(
@@ -244,3 +261,35 @@ def test_exporter_refuses_a_short_token(tmp_path: Path, capsys: pytest.CaptureFi
     token.write_text("short\n")
     assert server_main(["--page", "192.0.2.1:8080", "--page-token-file", str(token)]) == 2
     assert "use at least 16 random" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("header", "served"),
+    [
+        ("192.168.1.1:8080", True),
+        ("router.lan:8080", True),
+        ("Router.LAN.:8080", True),  # case and a trailing dot do not matter
+        ("proxy.lan:443", True),  # a name given with its own port
+        ("192.168.1.1", False),  # port 80 implied: not the page's
+        ("router.lan", False),
+        ("router.lan:8081", False),
+        ("rebind.example:8080", False),  # DNS rebinding: the attacker's name
+        ("192.168.1.1:8080 ", True),
+        ("192.168.1.1:8080@evil", False),
+        ("[::ffff:192.168.1.1]:8080", False),
+        ("", False),
+        ("::1", False),
+    ],
+)
+def test_page_answers_only_its_own_host_header(header: str, served: bool) -> None:
+    hosts = page_hosts(("192.168.1.1", 8080), ["router.lan", "proxy.lan:443"])
+    assert (host_key(header) in hosts) is served
+
+
+def test_page_on_port_80_also_answers_a_host_without_port() -> None:
+    hosts = page_hosts(("fd00::1", 80), ["router.lan"])
+    for header in ("[fd00::1]", "[FD00:0::1]:80", "router.lan", "router.lan:80"):
+        assert host_key(header) in hosts, header
+    assert host_key("[fd00::2]") not in hosts
+    with pytest.raises(UsageError, match="not a host name"):
+        page_hosts(("fd00::1", 80), ["bad name"])

@@ -231,7 +231,17 @@ def test_steering_rules_split_by_family_only_when_needed() -> None:
 
 def test_read_back_state_equals_the_wanted_one_by_digest() -> None:
     (want,) = plan.desired(cfg(), facts()).kernel[NFT].values()
-    read = type(want)(want.table, want.mask, want.uplinks, want.policy_mask, steer_digest=want.steer_digest)
+    read = type(want)(  # what kernel/nft.read makes of the listing: no steering rules, their digest
+        want.table,
+        want.mask,
+        want.uplinks,
+        ipv6=want.ipv6,
+        tunnel_ifnames=want.tunnel_ifnames,
+        tunnel_peers=want.tunnel_peers,
+        policy_mask=want.policy_mask,
+        steer_digest=want.steer_digest,
+    )
+    assert not read.steer and want.steer
     assert read == want and read.digest == want.digest
     (other,) = plan.desired(cfg(rules={"steer": STEER[:2]}), facts()).kernel[NFT].values()
     assert other != want

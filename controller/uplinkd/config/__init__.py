@@ -24,10 +24,14 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from uplinkd.config import document, ifname
 from uplinkd.config.errors import ConfigError, describe
 from uplinkd.config.fields import Flag, Float, Int, Section, Text, byte_amount, check_range, ranged, shown
+from uplinkd.config.lan import Lan, LanIpv6
+from uplinkd.config.lan import cross_check as lan_cross_check
+from uplinkd.config.modem import ModemAddress
 from uplinkd.config.ownership import Ownership
 from uplinkd.config.policies import DEFAULT_POLICY, Policy, Steer
 from uplinkd.config.policies import check as check_policies
 from uplinkd.config.probe import PROFILES, Probe, parse_target
+from uplinkd.config.tunnels import Peer, Tunnel, cross_check
 from uplinkd.linux import RESERVED_TABLES
 
 __all__ = [
@@ -41,13 +45,18 @@ __all__ = [
     "DhcpAddress",
     "ExternalAddress",
     "Hooks",
+    "Lan",
+    "LanIpv6",
     "Match",
+    "ModemAddress",
     "Ownership",
+    "Peer",
     "Policy",
     "Probe",
     "Rules",
     "StaticAddress",
     "Steer",
+    "Tunnel",
     "Uplink",
     "UsbMatch",
     "describe",
@@ -217,7 +226,9 @@ class DhcpAddress(Section):
         return v
 
 
-Address = Annotated[ExternalAddress | StaticAddress | DhcpAddress, Field(discriminator="mode")]
+Address = Annotated[
+    ExternalAddress | StaticAddress | DhcpAddress | ModemAddress, Field(discriminator="mode")
+]
 
 
 class Uplink(Section):
@@ -337,6 +348,10 @@ class Config(Section):
     )
     kernel: Ownership = Field(default_factory=Ownership)
     control: Control = Field(default_factory=Control)
+    lan: dict[str, Lan] = Field(
+        default_factory=dict, description="per LAN interface (by kernel name): what its IPv6 may do"
+    )
+    tunnels: dict[str, Tunnel] = Field(default_factory=dict, description="WireGuard tunnels")
 
     @model_validator(mode="before")
     @classmethod
@@ -425,6 +440,8 @@ class Config(Section):
             tables=tables,
             policy_slots=self.kernel.policy_bits >> self.kernel.policy_shift,
         )
+        problems += lan_cross_check(self.lan, dict(self.uplinks), set(exact_names))
+        problems += cross_check(self, self.tunnels)
         if problems:
             raise ValueError("\n".join(problems))
         return self

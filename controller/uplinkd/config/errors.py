@@ -39,7 +39,7 @@ _FIXES = {
     "list_type": "expected a list",
     "literal_error": "",
     "union_tag_invalid": "",
-    "union_tag_not_found": "needs a 'mode'; use one of 'external', 'static', 'dhcp'",
+    "union_tag_not_found": "needs a 'mode'; use one of 'external', 'static', 'dhcp', 'modem'",
     "ip_v4_interface": 'expected an IPv4 address with prefix, e.g. "10.64.0.2/30"',
     "ip_v6_interface": 'expected an IPv6 address with prefix, e.g. "2001:db8::2/64"',
     "ip_v4_address": 'expected an IPv4 address, e.g. "10.64.0.1"',

@@ -25,6 +25,9 @@ Names (all `uplinkd_…`), labels in braces:
   config_last_load_success, config_last_load_timestamp_seconds, config_loads_total,
   config_load_failures_total
   paused, failing_writes                 after `flush`; writes failing in the last pass
+  modem_signal_ratio{uplink}             a modem uplink's signal quality, 0-1 (ModemManager's)
+  modem_info{uplink,state,access_technology,operator,registration,problem}   1
+  modem_connect_attempts_total{uplink}   Simple.Connect calls by the current watcher
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class StatusCollector(Collector):
         info.add_metric([], {"version": str(status.get("version", ""))})
         yield info
         yield from self._uplinks(status)
+        yield from self._modems(status)
         yield from self._daemon(status)
 
     def _uplinks(self, status: Mapping[str, Any]) -> Iterator[Metric]:
@@ -131,6 +135,26 @@ class StatusCollector(Collector):
                 for field, family in traffic.items():
                     family.add_metric([name, dev], float(getattr(link, field)))
         yield from (state, since, in_group, weight, drained, rtt, loss, *traffic.values())
+
+    def _modems(self, status: Mapping[str, Any]) -> Iterator[Metric]:
+        """What ModemManager says of each modem uplink's modem (status' `modem`)."""
+        signal = GaugeMetricFamily("uplinkd_modem_signal_ratio", "signal quality, 0 to 1", labels=["uplink"])
+        keys = ("state", "access_technology", "operator", "registration", "problem")
+        info = GaugeMetricFamily("uplinkd_modem_info", "the modem as ModemManager reports it",
+                                 labels=["uplink", *keys])  # fmt: skip
+        attempts = CounterMetricFamily(
+            "uplinkd_modem_connect_attempts", "Simple.Connect calls by the current watcher", labels=["uplink"]
+        )
+        for u in status.get("uplinks", []):
+            m = u.get("modem")
+            if not m:
+                continue
+            name = str(u["name"])
+            if m.get("signal_pct") is not None:
+                signal.add_metric([name], float(m["signal_pct"]) / 100)
+            info.add_metric([name, *(str(m.get(k) or "") for k in keys)], 1.0)
+            attempts.add_metric([name], float(m.get("connect_attempts") or 0))
+        yield from (signal, info, attempts)
 
     def _daemon(self, status: Mapping[str, Any]) -> Iterator[Metric]:
         counters = status.get("counters")

@@ -1,10 +1,13 @@
 """uplinkd-exporter's HTTP side: `/metrics` on one address, the status page on another.
 
     uplinkd-exporter [--socket PATH] [--listen 127.0.0.1:9477]
-                     [--page 192.168.1.1:8080 [--page-token-file FILE]]
+                     [--page 192.168.1.1:8080 [--page-host NAME]... [--page-token-file FILE]]
 
 Each listener binds exactly the address it is given, so the page answers on the LAN
-address only (a connection to any other address of the router is refused). `--listen ''`
+address only (a connection to any other address of the router is refused). The page also
+answers only requests whose Host header names it: its own ADDRESS:PORT or a `--page-host`
+name (421 otherwise), so a web page that rebinds its own DNS name to the router's LAN address
+cannot read the page from a LAN browser (DNS rebinding). `--listen ''`
 turns the metrics off, no `--page` leaves the page off. The page is read-only unless a
 token file is given; then POST `api/drain` and `api/undrain` with `Authorization: Bearer
 <token>` act through the control socket, like `uplinkctl drain`.
@@ -19,6 +22,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -73,6 +77,56 @@ def parse_address(text: str, *, what: str) -> tuple[str, int]:
     return host, number
 
 
+# A host name of RFC 1123 labels (lower case, no trailing dot: host_key strips it).
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+
+HostKey = tuple[str, int | None]
+
+
+def host_key(value: str) -> HostKey | None:
+    """A Host header (or `--page-host` value) as (host, port or None): lower case, no trailing
+    dot, an IP literal in its canonical form; None when it is not a host[:port] at all."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port_text = rest[1:] if rest else None
+    elif value.count(":") > 1:
+        return None  # an IPv6 literal without brackets is not a Host header
+    else:
+        host, colon, port_text_or_empty = value.partition(":")
+        port_text = port_text_or_empty if colon else None
+    port: int | None = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            return None
+        port = int(port_text)
+    host = host.removesuffix(".")
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        if len(host) > 253 or not _HOST_NAME.fullmatch(host):
+            return None
+    return host, port
+
+
+def page_hosts(address: tuple[str, int], names: list[str]) -> frozenset[HostKey]:
+    """The Host headers the page answers: its ADDRESS:PORT and each NAME[:PORT] (the page's
+    port when none is given); without the port too when it is 80, as browsers leave it out."""
+    host, port = address
+    keys: list[HostKey] = [(str(ipaddress.ip_address(host)), port)]
+    for name in names:
+        key = host_key(name)
+        if key is None:
+            raise UsageError(
+                f"--page-host: {name!r} is not a host name; write e.g. router.lan or router.lan:8080"
+            )
+        keys.append((key[0], key[1] or port))
+    return frozenset(keys) | {(h, None) for h, p in keys if p == 80}
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -86,9 +140,12 @@ class _Server(ThreadingHTTPServer):
 class App:
     """What both listeners serve, and the state behind it."""
 
-    def __init__(self, *, socket_path: Path, token: str | None) -> None:
+    def __init__(
+        self, *, socket_path: Path, token: str | None, hosts: frozenset[HostKey] = frozenset()
+    ) -> None:
         self.socket_path = socket_path
         self.token = token
+        self.hosts = hosts
         self.history = History()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatusCollector(self.status))
@@ -155,8 +212,20 @@ class MetricsHandler(_Handler):
 
 
 class PageHandler(_Handler):
+    def _host_refused(self) -> bool:
+        """Answer 421 unless the Host header names the page (see the module docstring)."""
+        header = self.headers.get("Host")
+        if header is not None and host_key(header) in self.server.app.hosts:
+            return False
+        log.info("refused %s %s from %s: Host %r is not the page's", self.command, self.path,
+                 self.client_address[0], header)  # fmt: skip
+        self._text(421, "this page answers only at its own address; open it by the router's LAN address")
+        return True
+
     def do_GET(self) -> None:
         app = self.server.app
+        if self._host_refused():
+            return
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             self._send(200, HTML.encode(), "text/html; charset=utf-8")
@@ -172,6 +241,8 @@ class PageHandler(_Handler):
 
     def do_POST(self) -> None:
         app = self.server.app
+        if self._host_refused():
+            return
         command = {"/api/drain": "drain", "/api/undrain": "undrain"}.get(self.path)
         if command is None:
             self._text(404, "not found")
@@ -209,6 +280,13 @@ def _parser() -> argparse.ArgumentParser:
         "--listen", default=DEFAULT_LISTEN, help="metrics ADDRESS:PORT ('' = off; default %(default)s)"
     )
     p.add_argument("--page", default="", help="status page ADDRESS:PORT, e.g. the LAN address (default: off)")
+    p.add_argument(
+        "--page-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a further Host the page answers to (NAME or NAME:PORT; repeatable; default: its address only)",
+    )
     p.add_argument("--page-token-file", type=Path, help="allow drain/undrain from the page with this token")
     p.add_argument("--sample-interval", type=float, default=10.0, help="page history sampling, seconds")
     p.add_argument("--verbose", "-v", action="store_true")
@@ -252,15 +330,18 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--listen and --page are both off; nothing to serve")
         if args.page_token_file and not args.page:
             raise UsageError("--page-token-file: the page is off; give --page ADDRESS:PORT too")
+        if args.page_host and not args.page:
+            raise UsageError("--page-host: the page is off; give --page ADDRESS:PORT too")
         metrics_at = parse_address(args.listen, what="--listen") if args.listen else None
         page_at = parse_address(args.page, what="--page") if args.page else None
+        hosts = page_hosts(page_at, args.page_host) if page_at else frozenset()
         if args.sample_interval < 1:
             raise UsageError("--sample-interval: use at least 1 second")
         token = _read_token(args.page_token_file) if args.page_token_file else None
     except UsageError as e:
         print(f"uplinkd-exporter: {e}", file=sys.stderr)
         return 2
-    app = App(socket_path=args.socket, token=token)
+    app = App(socket_path=args.socket, token=token, hosts=hosts)
     servers: list[_Server] = []
     try:
         if metrics_at:

@@ -12,7 +12,8 @@ What the table does, for uplink `u` with mark `M_u` under the mask:
   (prerouting for forwarded traffic, the `route` output hook for the router's own), so the
   `fwmark M_u lookup T_u` rule keeps the connection on its uplink for life (map `restore`:
   ct mark → chain `restore_<M_u>`, one lookup whatever the number of uplinks).
-- masquerade out of every uplink, and clamp the MSS of TCP SYNs to the route's MTU.
+- masquerade IPv4 out of every uplink (IPv6 is translated only where a LAN asks for it, see
+  `nft6`), and clamp the MSS of TCP SYNs to the route's MTU.
 
 An established packet leaves every chain after its first rule.
 Only the mask's bits of `meta mark` and `ct mark` are written; other bits are kept.
@@ -42,6 +43,7 @@ import logging
 import re
 import subprocess
 
+from uplinkd.kernel import nft6
 from uplinkd.model import NftState, NftSteer, NftUplink
 
 log = logging.getLogger(__name__)
@@ -107,16 +109,54 @@ def render(state: NftState) -> str:
         f"\tchain forward {{\n"
         f"\t\ttype filter hook forward priority mangle; policy accept;\n"
         f"\t\ttcp flags syn jump clamp\n"
-        f"\t}}\n"
-        f"\tchain clamp {{\n"
-        f"\t\toifname @uplinks tcp option maxseg size set rt mtu\n"
-        f"\t\tiifname @uplinks tcp option maxseg size set rt mtu\n"
-        f"\t}}\n"
-        f"\tchain nat {{\n"
-        f"\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-        f"\t\toifname @uplinks masquerade\n"
-        f"\t}}\n"
-        f"}}\n"
+        + nft6.forward_rules(state)
+        + "\t}\n"
+        "\tchain clamp {\n"
+        "\t\toifname @uplinks tcp option maxseg size set rt mtu\n"
+        "\t\tiifname @uplinks tcp option maxseg size set rt mtu\n"
+        + tunnel_clamp(state)
+        + "\t}\n"
+        + tunnel_chains(state)
+        + "\tchain nat {\n"
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+        + nft6.nat_rules(state)
+        + "\t\tmeta nfproto ipv4 oifname @uplinks masquerade\n"
+        "\t}\n"
+        + nft6.guard_chain(state)
+        + "}\n"
+    )
+
+
+_TUNNEL_MSS = re.compile(r'oifname "([^"]+)" tcp option maxseg size set rt mtu comment "tunnel"')
+_TUNNEL_PEER = re.compile(r"ip6? saddr (\S+) udp sport (\d+) notrack")
+_TUNNEL_DROP = re.compile(r'ip6? saddr (\S+) udp sport (\d+) iifname != (\{[^}]*\}|"[^"]+") drop')
+
+
+def tunnel_clamp(state: NftState) -> str:
+    """The tunnels' lines of the `clamp` chain (SYNs only): MSS clamped both ways."""
+    return "".join(
+        f'\t\toifname "{i}" tcp option maxseg size set rt mtu comment "tunnel"\n'
+        f'\t\tiifname "{i}" tcp option maxseg size set rt mtu\n'
+        for i in state.tunnel_ifnames
+    )
+
+
+def tunnel_chains(state: NftState) -> str:
+    """The tunnels' chain: their peers' UDP not tracked inbound, and dropped when it arrives
+    by an uplink their underlay does not use now (see NftState). Empty without peers."""
+    if not state.tunnel_peers:
+        return ""
+    peers = ""
+    for a, p, ifnames in state.tunnel_peers:
+        ip = "ip6" if ":" in a else "ip"
+        if ifnames:
+            names = ", ".join(f'"{i}"' for i in ifnames)
+            peers += f"\t\t{ip} saddr {a} udp sport {p} iifname != {{ {names} }} drop\n"
+        peers += f"\t\t{ip} saddr {a} udp sport {p} notrack\n"
+    return (
+        "\tchain tunnel_notrack {\n\t\ttype filter hook prerouting priority raw; policy accept;\n"
+        + peers
+        + "\t}\n"
     )
 
 
@@ -242,10 +282,18 @@ def read(table: str, mask: int, *, trusted: dict[str, str], policy_mask: int = 0
         NftUplink(m.group(1), int(m.group(2), 16))
         for m in re.finditer(r'"([^"]+)" : goto remember_([0-9a-f]+)', text)
     )
+    tunnel_ifnames = tuple(sorted(set(_TUNNEL_MSS.findall(text))))
+    allowed = {
+        (a, int(p)): tuple(sorted(re.findall(r'"([^"]+)"', i))) for a, p, i in _TUNNEL_DROP.findall(text)
+    }
+    peers = tuple(sorted((a, int(p), allowed.get((a, int(p)), ())) for a, p in _TUNNEL_PEER.findall(text)))
     state = NftState(
         table=table,
         mask=mask,
         uplinks=tuple(sorted(uplinks, key=lambda u: u.ifname)),
+        ipv6=nft6.read(text),
+        tunnel_ifnames=tunnel_ifnames,
+        tunnel_peers=peers,
         policy_mask=policy_mask if found.group(2) else 0,
         steer_digest=found.group(2) or "",
     )

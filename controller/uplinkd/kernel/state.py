@@ -106,6 +106,14 @@ class Netlink:
     async def link_up(self, *, index: int) -> None:
         await self.ipr.link("set", index=index, state="up")
 
+    async def link_mtu(self, *, index: int, mtu: int) -> None:
+        await self.ipr.link("set", index=index, mtu=mtu)
+
+    async def ipv6_conf(self, *, dev: str, key: str, value: int) -> None:
+        """A per-interface IPv6 setting, in the controller's own network namespace."""
+        path = Path("/proc/sys/net/ipv6/conf", dev, key)
+        await asyncio.to_thread(path.write_text, f"{value}\n")
+
     async def replace_route(
         self,
         *,
@@ -293,6 +301,8 @@ class Kernel:
                     up=bool(flags & IFF_UP),
                     carrier=bool(flags & IFF_LOWER_UP),
                     pointopoint=bool(flags & (IFF_POINTOPOINT | IFF_NOARP)) and name != "lo",
+                    mtu=msg.get("IFLA_MTU"),
+                    accept_ra=_accept_ra(name),
                     **_sysfs_identity(name, kind),
                 )
             )
@@ -377,6 +387,13 @@ def observed_of(snapshot: Snapshot, *, protocol: int) -> Observed:
         if r.protocol != protocol and r.dst_len == 0 and r.type == RTN_UNICAST and r.oif is not None
     ]
     return Observed(links=snapshot.links, addrs=tuple(addrs), gateways=tuple(gateways))
+
+
+def _accept_ra(name: str) -> int | None:
+    try:
+        return int(Path("/proc/sys/net/ipv6/conf", name, "accept_ra").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _sysfs_identity(name: str, kind: str | None) -> dict[str, str | None]:

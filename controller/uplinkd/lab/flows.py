@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from ipaddress import ip_address, ip_network
 from typing import Any, Literal
 
 from uplinkd.lab.netns import LabError
@@ -91,7 +92,14 @@ class FlowReport:
         """The uplink name for a server-seen source; :data:`NO_REPLY` for None."""
         if source is None:
             return NO_REPLY
-        return self.uplink_names.get(source, f"unknown:{source}")
+        name = self.uplink_names.get(source)
+        if name is None:  # a prefix an ISP routes unchanged (a "/" key: see Lab.uplink_names)
+            address = ip_address(source)
+            name = next(
+                (n for key, n in self.uplink_names.items() if "/" in key and address in ip_network(key)),
+                None,
+            )
+        return name if name is not None else f"unknown:{source}"
 
     def uplinks_of(self, flow: Flow) -> tuple[str, ...]:
         """The uplinks ``flow`` went through, in order."""

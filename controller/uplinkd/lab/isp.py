@@ -52,6 +52,8 @@ class IspOptions:
     lease_seconds: int = MIN_LEASE_S
     ra: bool = False
     """Send IPv6 router advertisements for 2001:db8:<N>::/64 (SLAAC, default route)."""
+    routed6: bool = False
+    """Route 2001:db8:<N>::/64 to the router's ::2 and do not masquerade IPv6 upstream."""
 
     def __post_init__(self) -> None:
         if self.lease_seconds < MIN_LEASE_S:
@@ -86,20 +88,44 @@ class DnsmasqLease:
 ND_TYPES = "{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert }"
 
 
-def base_ruleset() -> str:
-    """The ISP's nft table: an (initially empty) fault chain, and masquerade upstream.
+def base_ruleset(addresses: IspAddresses | None = None, *, routed6: bool = False) -> str:
+    """The ISP's nft table: counters of packets from the router side whose source is not the
+    ISP's own (what a carrier resets sessions for), an (initially empty) fault chain, and
+    masquerade upstream (IPv4 only with ``routed6``).
 
     The fault chain hooks prerouting at raw priority, before conntrack, so dropped packets
-    leave no connection state behind.
+    leave no connection state behind; the counters come before it.
     """
+    counting = ""
+    if addresses is not None:
+        mine4 = f"{addresses.gateway4.network}, 0.0.0.0"
+        mine6 = f"{addresses.gateway6.network}, fe80::/10, ::"
+        counting = f"""\
+    counter foreign4 {{
+    }}
+    counter foreign6 {{
+    }}
+    chain sources {{
+        type filter hook prerouting priority raw - 10; policy accept;
+        iifname "{DOWN}" ip saddr != {{ {mine4} }} counter name "foreign4"
+        iifname "{DOWN}" ip6 saddr != {{ {mine6} }} counter name "foreign6"
+    }}
+    counter forwarded6 {{
+    }}
+    chain forwarded {{
+        type filter hook forward priority filter; policy accept;
+        iifname "{DOWN}" oifname "{UP}" meta nfproto ipv6 counter name "forwarded6"
+    }}
+"""
+    family = "meta nfproto ipv4 " if routed6 else ""
     return f"""\
 table inet {TABLE} {{
-    chain faults {{
+{counting}    chain faults {{
         type filter hook prerouting priority raw; policy accept;
     }}
     chain upstream_nat {{
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "{UP}" masquerade
+        {family}oifname "{UP}" masquerade
     }}
 }}
 """
@@ -244,6 +270,26 @@ class Isp:
     def faults(self) -> Faults:
         return self._faults
 
+    def foreign_sources(self) -> dict[str, int]:
+        """Packets from the router side, per family ("ipv4", "ipv6"), whose source was outside
+        this ISP's prefix (and not link-local or unspecified): what a carrier would reset."""
+        counts: dict[str, int] = {}
+        for family in ("4", "6"):
+            argv = ["nft", "-j", "list", "counter", "inet", TABLE, f"foreign{family}"]
+            out = self._runner.run(self.netns, argv)
+            for item in json.loads(out.stdout)["nftables"]:
+                if "counter" in item:
+                    counts[f"ipv{family}"] = int(item["counter"]["packets"])
+        return counts
+
+    def forwarded6(self) -> int:
+        """IPv6 packets from the router side this ISP forwarded upstream (whatever their
+        source: a NAT66'd packet carries an address inside the ISP's prefix)."""
+        argv = ["nft", "-j", "list", "counter", "inet", TABLE, "forwarded6"]
+        out = self._runner.run(self.netns, argv)
+        found = [item["counter"] for item in json.loads(out.stdout)["nftables"] if "counter" in item]
+        return int(found[0]["packets"])
+
     def leases(self) -> list[DnsmasqLease]:
         """The leases dnsmasq has handed out (its lease file)."""
         path = self._workdir / f"isp{self.index}.leases"
@@ -290,8 +336,12 @@ class Isp:
                 "route add unreachable ::/0",
             ],
         )
-        self._runner.nft(self.netns, base_ruleset())
+        self._runner.nft(self.netns, base_ruleset(a, routed6=self.options.routed6))
         self._apply_rate(UP)
+        # The server reaches the ISP's /64 through the ISP (for sources it passes unchanged).
+        self._runner.ip(
+            inet_netns, "-6", "route", "replace", str(a.gateway6.network), "via", str(a.upstream6.ip)
+        )
 
     def attach(self, *, router_netns: str, ifname: str) -> None:
         """Create the uplink veth pair (the router end named ``ifname``); start dnsmasq."""
@@ -311,6 +361,12 @@ class Isp:
                 f"link set dev {DOWN} {'up' if self._carrier else 'down'}",
             ],
         )
+        if self.options.routed6:
+            # the whole /64 goes to the router's address, as a 3GPP network routes a UE's /64
+            self._runner.ip(
+                self.netns, "-6", "route", "replace", str(a.gateway6.network),
+                "via", str(a.router6.ip), "dev", DOWN, "metric", "1", "onlink",
+            )  # fmt: skip
         router_side = [f"link set dev {ifname} up"]
         if self.options.address == "static":
             router_side += [

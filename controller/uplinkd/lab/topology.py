@@ -165,15 +165,20 @@ class Lab:
         dhcp: DhcpServer = "serve",
         lease_seconds: int = 120,
         ra: bool = False,
+        routed6: bool = False,
     ) -> Isp:
         """Add ISP ``isp<N>`` standing for uplink ``name``; plugged in as ``ifname``
-        (default: ``name``) unless ``plugged`` is False."""
+        (default: ``name``) unless ``plugged`` is False.  ``routed6``: the ISP routes its /64
+        to the router's ``2001:db8:<N>::2`` (as a 3GPP network routes a UE's /64) and does not
+        masquerade IPv6 upstream, so the server sees the router's (translated) sources."""
         if any(isp.name == name for isp in self._isps):
             raise LabError(f"there already is an ISP named {name!r}")
         index = len(self._isps) + 1
         if index > MAX_ISPS:
             raise LabError(f"at most {MAX_ISPS} ISPs")
-        options = IspOptions(address=address, dhcp=dhcp, lease_seconds=lease_seconds, ra=ra)
+        options = IspOptions(
+            address=address, dhcp=dhcp, lease_seconds=lease_seconds, ra=ra, routed6=routed6
+        )
         netns = self._add_namespace(f"isp{index}", {})
         isp = Isp(
             name=name,
@@ -269,11 +274,13 @@ class Lab:
         return names[key]
 
     def uplink_names(self) -> dict[str, str]:
-        """Every ISP's upstream address (v4 and v6) → the ISP's uplink name."""
+        """Every ISP's upstream address (v4 and v6), and its /64 (a ``/`` key: an ISP with
+        ``routed6`` passes the router's sources unchanged) → the ISP's uplink name."""
         names: dict[str, str] = {}
         for isp in self._isps:
             names[str(isp.addresses.upstream4.ip)] = isp.name
             names[str(isp.addresses.upstream6.ip)] = isp.name
+            names[str(isp.addresses.gateway6.network)] = isp.name  # routed6: sources kept
         return names
 
     def link(self, role: str, ifname: str) -> dict[str, Any]:

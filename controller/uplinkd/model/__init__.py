@@ -11,6 +11,7 @@ from uplinkd.model.kinds import (
     CONNTRACK,
     GROUPS,
     KINDS,
+    LINK_TUNING,
     LINKS_UP,
     NEXTHOPS,
     NFT,
@@ -24,9 +25,10 @@ from uplinkd.model.kinds.groups import Member, NexthopGroup
 from uplinkd.model.kinds.io import Snapshot, Transport
 from uplinkd.model.kinds.links import LinkUp
 from uplinkd.model.kinds.nexthops import Nexthop
-from uplinkd.model.kinds.nft import NftState, NftSteer, NftUplink
+from uplinkd.model.kinds.nft import NftIpv6, NftPrefix, NftState, NftSteer, NftTranslation, NftUplink
 from uplinkd.model.kinds.routes import Route, RouteKey, RouteType
 from uplinkd.model.kinds.rules import Rule
+from uplinkd.model.kinds.tuning import LinkTuning
 from uplinkd.model.net import (
     AF_INET,
     AF_INET6,
@@ -37,7 +39,7 @@ from uplinkd.model.net import (
     any_net,
     fam,
 )
-from uplinkd.model.observed import Addr, Gateway, Lease, Link, Observed
+from uplinkd.model.observed import Addr, Bearer, BearerIp, Gateway, Lease, Link, Observed
 from uplinkd.model.state import KernelState
 from uplinkd.model.uplinks import Health, HealthVerdict, State, UplinkStatus
 
@@ -50,11 +52,14 @@ __all__ = [
     "GROUPS",
     "KINDS",
     "LINKS_UP",
+    "LINK_TUNING",
     "NEXTHOPS",
     "NFT",
     "ROUTES",
     "RULES",
     "Addr",
+    "Bearer",
+    "BearerIp",
     "ConntrackFlush",
     "Gateway",
     "Health",
@@ -66,12 +71,16 @@ __all__ = [
     "Kind",
     "Lease",
     "Link",
+    "LinkTuning",
     "LinkUp",
     "Member",
     "Nexthop",
     "NexthopGroup",
+    "NftIpv6",
+    "NftPrefix",
     "NftState",
     "NftSteer",
+    "NftTranslation",
     "NftUplink",
     "Observed",
     "Op",

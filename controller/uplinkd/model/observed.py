@@ -24,6 +24,8 @@ class Link:
     usb_product: str | None = None
     usb_serial: str | None = None
     id_path: str | None = None
+    mtu: int | None = None
+    accept_ra: int | None = None  # net.ipv6.conf.<name>.accept_ra; None: not read (no IPv6)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,33 @@ class Lease:
 
     address: ipaddress.IPv4Interface
     gateway: ipaddress.IPv4Address | None
+
+
+@dataclass(frozen=True)
+class BearerIp:
+    """One family of a connected ModemManager bearer (its Ip4Config or Ip6Config)."""
+
+    address: IPInterface
+    gateway: IPAddress | None  # None: point-to-point, `default dev X`
+    mtu: int | None = None
+    dns: tuple[IPAddress, ...] = ()
+
+
+@dataclass(frozen=True)
+class Bearer:
+    """A connected bearer of the modem an uplink in `modem` mode drives: the data interface
+    ModemManager names, and its IP configuration per family. `ra6`: IPv6 comes by router
+    advertisement on the interface (method dhcp), so RAs must be accepted there."""
+
+    interface: str
+    ip4: BearerIp | None = None
+    ip6: BearerIp | None = None
+    ra6: bool = False
+
+    @property
+    def mtu(self) -> int | None:
+        mtus = [ip.mtu for ip in (self.ip4, self.ip6) if ip is not None and ip.mtu]
+        return min(mtus) if mtus else None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 from uplinkd.config import Config
 from uplinkd.model import FAMILIES, KernelState, UplinkStatus, kind_of
-from uplinkd.plan import balance, nft, policies, uplinks
+from uplinkd.plan import balance, lan6, nft, policies, tunnels, uplinks
 from uplinkd.plan.facts import Contribution, Contributor, Facts
 
 CONTRIBUTORS: tuple[tuple[str, Contributor], ...] = (
@@ -24,6 +24,8 @@ CONTRIBUTORS: tuple[tuple[str, Contributor], ...] = (
     ("balance", balance.contribute),
     ("policies", policies.contribute),
     ("nft", nft.contribute),
+    ("lan6", lan6.contribute),
+    ("tunnels", tunnels.contribute),
 )
 
 

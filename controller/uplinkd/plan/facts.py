@@ -13,7 +13,8 @@ from types import MappingProxyType
 from typing import Any
 
 from uplinkd.config import Config
-from uplinkd.model import HealthVerdict, IPAddress, IPInterface, Lease, Observed, UplinkStatus
+from uplinkd.model import Bearer, HealthVerdict, IPAddress, IPInterface, Lease, Observed, UplinkStatus
+from uplinkd.tunnel.health import TunnelHealth
 
 
 def _frozen(mapping: Mapping[Any, Any] | None) -> Mapping[Any, Any]:
@@ -34,9 +35,13 @@ class Facts:
     spent: frozenset[str] = frozenset()
     # uplink → ifindex it had on the last pass: an uplink keeps its interface
     previous: Mapping[str, int] = field(default_factory=dict)
+    # tunnel → what its worker last saw; a tunnel with none is down (not running yet)
+    tunnels: Mapping[str, TunnelHealth] = field(default_factory=dict)
+    # uplink → its modem's connected bearer (mode modem; none: not connected)
+    bearers: Mapping[str, Bearer] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("health", "leases", "previous"):
+        for name in ("health", "leases", "previous", "tunnels", "bearers"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         object.__setattr__(self, "drained", frozenset(self.drained))
         object.__setattr__(self, "spent", frozenset(self.spent))

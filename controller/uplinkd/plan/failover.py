@@ -14,6 +14,7 @@ from uplinkd.model import GROUPS, ConntrackFlush, Health, HealthVerdict, KernelS
 from uplinkd.plan import policies
 from uplinkd.plan.desired import Intent
 from uplinkd.plan.diff import Plan, diff
+from uplinkd.plan.tunnels import underlay_moved
 
 # States in which an uplink carries nothing: its pinned connections must move.
 FAILED = frozenset({State.ABSENT, State.PRESENT, State.ADDRESSED, State.DOWN})
@@ -41,19 +42,21 @@ def step(
     actual: KernelState, intent: Intent, *, before: Intent | None, mask: int, config: Config | None = None
 ) -> Plan:
     """One pass's plan: the diff to the intent, then the flushes of the uplinks that failed
-    since the last pass (none on the first: nothing was seen failing), and, given the config,
-    of the connections of policies whose higher tier came back (`flush_on_recovery`)."""
+    since the last pass (none on the first: nothing was seen failing), of the uplinks a
+    tunnel's underlay just left, and, given the config, of the connections of policies whose
+    higher tier came back (`flush_on_recovery`)."""
     plan = diff(actual, intent.kernel)
     if before is None:
         return plan
     flushes = failover(before.uplinks, intent.uplinks, mask=mask)
-    if config is not None:
-        seen = {op.obj for op in flushes}
-        flushes += tuple(
-            op
-            for op in policies.recoveries(config, before.reasons, intent.reasons)
-            if op.obj not in seen
-        )
+    moved = underlay_moved(before.reasons, intent.reasons, intent.uplinks, mask=mask)
+    recovered = policies.recoveries(config, before.reasons, intent.reasons) if config is not None else ()
+    done = {(getattr(op.obj, "mark", None), getattr(op.obj, "mask", None)) for op in flushes}
+    for op in moved + recovered:  # one flush per (mark, mask): the first reason found is kept
+        key = (getattr(op.obj, "mark", None), getattr(op.obj, "mask", None))
+        if key not in done:
+            done.add(key)
+            flushes += (op,)
     return plan + Plan(flushes)
 
 

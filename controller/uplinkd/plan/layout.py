@@ -3,9 +3,11 @@
 For both address families, with P = rules.priority:
 
     P+0   lookup main suppress_prefixlength 0    connected/LAN routes win, main's defaults don't
+    P+5   fwmark T/T lookup T_under              a tunnel's own UDP packets: its underlay choice
     P+10  fwmark M_u/MASK lookup T_u            pinned connections and probes
     P+15  fwmark M_p/PMASK lookup T_p           new connections a steering rule gave policy p
     P+20  from <addr_u> lookup T_u              the router's own traffic from an uplink address
+    P+25  lookup T_route                        LAN traffic into a tunnel (or unreachable)
     P+30  lookup T_balance                      new connections: resilient weighted ECMP
 
 T_u holds `default via gw_u dev u` (or `default dev u`); T_balance holds `default nhid G`,
@@ -27,6 +29,10 @@ from uplinkd.model.kinds.io import owns_nexthop as _owns
 
 MAIN_TABLE = 254
 BAND_SUPPRESS, BAND_FWMARK, BAND_POLICY, BAND_FROM, BAND_BALANCE = 0, 10, 15, 20, 30
+# Tunnels (plan/tunnels.py): a tunnel's own encrypted packets (fwmark T) go to its underlay
+# table above the uplinks' fwmark and source rules (so a remembered source address cannot
+# keep them on a dead uplink); LAN traffic meets the tunnel's route table before T_balance.
+BAND_TUNNEL_UNDERLAY, BAND_TUNNEL_ROUTE = 5, 25
 
 
 def nexthop_id(config: Config, table: int, family: int) -> int:

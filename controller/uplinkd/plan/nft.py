@@ -1,11 +1,13 @@
 """The nftables table: every present uplink's interface and its mark (which connections
-are pinned to it, and masquerade out of it), and the steering rules that give new
-connections their policy's mark (one nft rule per rule and address family it needs)."""
+are pinned to it, and masquerade out of it), the IPv6 part `lan6` computes, the tunnels'
+interfaces and peers, and the steering rules that give new connections their policy's mark
+(one nft rule per rule and address family it needs)."""
 
 from __future__ import annotations
 
 from uplinkd.config import Config, Steer
 from uplinkd.model import NftState, NftSteer, NftUplink
+from uplinkd.plan import lan6, tunnels
 from uplinkd.plan.facts import Contribution, Facts, Survey
 
 
@@ -50,6 +52,9 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                 table=config.kernel.nft_table,
                 mask=config.kernel.mark_mask,
                 uplinks=tuple(uplinks),
+                ipv6=lan6.nft_part(config, survey),
+                tunnel_ifnames=tuple(sorted(t.interface for t in config.tunnels.values())),
+                tunnel_peers=tunnels.nft_peers(config, survey),
                 policy_mask=config.kernel.policy_bits if steer else 0,
                 steer=steer,
             ),

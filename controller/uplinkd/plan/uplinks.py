@@ -20,6 +20,7 @@ from uplinkd.model import (
     AF_INET,
     AF_INET6,
     FAMILIES,
+    Bearer,
     Health,
     HealthVerdict,
     IPInterface,
@@ -38,6 +39,7 @@ from uplinkd.model import (
 )
 from uplinkd.plan.facts import Contribution, Facts, Survey, Way
 from uplinkd.plan.layout import BAND_FROM, BAND_FWMARK, nexthop_id
+from uplinkd.plan.modems import modem_addresses, modem_tuning, modem_ways, why_not_connected
 
 # --- matching -----------------------------------------------------------------------------------
 
@@ -117,10 +119,14 @@ def unclaimed_matches(
 # --- status ---------------------------------------------------------------------------------------
 
 
-def ways(uplink: Uplink, link: Link, observed: Observed, lease: Lease | None) -> dict[int, Way]:
+def ways(
+    uplink: Uplink, link: Link, observed: Observed, lease: Lease | None, bearer: Bearer | None = None
+) -> dict[int, Way]:
     """Per family, the addresses and gateway the uplink can use (only families that work)."""
     found: dict[int, Way] = {}
     addr = uplink.address
+    if addr.mode == "modem":
+        return modem_ways(bearer, link, observed)
     if addr.mode == "static":
         found[AF_INET] = Way((addr.cidr,), addr.gateway)
         if addr.cidr6 is not None:
@@ -195,7 +201,7 @@ def survey(config: Config, facts: Facts) -> Survey:
             continue
         status = replace(status, link_ready=True)
         lease = facts.leases.get(name)
-        found = ways(uplink, link, facts.observed, lease)
+        found = ways(uplink, link, facts.observed, lease, facts.bearers.get(name))
         seen = facts.observed.addrs_of(link.index, AF_INET) + facts.observed.addrs_of(link.index, AF_INET6)
         status = replace(
             status,
@@ -205,6 +211,8 @@ def survey(config: Config, facts: Facts) -> Survey:
         )
         if not found:
             state, reason = _why_not_ready(uplink, lease, status, facts.observed)
+            if uplink.address.mode == "modem":  # the bearer is what gives it an address
+                state, reason = State.PRESENT, why_not_connected(facts.bearers.get(name))
             statuses.append(replace(status, state=state, reason=reason))
             continue
         all_ways[name] = found
@@ -251,8 +259,12 @@ def _why_not_ready(
 # --- the contributor --------------------------------------------------------------------------------
 
 
-def owned_addresses(uplink: Uplink, lease: Lease | None) -> tuple[IPInterface, ...]:
+def owned_addresses(
+    uplink: Uplink, lease: Lease | None, bearer: Bearer | None = None
+) -> tuple[IPInterface, ...]:
     addr = uplink.address
+    if addr.mode == "modem":
+        return modem_addresses(bearer)
     if addr.mode == "static":
         return (addr.cidr,) + ((addr.cidr6,) if addr.cidr6 is not None else ())
     if addr.mode == "dhcp" and lease is not None:
@@ -294,8 +306,11 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
             ]
         if uplink.address.mode != "external":
             objects.append(LinkUp(status.ifindex, dev=dev))
+        bearer = facts.bearers.get(status.name)
         objects += [
             StaticAddr(status.ifindex, a, dev=dev)
-            for a in owned_addresses(uplink, facts.leases.get(status.name))
+            for a in owned_addresses(uplink, facts.leases.get(status.name), bearer)
         ]
+        if uplink.address.mode == "modem":
+            objects += modem_tuning(status.ifindex, dev, bearer)
     return Contribution(objects=tuple(dict.fromkeys(objects)))

@@ -12,8 +12,9 @@
 # defines no stand-in, so every option the module writes is one of the typed ones.
 #
 # One file per area: system.nix (assertions, sysctl, etc, users, udev, iproute2, stand-ins),
-# networking.nix (network-interfaces, dhcpcd, NetworkManager, firewall, nftables, nat) and
-# systemd.nix (units, networkd).
+# networking.nix (network-interfaces, dhcpcd, NetworkManager, firewall, nftables, nat),
+# systemd.nix (units, networkd) and monitoring.nix (Prometheus and Grafana, for
+# examples/monitoring/).
 { lib, pkgs }:
 let
   args = {
@@ -28,4 +29,7 @@ let
       };
   };
 in
-import ./system.nix args ++ import ./networking.nix args ++ import ./systemd.nix args
+import ./system.nix args
+++ import ./networking.nix args
+++ import ./systemd.nix args
+++ import ./monitoring.nix args

@@ -222,4 +222,40 @@ in
     }
   )
 
+  # nixos/modules/services/networking/modemmanager.nix (enable: bool, default false;
+  # fccUnlockScripts: list of { id: str; path: path }). `package` is not declared: unused here.
+  {
+    options.networking.modemmanager = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      fccUnlockScripts = mkOption {
+        type = types.listOf (
+          types.submodule {
+            options = {
+              id = mkOption { type = types.str; };
+              path = mkOption { type = types.path; };
+            };
+          }
+        );
+        default = [ ];
+      };
+    };
+  }
+
+  # nixos/modules/security/polkit.nix (enable: bool, mkEnableOption in current nixpkgs, so
+  # default false; extraConfig: lines, so definitions from several modules are concatenated)
+  {
+    options.security.polkit = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      extraConfig = mkOption {
+        type = types.lines;
+        default = "";
+      };
+    };
+  }
 ]

@@ -193,6 +193,11 @@ let
         type = types.listOf types.str;
         default = [ ];
       };
+      # nixos/lib/systemd-network-units / networkd.nix commonNetworkOptions: extraConfig, lines
+      extraConfig = mkOption {
+        type = types.lines;
+        default = "";
+      };
     };
   };
 

@@ -16,6 +16,7 @@
 #   pkgs/development/python-modules/cryptography/default.nix    40.0.1 (the only expression in the
 #     index, from 2023; nixos-26.05 has a newer one, not read)
 #   pkgs/development/python-modules/prometheus-client/default.nix  0.x (the attribute name only)
+#   pkgs/development/python-modules/dbus-fast/default.nix       4.0.0 (read at 005ab72f9cf5)
 # The test tools' versions are not checked ("0").
 { lib }:
 let
@@ -69,6 +70,8 @@ let
         pydantic = pythonPackage "pydantic" "2.x";
         pyroute2 = pythonPackage "pyroute2" "0.9.6";
         pyudev = pythonPackage "pyudev" "0.24.4";
+        dbus-fast = pythonPackage "dbus-fast" "4.0.0";
+        python-dbusmock = pythonPackage "python-dbusmock" "0";
         systemd-python = pythonPackage "systemd-python" "235";
         prometheus-client = pythonPackage "prometheus-client" "0.x";
         pytest = pythonPackage "pytest" "0";

@@ -6,10 +6,21 @@ tie-break between kinds that share a stage, and the order `KernelState.read` rea
 
 from __future__ import annotations
 
-from uplinkd.model.kinds import addresses, conntrack, groups, links, nexthops, nft, routes, rules
+from uplinkd.model.kinds import (
+    addresses,
+    conntrack,
+    groups,
+    links,
+    nexthops,
+    nft,
+    routes,
+    rules,
+    tuning,
+)
 from uplinkd.model.kinds.base import register
 
 LINKS_UP = links.KIND
+LINK_TUNING = tuning.KIND
 ADDRESSES = addresses.KIND
 NFT = nft.KIND
 NEXTHOPS = nexthops.KIND
@@ -18,4 +29,4 @@ ROUTES = routes.KIND
 RULES = rules.KIND
 CONNTRACK = conntrack.KIND
 
-KINDS = register(LINKS_UP, ADDRESSES, NFT, NEXTHOPS, GROUPS, ROUTES, RULES, CONNTRACK)
+KINDS = register(LINKS_UP, LINK_TUNING, ADDRESSES, NFT, NEXTHOPS, GROUPS, ROUTES, RULES, CONNTRACK)

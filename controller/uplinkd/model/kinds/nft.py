@@ -26,6 +26,49 @@ class NftUplink:
     mark: int
 
 
+@dataclass(frozen=True, order=True)
+class NftPrefix:
+    """An uplink's own IPv6 prefix: what may leave it as a source (`ipv6_guard`)."""
+
+    ifname: str
+    prefix: str  # "2001:db8:1::/64"
+
+
+@dataclass(frozen=True, order=True)
+class NftTranslation:
+    """IPv6 from LAN interface `lan` with a source in `inner` leaves uplink `ifname` with
+    `inner`'s network half swapped for `outer` (the interface ID kept); conntrack undoes it."""
+
+    lan: str
+    inner: str
+    ifname: str
+    outer: str
+
+
+@dataclass(frozen=True)
+class NftIpv6:
+    """The table's IPv6 part: uplink prefixes, prefix translations, LANs shut off. Sorted."""
+
+    prefixes: tuple[NftPrefix, ...] = ()
+    translations: tuple[NftTranslation, ...] = ()
+    closed: tuple[str, ...] = ()  # LAN interfaces whose IPv6 may not go out of any uplink
+
+    @property
+    def text(self) -> str:
+        return "|".join(
+            (
+                ",".join(f"{p.ifname}={p.prefix}" for p in self.prefixes),
+                ",".join(f"{t.lan}:{t.inner}>{t.ifname}:{t.outer}" for t in self.translations),
+                ",".join(self.closed),
+            )
+        )
+
+
+# Bumped when the rendered table changes shape, so a table an older version loaded is replaced
+# (v2: the masquerade is IPv4 only; the IPv6 part).
+TABLE_VERSION = 2
+
+
 @dataclass(frozen=True)
 class NftSteer:
     """One steering rule for one chain and family: new connections it matches get `mark`
@@ -48,16 +91,25 @@ class NftSteer:
 
 @dataclass(frozen=True)
 class NftState:
-    """What the controller's nftables table must say: the uplinks and their marks, and the
-    steering rules that give new connections a policy mark.
+    """What the controller's nftables table must say: the uplinks and their marks, the
+    steering rules that give new connections a policy mark, and the IPv6 part (which LAN
+    prefixes are translated to which uplink's, which may leave where).
 
     The steering rules are not read back from nft's listing (normalising it is fragile):
     their digest is, from the table's comment. So `steer` takes no part in equality; two
-    states are equal when their uplinks and `steer_digest` are."""
+    states are equal when their other fields and `steer_digest` are."""
 
     table: str
     mask: int
     uplinks: tuple[NftUplink, ...]  # sorted by ifname
+    ipv6: NftIpv6 = field(default_factory=NftIpv6)
+    # tunnels (plan/tunnels.py): their interfaces get the MSS clamp; their peers' endpoints
+    # (address, port, the uplink interfaces of the current underlay), sorted: not tracked
+    # inbound (the tunnel's conntrack entry is made by its outgoing packet, and masqueraded by
+    # the uplink it leaves by), and dropped when they arrive by another uplink (WireGuard
+    # would learn that uplink's address and interface as its source again)
+    tunnel_ifnames: tuple[str, ...] = ()
+    tunnel_peers: tuple[tuple[str, int, tuple[str, ...]], ...] = ()
     policy_mask: int = 0
     steer: tuple[NftSteer, ...] = field(default=(), compare=False)
     steer_digest: str = ""  # derived from `steer` when that is given
@@ -70,8 +122,18 @@ class NftState:
     @property
     def digest(self) -> str:
         """A short stable fingerprint, stored in the table's comment to detect drift cheaply."""
-        text = f"{self.table}|{self.mask}|" + ",".join(f"{u.ifname}={u.mark}" for u in self.uplinks)
-        if self.steer_digest:  # no steering: the same digest as before policies existed
+        text = f"v{TABLE_VERSION}|{self.table}|{self.mask}|" + ",".join(
+            f"{u.ifname}={u.mark}" for u in self.uplinks
+        )
+        text += "|" + self.ipv6.text
+        if self.tunnel_ifnames or self.tunnel_peers:  # (a table without tunnels keeps its digest)
+            text += (
+                "|"
+                + ",".join(self.tunnel_ifnames)
+                + "|"
+                + ",".join(f"{a}:{p}@{'+'.join(i)}" for a, p, i in self.tunnel_peers)
+            )
+        if self.steer_digest:  # no steering: the same digest as without policies
             text += f"|{self.policy_mask}|{self.steer_digest}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -89,7 +151,10 @@ class NftTables(Kind[str, NftState]):
         names = ", ".join(f"{u.ifname}={u.mark:#x}" for u in obj.uplinks) or "no uplinks"
         if obj.steer_digest:
             names += f"; {len(obj.steer) or '?'} steering rules {obj.steer_digest}"
-        return f"nft -f - # {verb} table inet {obj.table} ({names})"
+        v6 = [f"{t.inner}>{t.outer} out {t.ifname}" for t in obj.ipv6.translations]
+        v6 += [f"{lan} ipv6 off" for lan in obj.ipv6.closed]
+        extra = f"; {', '.join(v6)}" if v6 else ""
+        return f"nft -f - # {verb} table inet {obj.table} ({names}{extra})"
 
     def changes(
         self, have: Mapping[str, NftState], want: Mapping[str, NftState], *, recreated: frozenset[Ref]

@@ -1,0 +1,227 @@
+"""The `tunnels` section: WireGuard tunnels that ride the healthy uplinks.
+
+    tunnels.<name>:
+      interface          the WireGuard interface (wg0)
+      private_key_file   a file holding the key (`wg genkey`), mode 0600; never the key itself
+      listen_port        UDP port, or null for any
+      addresses          the tunnel's inner addresses (v4 and/or v6)
+      mtu                "auto" or a number
+      peers              public_key, preshared_key_file, endpoint "address:port",
+                         allowed_ips, keepalive
+      underlay           "balance" (default) or an ordered preference list of uplinks
+      route              "full" (all LAN traffic, IPv4 and IPv6) or a list of prefixes
+      kill_switch        default: on for "full"
+      fail_back          "immediate", "never" or seconds to hold
+      table              T_under: where the tunnel's own encrypted packets are routed
+      route_table        T_route: where LAN traffic meets the tunnel (default table + 1)
+      fwmark             mark on the tunnel's UDP packets (outside kernel.mark_mask, and outside
+                         kernel.policy_mask when policies are configured)
+
+Cross-checks against the rest of the config (uplink names, tables, marks) are in
+`cross_check`, called by `Config`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from uplinkd.config.fields import Section, check_range, ranged
+from uplinkd.tunnel.wireguard import Endpoint, decode_key
+
+if TYPE_CHECKING:
+    from uplinkd.config import Config
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_TABLE = (1 << 24) - 1
+
+
+def _ifname(v: str) -> str:
+    if not v or len(v) > 15 or "/" in v or " " in v or any(c in v for c in "*?["):
+        raise ValueError(
+            f"{v!r} cannot be an interface name; use 1-15 characters without '/', spaces or globs"
+        )
+    return v
+
+
+class Peer(Section):
+    """The other end of the tunnel."""
+
+    public_key: str = Field(description="the peer's public key, base64 as `wg pubkey` writes it")
+    preshared_key_file: Path | None = Field(default=None, description="file with a preshared key, mode 0600")
+    endpoint: str | None = Field(default=None, description="address:port, e.g. 192.0.2.1:51820")
+    allowed_ips: tuple[IPNetwork, ...] = Field(default=(), description="prefixes this peer may send from")
+    keepalive: int = Field(default=25, description="persistent keepalive, seconds; 0 = off")
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        decode_key(v, what=f"{v!r}")
+        return v.strip()
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                Endpoint.parse(v)
+            except ValueError as e:
+                raise ValueError(f"{e}; DNS names are not supported yet, write an address") from None
+        return v
+
+    _keepalive = ranged("keepalive", low=0, high=65535, unit="seconds")
+
+    @property
+    def endpoint_value(self) -> Endpoint | None:
+        return None if self.endpoint is None else Endpoint.parse(self.endpoint)
+
+
+class Tunnel(Section):
+    interface: str = Field(description="WireGuard interface name")
+    private_key_file: Path = Field(description="file holding the private key (mode 0600)")
+    listen_port: int | None = Field(default=None, description="UDP port; null = any")
+    addresses: tuple[IPInterface, ...] = Field(default=(), description="inner addresses")
+    mtu: Literal["auto"] | int = Field(default="auto", description="'auto' or 1280-9000")
+    peers: tuple[Peer, ...] = Field(min_length=1)
+    underlay: Literal["balance"] | tuple[str, ...] = Field(
+        default="balance", description="'balance' or uplink names in order of preference"
+    )
+    route: Literal["full"] | tuple[IPNetwork, ...] = Field(
+        default=(), description="'full' = all LAN traffic, or prefixes sent into the tunnel"
+    )
+    kill_switch: bool | None = Field(default=None, description="default: on for route 'full'")
+    fail_back: Literal["immediate"] = Field(
+        default="immediate", description="back to a preferred uplink as soon as it is healthy"
+    )
+    table: int = Field(description="T_under: routes the tunnel's encrypted packets")
+    route_table: int | None = Field(default=None, description="T_route; default table + 1")
+    fwmark: int | None = Field(
+        default=None, description="mark on the tunnel's UDP packets; default table << 16"
+    )
+
+    @field_validator("interface")
+    @classmethod
+    def _interface(cls, v: str) -> str:
+        return _ifname(v)
+
+    @field_validator("private_key_file")
+    @classmethod
+    def _key_file(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError(f"{v} is relative; give an absolute path (e.g. a systemd credential)")
+        return v
+
+    @field_validator("mtu")
+    @classmethod
+    def _mtu(cls, v: str | int) -> str | int:
+        return v if isinstance(v, str) else check_range(v, low=576, high=9000, use="'auto' or 576 to 9000")
+
+    @field_validator("underlay")
+    @classmethod
+    def _underlay(cls, v: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        if isinstance(v, tuple) and (not v or len(set(v)) != len(v)):
+            raise ValueError("name each uplink once, at least one; or write 'balance'")
+        return v
+
+    _port = ranged("listen_port", low=1, high=65535, use="a UDP port from 1 to 65535, or null")
+
+    @model_validator(mode="after")
+    def _keys(self) -> Tunnel:
+        keys = [p.public_key for p in self.peers]
+        if len(set(keys)) != len(keys):
+            raise ValueError("peers: a public key appears twice; give each peer once")
+        return self
+
+    @property
+    def full(self) -> bool:
+        return self.route == "full"
+
+    @property
+    def kills(self) -> bool:
+        """Whether LAN traffic the route sends into the tunnel is refused while it is down."""
+        return self.kill_switch if self.kill_switch is not None else self.full
+
+    @property
+    def t_route(self) -> int:
+        return self.route_table if self.route_table is not None else self.table + 1
+
+    @property
+    def mark(self) -> int:
+        return self.fwmark if self.fwmark is not None else (self.table & 0xFFFF) << 16
+
+    @property
+    def carries(self) -> frozenset[int]:
+        """IP versions (4, 6) the tunnel carries: those its peers allow a default for, or
+        any of its addresses' families."""
+        versions = {a.version for a in self.addresses}
+        versions |= {n.version for p in self.peers for n in p.allowed_ips}
+        return frozenset(versions)
+
+
+def cross_check(config: Config, tunnels: Mapping[str, Tunnel]) -> list[str]:
+    """Problems between the tunnels and the rest of the config, each naming its field."""
+    problems: list[str] = []
+    tables: dict[int, str] = {config.balance.table: "balance.table"}
+    tables.update({up.table: f"uplinks.{n}.table" for n, up in config.uplinks.items()})
+    tables.update({p.table: f"policies.{n}.table" for n, p in config.policies.items()})
+    names = {up.match.name for up in config.uplinks.values() if up.match.name}
+    seen_if: dict[str, str] = {}
+    marks: dict[int, str] = {}
+    mask = config.kernel.mark_mask
+    for name, t in tunnels.items():
+        where = f"tunnels.{name}"
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
+            problems.append(f"{where}: the name is not usable; use a letter then letters, digits, '-' or '_'")
+        if isinstance(t.underlay, tuple):
+            for u in t.underlay:
+                if u not in config.uplinks:
+                    problems.append(
+                        f"{where}.underlay: {u!r} is not an uplink; use names from uplinks "
+                        f"({', '.join(config.uplinks) or 'none configured'})"
+                    )
+        for field, table in (("table", t.table), ("route_table", t.t_route)):
+            if not 1 <= table <= MAX_TABLE or table in (253, 254, 255):
+                problems.append(f"{where}.{field}: {table} is not usable; pick a free table id, e.g. 100-252")
+            elif table in tables:
+                problems.append(
+                    f"{where}.{field}: {table} is already used by {tables[table]}; give it its own table"
+                )
+            tables.setdefault(table, f"{where}.{field}")
+        if t.mark == 0 or t.mark & mask or t.mark >= 1 << 32:
+            problems.append(
+                f"{where}.fwmark: {t.mark:#x} must be non-zero and outside kernel.mark_mask {mask:#x}; "
+                "e.g. 0x10000"
+            )
+        elif config.policies and t.mark & config.kernel.policy_bits:
+            # a steering rule would rewrite these bits of the tunnel's own packets, and a
+            # policy's mark could match the tunnel's `fwmark T/T` rule
+            problems.append(
+                f"{where}.fwmark: {t.mark:#x} shares bits with the policies' marks "
+                f"(kernel.policy_mask {config.kernel.policy_bits:#x}); set fwmark outside both masks, "
+                f"e.g. {_free_mark(config.kernel.mark_mask | config.kernel.policy_bits):#x}"
+            )
+        elif t.mark in marks:
+            problems.append(f"{where}.fwmark: {t.mark:#x} is already used by {marks[t.mark]}")
+        marks.setdefault(t.mark, where)
+        if t.interface in names:
+            problems.append(
+                f"{where}.interface: {t.interface!r} is an uplink's interface; name the tunnel's own"
+            )
+        if t.interface in seen_if:
+            problems.append(f"{where}.interface: {t.interface!r} is also {seen_if[t.interface]}'s")
+        seen_if.setdefault(t.interface, where)
+    return problems
+
+
+def _free_mark(used: int) -> int:
+    """The highest single mark bit outside `used` (0 when every bit is taken)."""
+    for bit in range(31, -1, -1):
+        if not used & (1 << bit):
+            return 1 << bit
+    return 0

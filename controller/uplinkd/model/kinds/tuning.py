@@ -1,0 +1,78 @@
+"""Per-interface settings an uplink's own IP configuration asks for: the MTU a modem's bearer
+names, and `accept_ra = 2` on a modem's data interface (its IPv6 comes by router
+advertisement, and the router forwards, where the kernel's default 1 ignores RAs).
+
+Like `LinkUp`, only ever set, never undone: nothing here is pruned, nothing is "ours". The
+object names only the settings wanted (None: leave as it is); what is read back names every
+setting the interface has, so a wanted object equals its reading once the kernel holds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from uplinkd.config import Ownership
+from uplinkd.model.kinds.base import Change, Kind, Ref, Stage, Verb
+from uplinkd.model.kinds.io import Snapshot, Transport
+
+
+@dataclass(frozen=True)
+class LinkTuning:
+    ifindex: int
+    mtu: int | None = None
+    accept_ra: int | None = None
+    dev: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        name = self.dev or str(self.ifindex)
+        parts = [f"ip link set dev {name} mtu {self.mtu}"] if self.mtu is not None else []
+        if self.accept_ra is not None:
+            parts.append(f"sysctl -w net.ipv6.conf.{name}.accept_ra={self.accept_ra}")
+        return "; ".join(parts) or f"# nothing to set on {name}"
+
+
+class LinkTunings(Kind[int, LinkTuning]):
+    name = "link-tuning"
+    type = LinkTuning
+    create_stage = Stage.LINKS
+    delete_stage = Stage.LINKS  # never used: settings are not undone
+    prune = False
+
+    def key(self, obj: LinkTuning) -> int:
+        return obj.ifindex
+
+    def render(self, verb: Verb, obj: LinkTuning) -> str:
+        return str(obj)
+
+    def changes(
+        self, have: Mapping[int, LinkTuning], want: Mapping[int, LinkTuning], *, recreated: frozenset[Ref]
+    ) -> Iterator[Change]:
+        # compare only the settings wanted: the reading names them all
+        narrowed = {
+            key: LinkTuning(
+                key,
+                mtu=old.mtu if want[key].mtu is not None else None,
+                accept_ra=old.accept_ra if want[key].accept_ra is not None else None,
+                dev=old.dev,
+            )
+            for key, old in have.items()
+            if key in want
+        }
+        return super().changes(narrowed, want, recreated=recreated)
+
+    def read(self, snapshot: Snapshot, owner: Ownership) -> Iterator[LinkTuning]:
+        return (
+            LinkTuning(i, mtu=link.mtu, accept_ra=link.accept_ra, dev=link.name)
+            for i, link in snapshot.links.items()
+            if link.mtu is not None or link.accept_ra is not None
+        )
+
+    async def write(self, io: Transport, verb: Verb, obj: LinkTuning, owner: Ownership) -> None:
+        if obj.mtu is not None:
+            await io.link_mtu(index=obj.ifindex, mtu=obj.mtu)
+        if obj.accept_ra is not None:
+            await io.ipv6_conf(dev=obj.dev, key="accept_ra", value=obj.accept_ra)
+
+
+KIND = LinkTunings()

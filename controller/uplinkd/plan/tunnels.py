@@ -1,0 +1,199 @@
+"""Tunnels: where a WireGuard tunnel's own packets go, and what LAN traffic goes into it.
+
+Per tunnel and family, with P = rules.priority:
+
+    P+5   fwmark T/T lookup T_under    the tunnel's encrypted UDP packets (wireguard-go and
+                                       kernel WireGuard put the device's fwmark T on them)
+    P+25  lookup T_route               LAN traffic meets the tunnel before T_balance
+
+- T_under holds the underlay choice: `default via gw dev u` of the first healthy uplink of
+  the preference list, or the balance group (`default nhid G`), or `unreachable default`. It
+  never holds the tunnel itself (no loop, even with the endpoint inside AllowedIPs: the
+  mark rule is looked up before any route into the tunnel) and never falls through to main.
+  The rule sits above the uplinks' fwmark (P+10) and source (P+20) bands: neither a ct mark
+  of the old uplink nor a source address WireGuard remembers can keep the packets on a dead
+  uplink. When the carrying uplink fails, its conntrack entries (ct mark M_u, which the nft
+  table gave the tunnel's flow when it left by u) are flushed with the others, so the next
+  packet is routed and masqueraded afresh through the new choice.
+- T_route holds, while the tunnel is up, `default dev wg` (route `full`, for each family the
+  tunnel carries) or the route's prefixes `dev wg`; while it is down, or for a family a full
+  tunnel does not carry, `unreachable` for the same destinations when the kill switch is on
+  (so LAN IPv6 cannot go round an IPv4-only tunnel over an uplink with native IPv6).
+
+The tunnel's addresses (IFA_PROTO 77) and its link raised are wanted too. The interface
+itself is the tunnel worker's (uplinkd.tunnels): wireguard-go or kernel WireGuard.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+
+from uplinkd.config import Config, Tunnel
+from uplinkd.model import (
+    AF_INET,
+    AF_INET6,
+    FAMILIES,
+    ConntrackFlush,
+    LinkUp,
+    Op,
+    Route,
+    RouteKey,
+    Rule,
+    State,
+    StaticAddr,
+    UplinkStatus,
+    any_net,
+)
+from uplinkd.model.kinds.tuning import LinkTuning
+from uplinkd.plan.balance import balance_members
+from uplinkd.plan.facts import Contribution, Facts, Survey
+from uplinkd.plan.layout import BAND_TUNNEL_ROUTE, BAND_TUNNEL_UNDERLAY, group_id
+from uplinkd.tunnel.mtu import tunnel_mtu
+
+VERSION: dict[int, int] = {AF_INET: 4, AF_INET6: 6}
+FAMILY_NAMES: dict[int, str] = {AF_INET: "ipv4", AF_INET6: "ipv6"}
+
+
+def underlay_topic(name: str, family: int) -> str:
+    """The reason topic naming a tunnel's current underlay in one family."""
+    return f"tunnel {name} underlay {FAMILY_NAMES[family]}"
+
+
+def state_topic(name: str) -> str:
+    return f"tunnel {name}"
+
+
+def underlay(config: Config, tunnel: Tunnel, survey: Survey, family: int) -> tuple[object | None, str]:
+    """T_under's default route for one family, and the uplink(s) it names ("" = none)."""
+    key = RouteKey(family, tunnel.table, str(any_net(family)))
+    if tunnel.underlay == "balance":
+        members, _ = balance_members(config, survey.statuses, survey.ways, family)
+        if not members:
+            return Route(key, type="unreachable"), ""
+        return Route(key, nhid=group_id(config, family)), "balance (" + ", ".join(
+            s.name for s in members
+        ) + ")"
+    statuses = {s.name: s for s in survey.statuses}
+    usable = [
+        statuses[n]
+        for n in tunnel.underlay
+        if n in statuses and family in survey.ways.get(n, {}) and not statuses[n].drained
+    ]
+    healthy = [s for s in usable if s.state in (State.UP, State.DEGRADED)]
+    chosen = (healthy or usable)[:1]
+    if not chosen or chosen[0].ifindex is None:
+        return Route(key, type="unreachable"), ""
+    s = chosen[0]
+    way = survey.ways[s.name][family]
+    return Route(key, oif=s.ifindex, gateway=way.gateway, dev=s.dev or ""), s.name
+
+
+def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
+    prio = config.rules.priority
+    objects: list[object] = []
+    reasons: dict[str, str] = {}
+    for name, tunnel in config.tunnels.items():
+        link = facts.observed.link_by_name(tunnel.interface)
+        health = facts.tunnels.get(name)
+        up = link is not None and health is not None and health.up
+        if link is None:
+            reasons[state_topic(name)] = "down: no interface yet"
+        elif health is None:
+            reasons[state_topic(name)] = "down: not checked yet"
+        else:
+            reasons[state_topic(name)] = ("up: " if health.up else "down: ") + health.reason
+        for family in FAMILIES:
+            objects.append(
+                Rule(
+                    family, prio + BAND_TUNNEL_UNDERLAY, tunnel.table, fwmark=tunnel.mark, fwmask=tunnel.mark
+                )
+            )
+            route, via = underlay(config, tunnel, survey, family)
+            objects.append(route)
+            reasons[underlay_topic(name, family)] = via
+            if tunnel.route == "full" or tunnel.route:
+                objects.append(Rule(family, prio + BAND_TUNNEL_ROUTE, tunnel.t_route))
+            objects += _routes(tunnel, family, ifindex=link.index if up and link else None)
+        if link is not None:
+            mtu = mtu_of(tunnel, facts, survey)
+            if mtu is not None:
+                objects.append(LinkTuning(link.index, mtu=mtu, dev=link.name))
+            else:
+                reasons[f"tunnel {name} mtu"] = "auto: no carrying uplink is present; MTU left as it is"
+            objects.append(LinkUp(link.index, dev=link.name))
+            objects += [StaticAddr(link.index, a, dev=link.name) for a in tunnel.addresses]
+    return Contribution(objects=tuple(objects), reasons=reasons)
+
+
+def _routes(tunnel: Tunnel, family: int, *, ifindex: int | None) -> list[Route]:
+    """T_route's routes in one family: into the tunnel (`ifindex`), or, with the tunnel
+    down (None) or not carrying this family, unreachable when the kill switch is on."""
+    if tunnel.route == "full":
+        dests = [any_net(family)]
+        carried = VERSION[family] in tunnel.carries
+    else:
+        dests = [n for n in tunnel.route if n.version == VERSION[family]]
+        carried = True
+    out: list[Route] = []
+    for dst in dests:
+        key = RouteKey(family, tunnel.t_route, str(ipaddress.ip_network(dst)))
+        if ifindex is not None and carried:
+            out.append(Route(key, oif=ifindex, dev=tunnel.interface))
+        elif tunnel.kills:
+            out.append(Route(key, type="unreachable"))
+    return out
+
+
+def underlay_moved(
+    before: Mapping[str, str], after: Mapping[str, str], uplinks: Sequence[UplinkStatus], *, mask: int
+) -> tuple[Op, ...]:
+    """Conntrack flushes for uplinks a tunnel's underlay just left (`before`/`after`: the
+    passes' reasons). The tunnel's UDP flow is ct-marked with the uplink it left by; deleted,
+    its next packet is routed and masqueraded afresh through the new underlay. This holds even
+    when the old uplink stays in a balance group as the last resort of another family (where
+    the uplinks' own failover keeps its connections)."""
+    marks = {s.name: s.mark for s in uplinks}
+    ops: dict[int, Op] = {}
+    for topic, old in before.items():
+        if not topic.startswith("tunnel ") or " underlay " not in topic:
+            continue
+        if old in marks and after.get(topic) != old:
+            mark = marks[old]
+            why = f"a tunnel's underlay left it ({topic}: {after.get(topic) or 'none'})"
+            ops.setdefault(mark, Op("delete", ConntrackFlush(old, mark, mask, why)))
+    return tuple(ops.values())
+
+
+def nft_peers(config: Config, survey: Survey) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
+    """For the nft table: each peer endpoint and the uplink interfaces its tunnel's underlay
+    uses now (in the endpoint's family); see `NftState.tunnel_peers`."""
+    found: dict[tuple[str, int], set[str]] = {}
+    devs = {s.name: s.dev for s in survey.statuses if s.dev}
+    for tunnel in config.tunnels.values():
+        for p in tunnel.peers:
+            ep = p.endpoint_value
+            if ep is None:
+                continue
+            family = AF_INET if ep.address.version == 4 else AF_INET6
+            _, via = underlay(config, tunnel, survey, family)
+            names = via.removeprefix("balance (").removesuffix(")").split(", ") if via else []
+            found.setdefault((str(ep.address), ep.port), set()).update(devs[n] for n in names if n in devs)
+    return tuple(sorted((a, port, tuple(sorted(i))) for (a, port), i in found.items()))
+
+
+def mtu_of(tunnel: Tunnel, facts: Facts, survey: Survey) -> int | None:
+    """The tunnel's MTU: the configured number, or `auto`: the smallest MTU among the present
+    uplinks that may carry it minus WireGuard's overhead for its endpoints' family (80 when
+    any endpoint is IPv6, else 60). None when no carrying uplink is present (or ValueError:
+    too small), so the interface keeps the MTU it has."""
+    if isinstance(tunnel.mtu, int):
+        return tunnel.mtu
+    carriers = [s for s in survey.statuses if tunnel.underlay == "balance" or s.name in tunnel.underlay]
+    links = [facts.observed.links.get(s.ifindex) for s in carriers if s.ifindex is not None]
+    mtus = [link.mtu for link in links if link is not None and link.mtu]
+    v6 = any(p.endpoint_value is not None and p.endpoint_value.address.version == 6 for p in tunnel.peers)
+    try:
+        return tunnel_mtu(mtus, ipv6_underlay=v6) if mtus else None
+    except ValueError:
+        return None

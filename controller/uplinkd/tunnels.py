@@ -1,0 +1,306 @@
+"""The tunnel worker: one per configured tunnel, it keeps the WireGuard device there and
+configured, and records the tunnel's health (its peers' last handshake) for planning.
+
+Here (the netns tier) the device is wireguard-go's: the worker starts `wireguard-go -f IF` in
+a session of its own, logging to a file in the state directory, and configures it over the
+userspace API. It does not stop it when it is cancelled: a daemon restart leaves the tunnel
+running (fail static), and the next worker adopts the device, writes only what differs (for
+the same config: nothing, so no new handshake). `uplinkctl flush` removes the interface,
+which ends wireguard-go.
+
+The tunnel's routes, rules and addresses are planned by `plan.tunnels` and written by the
+applier like everything else; the worker writes only the WireGuard configuration (keys,
+peers, fwmark), which is the device's, not the routing's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from uplinkd.config import Config, Tunnel
+from uplinkd.kernel import wguapi
+from uplinkd.kernel.state import Kernel
+from uplinkd.kernel.wireguard import (
+    WIREGUARD_GO,
+    UserspaceWg,
+    WgError,
+    apply,
+    preshared_key_file,
+    private_key_file,
+)
+from uplinkd.model import AF_INET, AF_INET6, IPAddress
+from uplinkd.plan import Facts, Intent
+from uplinkd.plan import desired as plan_desired
+from uplinkd.runtime import Runtime
+from uplinkd.tunnel.health import TunnelHealth, judge
+from uplinkd.tunnel.wireguard import PeerUpdate, PublicKey, WgDevice, WgPeer, WgReading, WgUpdate
+from uplinkd.workers import WorkerKind
+
+log = logging.getLogger("uplinkd.tunnels")
+
+POLL_S = 1.0
+START_TIMEOUT_S = 5.0
+
+
+def device_of(tunnel: Tunnel) -> WgDevice:
+    """The WireGuard device the config asks for (reads the key files: raises KeyFileError)."""
+    peers = tuple(
+        WgPeer(
+            PublicKey.from_base64(p.public_key),
+            preshared_key=preshared_key_file(p.preshared_key_file) if p.preshared_key_file else None,
+            endpoint=p.endpoint_value,
+            allowed_ips=frozenset(p.allowed_ips),
+            keepalive=p.keepalive,
+        )
+        for p in tunnel.peers
+    )
+    return WgDevice(
+        tunnel.interface,
+        private_key=private_key_file(tunnel.private_key_file),
+        listen_port=tunnel.listen_port,
+        fwmark=tunnel.mark,
+        peers=peers,
+    )
+
+
+def health_of(ifname: str, reading: WgReading, now: float) -> TunnelHealth:
+    """The tunnel is up while any peer's last handshake is fresh."""
+    stats = sorted(reading.stats, key=lambda s: s.last_handshake or 0, reverse=True)
+    best = stats[0] if stats else None
+    up, why = judge(ifname, last_handshake=best.last_handshake if best else None, now=now)
+    return TunnelHealth(
+        up=up,
+        reason=why,
+        ifname=ifname,
+        last_handshake=best.last_handshake if best else None,
+        rx_bytes=sum(s.rx_bytes for s in reading.stats),
+        tx_bytes=sum(s.tx_bytes for s in reading.stats),
+        endpoint=str(best.endpoint) if best and best.endpoint else None,
+    )
+
+
+def read_now(ifname: str, *, socket_dir: Path = wguapi.SOCKET_DIR, timeout: float = 1.0) -> WgReading | None:
+    """The device read synchronously (at start, before the first pass), or None."""
+    path = wguapi.socket_path(ifname, socket_dir=socket_dir)
+    if not path.exists():
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(b"get=1\n\n")
+            data = b""
+            while not data.endswith(b"\n\n") and len(data) < wguapi.MAX_REPLY:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        lines = [tuple(line.split("=", 1)) for line in data.decode().splitlines() if "=" in line]
+        return wguapi.parse_get(ifname, [(k, v) for k, v in lines if k != "errno"])
+    except (OSError, ValueError, wguapi.WgUapiError) as e:
+        log.warning("%s: cannot read the WireGuard device at start (%s)", ifname, e)
+        return None
+
+
+class TunnelWorker:
+    def __init__(self, *, name: str, tunnel: Tunnel, log_dir: Path, rt: Runtime) -> None:
+        self.name = name
+        self.tunnel = tunnel
+        self.log_dir = log_dir
+        self.rt = rt
+        self.backend = UserspaceWg()
+        self.proc: asyncio.subprocess.Process | None = None
+        # set when the tunnel's underlay changed: WireGuard must forget the source address
+        # and interface it learnt from the old uplink (wireguard-go pins both; the kernel
+        # would route a pinned interface "on link" whatever the rules say)
+        self.unstick = asyncio.Event()
+
+    async def run(self) -> None:
+        desired = device_of(self.tunnel)
+        ifname = self.tunnel.interface
+        if await self.backend.read(ifname) is None:
+            await self._start(ifname)
+        while True:
+            await apply(self.backend, desired)
+            reading = await self.backend.read(ifname)
+            if reading is None:
+                raise WgError(f"{ifname}: the WireGuard device went away")
+            self._record(health_of(ifname, reading, time.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.unstick.wait(), POLL_S)
+            if self.unstick.is_set():
+                self.unstick.clear()
+                await self._forget_sources(desired)
+
+    async def _forget_sources(self, desired: WgDevice) -> None:
+        """Set each peer's endpoint again: WireGuard then drops the source it remembered, and
+        the next packet is routed by the tunnel's mark through the new underlay."""
+        peers = tuple(PeerUpdate(p, fields=frozenset({"endpoint"})) for p in desired.peers if p.endpoint)
+        if peers:
+            update = WgUpdate(desired.ifname, peers=peers)
+            log.info("%s: underlay changed: %s", self.name, update)
+            await self.backend.write(update)
+
+    async def _start(self, ifname: str) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        logfile = self.log_dir / f"{ifname}.wireguard-go.log"
+        with open(logfile, "ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                WIREGUARD_GO, "-f", ifname,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                env={**os.environ, "LOG_LEVEL": "error"}, start_new_session=True,
+            )  # fmt: skip
+        log.info(
+            "%s: started %s %s (pid %d; log %s)", self.name, WIREGUARD_GO, ifname, self.proc.pid, logfile
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                raise WgError(f"{WIREGUARD_GO} {ifname} exited {self.proc.returncode}; see {logfile}")
+            with contextlib.suppress(WgError):
+                if await self.backend.read(ifname) is not None:
+                    return
+            await asyncio.sleep(0.02)
+        raise WgError(f"{WIREGUARD_GO} {ifname}: no answer after {START_TIMEOUT_S} s; see {logfile}")
+
+    def _record(self, health: TunnelHealth) -> None:
+        old = self.rt.tunnels.get(self.name)
+        self.rt.tunnels[self.name] = health
+        if old is None or old.up != health.up:
+            log.info("tunnel %s: %s (%s)", self.name, "up" if health.up else "down", health.reason)
+            self.rt.wake.set()
+
+
+@dataclass(frozen=True)
+class TunnelSpec:
+    tunnel: Tunnel
+
+
+class TunnelWorkers(WorkerKind[TunnelSpec, TunnelWorker]):
+    """One worker per configured tunnel. Stopped by `flush` (which removes the interface)."""
+
+    name = "tunnel"
+    needs_our_routes = True
+    after_writes = True  # a new underlay is in the kernel before WireGuard forgets the old one
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        self._workers: dict[str, TunnelWorker] = {}
+        self._underlay: dict[str, tuple[str, ...]] = {}
+        now = time.time()
+        for name, tunnel in rt.config.tunnels.items():
+            reading = read_now(tunnel.interface)
+            if reading is not None:  # adopt: a restart plans from the tunnel as it is
+                rt.tunnels[name] = health_of(tunnel.interface, reading, now)
+
+    def wanted(self, intent: Intent, running: Mapping[str, TunnelSpec]) -> dict[str, TunnelSpec]:
+        for name in self.rt.config.tunnels:
+            now = tuple(
+                v for k, v in sorted(intent.reasons.items()) if k.startswith(f"tunnel {name} underlay ")
+            )
+            before = self._underlay.get(name)
+            self._underlay[name] = now
+            worker = self._workers.get(name)
+            if before is not None and before != now and worker is not None:
+                worker.unstick.set()
+        return {name: TunnelSpec(t) for name, t in self.rt.config.tunnels.items()}
+
+    def make(self, name: str, spec: TunnelSpec) -> TunnelWorker:
+        worker = TunnelWorker(
+            name=name, tunnel=spec.tunnel, log_dir=self.rt.config.control.state_dir, rt=self.rt
+        )
+        self._workers[name] = worker
+        return worker
+
+    def stopped(self, name: str) -> None:
+        self._workers.pop(name, None)
+        if self.rt.tunnels.pop(name, None) is not None:
+            self.rt.wake.set()
+
+
+async def remove_interfaces(tunnels: Mapping[str, Tunnel]) -> list[str]:
+    """Delete the tunnels' interfaces (`flush`): wireguard-go ends with its interface."""
+    done: list[str] = []
+    for t in tunnels.values():
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "link", "delete", "dev", t.interface,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        if await proc.wait() == 0:
+            done.append(f"ip link delete dev {t.interface}")
+    return done
+
+
+async def explain_tunnel(
+    kernel: Kernel, tunnels: Mapping[str, Tunnel], explained: dict[str, Any], by_dev: Mapping[str, str]
+) -> dict[str, Any]:
+    """`uplinkctl explain` for a packet routed into a tunnel: which tunnel, and which uplink
+    the tunnel's encrypted packets to its (first) peer leave by, as the kernel routes them now
+    (the device's fwmark, UDP to the endpoint)."""
+    tunnel = next(((n, t) for n, t in tunnels.items() if t.interface == explained.get("dev")), None)
+    if tunnel is None:
+        return explained
+    name, t = tunnel
+    endpoint = next((p.endpoint_value for p in t.peers if p.endpoint_value is not None), None)
+    out = {**explained, "tunnel": name, "encrypted_via": None, "encrypted_dev": None}
+    if endpoint is not None:
+        outer = await kernel.explain(
+            dst=endpoint.address, mark=t.mark, ipproto="udp", dport=endpoint.port, uplinks_by_dev=by_dev
+        )
+        out.update(encrypted_via=outer.uplink, encrypted_dev=outer.dev, encrypted_rule=outer.rule)
+    return out
+
+
+# A destination outside every private range, for route lookups only (no packet is sent).
+AUDIT_DESTINATIONS: tuple[tuple[int, IPAddress], ...] = (
+    (AF_INET, ipaddress.ip_address("192.0.2.1")),
+    (AF_INET6, ipaddress.ip_address("2001:db8:ffff::1")),
+)
+
+
+async def audit(config: Config) -> tuple[list[str], list[str]]:
+    """`uplinkctl audit`: with a `full` tunnel configured, can a LAN source reach an uplink
+    directly? For every interface with an address that is neither an uplink nor a tunnel (the
+    LANs), in each family it has an address in, the kernel is asked how it would route a
+    packet forwarded from a host there to the internet. Returns (problems, what was checked):
+    a problem names the interface, the packet, the rule and the uplink it would leave by."""
+    if not any(t.full for t in config.tunnels.values()):
+        return [], ["no tunnel with route 'full' is configured: nothing to audit"]
+    kernel = Kernel(config)
+    try:
+        observed, _ = await kernel.read()
+        intent = plan_desired(config, Facts(observed))
+        uplinks = {s.dev: s.name for s in intent.uplinks if s.dev}
+        tunnel_devs = {t.interface for t in config.tunnels.values()}
+        problems: list[str] = []
+        checked: list[str] = []
+        for link in sorted(observed.links.values(), key=lambda li: li.index):
+            if link.name in uplinks or link.name in tunnel_devs or link.name == "lo":
+                continue
+            for family, dst in AUDIT_DESTINATIONS:
+                addrs = observed.addrs_of(link.index, family)
+                if not addrs:
+                    continue
+                net = addrs[0].network
+                src = next(h for h in (net.network_address + 2, net.network_address + 3) if h != addrs[0].ip)
+                ex = await kernel.explain(dst=dst, src=src, iif=link.name, uplinks_by_dev=uplinks)
+                what = (
+                    f"{link.name}: {src} → {dst}: {ex.type}{' dev ' + ex.dev if ex.dev else ''} ({ex.rule})"
+                )
+                if ex.dev in uplinks:
+                    problems.append(f"{what}: leaves by uplink {uplinks[ex.dev]}, around the full tunnel")
+                else:
+                    checked.append(what)
+        return problems, checked
+    finally:
+        kernel.close()

@@ -1,0 +1,255 @@
+"""LAN IPv6 (config `lan`, plan.lan6, kernel.nft6) without a kernel: every config message,
+what the planner wants for off / translate / nothing configured, and the nft table's IPv6
+part read back from its own rendering."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from uplinkd import plan
+from uplinkd.config import ConfigError, parse
+from uplinkd.kernel import nft, nft6
+from uplinkd.model import (
+    ADDRESSES,
+    AF_INET6,
+    NFT,
+    Addr,
+    Gateway,
+    Link,
+    NftIpv6,
+    NftPrefix,
+    NftState,
+    NftTranslation,
+    NftUplink,
+    Observed,
+    StaticAddr,
+)
+from uplinkd.plan import Facts
+
+iface = ipaddress.ip_interface
+
+
+def uplinks() -> dict[str, Any]:
+    return {
+        name: {
+            "match": {"name": name},
+            "address": {
+                "mode": "static",
+                "cidr": f"10.{100 + n}.0.2/24",
+                "gateway": f"10.{100 + n}.0.1",
+                "cidr6": f"2001:db8:{n}::2/64",
+                "gateway6": f"2001:db8:{n}::1",
+            },
+            "table": 100 + n,
+        }
+        for n, name in ((1, "wan"), (2, "lte1"))
+    }
+
+
+def lan(**ipv6: Any) -> dict[str, Any]:
+    return {"lan0": {"ipv6": ipv6}}
+
+
+def problems(lan_section: dict[str, Any]) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as e:
+        parse({"uplinks": uplinks(), "lan": lan_section})
+    return e.value.problems
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_lan_defaults_to_off_and_nothing_configured_means_no_lan() -> None:
+    assert parse({"uplinks": uplinks()}).lan == {}
+    assert parse({"uplinks": uplinks(), "lan": {"lan0": {}}}).lan["lan0"].ipv6.mode == "off"
+    section = lan(mode="translate", prefix="2001:db8:ff::/64", uplinks=["wan"])
+    cfg = parse({"uplinks": uplinks(), "lan": section})
+    v6 = cfg.lan["lan0"].ipv6
+    assert (v6.mode, str(v6.prefix), v6.uplinks) == ("translate", "2001:db8:ff::/64", ("wan",))
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (
+            lan(mode="translate"),
+            'lan.lan0.ipv6.prefix: is required for translate; '
+            'add the LAN\'s internal /64, e.g. "2001:db8:ff::/64"',
+        ),
+        (
+            lan(mode="translate", prefix="2001:db8:ff::1/64"),
+            "lan.lan0.ipv6.prefix: '2001:db8:ff::1/64' has host bits set; "
+            "write the prefix itself, '2001:db8:ff::/64'",
+        ),
+        (
+            lan(mode="translate", prefix="2001:db8:ff::/56"),
+            "lan.lan0.ipv6.prefix: 2001:db8:ff::/56 is a /56; "
+            "translation keeps the interface ID, so use a /64 like the uplinks' prefixes",
+        ),
+        (
+            lan(mode="translate", prefix="fe80::/64"),
+            "lan.lan0.ipv6.prefix: fe80::/64 cannot be routed; "
+            "use a unicast /64",
+        ),
+        (
+            lan(mode="translate", prefix=64),
+            'lan.lan0.ipv6.prefix: 64 is not a prefix; '
+            'write it in quotes, e.g. "2001:db8:ff::/64"',
+        ),
+        (
+            lan(mode="translate", prefix="nope"),
+            "lan.lan0.ipv6.prefix: 'nope' is not an IPv6 prefix; "
+            "write e.g. \"2001:db8:ff::/64\"",
+        ),
+        (
+            lan(mode="translate", prefix="2001:db8:ff::/64", uplinks=["lte9"]),
+            "lan.lan0.ipv6.uplinks: 'lte9' is not an uplink; "
+            "use one of: lte1, wan",
+        ),
+        (
+            lan(mode="off", prefix="2001:db8:ff::/64"),
+            "lan.lan0.ipv6.prefix: is only used with mode 'translate'; "
+            "remove it",
+        ),
+        (
+            lan(mode="extend"),
+            "lan.lan0.ipv6.mode: 'extend' is not built yet (issue 13); "
+            "use 'off' or 'translate'",
+        ),
+        (
+            lan(mode="delegate"),
+            "lan.lan0.ipv6.mode: 'delegate' is not built yet (issue 13); "
+            "use 'off' or 'translate'",
+        ),
+        (
+            lan(mode="tunnel"),
+            "lan.lan0.ipv6.mode: 'tunnel' is not built yet (issue 13); "
+            "use 'off' or 'translate'",
+        ),
+        (
+            lan(mode="nat66"),
+            "lan.lan0.ipv6.mode: 'nat66' is not allowed; "
+            "use 'off', 'translate', 'extend', 'delegate' or 'tunnel'",
+        ),
+        (lan(mode="off", colour="red"), "lan.lan0.ipv6.colour: unknown key; remove it or check its spelling"),
+        ({"wan": {}}, "lan.wan: 'wan' is also an uplink's interface; a LAN cannot be an uplink"),
+        ({"lan*": {}}, "lan.lan*: 'lan*' is a glob; name the LAN interface exactly, e.g. 'lan0'"),
+        (
+            {"a/b": {}},
+            "lan.a/b: 'a/b' cannot be an interface name; "
+            "use 1-15 characters without '/' or spaces",
+        ),
+        (
+            {
+                "lan0": {"ipv6": {"mode": "translate", "prefix": "2001:db8:ff::/64"}},
+                "lan1": {"ipv6": {"mode": "translate", "prefix": "2001:db8:ff::/64"}},
+            },
+            "lan.lan1.ipv6.prefix: 2001:db8:ff::/64 overlaps lan.lan0.ipv6.prefix; give each LAN its own /64",
+        ),
+    ],
+)  # fmt: skip
+def test_every_lan_mistake_names_the_field_and_the_fix(section: dict[str, Any], message: str) -> None:
+    assert message in problems(section)
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def facts() -> Facts:
+    names = ((2, "wan"), (3, "lte1"), (4, "lan0"))
+    links = {i: Link(index=i, name=n, up=True, carrier=True) for i, n in names}
+    addrs = [Addr(2, iface("10.101.0.2/24")), Addr(3, iface("10.102.0.2/24"))]
+    addrs += [Addr(2, iface("2001:db8:1::2/64")), Addr(3, iface("2001:db8:2::2/64"))]
+    addrs += [Addr(2, iface("fe80::1/64"))]
+    return Facts(Observed(links=links, addrs=tuple(addrs), gateways=(Gateway(2, AF_INET6, None),)))
+
+
+def intent(section: dict[str, Any] | None) -> plan.Intent:
+    cfg = parse({"uplinks": uplinks(), **({"lan": section} if section is not None else {})})
+    return plan.desired(cfg, facts())
+
+
+def table(i: plan.Intent) -> NftState:
+    (found,) = i.kernel[NFT].values()
+    return found
+
+
+def test_nothing_configured_translates_nothing_and_closes_nothing() -> None:
+    i = intent(None)
+    v6 = table(i).ipv6
+    assert v6.translations == () and v6.closed == ()
+    assert v6.prefixes == (NftPrefix("lte1", "2001:db8:2::/64"), NftPrefix("wan", "2001:db8:1::/64"))
+    text = nft.render(table(i))
+    assert "meta nfproto ipv4 oifname @uplinks masquerade" in text
+    assert "snat ip6" not in text and "\t\toifname @uplinks masquerade" not in text
+
+
+def test_off_closes_the_lan_and_adds_no_address() -> None:
+    i = intent(lan(mode="off"))
+    assert table(i).ipv6.closed == ("lan0",)
+    assert not [a for a in i.kernel[ADDRESSES].values() if a.dev == "lan0"]
+    assert i.reasons["lan lan0 ipv6"] == "off: no IPv6 from this LAN to any uplink"
+    assert 'meta nfproto ipv6 iifname { "lan0" } oifname @uplinks drop' in nft.render(table(i))
+
+
+def test_translate_maps_the_inner_prefix_to_every_uplinks_64_and_puts_the_router_on_the_lan() -> None:
+    i = intent(lan(mode="translate", prefix="2001:db8:ff::/64"))
+    assert table(i).ipv6.translations == (
+        NftTranslation("lan0", "2001:db8:ff::/64", "lte1", "2001:db8:2::/64"),
+        NftTranslation("lan0", "2001:db8:ff::/64", "wan", "2001:db8:1::/64"),
+    )
+    assert StaticAddr(4, iface("2001:db8:ff::1/64"), dev="lan0") in i.kernel[ADDRESSES].values()
+    assert i.reasons["lan lan0 ipv6"] == (
+        "translate 2001:db8:ff::/64 via wan as 2001:db8:1::/64, lte1 as 2001:db8:2::/64"
+    )
+    only = intent(lan(mode="translate", prefix="2001:db8:ff::/64", uplinks=["lte1"]))
+    assert [t.ifname for t in table(only).ipv6.translations] == ["lte1"]
+
+
+def test_translate_without_an_ipv6_uplink_says_so() -> None:
+    cfg = parse({"uplinks": uplinks(), "lan": lan(mode="translate", prefix="2001:db8:ff::/64")})
+    bare = Facts(Observed(links={4: Link(index=4, name="lan0", up=True, carrier=True)}))
+    i = plan.desired(cfg, bare)
+    assert table(i).ipv6 == NftIpv6()
+    assert i.reasons["lan lan0 ipv6"] == "translate 2001:db8:ff::/64: no uplink has an IPv6 /64 yet"
+
+
+# --- the nft table's IPv6 part -------------------------------------------------------------------
+
+
+def state() -> NftState:
+    return NftState(
+        "uplinkd",
+        0xFF00,
+        (NftUplink("lte1", 0x6600), NftUplink("wan", 0x6500)),
+        NftIpv6(
+            (NftPrefix("lte1", "2001:db8:2::/64"), NftPrefix("wan", "2001:db8:1::/64")),
+            (NftTranslation("lan0", "2001:db8:ff::/64", "lte1", "2001:db8:2::/64"),),
+            ("lan9",),
+        ),
+    )
+
+
+def test_the_ipv6_part_reads_back_from_the_rendered_table() -> None:
+    s = state()
+    assert nft6.read(nft.render(s)) == s.ipv6
+
+
+def test_the_guard_lets_each_uplink_carry_only_its_own_prefix() -> None:
+    text = nft6.guard_chain(state())
+    assert 'meta nfproto ipv6 oifname vmap { "lte1" : goto guard6_6600, "wan" : goto guard6_6500 }' in text
+    wan = text[text.index("chain guard6_6500") :].split("}")[0]
+    assert [line.strip() for line in wan.splitlines()[1:] if line.strip()] == [
+        'ip6 saddr 2001:db8:1::/64 accept comment "uplinkd6 own wan 2001:db8:1::/64"',
+        "ip6 saddr fc00::/7 drop",
+        "ip6 saddr 2001:db8:2::/64 drop",
+        "ip6 saddr 2001:db8:ff::/64 drop",
+    ]
+
+
+def test_the_digest_covers_the_ipv6_part() -> None:
+    s = state()
+    assert NftState(s.table, s.mask, s.uplinks).digest != s.digest
