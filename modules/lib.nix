@@ -13,6 +13,34 @@ let
     ;
 in
 rec {
+  # The systemd sandbox both units share (the controller and uplinkd-exporter): no new
+  # privileges, a read-only system, no kernel tunables, modules, logs or clock, no namespaces.
+  # Each unit adds its capabilities, address families and system-call filter.
+  sandbox = {
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    # PrivateUsers stays off: capabilities inside a user namespace do not reach the host's
+    # network namespace, and the exporter's socket group must be the host's uplinkd group.
+    PrivateUsers = false;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    RemoveIPC = true;
+    SystemCallArchitectures = "native";
+  };
+
   # What the controller reads: the settings without their nulls, also inside lists of sections
   # (rules.steer, a tunnel's peers). Every nullable field of the controller's config defaults
   # to null, so dropping them changes nothing but the noise.

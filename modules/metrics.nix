@@ -13,6 +13,7 @@
 }:
 let
   inherit (lib) mkOption mkEnableOption types;
+  helpers = import ./lib.nix { inherit lib; };
   cfg = config.services.uplinkd;
   exp = cfg.exporter;
   page = cfg.statusPage;
@@ -131,7 +132,7 @@ in
         "network.target"
       ];
       wants = [ "uplinkd.service" ];
-      serviceConfig = {
+      serviceConfig = helpers.sandbox // {
         Type = "notify";
         NotifyAccess = "main";
         ExecStart = lib.escapeShellArgs (
@@ -164,31 +165,11 @@ in
         DynamicUser = true;
         SupplementaryGroups = [ "uplinkd" ];
         CapabilityBoundingSet = [ "" ];
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        PrivateUsers = false; # the socket's group must be the host's uplinkd group
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        ProtectProc = "invisible";
         RestrictAddressFamilies = [
           "AF_UNIX"
           "AF_INET"
           "AF_INET6"
         ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        RemoveIPC = true;
-        SystemCallArchitectures = "native";
         SystemCallFilter = [
           "@system-service"
           "~@privileged @resources"

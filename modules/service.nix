@@ -107,7 +107,7 @@ in
       # Never give up on the router's routing: back off up to a minute, retry forever.
       startLimitIntervalSec = 0;
 
-      serviceConfig = {
+      serviceConfig = helpers.sandbox // {
         Type = "notify";
         NotifyAccess = "main";
         ExecStart = lib.escapeShellArgs (
@@ -152,21 +152,6 @@ in
           "CAP_NET_ADMIN"
           "CAP_NET_RAW"
         ];
-        NoNewPrivileges = true;
-
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        # PrivateUsers stays off: capabilities inside a user namespace do not reach the
-        # host's network namespace. PrivateNetwork, obviously, too.
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        ProtectProc = "invisible";
         RestrictAddressFamilies = [
           "AF_UNIX" # control socket, sd_notify, journal
           "AF_NETLINK" # rtnetlink, nfnetlink, udev
@@ -174,13 +159,6 @@ in
           "AF_INET6"
           "AF_PACKET" # DHCP client
         ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        RemoveIPC = true;
-        SystemCallArchitectures = "native";
         SystemCallFilter = [
           "@system-service"
           "~@privileged"

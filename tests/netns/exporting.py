@@ -6,7 +6,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from uplinkd.lab import Lab
@@ -16,6 +19,35 @@ from uplinkd.lab.launcher import LabDaemon
 from harness.readback import wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+# The lab both the metrics and the status-page tests watch: three static uplinks, fast probes.
+NAMES = ("wan", "lte1", "lte2")
+SERVER = "198.51.100.100"
+
+
+def config() -> dict[str, Any]:
+    return {
+        "uplinks": {
+            name: {
+                "match": {"name": name},
+                "address": {"mode": "static", "cidr": f"10.{101 + i}.0.2/24", "gateway": f"10.{101 + i}.0.1"},
+                "table": 101 + i,
+                "probe": {"targets": [SERVER, f"198.51.100.{i + 1}"]},
+            }
+            for i, name in enumerate(NAMES)
+        },
+        "probe": {"profile": "fast"},
+        "balance": {"table": 200},
+    }
+
+
+@pytest.fixture(name="lab")
+def three_uplink_lab() -> Iterator[Lab]:
+    with Lab() as lab:
+        for name in NAMES:
+            lab.add_isp(name, address="none")
+        lab.add_client()
+        yield lab
 
 
 class Exporter:

@@ -23,7 +23,14 @@ import pytest
 from uplinkd.lab import Lab
 from uplinkd.lab.launcher import LabDaemon
 
-from exporting import Exporter, http_get, page_address
+from exporting import (
+    NAMES,
+    Exporter,
+    config,
+    http_get,
+    page_address,
+    three_uplink_lab,  # noqa: F401  (the `lab` fixture)
+)
 from harness.readback import group_members, wait_until
 
 pytestmark = [
@@ -31,36 +38,9 @@ pytestmark = [
     pytest.mark.timeout(240),
 ]
 
-NAMES = ("wan", "lte1", "lte2")
 TABLES = {101 + i: name for i, name in enumerate(NAMES)}
-SERVER = "198.51.100.100"
 PORT = 8080
 BROWSER = Path(__file__).with_name("browser.py")
-
-
-def config() -> dict[str, Any]:
-    return {
-        "uplinks": {
-            name: {
-                "match": {"name": name},
-                "address": {"mode": "static", "cidr": f"10.{101 + i}.0.2/24", "gateway": f"10.{101 + i}.0.1"},
-                "table": 101 + i,
-                "probe": {"targets": [SERVER, f"198.51.100.{i + 1}"]},
-            }
-            for i, name in enumerate(NAMES)
-        },
-        "probe": {"profile": "fast"},
-        "balance": {"table": 200},
-    }
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with Lab() as lab:
-        for name in NAMES:
-            lab.add_isp(name, address="none")
-        lab.add_client()
-        yield lab
 
 
 @pytest.fixture

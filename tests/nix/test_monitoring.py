@@ -72,6 +72,9 @@ def test_exporter_unit_serves_metrics_on_the_configured_address(example: dict[st
     assert shlex.split(unit["ExecStart"])[0].endswith("/bin/uplinkd-exporter")
     assert args["--listen"] == [f"{exporter['listenAddress']}:{exporter['port']}"] == ["127.0.0.1:9477"]
     assert unit["DynamicUser"] is True and unit["CapabilityBoundingSet"] == [""]
+    for key, value in {"NoNewPrivileges": True, "ProtectSystem": "strict", "ProtectKernelTunables": True,
+                       "MemoryDenyWriteExecute": True, "RestrictNamespaces": True}.items():  # fmt: skip
+        assert unit[key] == value, key
 
 
 def test_prometheus_scrapes_the_exporter(example: dict[str, Any]) -> None:

@@ -240,6 +240,15 @@ def test_flake_outputs_have_the_expected_structure() -> None:
 # --- LimitNOFILE (issue 9, item 1) -------------------------------------------------------------
 
 
+def test_controller_unit_is_sandboxed_with_only_its_two_capabilities() -> None:
+    unit = "systemd.services.uplinkd.serviceConfig"
+    got = evaluate(EXAMPLES[0], show=(unit,))["config"][unit]
+    assert got["CapabilityBoundingSet"] == got["AmbientCapabilities"] == ["CAP_NET_ADMIN", "CAP_NET_RAW"]
+    for key, value in {"NoNewPrivileges": True, "ProtectSystem": "strict", "ProtectKernelTunables": True,
+                       "PrivateUsers": False, "MemoryDenyWriteExecute": True}.items():  # fmt: skip
+        assert got[key] == value, key
+
+
 def test_unit_raises_the_open_file_limit(tmp_path: Path) -> None:
     """The unit had no LimitNOFILE: 1,024 descriptors, which a socket client could exhaust."""
     path = ("systemd.services.uplinkd.serviceConfig.LimitNOFILE",)
