@@ -120,7 +120,7 @@ in
     fwmark = mkOption {
       type = types.nullOr types.ints.unsigned;
       default = null;
-      description = "Mark on the tunnel's UDP packets, outside `kernel.mark_mask`; default `table` << 16.";
+      description = "Mark on the tunnel's UDP packets, outside `kernel.mark_mask` and `kernel.policy_mask`; default: a single bit of its own (bit 31, 30, ... by tunnel name).";
     };
   };
 }

@@ -272,7 +272,8 @@ async def audit(config: Config) -> tuple[list[str], list[str]]:
     """`uplinkctl audit`: with a `full` tunnel configured, can a LAN source reach an uplink
     directly? For every interface with an address that is neither an uplink nor a tunnel (the
     LANs), in each family it has an address in, the kernel is asked how it would route a
-    packet forwarded from a host there to the internet. Returns (problems, what was checked):
+    packet forwarded from a host there to the internet: unmarked, and with each policy's mark
+    (what a steering rule would give it). Returns (problems, what was checked):
     a problem names the interface, the packet, the rule and the uplink it would leave by."""
     if not any(t.full for t in config.tunnels.values()):
         return [], ["no tunnel with route 'full' is configured: nothing to audit"]
@@ -293,14 +294,19 @@ async def audit(config: Config) -> tuple[list[str], list[str]]:
                     continue
                 net = addrs[0].network
                 src = next(h for h in (net.network_address + 2, net.network_address + 3) if h != addrs[0].ip)
-                ex = await kernel.explain(dst=dst, src=src, iif=link.name, uplinks_by_dev=uplinks)
-                what = (
-                    f"{link.name}: {src} → {dst}: {ex.type}{' dev ' + ex.dev if ex.dev else ''} ({ex.rule})"
-                )
-                if ex.dev in uplinks:
-                    problems.append(f"{what}: leaves by uplink {uplinks[ex.dev]}, around the full tunnel")
-                else:
-                    checked.append(what)
+                # unmarked, and as each policy's steering rules would mark it
+                for policy, mark in [("", None), *((p, config.policy_mark(p)) for p in config.policies)]:
+                    ex = await kernel.explain(
+                        dst=dst, src=src, iif=link.name, mark=mark, uplinks_by_dev=uplinks
+                    )
+                    what = (
+                        f"{link.name}: {src} → {dst}{' steered to policy ' + policy if policy else ''}: "
+                        f"{ex.type}{' dev ' + ex.dev if ex.dev else ''} ({ex.rule})"
+                    )
+                    if ex.dev in uplinks:
+                        problems.append(f"{what}: leaves by uplink {uplinks[ex.dev]}, around the full tunnel")
+                    else:
+                        checked.append(what)
         return problems, checked
     finally:
         kernel.close()

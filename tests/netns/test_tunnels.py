@@ -28,6 +28,7 @@ from uplinkd.lab.launcher import LabDaemon
 
 from harness.readback import wait_until
 from harness.tunnel_home import (
+    LAN_INNER6,
     NAMES,
     OUTSIDE4,
     Counted,
@@ -168,6 +169,30 @@ def test_kill_switch_leaks_nothing_v4_or_v6_while_home_is_unreachable(
     assert tunnel(daemon)["state"] == "down"
     audited = daemon.ctl("audit", "--config", str(daemon.config_path), check=False)
     assert audited.returncode == 0 and "ok: lan0" in audited.stdout, audited.stdout + audited.stderr
+    seen = Counted(lab)
+    leak_attempts(lab)
+    for name in NAMES:
+        got = seen[name]
+        assert got["leak4"] == 0 and got["leak6"] == 0, (name, got)
+
+
+def test_a_steering_rule_does_not_take_lan_traffic_around_a_full_tunnel(
+    lab: Lab, setup: tuple[LabDaemon, str, dict[str, Any]]
+) -> None:
+    """A policy steers the LAN to wan (issue 12): the full tunnel's route still comes first,
+    so with the tunnel down the kill switch holds for the steered traffic too, and audit,
+    which asks the kernel with each policy's mark, finds no path around the tunnel."""
+    daemon, _, _ = setup  # home never starts: the tunnel stays down
+    cfg = json.loads(json.dumps(daemon.config))
+    cfg["policies"] = {"wired": {"tiers": [["wan"]], "table": 160}}
+    cfg["rules"] = {"steer": [{"src": ["192.168.50.0/24", LAN_INNER6], "policy": "wired"}]}
+    daemon.write_config(cfg)
+    daemon.start()
+    for name in NAMES:
+        wait_up(daemon, name)
+    assert tunnel(daemon)["state"] == "down"
+    audited = daemon.ctl("audit", "--config", str(daemon.config_path), check=False)
+    assert audited.returncode == 0 and "policy wired" in audited.stdout, audited.stdout + audited.stderr
     seen = Counted(lab)
     leak_attempts(lab)
     for name in NAMES:

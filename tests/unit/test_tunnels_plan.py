@@ -157,11 +157,33 @@ def test_tunnels_beside_policies_keep_their_tables_and_mark_bits_apart() -> None
     with pytest.raises(ConfigError) as e:
         parse(with_policy(150, fwmark=0x1000000))
     assert "tunnels.home.table: 150 is already used by policies.wired.table" in str(e.value)
+    # the default mark is a bit of its own outside both masks: adding a policy changes nothing
+    assert parse(with_policy(160)).tunnels["home"].mark == 0x80000000
     with pytest.raises(ConfigError) as e:
-        parse(with_policy(160))  # the default fwmark, 150 << 16, is under policy_mask 0xff0000
+        parse(with_policy(160, fwmark=0x960000))  # under policy_mask 0xff0000
     assert "tunnels.home.fwmark: 0x960000 shares bits with the policies' marks" in str(e.value)
     assert "e.g. 0x80000000" in str(e.value)
     assert parse(with_policy(160, fwmark=0x1000000)).tunnels["home"].mark == 0x1000000
+
+
+def test_each_tunnel_gets_a_mark_bit_no_other_mark_contains() -> None:
+    """`fwmark T/T` matches any mark with T's bits: two tunnels' marks must not contain one
+    another, or one tunnel's packets would follow the other's underlay."""
+    base = config().model_dump(mode="json", exclude_none=True)
+    two = {
+        **base,
+        "tunnels": {
+            "b": tunnel(interface="wgb", table=160),
+            "a": tunnel(interface="wga", table=170),
+        },
+    }
+    marks = {n: t.mark for n, t in parse(two).tunnels.items()}
+    assert marks == {"a": 0x80000000, "b": 0x40000000}  # by name, whatever the order given
+    clash = {**two, "tunnels": {"a": tunnel(interface="wga", table=170, fwmark=0x30000000),
+                                "b": tunnel(interface="wgb", table=160, fwmark=0x10000000)}}
+    with pytest.raises(ConfigError) as e:
+        parse(clash)
+    assert "tunnels.b.fwmark: 0x10000000 contains or is contained in tunnels.a's 0x30000000" in str(e.value)
 
 
 def test_kill_switch_defaults_on_for_full_only() -> None:
@@ -176,8 +198,9 @@ def test_kill_switch_defaults_on_for_full_only() -> None:
 def test_the_mark_rule_sits_above_the_uplinks_rules_and_the_route_table_below() -> None:
     i = intent(config())
     rules = i.kernel[RULES]
-    mark = Rule(AF_INET, 10005, 150, fwmark=150 << 16, fwmask=150 << 16)
-    assert mark in rules and Rule(AF_INET6, 10005, 150, fwmark=150 << 16, fwmask=150 << 16) in rules
+    bit = 0x80000000  # the first tunnel's default mark: bit 31, outside the uplink and policy masks
+    mark = Rule(AF_INET, 10005, 150, fwmark=bit, fwmask=bit)
+    assert mark in rules and Rule(AF_INET6, 10005, 150, fwmark=bit, fwmask=bit) in rules
     assert Rule(AF_INET, 10025, 151) in rules
     assert mark.priority < min(r.priority for r in rules if isinstance(r, Rule) and r.src is not None)
 

@@ -31,7 +31,7 @@ from uplinkd.config.ownership import Ownership
 from uplinkd.config.policies import DEFAULT_POLICY, Policy, Steer
 from uplinkd.config.policies import check as check_policies
 from uplinkd.config.probe import PROFILES, Probe, parse_target
-from uplinkd.config.tunnels import Peer, Tunnel, cross_check
+from uplinkd.config.tunnels import Peer, Tunnel, cross_check, give_default_marks
 from uplinkd.linux import RESERVED_TABLES
 
 __all__ = [
@@ -441,6 +441,7 @@ class Config(Section):
             policy_slots=self.kernel.policy_bits >> self.kernel.policy_shift,
         )
         problems += lan_cross_check(self.lan, dict(self.uplinks), set(exact_names))
+        give_default_marks(self.tunnels, self.kernel.mark_mask | self.kernel.policy_bits)
         problems += cross_check(self, self.tunnels)
         if problems:
             raise ValueError("\n".join(problems))

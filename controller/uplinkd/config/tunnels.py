@@ -14,8 +14,8 @@
       fail_back          "immediate", "never" or seconds to hold
       table              T_under: where the tunnel's own encrypted packets are routed
       route_table        T_route: where LAN traffic meets the tunnel (default table + 1)
-      fwmark             mark on the tunnel's UDP packets (outside kernel.mark_mask, and outside
-                         kernel.policy_mask when policies are configured)
+      fwmark             mark on the tunnel's UDP packets, outside kernel.mark_mask and
+                         kernel.policy_mask; default: a single bit of its own
 
 Cross-checks against the rest of the config (uplink names, tables, marks) are in
 `cross_check`, called by `Config`.
@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from uplinkd.config.fields import Section, check_range, ranged
 from uplinkd.tunnel.wireguard import Endpoint, decode_key
@@ -102,7 +102,9 @@ class Tunnel(Section):
     table: int = Field(description="T_under: routes the tunnel's encrypted packets")
     route_table: int | None = Field(default=None, description="T_route; default table + 1")
     fwmark: int | None = Field(
-        default=None, description="mark on the tunnel's UDP packets; default table << 16"
+        default=None,
+        description="mark on the tunnel's UDP packets; default: a bit of its own outside "
+        "kernel.mark_mask and kernel.policy_mask (bit 31, 30, ... in the order of the names)",
     )
 
     @field_validator("interface")
@@ -151,9 +153,14 @@ class Tunnel(Section):
     def t_route(self) -> int:
         return self.route_table if self.route_table is not None else self.table + 1
 
+    # the default mark `Config` gives a tunnel without fwmark (see `default_marks`); private,
+    # so the config reads back as it was written
+    _default_mark: int = PrivateAttr(default=0)
+
     @property
     def mark(self) -> int:
-        return self.fwmark if self.fwmark is not None else (self.table & 0xFFFF) << 16
+        """The fwmark on the tunnel's own packets: fwmark, or the default the config gave it."""
+        return self.fwmark if self.fwmark is not None else self._default_mark
 
     @property
     def carries(self) -> frozenset[int]:
@@ -206,8 +213,14 @@ def cross_check(config: Config, tunnels: Mapping[str, Tunnel]) -> list[str]:
                 f"(kernel.policy_mask {config.kernel.policy_bits:#x}); set fwmark outside both masks, "
                 f"e.g. {_free_mark(config.kernel.mark_mask | config.kernel.policy_bits):#x}"
             )
-        elif t.mark in marks:
-            problems.append(f"{where}.fwmark: {t.mark:#x} is already used by {marks[t.mark]}")
+        elif any(t.mark & m == m or t.mark & m == t.mark for m in marks):
+            other = next(m for m in marks if t.mark & m == m or t.mark & m == t.mark)
+            problems.append(
+                f"{where}.fwmark: {t.mark:#x} {'is' if other == t.mark else 'contains or is contained in'} "
+                f"{marks[other]}'s {other:#x}, so one tunnel's packets would match the other's rule; "
+                f"give each tunnel a mark of its own bits, e.g. "
+                f"{_free_mark(config.kernel.mark_mask | config.kernel.policy_bits | sum(marks)):#x}"
+            )
         marks.setdefault(t.mark, where)
         if t.interface in names:
             problems.append(
@@ -217,6 +230,22 @@ def cross_check(config: Config, tunnels: Mapping[str, Tunnel]) -> list[str]:
             problems.append(f"{where}.interface: {t.interface!r} is also {seen_if[t.interface]}'s")
         seen_if.setdefault(t.interface, where)
     return problems
+
+
+def give_default_marks(tunnels: Mapping[str, Tunnel], reserved: int) -> None:
+    """Give each tunnel without a fwmark a single bit of its own: the highest bit outside
+    `reserved` (the uplink and policy masks) and the other tunnels' marks, by name. A single
+    bit, because the underlay rule is `fwmark T/T`: a mark whose bits include another
+    tunnel's would match that tunnel's rule too. The policy mask is reserved even without
+    policies, so adding the first policy does not move a tunnel's mark."""
+    used = reserved
+    for t in tunnels.values():
+        used |= t.fwmark or 0
+    for name in sorted(tunnels):
+        if tunnels[name].fwmark is None:
+            bit = _free_mark(used)
+            used |= bit
+            tunnels[name]._default_mark = bit
 
 
 def _free_mark(used: int) -> int:

@@ -5,6 +5,7 @@ For both address families, with P = rules.priority:
     P+0   lookup main suppress_prefixlength 0    connected/LAN routes win, main's defaults don't
     P+5   fwmark T/T lookup T_under              a tunnel's own UDP packets: its underlay choice
     P+10  fwmark M_u/MASK lookup T_u            pinned connections and probes
+    P+14  fwmark M_p/PMASK lookup T_route       a policy's new connections meet a tunnel first
     P+15  fwmark M_p/PMASK lookup T_p           new connections a steering rule gave policy p
     P+20  from <addr_u> lookup T_u              the router's own traffic from an uplink address
     P+25  lookup T_route                        LAN traffic into a tunnel (or unreachable)
@@ -33,6 +34,10 @@ BAND_SUPPRESS, BAND_FWMARK, BAND_POLICY, BAND_FROM, BAND_BALANCE = 0, 10, 15, 20
 # table above the uplinks' fwmark and source rules (so a remembered source address cannot
 # keep them on a dead uplink); LAN traffic meets the tunnel's route table before T_balance.
 BAND_TUNNEL_UNDERLAY, BAND_TUNNEL_ROUTE = 5, 25
+# ... and LAN traffic a steering rule gave a policy meets the tunnel's route table just above
+# the policy band: a policy picks among the uplinks for traffic the tunnels do not claim, it
+# never takes traffic a full tunnel claims (or its kill switch refuses) around the tunnel.
+BAND_TUNNEL_STEERED = 14
 
 
 def nexthop_id(config: Config, table: int, family: int) -> int:

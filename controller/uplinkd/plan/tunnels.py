@@ -4,6 +4,9 @@ Per tunnel and family, with P = rules.priority:
 
     P+5   fwmark T/T lookup T_under    the tunnel's encrypted UDP packets (wireguard-go and
                                        kernel WireGuard put the device's fwmark T on them)
+    P+14  fwmark M_p/PMASK lookup T_route   traffic steered to policy p meets the tunnel before
+                                       its policy's table (P+15): a policy chooses among the
+                                       uplinks only what no tunnel route claims
     P+25  lookup T_route               LAN traffic meets the tunnel before T_balance
 
 - T_under holds the underlay choice: `default via gw dev u` of the first healthy uplink of
@@ -48,7 +51,7 @@ from uplinkd.model import (
 from uplinkd.model.kinds.tuning import LinkTuning
 from uplinkd.plan.balance import balance_members
 from uplinkd.plan.facts import Contribution, Facts, Survey
-from uplinkd.plan.layout import BAND_TUNNEL_ROUTE, BAND_TUNNEL_UNDERLAY, group_id
+from uplinkd.plan.layout import BAND_TUNNEL_ROUTE, BAND_TUNNEL_STEERED, BAND_TUNNEL_UNDERLAY, group_id
 from uplinkd.tunnel.mtu import tunnel_mtu
 
 VERSION: dict[int, int] = {AF_INET: 4, AF_INET6: 6}
@@ -114,6 +117,16 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
             reasons[underlay_topic(name, family)] = via
             if tunnel.route == "full" or tunnel.route:
                 objects.append(Rule(family, prio + BAND_TUNNEL_ROUTE, tunnel.t_route))
+                objects += [
+                    Rule(
+                        family,
+                        prio + BAND_TUNNEL_STEERED,
+                        tunnel.t_route,
+                        fwmark=config.policy_mark(policy),
+                        fwmask=config.kernel.policy_bits,
+                    )
+                    for policy in config.policies
+                ]
             objects += _routes(tunnel, family, ifindex=link.index if up and link else None)
         if link is not None:
             mtu = mtu_of(tunnel, facts, survey)
