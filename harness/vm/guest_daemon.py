@@ -92,13 +92,22 @@ class GuestDaemon:
                 "sleep 1; done; exit 1"
             )
             self.pids.append(self.vm.spawn(loop, env=env))
-        self.vm.wait_until(
-            self._ready,
-            timeout=timeout,
-            what=f"uplinkd to answer in the guest (log: {self.log_path})",
-            interval=0.5,
-        )
+        try:
+            self.vm.wait_until(
+                self._ready,
+                timeout=timeout,
+                what=f"uplinkd to answer in the guest (log: {self.log_path})",
+                interval=0.5,
+            )
+        except VmError as e:  # the log goes with the VM's directory: say what it held
+            raise VmError(f"{e}\n--- {self.log_path}, last lines ---\n{self.log_tail()}") from e
         return time.monotonic() - started
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as e:
+            return f"(unreadable: {e})"
 
     def _ready(self) -> bool:
         return first_pass_done(self.status())
