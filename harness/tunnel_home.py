@@ -144,6 +144,24 @@ class Counted:
         return {k: v - self.start[name].get(k, 0) for k, v in now.items()}
 
 
+def block_udp(lab: Lab, name: str, on: bool = True) -> None:
+    """A network that drops UDP: ISP `name` drops the router's UDP to home's port (after
+    counting it), while ICMP (the uplink's probes) passes: the uplink stays healthy."""
+    netns = lab.isp(name).netns
+    if on:
+        script = f"""
+table inet udpblock {{
+    chain c {{
+        type filter hook prerouting priority -300; policy accept;
+        iifname "down" udp dport {HOME_PORT} drop
+    }}
+}}
+"""
+        subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=script, text=True, check=True)
+    else:
+        subprocess.run(["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "udpblock"], check=True)
+
+
 def router_wireguard_go(lab: Lab) -> list[int]:
     """Pids of the wireguard-go processes in the router (our daemon under test starts them)."""
     out = subprocess.run(["ip", "netns", "pids", lab.router], capture_output=True, text=True, check=False)

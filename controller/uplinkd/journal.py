@@ -26,20 +26,36 @@ def under_systemd(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def state_change_fields(
-    *, uplink: str, old: str | None, new: str, reason: str, dev: str | None, level: int = logging.INFO
+    *,
+    uplink: str,
+    old: str | None,
+    new: str,
+    reason: str,
+    dev: str | None,
+    level: int = logging.INFO,
+    tunnel: bool = False,
+    underlay: str | None = None,
 ) -> dict[str, str]:
     """The journal entry of one state change: the message as the log line has it, and one
-    field per fact. Computes only."""
-    return {
-        "MESSAGE": f"uplink {uplink}: {old or '-'} → {new} ({reason})",
+    field per fact. Computes only. A tunnel's (`tunnel`: `uplink` is the tunnel's name) has
+    UPLINKD_TUNNEL and UPLINKD_UNDERLAY (the uplink carrying it) instead of UPLINKD_UPLINK, so
+    `journalctl UPLINKD_UPLINK=wan` stays the uplink's own history."""
+    what = "tunnel" if tunnel else "uplink"
+    fields = {
+        "MESSAGE": f"{what} {uplink}: {old or '-'} → {new} ({reason})",
         "PRIORITY": str(PRIORITY.get(level, 6)),
         "SYSLOG_IDENTIFIER": IDENTIFIER,
-        "UPLINKD_UPLINK": uplink,
+        "UPLINKD_KIND": what,
         "UPLINKD_STATE": new,
         "UPLINKD_OLD_STATE": old or "",
         "UPLINKD_REASON": reason,
         "UPLINKD_DEV": dev or "",
     }
+    if tunnel:
+        fields.update(UPLINKD_TUNNEL=uplink, UPLINKD_UNDERLAY=underlay or "")
+    else:
+        fields["UPLINKD_UPLINK"] = uplink
+    return fields
 
 
 def send(fields: Mapping[str, str], environ: Mapping[str, str] = os.environ) -> bool:
@@ -62,11 +78,22 @@ def send(fields: Mapping[str, str], environ: Mapping[str, str] = os.environ) -> 
 
 
 def state_change(
-    log: logging.Logger, level: int, *, uplink: str, old: str | None, new: str, reason: str, dev: str | None
+    log: logging.Logger,
+    level: int,
+    *,
+    uplink: str,
+    old: str | None,
+    new: str,
+    reason: str,
+    dev: str | None,
+    tunnel: bool = False,
+    underlay: str | None = None,
 ) -> None:
     """Log one state change: a structured journal entry under systemd, else the usual line."""
     if not log.isEnabledFor(level):
         return
-    fields = state_change_fields(uplink=uplink, old=old, new=new, reason=reason, dev=dev, level=level)
+    fields = state_change_fields(
+        uplink=uplink, old=old, new=new, reason=reason, dev=dev, level=level, tunnel=tunnel, underlay=underlay
+    )
     if not send(fields):
-        log.log(level, "uplink %s: %s → %s (%s)", uplink, old or "-", new, reason)
+        log.log(level, "%s", fields["MESSAGE"])

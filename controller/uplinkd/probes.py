@@ -11,7 +11,8 @@ headers included, so `status` can say what probing costs on a metered link.
 
 A `Prober` runs one uplink's probing: it reads the interface's packet counters every tick,
 folds them and the rounds into the pure `health.Tracker`, and reports verdict changes.
-`ProbeWorkers` says which uplinks are probed: those ready and with probe targets.
+`ProbeWorkers` says which uplinks are probed: those ready and with probe targets; and which
+tunnels: those with probe targets (`tunnels.<n>.probe`), probed through the tunnel interface.
 """
 
 from __future__ import annotations
@@ -279,6 +280,10 @@ class ProbeSpec:
     dev: str
     mark: int
     probe: Probe
+    via: str = ""  # a tunnel's: the uplink(s) carrying it; a new underlay restarts its probing
+
+
+TUNNEL_PREFIX = "tunnel "  # a tunnel's prober is named "tunnel <name>" (no uplink name has a space)
 
 
 def effective_probe(probe: Probe, bearer: Bearer | None) -> Probe:
@@ -308,9 +313,19 @@ class ProbeWorkers(WorkerKind[ProbeSpec, Prober]):
             probe = effective_probe(self.rt.config.uplinks[s.name].probe, self.rt.bearers.get(s.name))
             if s.ready and s.dev is not None and probe.targets:
                 wanted[s.name] = ProbeSpec(s.dev, s.mark, probe)
+        for name, tunnel in self.rt.config.tunnels.items():
+            # through the tunnel: bound to its interface, unmarked (no uplink's rule takes it);
+            # once the worker has seen the device. Its health there starts afresh on a new underlay.
+            if tunnel.probe.targets and name in self.rt.tunnels:
+                via = " ".join(
+                    v for k, v in sorted(intent.reasons.items()) if k.startswith(f"tunnel {name} underlay ")
+                )
+                wanted[TUNNEL_PREFIX + name] = ProbeSpec(tunnel.interface, 0, tunnel.probe, via)
         return wanted
 
     def make(self, name: str, spec: ProbeSpec) -> Prober:
+        if name.startswith(TUNNEL_PREFIX):
+            return Prober(name=name, dev=spec.dev, mark=spec.mark, probe=spec.probe, on_verdict=self._tunnel)
         adopted = name in self.rt.adopted
         self.rt.adopted.discard(name)
         prober = Prober(
@@ -325,7 +340,18 @@ class ProbeWorkers(WorkerKind[ProbeSpec, Prober]):
         return prober
 
     def stopped(self, name: str) -> None:
-        self.rt.health.pop(name, None)
+        if name.startswith(TUNNEL_PREFIX):
+            self.rt.tunnel_probes.pop(name.removeprefix(TUNNEL_PREFIX), None)
+        else:
+            self.rt.health.pop(name, None)
+
+    def _tunnel(self, name: str, verdict: HealthVerdict) -> None:
+        """A tunnel prober's verdict: its worker folds it into the tunnel's state."""
+        tunnel = name.removeprefix(TUNNEL_PREFIX)
+        old = self.rt.tunnel_probes.get(tunnel)
+        self.rt.tunnel_probes[tunnel] = verdict
+        if old is None or old.health != verdict.health:
+            self.rt.wake.set()
 
     def _verdict(self, name: str, verdict: HealthVerdict) -> None:
         """Record a prober's verdict; only a change of health or weight needs a pass (the

@@ -29,14 +29,16 @@ log = logging.getLogger("uplinkd")
 
 @dataclass(frozen=True)
 class Event:
-    """A change in an uplink's state, for the log, `status` and hooks."""
+    """A change in an uplink's or a tunnel's state, for the log, `status` and hooks."""
 
     at: float  # wall clock
-    uplink: str
-    old: State | None
-    new: State
+    uplink: str  # the uplink's name; a tunnel's event: the tunnel's name
+    old: str | None  # a `State` for uplinks; unknown, up, degraded or down for tunnels
+    new: str
     reason: str
     dev: str | None = None
+    kind: str = "uplink"  # or "tunnel"
+    underlay: str | None = None  # a tunnel's event: the uplink(s) carrying it then
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Runtime:
     health: dict[str, HealthVerdict] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
     tunnels: dict[str, TunnelHealth] = field(default_factory=dict)  # tunnel → its worker's last look
+    tunnel_probes: dict[str, HealthVerdict] = field(default_factory=dict)  # tunnel → probes' verdict
     bearers: dict[str, Bearer] = field(default_factory=dict)  # modem uplinks' connected bearers
     adopted: set[str] = field(default_factory=set)  # in the group when we started; up until probed
     since: dict[str, float] = field(default_factory=dict)  # uplink → monotonic time of last change
@@ -117,5 +120,33 @@ class Runtime:
                     "es" if len(s.also_matches) == 1 else "",
                     s.dev,
                 )
+        changes += self._tunnel_changes(intent, wall)
         self.intent = intent
+        return changes
+
+    def _tunnel_changes(self, intent: Intent, wall: float) -> list[Event]:
+        """Each tunnel whose state changed (the `tunnel <name>` reason: "state: why"), logged
+        and journalled like an uplink's; the first state of a tunnel is no change."""
+        before = self.intent.reasons if self.intent else {}
+        changes: list[Event] = []
+        for name, tunnel in self.config.tunnels.items():
+            topic = f"tunnel {name}"
+            now_text = intent.reasons.get(topic)
+            if now_text is None:
+                continue
+            new, _, reason = now_text.partition(": ")
+            old_text = before.get(topic)
+            old = old_text.partition(": ")[0] if old_text is not None else None
+            if old == new:
+                continue
+            vias = [v for k, v in sorted(intent.reasons.items()) if k.startswith(f"{topic} underlay ") and v]
+            underlay = vias[0] if vias else None
+            ev = Event(wall, name, old, new, reason, tunnel.interface, kind="tunnel", underlay=underlay)
+            self.events.append(ev)
+            if old is not None:
+                changes.append(ev)
+            journal.state_change(
+                log, logging.INFO, uplink=name, old=old, new=new, reason=reason, dev=tunnel.interface,
+                tunnel=True, underlay=underlay,
+            )  # fmt: skip
         return changes

@@ -13,7 +13,7 @@ from uplinkd import __version__
 from uplinkd.model import FAMILIES, NftState, UplinkStatus
 from uplinkd.modem import ModemWatcher
 from uplinkd.plan import lan6, policies
-from uplinkd.probes import Prober
+from uplinkd.probes import TUNNEL_PREFIX, Prober
 from uplinkd.runtime import Runtime
 from uplinkd.usage import month_of, read_bytes
 
@@ -62,11 +62,12 @@ def render(
             "ipv6": rt.intent.balance_reason.get(socket.AF_INET6) if rt.intent else None,
         },
         "lan": _lan_json(rt),
-        "tunnels": tunnels_json(rt),
+        "tunnels": tunnels_json(rt, probers=probers, now=now),
         "pending": [str(op) for op in rt.plan.ops] if rt.paused else [],
         "failures": [{"op": str(f.op), "error": f.error} for f in rt.result.failed],
         "events": [
             {"at": e.at, "uplink": e.uplink, "from": e.old, "to": e.new, "reason": e.reason}
+            | ({"kind": "tunnel", "tunnel": e.uplink, "underlay": e.underlay} if e.kind == "tunnel" else {})
             for e in list(rt.events)[-20:]
         ],
         "passes": rt.passes,
@@ -136,7 +137,10 @@ def _lan_json(rt: Runtime) -> list[dict[str, Any]]:
 
 
 def _probe_json(rt: Runtime, name: str, prober: Prober | None, now: float) -> dict[str, Any] | None:
+    """An uplink's probing; or a tunnel's, by its prober's name ("tunnel <name>")."""
     probe = rt.config.uplinks[name].probe if name in rt.config.uplinks else None
+    if name.startswith(TUNNEL_PREFIX) and name.removeprefix(TUNNEL_PREFIX) in rt.config.tunnels:
+        probe = rt.config.tunnels[name.removeprefix(TUNNEL_PREFIX)].probe
     if probe is None or not probe.targets:
         return None
     tracker = prober.tracker if prober else None
@@ -183,19 +187,26 @@ def _policies_json(rt: Runtime) -> dict[str, Any]:
     return out
 
 
-def tunnels_json(rt: Runtime) -> list[dict[str, Any]]:
-    """Each tunnel: state, the uplink(s) carrying it, last handshake, bytes, endpoint."""
+def tunnels_json(
+    rt: Runtime, *, probers: Mapping[str, Prober] | None = None, now: float | None = None
+) -> list[dict[str, Any]]:
+    """Each tunnel: state, the uplink(s) carrying it, last handshake, bytes, endpoint, its
+    probes through the tunnel, the healthy uplinks it found it cannot pass (`avoid`) and
+    the uplink fail-back holds it on (`stay_on`)."""
+    at = time.monotonic() if now is None else now
     reasons = rt.intent.reasons if rt.intent else {}
     out: list[dict[str, Any]] = []
     for name, t in rt.config.tunnels.items():
         h = rt.tunnels.get(name)
-        state = reasons.get(f"tunnel {name}", "down: not planned yet")
+        planned, _, why = reasons.get(f"tunnel {name}", "down: not planned yet").partition(": ")
         out.append(
             {
                 "name": name,
                 "interface": t.interface,
-                "state": state.split(":", 1)[0],
-                "reason": state.split(": ", 1)[-1],
+                "state": planned,
+                # the worker's latest words while the state is the planned one (a new reason
+                # alone does not re-plan)
+                "reason": h.reason if h is not None and h.state == planned else why,
                 "underlay4": reasons.get(f"tunnel {name} underlay ipv4") or None,
                 "underlay6": reasons.get(f"tunnel {name} underlay ipv6") or None,
                 "last_handshake": h.last_handshake if h else None,
@@ -205,6 +216,9 @@ def tunnels_json(rt: Runtime) -> list[dict[str, Any]]:
                 "rx_bytes": h.rx_bytes if h else 0,
                 "tx_bytes": h.tx_bytes if h else 0,
                 "endpoint": h.endpoint if h else None,
+                "probe": _probe_json(rt, TUNNEL_PREFIX + name, (probers or {}).get(TUNNEL_PREFIX + name), at),
+                "avoid": sorted(h.avoid) if h else [],
+                "stay_on": h.stay_on if h else None,
             }
         )
     return out

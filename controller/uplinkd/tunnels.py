@@ -23,7 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,12 @@ from uplinkd.kernel.wireguard import (
     preshared_key_file,
     private_key_file,
 )
-from uplinkd.model import AF_INET, AF_INET6, IPAddress
+from uplinkd.model import AF_INET, AF_INET6, HealthVerdict, IPAddress, State
 from uplinkd.plan import Facts, Intent
 from uplinkd.plan import desired as plan_desired
 from uplinkd.runtime import Runtime
-from uplinkd.tunnel.health import TunnelHealth, judge
+from uplinkd.tunnel.health import TunnelHealth, combined, judge
+from uplinkd.tunnel.underlay import Ride, step
 from uplinkd.tunnel.wireguard import PeerUpdate, PublicKey, WgDevice, WgPeer, WgReading, WgUpdate
 from uplinkd.workers import WorkerKind
 
@@ -73,14 +74,23 @@ def device_of(tunnel: Tunnel) -> WgDevice:
     )
 
 
-def health_of(ifname: str, reading: WgReading, now: float) -> TunnelHealth:
-    """The tunnel is up while any peer's last handshake is fresh."""
+def health_of(
+    ifname: str, reading: WgReading, now: float, probed: HealthVerdict | None = None
+) -> TunnelHealth:
+    """The tunnel's health on its own: its probes' verdict once they have one, else up while
+    any peer's last handshake is fresh."""
     stats = sorted(reading.stats, key=lambda s: s.last_handshake or 0, reverse=True)
     best = stats[0] if stats else None
     up, why = judge(ifname, last_handshake=best.last_handshake if best else None, now=now)
+    state, reason = combined(
+        handshake_up=up,
+        handshake_why=why,
+        probed=str(probed.health) if probed is not None else None,
+        probe_why=probed.reason if probed is not None else "",
+    )
     return TunnelHealth(
-        up=up,
-        reason=why,
+        state=state,
+        reason=reason,
         ifname=ifname,
         last_handshake=best.last_handshake if best else None,
         rx_bytes=sum(s.rx_bytes for s in reading.stats),
@@ -124,6 +134,8 @@ class TunnelWorker:
         # and interface it learnt from the old uplink (wireguard-go pins both; the kernel
         # would route a pinned interface "on link" whatever the rules say)
         self.unstick = asyncio.Event()
+        self.poke = asyncio.Event()  # a pass ran: look again now (verdicts, underlay)
+        self.ride = Ride()
 
     async def run(self) -> None:
         desired = device_of(self.tunnel)
@@ -135,12 +147,37 @@ class TunnelWorker:
             reading = await self.backend.read(ifname)
             if reading is None:
                 raise WgError(f"{ifname}: the WireGuard device went away")
-            self._record(health_of(ifname, reading, time.time()))
+            health = health_of(ifname, reading, time.time(), self.rt.tunnel_probes.get(self.name))
+            self._record(self._ridden(health))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.unstick.wait(), POLL_S)
+                await asyncio.wait_for(self.poke.wait(), POLL_S)
+            self.poke.clear()
             if self.unstick.is_set():
                 self.unstick.clear()
                 await self._forget_sources(desired)
+
+    def _ridden(self, health: TunnelHealth) -> TunnelHealth:
+        """The tunnel's health with what its ride over a preference list adds: a healthy
+        uplink it cannot pass is avoided (the tunnel degraded, not down, while the next is
+        tried), and fail-back holds it on its carrier (`tunnel.underlay`)."""
+        prefs = self.tunnel.underlay
+        intent = self.rt.intent
+        if not isinstance(prefs, tuple) or intent is None:
+            return health
+        healthy = frozenset(s.name for s in intent.uplinks if s.state in (State.UP, State.DEGRADED))
+        self.ride, verdict = step(
+            self.ride,
+            prefs=prefs,
+            healthy=healthy,
+            carrier=carrier_of(self.name, self.tunnel, intent.reasons),
+            state=health.state,
+            reason=health.reason,
+            hold=self.tunnel.hold,
+            now=time.monotonic(),
+        )
+        return replace(
+            health, state=verdict.state, reason=verdict.reason, avoid=verdict.avoid, stay_on=verdict.stay_on
+        )
 
     async def _forget_sources(self, desired: WgDevice) -> None:
         """Set each peer's endpoint again: WireGuard then drops the source it remembered, and
@@ -174,10 +211,11 @@ class TunnelWorker:
         raise WgError(f"{WIREGUARD_GO} {ifname}: no answer after {START_TIMEOUT_S} s; see {logfile}")
 
     def _record(self, health: TunnelHealth) -> None:
+        """Keep the worker's latest look; a pass is needed when what planning reads changed
+        (state, avoided uplinks, fail-back hold), not for a new handshake age."""
         old = self.rt.tunnels.get(self.name)
         self.rt.tunnels[self.name] = health
-        if old is None or old.up != health.up:
-            log.info("tunnel %s: %s (%s)", self.name, "up" if health.up else "down", health.reason)
+        if old is None or (old.state, old.avoid, old.stay_on) != (health.state, health.avoid, health.stay_on):
             self.rt.wake.set()
 
 
@@ -213,6 +251,8 @@ class TunnelWorkers(WorkerKind[TunnelSpec, TunnelWorker]):
             worker = self._workers.get(name)
             if before is not None and before != now and worker is not None:
                 worker.unstick.set()
+            if worker is not None:
+                worker.poke.set()
         return {name: TunnelSpec(t) for name, t in self.rt.config.tunnels.items()}
 
     def make(self, name: str, spec: TunnelSpec) -> TunnelWorker:
@@ -226,6 +266,13 @@ class TunnelWorkers(WorkerKind[TunnelSpec, TunnelWorker]):
         self._workers.pop(name, None)
         if self.rt.tunnels.pop(name, None) is not None:
             self.rt.wake.set()
+
+
+def carrier_of(name: str, tunnel: Tunnel, reasons: Mapping[str, str]) -> str | None:
+    """The uplink the last pass put in the tunnel's T_under, in its first endpoint's family."""
+    endpoint = next((p.endpoint_value for p in tunnel.peers if p.endpoint_value is not None), None)
+    family = "ipv6" if endpoint is not None and endpoint.address.version == 6 else "ipv4"
+    return reasons.get(f"tunnel {name} underlay {family}") or None
 
 
 async def remove_interfaces(tunnels: Mapping[str, Tunnel]) -> list[str]:

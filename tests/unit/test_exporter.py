@@ -181,6 +181,7 @@ def test_journal_fields_name_every_fact() -> None:
         "MESSAGE": "uplink lte1: up → down (no carrier)",
         "PRIORITY": "6",
         "SYSLOG_IDENTIFIER": "uplinkd",
+        "UPLINKD_KIND": "uplink",
         "UPLINKD_UPLINK": "lte1",
         "UPLINKD_STATE": "down",
         "UPLINKD_OLD_STATE": "up",
@@ -189,6 +190,16 @@ def test_journal_fields_name_every_fact() -> None:
     }
     first = journal.state_change_fields(uplink="wan", old=None, new="probing", reason="x", dev=None)
     assert (first["UPLINKD_OLD_STATE"], first["UPLINKD_DEV"]) == ("", "")
+
+
+def test_a_tunnels_journal_entry_names_the_tunnel_and_its_underlay_not_an_uplink() -> None:
+    fields = journal.state_change_fields(
+        uplink="home", old="up", new="down", reason="probes: 0/1", dev="wg0", tunnel=True, underlay="lte1"
+    )
+    assert fields["MESSAGE"] == "tunnel home: up → down (probes: 0/1)"
+    assert fields["UPLINKD_KIND"] == "tunnel"
+    assert (fields["UPLINKD_TUNNEL"], fields["UPLINKD_UNDERLAY"]) == ("home", "lte1")
+    assert "UPLINKD_UPLINK" not in fields  # `journalctl UPLINKD_UPLINK=lte1` is lte1's own history
 
 
 def test_outside_systemd_a_state_change_is_the_usual_log_line(

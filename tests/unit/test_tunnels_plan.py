@@ -106,7 +106,7 @@ DOWN = HealthVerdict(Health.DOWN, "dead")
 
 
 def intent(cfg: Config, *, wan: HealthVerdict = UP, tunnel_up: bool = True, wg: bool = True) -> plan.Intent:
-    health = TunnelHealth(up=tunnel_up, reason="test", ifname=WG)
+    health = TunnelHealth(state="up" if tunnel_up else "down", reason="test", ifname=WG)
     return plan.desired(
         cfg, Facts(observed(wg=wg), health={"wan": wan, "lte1": UP}, tunnels={"home": health})
     )
@@ -272,7 +272,7 @@ def test_mtu_auto_follows_the_smallest_carrying_uplink() -> None:
     facts = Facts(
         replace(obs, links=links),
         health={"wan": UP, "lte1": UP},
-        tunnels={"home": TunnelHealth(up=True, reason="test", ifname=WG)},
+        tunnels={"home": TunnelHealth(state="up", reason="test", ifname=WG)},
     )
     mtus = [o for o in plan.desired(config(), facts).kernel if isinstance(o, LinkTuning)]
     assert mtus == [LinkTuning(9, mtu=1428 - 60)]  # an IPv4 endpoint: 60 bytes of WireGuard

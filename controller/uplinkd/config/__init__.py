@@ -31,8 +31,11 @@ from uplinkd.config.ownership import Ownership
 from uplinkd.config.policies import DEFAULT_POLICY, Policy, Steer
 from uplinkd.config.policies import check as check_policies
 from uplinkd.config.probe import PROFILES, Probe, parse_target
-from uplinkd.config.tunnels import Peer, Tunnel, cross_check, give_default_marks
+from uplinkd.config.tunnels import FailBackHold, Peer, Tunnel, cross_check, give_default_marks
 from uplinkd.linux import RESERVED_TABLES
+
+# what a tunnel's probe never takes from the top-level `probe`: its targets are inside the tunnel
+TUNNEL_PROBE_OWN = frozenset({"targets", "method", "dns_name", "quorum"})
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -44,6 +47,7 @@ __all__ = [
     "Control",
     "DhcpAddress",
     "ExternalAddress",
+    "FailBackHold",
     "Hooks",
     "Lan",
     "LanIpv6",
@@ -329,8 +333,9 @@ class Control(Section):
 class Hooks(Section):
     on_change: Annotated[Path, _absolute("/etc/uplinkd/on-change")] | None = Field(
         default=None,
-        description="absolute path of a program run on every uplink state change, with UPLINKD_UPLINK, "
-        "UPLINKD_STATE, UPLINKD_OLD_STATE, UPLINKD_REASON, UPLINKD_DEV in its environment",
+        description="absolute path of a program run on every uplink and tunnel state change, with "
+        "UPLINKD_KIND (uplink, tunnel), UPLINKD_UPLINK, UPLINKD_STATE, UPLINKD_OLD_STATE, UPLINKD_REASON, "
+        "UPLINKD_DEV (a tunnel's: UPLINKD_TUNNEL, UPLINKD_UNDERLAY; UPLINKD_UPLINK empty) in its environment",
     )
     timeout: Float = Field(default=10.0, description="seconds before a hook is killed")
 
@@ -374,7 +379,18 @@ class Config(Section):
                 merged[name] = {**up, "probe": {**defaults, **(own or {})}}
             else:
                 merged[name] = up
-        return {**data, "uplinks": merged}
+        out = {**data, "uplinks": merged}
+        tunnels = data.get("tunnels")
+        if isinstance(tunnels, dict):
+            # a tunnel's probe takes the timing, never the targets: those are inside the tunnel
+            timing = {k: v for k, v in defaults.items() if k not in TUNNEL_PROBE_OWN}
+            out["tunnels"] = {
+                name: {**t, "probe": {**timing, **(t.get("probe") or {})}}
+                if isinstance(t, dict) and isinstance(t.get("probe", {}), dict)
+                else t
+                for name, t in tunnels.items()
+            }
+        return out
 
     @field_validator("uplinks")
     @classmethod

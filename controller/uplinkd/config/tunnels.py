@@ -11,7 +11,12 @@
       underlay           "balance" (default) or an ordered preference list of uplinks
       route              "full" (all LAN traffic, IPv4 and IPv6) or a list of prefixes
       kill_switch        default: on for "full"
-      fail_back          "immediate", "never" or seconds to hold
+      fail_back          back to a more preferred uplink of the underlay list: "immediate"
+                         (default), {hold = seconds} (once it has been healthy that long) or
+                         "never" (stay while the carrying uplink is healthy)
+      probe              health checks sent THROUGH the tunnel to targets inside it (the
+                         uplinks' probe fields and profiles; timing defaults from the top-level
+                         `probe`, never its targets). No targets: the handshake age alone
       table              T_under: where the tunnel's own encrypted packets are routed
       route_table        T_route: where LAN traffic meets the tunnel (default table + 1)
       fwmark             mark on the tunnel's UDP packets, outside kernel.mark_mask and
@@ -29,9 +34,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from uplinkd.config.fields import Section, check_range, ranged
+from uplinkd.config.errors import describe
+from uplinkd.config.fields import Float, Section, check_range, ranged, shown
+from uplinkd.config.probe import Probe
 from uplinkd.tunnel.wireguard import Endpoint, decode_key
 
 if TYPE_CHECKING:
@@ -82,6 +89,17 @@ class Peer(Section):
         return None if self.endpoint is None else Endpoint.parse(self.endpoint)
 
 
+class FailBackHold(Section):
+    """Back to a more preferred uplink once it has stayed healthy for `hold` seconds."""
+
+    hold: Float = Field(description="seconds a more preferred uplink must stay healthy first")
+
+    _hold = ranged("hold", low=0, high=86400, unit="seconds")
+
+
+FAIL_BACK_USE = 'use "immediate", "never" or {hold = seconds}'
+
+
 class Tunnel(Section):
     interface: str = Field(description="WireGuard interface name")
     private_key_file: Path = Field(description="file holding the private key (mode 0600)")
@@ -96,8 +114,12 @@ class Tunnel(Section):
         default=(), description="'full' = all LAN traffic, or prefixes sent into the tunnel"
     )
     kill_switch: bool | None = Field(default=None, description="default: on for route 'full'")
-    fail_back: Literal["immediate"] = Field(
-        default="immediate", description="back to a preferred uplink as soon as it is healthy"
+    fail_back: Literal["immediate", "never"] | FailBackHold = Field(
+        default="immediate",
+        description='back to a more preferred uplink: "immediate", {hold = seconds} or "never"',
+    )
+    probe: Probe = Field(
+        default_factory=Probe, description="checks through the tunnel to targets inside it"
     )
     table: int = Field(description="T_under: routes the tunnel's encrypted packets")
     route_table: int | None = Field(default=None, description="T_route; default table + 1")
@@ -131,6 +153,23 @@ class Tunnel(Section):
             raise ValueError("name each uplink once, at least one; or write 'balance'")
         return v
 
+    @field_validator("fail_back", mode="before")
+    @classmethod
+    def _fail_back(cls, v: object) -> object:
+        if isinstance(v, str) and v not in ("immediate", "never"):
+            raise ValueError(f"{shown(v)} is not a fail-back; {FAIL_BACK_USE}")
+        if isinstance(v, int | float):  # true/false too
+            raise ValueError(f"{shown(v)}: write a hold time as {{hold = {shown(v)}}}; {FAIL_BACK_USE}")
+        if isinstance(v, dict):
+            # validated here, so an error names fail_back.hold, not each member of the union
+            try:
+                return FailBackHold.model_validate(v)
+            except ValidationError as e:
+                raise ValueError("\n".join(describe(e))) from None
+        if not isinstance(v, str | FailBackHold):
+            raise ValueError(f"{shown(v)} is not a fail-back; {FAIL_BACK_USE}")
+        return v
+
     _port = ranged("listen_port", low=1, high=65535, use="a UDP port from 1 to 65535, or null")
 
     @model_validator(mode="after")
@@ -139,6 +178,13 @@ class Tunnel(Section):
         if len(set(keys)) != len(keys):
             raise ValueError("peers: a public key appears twice; give each peer once")
         return self
+
+    @property
+    def hold(self) -> float | None:
+        """Seconds to hold before failing back; 0 = immediate, None = never."""
+        if isinstance(self.fail_back, FailBackHold):
+            return self.fail_back.hold
+        return 0.0 if self.fail_back == "immediate" else None
 
     @property
     def full(self) -> bool:
@@ -192,6 +238,11 @@ def cross_check(config: Config, tunnels: Mapping[str, Tunnel]) -> list[str]:
                         f"{where}.underlay: {u!r} is not an uplink; use names from uplinks "
                         f"({', '.join(config.uplinks) or 'none configured'})"
                     )
+        elif t.fail_back != "immediate":
+            problems.append(
+                f"{where}.fail_back: applies to an ordered underlay list; with underlay 'balance' "
+                'remove it (or leave "immediate")'
+            )
         for field, table in (("table", t.table), ("route_table", t.t_route)):
             if not 1 <= table <= MAX_TABLE or table in (253, 254, 255):
                 problems.append(f"{where}.{field}: {table} is not usable; pick a free table id, e.g. 100-252")

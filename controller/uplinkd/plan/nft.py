@@ -54,7 +54,7 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                 uplinks=tuple(uplinks),
                 ipv6=lan6.nft_part(config, survey),
                 tunnel_ifnames=tuple(sorted(t.interface for t in config.tunnels.values())),
-                tunnel_peers=tunnels.nft_peers(config, survey),
+                tunnel_peers=tunnels.nft_peers(config, facts, survey),
                 policy_mask=config.kernel.policy_bits if steer else 0,
                 steer=steer,
             ),

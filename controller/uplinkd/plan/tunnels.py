@@ -32,7 +32,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 
-from uplinkd.config import Config, Tunnel
+from uplinkd.config import Config, Tunnel, parse_target
 from uplinkd.model import (
     AF_INET,
     AF_INET6,
@@ -52,6 +52,7 @@ from uplinkd.model.kinds.tuning import LinkTuning
 from uplinkd.plan.balance import balance_members
 from uplinkd.plan.facts import Contribution, Facts, Survey
 from uplinkd.plan.layout import BAND_TUNNEL_ROUTE, BAND_TUNNEL_STEERED, BAND_TUNNEL_UNDERLAY, group_id
+from uplinkd.tunnel.health import TunnelHealth
 from uplinkd.tunnel.mtu import tunnel_mtu
 
 VERSION: dict[int, int] = {AF_INET: 4, AF_INET6: 6}
@@ -67,8 +68,14 @@ def state_topic(name: str) -> str:
     return f"tunnel {name}"
 
 
-def underlay(config: Config, tunnel: Tunnel, survey: Survey, family: int) -> tuple[object | None, str]:
-    """T_under's default route for one family, and the uplink(s) it names ("" = none)."""
+def underlay(
+    config: Config, tunnel: Tunnel, survey: Survey, family: int, health: TunnelHealth | None = None
+) -> tuple[object | None, str]:
+    """T_under's default route for one family, and the uplink(s) it names ("" = none).
+
+    A preference list takes its first healthy uplink, skipping those the tunnel's worker found
+    to carry no tunnel traffic (`health.avoid`) while another is healthy, and keeping the one
+    fail-back holds it on (`health.stay_on`) while that is healthy."""
     key = RouteKey(family, tunnel.table, str(any_net(family)))
     if tunnel.underlay == "balance":
         members, _ = balance_members(config, survey.statuses, survey.ways, family)
@@ -84,6 +91,10 @@ def underlay(config: Config, tunnel: Tunnel, survey: Survey, family: int) -> tup
         if n in statuses and family in survey.ways.get(n, {}) and not statuses[n].drained
     ]
     healthy = [s for s in usable if s.state in (State.UP, State.DEGRADED)]
+    if health is not None:
+        healthy = [s for s in healthy if s.name not in health.avoid] or healthy
+        held = [s for s in healthy if s.name == health.stay_on]
+        healthy = held or healthy
     chosen = (healthy or usable)[:1]
     if not chosen or chosen[0].ifindex is None:
         return Route(key, type="unreachable"), ""
@@ -105,18 +116,19 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
         elif health is None:
             reasons[state_topic(name)] = "down: not checked yet"
         else:
-            reasons[state_topic(name)] = ("up: " if health.up else "down: ") + health.reason
+            reasons[state_topic(name)] = f"{health.state}: {health.reason}"
         for family in FAMILIES:
             objects.append(
                 Rule(
                     family, prio + BAND_TUNNEL_UNDERLAY, tunnel.table, fwmark=tunnel.mark, fwmask=tunnel.mark
                 )
             )
-            route, via = underlay(config, tunnel, survey, family)
+            route, via = underlay(config, tunnel, survey, family, health)
             objects.append(route)
             reasons[underlay_topic(name, family)] = via
-            if tunnel.route == "full" or tunnel.route:
+            if tunnel.route == "full" or tunnel.route or tunnel.probe.targets:
                 objects.append(Rule(family, prio + BAND_TUNNEL_ROUTE, tunnel.t_route))
+            if tunnel.route == "full" or tunnel.route:
                 objects += [
                     Rule(
                         family,
@@ -127,7 +139,11 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                     )
                     for policy in config.policies
                 ]
-            objects += _routes(tunnel, family, ifindex=link.index if up and link else None)
+            routes = _routes(tunnel, family, ifindex=link.index if up and link else None)
+            objects += routes
+            if link is not None:
+                taken = {r.key for r in routes}
+                objects += [r for r in _probe_routes(tunnel, family, link.index) if r.key not in taken]
         if link is not None:
             mtu = mtu_of(tunnel, facts, survey)
             if mtu is not None:
@@ -158,6 +174,18 @@ def _routes(tunnel: Tunnel, family: int, *, ifindex: int | None) -> list[Route]:
     return out
 
 
+def _probe_routes(tunnel: Tunnel, family: int, ifindex: int) -> list[Route]:
+    """T_route's host routes into the tunnel for its probe targets, up or down: probes must
+    go through the tunnel to tell it is back (into the tunnel is never a leak)."""
+    out: list[Route] = []
+    for text in tunnel.probe.targets:
+        addr, _ = parse_target(tunnel.probe.method, text)
+        if addr.version == VERSION[family]:
+            dst = ipaddress.ip_network(addr)
+            out.append(Route(RouteKey(family, tunnel.t_route, str(dst)), oif=ifindex, dev=tunnel.interface))
+    return out
+
+
 def underlay_moved(
     before: Mapping[str, str], after: Mapping[str, str], uplinks: Sequence[UplinkStatus], *, mask: int
 ) -> tuple[Op, ...]:
@@ -178,18 +206,20 @@ def underlay_moved(
     return tuple(ops.values())
 
 
-def nft_peers(config: Config, survey: Survey) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
+def nft_peers(
+    config: Config, facts: Facts, survey: Survey
+) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
     """For the nft table: each peer endpoint and the uplink interfaces its tunnel's underlay
     uses now (in the endpoint's family); see `NftState.tunnel_peers`."""
     found: dict[tuple[str, int], set[str]] = {}
     devs = {s.name: s.dev for s in survey.statuses if s.dev}
-    for tunnel in config.tunnels.values():
+    for tunnel_name, tunnel in config.tunnels.items():
         for p in tunnel.peers:
             ep = p.endpoint_value
             if ep is None:
                 continue
             family = AF_INET if ep.address.version == 4 else AF_INET6
-            _, via = underlay(config, tunnel, survey, family)
+            _, via = underlay(config, tunnel, survey, family, facts.tunnels.get(tunnel_name))
             names = via.removeprefix("balance (").removesuffix(")").split(", ") if via else []
             found.setdefault((str(ep.address), ep.port), set()).update(devs[n] for n in names if n in devs)
     return tuple(sorted((a, port, tuple(sorted(i))) for (a, port), i in found.items()))

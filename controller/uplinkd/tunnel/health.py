@@ -1,28 +1,50 @@
 """A tunnel's health as its worker last saw it: the facts planning reads about a tunnel. Pure.
 
-A tunnel is up while its peer's last handshake is recent: WireGuard re-keys every two
-minutes while packets flow (and the keepalive keeps them flowing), and gives a session up
-after three (REJECT_AFTER_TIME, 180 s).
+Two kinds of evidence, as for uplinks:
+
+- The peers' last handshake. WireGuard re-keys every two minutes while packets flow (and
+  the keepalive keeps them flowing), and gives a session up after three (REJECT_AFTER_TIME,
+  180 s). Alone, it is slow: a dead tunnel is seen only when its session expires.
+- Probes THROUGH the tunnel to targets inside it (`tunnels.<n>.probe`), folded by the same
+  state machine as the uplinks' (`uplinkd.health`): up, degraded, down, with hysteresis.
+  While probes have no verdict yet (none configured, or just (re)started on a new underlay)
+  the handshake decides.
+
+The worker also says where the tunnel may ride (`avoid`: uplinks that are healthy but carry
+no tunnel traffic, e.g. a network that drops UDP; `stay_on`: the uplink fail-back keeps it
+on), and planning turns that into T_under.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 #: a handshake older than this means the session is gone (WireGuard's REJECT_AFTER_TIME)
 HANDSHAKE_FRESH_S: Final = 180.0
 
+TunnelState = Literal["unknown", "up", "degraded", "down"]
+PROBED: Final[dict[str, TunnelState]] = {"up": "up", "degraded": "degraded", "down": "down"}
+
 
 @dataclass(frozen=True)
 class TunnelHealth:
-    up: bool
+    state: TunnelState
     reason: str
     ifname: str
     last_handshake: float | None = None  # unix time; None = never
     rx_bytes: int = 0
     tx_bytes: int = 0
     endpoint: str | None = None  # where WireGuard sends to now
+    # healthy uplinks of the underlay list this tunnel does not work through (tried, failed)
+    avoid: frozenset[str] = frozenset()
+    # fail-back: keep the tunnel on this uplink while it is healthy (None: the first healthy)
+    stay_on: str | None = None
+
+    @property
+    def up(self) -> bool:
+        """LAN traffic goes into the tunnel (and not to the kill switch)."""
+        return self.state in ("up", "degraded")
 
 
 def judge(ifname: str, *, last_handshake: float | None, now: float) -> tuple[bool, str]:
@@ -33,3 +55,14 @@ def judge(ifname: str, *, last_handshake: float | None, now: float) -> tuple[boo
     if age > HANDSHAKE_FRESH_S:
         return False, f"last handshake {age:.0f} s ago"
     return True, f"handshake {age:.0f} s ago"
+
+
+def combined(
+    *, handshake_up: bool, handshake_why: str, probed: str | None, probe_why: str = ""
+) -> tuple[TunnelState, str]:
+    """The tunnel's state from its handshake and its probes' verdict (`probed`: unknown, up,
+    degraded, down; None: no probes configured). A probe verdict wins once there is one."""
+    state = PROBED.get(probed or "")
+    if state is not None:
+        return state, f"probes: {probe_why}" if probe_why else "probes"
+    return ("up" if handshake_up else "down"), handshake_why

@@ -1,0 +1,220 @@
+"""Where the tunnel rides, end to end on the real kernel (wireguard-go): probes THROUGH the
+tunnel, a healthy uplink that drops UDP (the next allowed uplink is tried before the tunnel
+is declared down), and fail-back to the preferred uplink (immediate, after a hold, never),
+each read where the packets really go: nft counters at every ISP and home's view of the
+router's endpoint. The lab and home are those of test_tunnels.py (harness/tunnel_home.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.netns.test_tunnels import WAIT, status, tunnel, wait_tunnel, wait_up
+from uplinkd.lab import Lab
+from uplinkd.lab.launcher import LabDaemon
+
+from harness.readback import wait_until
+from harness.tunnel_home import (
+    INNER_HOME,
+    NAMES,
+    Counted,
+    Home,
+    add_outside,
+    block_udp,
+    count_at_isps,
+    kill_router_wireguard_go,
+    router_config,
+    upstream,
+)
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.timeout(300),
+]
+
+PROBE_TARGET = INNER_HOME.split("/")[0]  # home's address inside the tunnel
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with Lab() as lab:
+        for name in NAMES:
+            lab.add_isp(name, address="none")
+        lab.add_client()
+        add_outside(lab)
+        count_at_isps(lab)
+        try:
+            yield lab
+        finally:
+            kill_router_wireguard_go(lab)
+
+
+@pytest.fixture
+def home(lab: Lab, tmp_path: Path) -> Iterator[Home]:
+    h = Home(lab, tmp_path)
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def start(lab: Lab, home: Home, tmp_path: Path, **tunnel_over: Any) -> LabDaemon:
+    # rounds every second while idle (the profile's 10 s would be the detection time of an
+    # idle tunnel: no traffic inside it, nothing to make its prober suspicious)
+    probe = {"targets": [PROBE_TARGET], "interval": 1.0}
+    cfg, router_public = router_config(tmp_path, home, probe=probe, **tunnel_over)
+    hook_out = tmp_path / "hook.out"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(
+        "#!/bin/sh\n"
+        'printf "%s|%s|%s|%s|%s|%s\\n" "$UPLINKD_KIND" "$UPLINKD_TUNNEL" "$UPLINKD_UPLINK" '
+        f'"$UPLINKD_OLD_STATE" "$UPLINKD_STATE" "$UPLINKD_UNDERLAY" >> {hook_out}\n'
+    )
+    hook.chmod(0o755)
+    cfg["hooks"] = {"on_change": str(hook)}
+    daemon = LabDaemon(lab.router, cfg, workdir=tmp_path)
+    home.start(router_public)
+    daemon.start()
+    for name in NAMES:
+        wait_up(daemon, name)
+    return daemon
+
+
+def hook_lines(tmp_path: Path) -> list[list[str]]:
+    out = tmp_path / "hook.out"
+    return [line.split("|") for line in out.read_text().splitlines()] if out.exists() else []
+
+
+def uplink_state(daemon: LabDaemon, name: str) -> str:
+    return str(next(u["state"] for u in status(daemon)["uplinks"] if u["name"] == name))
+
+
+def encrypted(seen: Counted) -> tuple[int, int]:
+    return seen["wan"]["encrypted"], seen["lte1"]["encrypted"]
+
+
+def test_probes_through_the_tunnel_and_a_network_that_drops_udp(
+    lab: Lab, home: Home, tmp_path: Path
+) -> None:
+    daemon = start(lab, home, tmp_path)
+    try:
+
+        def probed_up() -> dict[str, Any] | None:
+            t = tunnel(daemon)
+            probed = (t.get("probe") or {}).get("health") == "up"
+            return t if probed and t["reason"].startswith("probes:") else None
+
+        t = wait_until(probed_up, timeout=WAIT, what="the tunnel's probes up")
+        assert t["state"] == "up" and t["underlay4"] == "wan"
+        assert t["probe"]["targets"] == [PROBE_TARGET] and t["probe"]["rtt_ms"] is not None
+
+        # wan drops UDP to home; its own probes (ICMP) still pass: wan stays up, the tunnel
+        # goes degraded (not down), lte1 is tried and carries it
+        blocked = time.monotonic()
+        block_udp(lab, "wan")
+        degraded = wait_tunnel(daemon, "degraded")
+        assert "wan is healthy: trying lte1" in degraded["reason"], degraded
+        print(f"degraded {time.monotonic() - blocked:.1f} s after wan began dropping UDP")
+
+        def up_on_lte1() -> dict[str, Any] | None:
+            t = tunnel(daemon)
+            return t if t["underlay4"] == "lte1" and t["state"] == "up" else None
+
+        t = wait_until(up_on_lte1, timeout=WAIT, what="the tunnel up on lte1")
+        print(f"tunnel up again on lte1 {time.monotonic() - blocked:.1f} s after wan began dropping UDP")
+        assert uplink_state(daemon, "wan") == "up"
+        assert t["avoid"] == ["wan"]
+        wait_until(lambda: home.endpoint().startswith(upstream(2) + ":"), timeout=WAIT, what="home sees lte1")
+        seen = Counted(lab)
+        time.sleep(3)
+        wan, lte1 = encrypted(seen)
+        assert wan == 0 and lte1 > 0, (wan, lte1)
+        # immediate fail-back does not return to wan while it is healthy and cannot carry it
+        assert tunnel(daemon)["underlay4"] == "lte1"
+
+        # lte1 drops UDP too: every healthy uplink tried, the tunnel is down, the kill switch on
+        block_udp(lab, "lte1")
+        down = wait_tunnel(daemon, "down")
+        assert "tried wan, lte1" in down["reason"], down
+
+        def killed() -> bool:
+            routes = json.loads(lab.run("router", ["ip", "-j", "route", "show", "table", "151"]).stdout)
+            return any(r["dst"] == "default" and r.get("type") == "unreachable" for r in routes)
+
+        wait_until(killed, timeout=5, what="the kill switch's unreachable default in table 151")
+        assert {uplink_state(daemon, n) for n in NAMES} == {"up"}
+
+        # events: in status and through the hook, named as a tunnel's (never as an uplink's)
+        events = [e for e in status(daemon)["events"] if e.get("kind") == "tunnel"]
+        assert {"degraded", "down"} <= {e["to"] for e in events if e["tunnel"] == "home"}, events
+        wait_until(lambda: any(line[4] == "down" for line in hook_lines(tmp_path)), timeout=WAIT,
+                   what="the hook's line for the tunnel going down")  # fmt: skip
+        tunnel_lines = [line for line in hook_lines(tmp_path) if line[0] == "tunnel"]
+        assert tunnel_lines, hook_lines(tmp_path)
+        assert all(line[1] == "home" and line[2] == "" for line in tunnel_lines), tunnel_lines
+        assert ["tunnel", "home", "", "up", "degraded", "wan"] in tunnel_lines, tunnel_lines
+        assert ["tunnel", "home", "", "degraded", "up", "lte1"] in tunnel_lines, tunnel_lines
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize("fail_back", ["immediate", "hold", "never"])
+def test_fail_back_to_the_preferred_uplink(lab: Lab, home: Home, tmp_path: Path, fail_back: str) -> None:
+    """wan while healthy, lte1 only after wan fails, and back to wan when it returns:
+    at once, after the hold, or never; counted at each ISP."""
+    hold = 8.0
+    daemon = start(lab, home, tmp_path, fail_back={"hold": hold} if fail_back == "hold" else fail_back)
+    try:
+        wait_tunnel(daemon, "up")
+        assert tunnel(daemon)["underlay4"] == "wan"
+        seen = Counted(lab)
+        time.sleep(2)
+        wan, lte1 = encrypted(seen)
+        assert wan > 0 and lte1 == 0, (wan, lte1)
+
+        lab.isp("wan").blackhole()
+        wait_until(lambda: tunnel(daemon)["underlay4"] == "lte1", timeout=WAIT, what="the tunnel on lte1")
+        wait_until(lambda: home.endpoint().startswith(upstream(2) + ":"), timeout=WAIT, what="home sees lte1")
+        seen = Counted(lab)
+        time.sleep(2)
+        wan, lte1 = encrypted(seen)
+        assert wan == 0 and lte1 > 0, (wan, lte1)
+
+        lab.isp("wan").blackhole(False)
+        wait_up(daemon, "wan")
+        back = time.monotonic()
+        if fail_back == "immediate":
+            wait_until(lambda: tunnel(daemon)["underlay4"] == "wan", timeout=5, what="back on wan at once")
+        else:
+            # within the hold (or ever, for never): still lte1, nothing encrypted by wan
+            seen = Counted(lab)
+            time.sleep(hold - 3)
+            t = tunnel(daemon)
+            wan, lte1 = encrypted(seen)
+            assert t["underlay4"] == "lte1" and t["stay_on"] == "lte1", t
+            assert wan == 0 and lte1 > 0, (wan, lte1)
+            if fail_back == "never":
+                time.sleep(hold)
+                assert tunnel(daemon)["underlay4"] == "lte1"
+                assert home.endpoint().startswith(upstream(2) + ":")
+                return
+            wait_until(lambda: tunnel(daemon)["underlay4"] == "wan", timeout=WAIT, what="back on wan")
+            waited = time.monotonic() - back
+            print(f"fail-back after {waited:.1f} s (hold {hold:g} s)")
+            assert waited >= hold - 1.0  # wan_up is seen by polling: up to ~1 s after the fact
+        # new handshakes (and everything else) by wan again, with wan's source address
+        wait_until(lambda: home.endpoint().startswith(upstream(1) + ":"), timeout=WAIT, what="home sees wan")
+        seen = Counted(lab)
+        time.sleep(2)
+        wan, lte1 = encrypted(seen)
+        assert wan > 0 and lte1 == 0, (wan, lte1)
+        assert tunnel(daemon)["state"] == "up"
+    finally:
+        daemon.stop()

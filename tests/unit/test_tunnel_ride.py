@@ -1,0 +1,223 @@
+"""Where a tunnel rides over an ordered underlay list: fail-back (immediate, hold, never),
+a healthy uplink the tunnel cannot pass (a network that drops UDP), its health from
+handshake and probes; and the config that asks for them, with errors naming the field."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from tests.unit.test_tunnels_plan import DOWN, UP, WG, config, observed, table
+from uplinkd import plan
+from uplinkd.config import ConfigError, FailBackHold, parse
+from uplinkd.model import AF_INET, ROUTES, HealthVerdict, Route, RouteKey
+from uplinkd.plan import Facts
+from uplinkd.tunnel.health import TunnelHealth, TunnelState, combined
+from uplinkd.tunnel.underlay import RETRY_ALL_S, TRY_S, Ride, Verdict, step
+
+PREFS = ("wan", "lte1")
+BOTH = frozenset(PREFS)
+
+
+class Rider:
+    """Steps a ride the way the worker does, with the carrier the plan would choose."""
+
+    def __init__(self, hold: float | None) -> None:
+        self.ride = Ride()
+        self.hold = hold
+        self.verdict = Verdict("unknown", "", frozenset(), None)
+
+    def look(self, *, healthy: frozenset[str], at: float, state: TunnelState = "up") -> Verdict:
+        # what planning would put in T_under from the last verdict (see plan.tunnels.underlay)
+        ok = [p for p in PREFS if p in healthy]
+        ok = [p for p in ok if p not in self.verdict.avoid] or ok
+        held = [p for p in ok if p == self.verdict.stay_on]
+        carrier = (held or ok or [None])[0]
+        self.ride, self.verdict = step(
+            self.ride, prefs=PREFS, healthy=healthy, carrier=carrier, state=state, reason="r",
+            hold=self.hold, now=at,
+        )  # fmt: skip
+        return self.verdict
+
+    def carrier(self) -> str | None:
+        return self.ride.carrier
+
+
+@pytest.mark.parametrize(("hold", "back_at"), [(0.0, 20.0), (30.0, 50.0), (None, None)])
+def test_fail_back_immediate_after_hold_or_never(hold: float | None, back_at: float | None) -> None:
+    r = Rider(hold)
+    r.look(healthy=BOTH, at=0)
+    assert r.carrier() == "wan" and r.verdict.stay_on is None  # a first choice is never pinned
+    r.look(healthy=frozenset({"lte1"}), at=10)
+    r.look(healthy=frozenset({"lte1"}), at=11)
+    assert r.carrier() == "lte1"
+    t = 20.0
+    while t < 120:  # wan back from t=20
+        r.look(healthy=BOTH, at=t)
+        r.look(healthy=BOTH, at=t + 0.1)  # the pass after a verdict change
+        if r.carrier() == "wan":
+            break
+        t += 1
+    if back_at is None:
+        assert r.carrier() == "lte1" and r.verdict.stay_on == "lte1"
+        assert "fail_back never" in r.verdict.reason
+    else:
+        assert r.carrier() == "wan" and t == back_at
+
+
+def test_hold_restarts_when_the_preferred_uplink_fails_again() -> None:
+    r = Rider(30.0)
+    r.look(healthy=BOTH, at=0)
+    r.look(healthy=frozenset({"lte1"}), at=1)
+    r.look(healthy=BOTH, at=2)
+    r.look(healthy=BOTH, at=25)
+    r.look(healthy=frozenset({"lte1"}), at=26)  # wan flaps: the hold starts again
+    r.look(healthy=BOTH, at=27)
+    r.look(healthy=BOTH, at=50)
+    assert r.carrier() == "lte1"
+    r.look(healthy=BOTH, at=57)
+    r.look(healthy=BOTH, at=57.1)
+    assert r.carrier() == "wan"
+
+
+def test_a_healthy_uplink_that_carries_no_tunnel_is_left_for_the_next() -> None:
+    r = Rider(0.0)
+    r.look(healthy=BOTH, at=0, state="up")
+    v = r.look(healthy=BOTH, at=1, state="down")  # wan healthy, the tunnel not: UDP dropped?
+    assert v.state == "degraded" and "trying lte1" in v.reason and r.carrier() == "wan"
+    v = r.look(healthy=BOTH, at=1 + TRY_S, state="down")
+    assert v.avoid == {"wan"} and v.state == "degraded"
+    v = r.look(healthy=BOTH, at=1.1 + TRY_S, state="down")
+    assert r.carrier() == "lte1" and v.state == "degraded" and "no tunnel through wan" in v.reason
+    v = r.look(healthy=BOTH, at=2 + TRY_S, state="up")
+    assert v.state == "up" and r.carrier() == "lte1" and v.avoid == {"wan"}
+    # immediate fail-back does not go back to the uplink that cannot carry it...
+    v = r.look(healthy=BOTH, at=100, state="up")
+    assert r.carrier() == "lte1"
+    # ... until it has been out of service (what comes back may be another network)
+    r.look(healthy=frozenset({"lte1"}), at=101)
+    v = r.look(healthy=BOTH, at=102)
+    v = r.look(healthy=BOTH, at=102.1)
+    assert v.avoid == frozenset() and r.carrier() == "wan"
+
+
+def test_down_only_when_every_healthy_uplink_was_tried_then_again_from_the_top() -> None:
+    r = Rider(0.0)
+    t = 0.0
+    states = set()
+    while t < 3 * TRY_S:
+        v = r.look(healthy=BOTH, at=t, state="down")
+        states.add(v.state)
+        t += 0.5
+    # never up: it stays down (the kill switch on) while lte1 is tried, not degraded
+    assert states == {"down"}
+    assert v.state == "down" and v.avoid == BOTH and "tried wan, lte1" in v.reason
+    v = r.look(healthy=BOTH, at=t + RETRY_ALL_S, state="down")
+    assert v.avoid == frozenset()
+    r.look(healthy=BOTH, at=t + RETRY_ALL_S + 0.1, state="down")
+    assert r.carrier() == "wan"
+
+
+def test_a_dying_uplink_is_not_blamed_within_the_grace() -> None:
+    """The tunnel's probes may fail before the uplink's own do: within TRY_S the tunnel is
+    degraded (not down, so no kill-switch flap) and the uplink is not avoided."""
+    r = Rider(0.0)
+    r.look(healthy=BOTH, at=0)
+    v = r.look(healthy=BOTH, at=1, state="down")
+    assert v.state == "degraded" and v.avoid == frozenset()
+    v = r.look(healthy=frozenset({"lte1"}), at=1.5, state="down")  # its prober agrees now
+    r.look(healthy=frozenset({"lte1"}), at=1.6, state="up")
+    assert r.carrier() == "lte1" and r.verdict.avoid == frozenset()
+
+
+def test_probes_decide_once_they_have_a_verdict_else_the_handshake() -> None:
+    assert combined(handshake_up=True, handshake_why="h", probed=None) == ("up", "h")
+    assert combined(handshake_up=True, handshake_why="h", probed="unknown") == ("up", "h")
+    assert combined(handshake_up=True, handshake_why="h", probed="down", probe_why="0/1")[0] == "down"
+    assert combined(handshake_up=False, handshake_why="h", probed="degraded")[0] == "degraded"
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+def test_fail_back_shapes() -> None:
+    assert config().tunnels["home"].hold == 0.0
+    assert config(fail_back="never").tunnels["home"].hold is None
+    t = config(fail_back={"hold": 30}).tunnels["home"]
+    assert t.hold == 30.0 and t.fail_back == FailBackHold(hold=30.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("later", "tunnels.home.fail_back: 'later' is not a fail-back; use \"immediate\", \"never\""),
+        (30, "tunnels.home.fail_back: 30: write a hold time as {hold = 30}"),
+        ({"hold": -1}, "tunnels.home.fail_back.hold: -1"),
+        ({"hold": 5, "x": 1}, "tunnels.home.fail_back.x"),
+    ],
+)
+def test_fail_back_errors_name_the_field(value: Any, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config(fail_back=value)
+    assert words in str(e.value), str(e.value)
+
+
+def test_fail_back_needs_a_preference_list() -> None:
+    with pytest.raises(ConfigError) as e:
+        config(underlay="balance", fail_back="never")
+    assert "tunnels.home.fail_back: applies to an ordered underlay list" in str(e.value)
+
+
+def test_a_tunnels_probe_takes_the_top_level_timing_never_its_targets() -> None:
+    cfg = config(probe={"targets": ["10.99.0.1"]})
+    doc = cfg.model_dump(mode="json", exclude_none=True)
+    doc["probe"] = {"profile": "fast", "targets": ["198.51.100.1"]}
+    del doc["tunnels"]["home"]["probe"]
+    t = parse(doc).tunnels["home"]
+    assert t.probe.targets == () and t.probe.timeout == 0.2
+    doc["tunnels"]["home"]["probe"] = {"targets": ["10.99.0.1"]}
+    assert parse(doc).tunnels["home"].probe.targets == ("10.99.0.1",)
+    with pytest.raises(ConfigError) as e:
+        config(probe={"targets": ["home"]})
+    assert "tunnels.home.probe" in str(e.value)
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+def intent_with(health: TunnelHealth, *, cfg: Any = None, wan: HealthVerdict = UP) -> plan.Intent:
+    return plan.desired(
+        cfg or config(), Facts(observed(), health={"wan": wan, "lte1": UP}, tunnels={"home": health})
+    )
+
+
+def test_planning_skips_avoided_uplinks_and_keeps_the_held_one() -> None:
+    base = TunnelHealth(state="up", reason="t", ifname=WG)
+    avoided = table(intent_with(replace(base, avoid=frozenset({"wan"}))), 150, AF_INET)
+    assert avoided is not None and avoided.oif == 3
+    held = table(intent_with(replace(base, stay_on="lte1")), 150, AF_INET)
+    assert held is not None and held.oif == 3
+    # held on an uplink that is no longer healthy: the first healthy one
+    gone = table(intent_with(replace(base, stay_on="wan"), wan=DOWN), 150, AF_INET)
+    assert gone is not None and gone.oif == 3
+    assert table(intent_with(base), 150, AF_INET).oif == 2  # type: ignore[union-attr]
+    # every healthy uplink avoided: still routed (the worker tries again), never unreachable
+    both = TunnelHealth(state="down", reason="t", ifname=WG, avoid=BOTH)
+    r = table(intent_with(both), 150, AF_INET)
+    assert r is not None and r.oif == 2
+    assert table(intent_with(base, wan=DOWN), 150, AF_INET).oif == 3  # type: ignore[union-attr]
+
+
+def test_degraded_keeps_traffic_in_the_tunnel_and_probe_targets_always_route_into_it() -> None:
+    cfg = config(probe={"targets": ["10.98.0.1"]})
+    degraded = intent_with(TunnelHealth(state="degraded", reason="trying lte1", ifname=WG), cfg=cfg)
+    r = table(degraded, 151, AF_INET)
+    assert r is not None and r.oif == 9
+    down = intent_with(TunnelHealth(state="down", reason="x", ifname=WG), cfg=cfg)
+    routes = down.kernel[ROUTES]
+    assert routes[RouteKey(AF_INET, 151, "0.0.0.0/0")].type == "unreachable"  # the kill switch
+    probe_route = routes.get(RouteKey(AF_INET, 151, "10.98.0.1/32"))
+    assert isinstance(probe_route, Route) and probe_route.oif == 9
+    assert down.reasons["tunnel home"] == "down: x"
