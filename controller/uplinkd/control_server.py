@@ -319,8 +319,9 @@ async def handle(daemon: Daemon, line: bytes) -> bytes:
             uplinks_by_dev=by_dev,
         )
         explained = await explain_tunnel(
-            daemon.kernel, rt.config.tunnels, replace(explanation, steer=steer).as_dict(), by_dev
-        )
+            daemon.kernel, rt.config.tunnels, replace(explanation, steer=steer).as_dict(), by_dev,
+            health=rt.tunnels,
+        )  # fmt: skip
     return control.reply(True, explained)
 
 

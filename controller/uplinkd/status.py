@@ -219,6 +219,7 @@ def tunnels_json(
                 "probe": _probe_json(rt, TUNNEL_PREFIX + name, (probers or {}).get(TUNNEL_PREFIX + name), at),
                 "avoid": sorted(h.avoid) if h else [],
                 "stay_on": h.stay_on if h else None,
+                "resolved": {text: str(e) for text, e in h.resolved} if h else {},
             }
         )
     return out

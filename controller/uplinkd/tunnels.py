@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from uplinkd.config import Config, Tunnel
-from uplinkd.kernel import wguapi
+from uplinkd.kernel import resolver, wguapi
 from uplinkd.kernel.state import Kernel
 from uplinkd.kernel.wireguard import (
     WIREGUARD_GO,
@@ -42,24 +42,36 @@ from uplinkd.model import AF_INET, AF_INET6, HealthVerdict, IPAddress, State
 from uplinkd.plan import Facts, Intent
 from uplinkd.plan import desired as plan_desired
 from uplinkd.runtime import Runtime
-from uplinkd.tunnel.health import TunnelHealth, combined, judge
+from uplinkd.tunnel import dns
+from uplinkd.tunnel.health import TunnelHealth, TunnelState, combined, judge
 from uplinkd.tunnel.underlay import Ride, step
-from uplinkd.tunnel.wireguard import PeerUpdate, PublicKey, WgDevice, WgPeer, WgReading, WgUpdate
+from uplinkd.tunnel.wireguard import (
+    Endpoint,
+    PeerUpdate,
+    PublicKey,
+    WgDevice,
+    WgPeer,
+    WgReading,
+    WgUpdate,
+)
 from uplinkd.workers import WorkerKind
 
 log = logging.getLogger("uplinkd.tunnels")
 
 POLL_S = 1.0
+RESOLVE_RETRY_S = 5.0  # an endpoint name that did not resolve is asked again this often
+RERESOLVE_S = 15.0  # while the tunnel stays down, its endpoint names are asked again this often
 START_TIMEOUT_S = 5.0
 
 
-def device_of(tunnel: Tunnel) -> WgDevice:
-    """The WireGuard device the config asks for (reads the key files: raises KeyFileError)."""
+def device_of(tunnel: Tunnel, resolved: Mapping[str, Endpoint] | None = None) -> WgDevice:
+    """The WireGuard device the config asks for (reads the key files: raises KeyFileError);
+    an endpoint given as a name is where it last `resolved` to (unset until it has)."""
     peers = tuple(
         WgPeer(
             PublicKey.from_base64(p.public_key),
             preshared_key=preshared_key_file(p.preshared_key_file) if p.preshared_key_file else None,
-            endpoint=p.endpoint_value,
+            endpoint=p.endpoint_value or (resolved or {}).get(p.endpoint or ""),
             allowed_ips=frozenset(p.allowed_ips),
             keepalive=p.keepalive,
         )
@@ -75,7 +87,13 @@ def device_of(tunnel: Tunnel) -> WgDevice:
 
 
 def health_of(
-    ifname: str, reading: WgReading, now: float, probed: HealthVerdict | None = None
+    ifname: str,
+    reading: WgReading,
+    now: float,
+    probed: HealthVerdict | None = None,
+    *,
+    probing: bool = False,
+    previous: TunnelState | None = None,
 ) -> TunnelHealth:
     """The tunnel's health on its own: its probes' verdict once they have one, else up while
     any peer's last handshake is fresh."""
@@ -85,8 +103,9 @@ def health_of(
     state, reason = combined(
         handshake_up=up,
         handshake_why=why,
-        probed=str(probed.health) if probed is not None else None,
+        probed=str(probed.health) if probed is not None else ("unknown" if probing else None),
         probe_why=probed.reason if probed is not None else "",
+        previous=previous,
     )
     return TunnelHealth(
         state=state,
@@ -136,18 +155,33 @@ class TunnelWorker:
         self.unstick = asyncio.Event()
         self.poke = asyncio.Event()  # a pass ran: look again now (verdicts, underlay)
         self.ride = Ride()
+        self.resolved: dict[str, Endpoint] = {}  # endpoint "name:port" → where it resolved to
+        self.resolved_at: float | None = None  # monotonic; None: never asked
+        self.failing_since: float | None = None  # the tunnel's own health not working since
+        self.resolving = ""  # what the last resolution said
+        self.own: TunnelState | None = None  # the tunnel's own state at the last look
 
     async def run(self) -> None:
-        desired = device_of(self.tunnel)
         ifname = self.tunnel.interface
         if await self.backend.read(ifname) is None:
             await self._start(ifname)
         while True:
+            await self._maybe_resolve()
+            desired = device_of(self.tunnel, self.resolved)
             await apply(self.backend, desired)
             reading = await self.backend.read(ifname)
             if reading is None:
                 raise WgError(f"{ifname}: the WireGuard device went away")
-            health = health_of(ifname, reading, time.time(), self.rt.tunnel_probes.get(self.name))
+            health = health_of(
+                ifname, reading, time.time(), self.rt.tunnel_probes.get(self.name),
+                probing=bool(self.tunnel.probe.targets), previous=self.own,
+            )  # fmt: skip
+            self.own = health.state
+            now = time.monotonic()
+            self.failing_since = None if health.up else (self.failing_since or now)
+            if self.resolving:
+                health = replace(health, reason=f"{health.reason}; {self.resolving}")
+            health = replace(health, resolved=tuple(sorted(self.resolved.items())))
             self._record(self._ridden(health))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.poke.wait(), POLL_S)
@@ -169,7 +203,7 @@ class TunnelWorker:
             self.ride,
             prefs=prefs,
             healthy=healthy,
-            carrier=carrier_of(self.name, self.tunnel, intent.reasons),
+            carrier=carrier_of(self.name, self.tunnel, intent.reasons, self.resolved),
             state=health.state,
             reason=health.reason,
             hold=self.tunnel.hold,
@@ -178,6 +212,36 @@ class TunnelWorker:
         return replace(
             health, state=verdict.state, reason=verdict.reason, avoid=verdict.avoid, stay_on=verdict.stay_on
         )
+
+    async def _maybe_resolve(self) -> None:
+        """Resolve the endpoints given as names: at start, every RESOLVE_RETRY_S until they
+        resolve, and again every RERESOLVE_S while the tunnel stays down (home may have
+        moved). A new address is a new chance for every uplink of the underlay list."""
+        names = [p.endpoint_name for p in self.tunnel.peers if p.endpoint_name is not None]
+        if not names:
+            return
+        now = time.monotonic()
+        if self.resolved_at is not None:
+            missing = len(self.resolved) < len(names)
+            stale = self.failing_since is not None and now - max(self.failing_since, self.resolved_at) >= (
+                RERESOLVE_S
+            )
+            if not stale and not (missing and now - self.resolved_at >= RESOLVE_RETRY_S):
+                return
+        self.resolved_at = now
+        servers = self.tunnel.resolvers or resolver.system_resolvers()
+        said: list[str] = []
+        for named in names:
+            found, why = await resolver.resolve(named.name, servers, mark=self.tunnel.mark)
+            said.append(why)
+            endpoint = dns.endpoint(found, named.port)
+            if endpoint is not None and self.resolved.get(str(named)) != endpoint:
+                log.info("%s: endpoint %s: %s", self.name, named, why)
+                self.resolved[str(named)] = endpoint
+                self.ride = replace(self.ride, avoid=frozenset())
+            elif endpoint is None:
+                log.warning("%s: endpoint %s: %s", self.name, named, why)
+        self.resolving = "" if len(self.resolved) == len(names) else "; ".join(said)
 
     async def _forget_sources(self, desired: WgDevice) -> None:
         """Set each peer's endpoint again: WireGuard then drops the source it remembered, and
@@ -268,9 +332,12 @@ class TunnelWorkers(WorkerKind[TunnelSpec, TunnelWorker]):
             self.rt.wake.set()
 
 
-def carrier_of(name: str, tunnel: Tunnel, reasons: Mapping[str, str]) -> str | None:
+def carrier_of(
+    name: str, tunnel: Tunnel, reasons: Mapping[str, str], resolved: Mapping[str, Endpoint] | None = None
+) -> str | None:
     """The uplink the last pass put in the tunnel's T_under, in its first endpoint's family."""
-    endpoint = next((p.endpoint_value for p in tunnel.peers if p.endpoint_value is not None), None)
+    endpoints = (p.endpoint_value or (resolved or {}).get(p.endpoint or "") for p in tunnel.peers)
+    endpoint = next((e for e in endpoints if e is not None), None)
     family = "ipv6" if endpoint is not None and endpoint.address.version == 6 else "ipv4"
     return reasons.get(f"tunnel {name} underlay {family}") or None
 
@@ -289,7 +356,12 @@ async def remove_interfaces(tunnels: Mapping[str, Tunnel]) -> list[str]:
 
 
 async def explain_tunnel(
-    kernel: Kernel, tunnels: Mapping[str, Tunnel], explained: dict[str, Any], by_dev: Mapping[str, str]
+    kernel: Kernel,
+    tunnels: Mapping[str, Tunnel],
+    explained: dict[str, Any],
+    by_dev: Mapping[str, str],
+    *,
+    health: Mapping[str, TunnelHealth] | None = None,
 ) -> dict[str, Any]:
     """`uplinkctl explain` for a packet routed into a tunnel: which tunnel, and which uplink
     the tunnel's encrypted packets to its (first) peer leave by, as the kernel routes them now
@@ -298,7 +370,9 @@ async def explain_tunnel(
     if tunnel is None:
         return explained
     name, t = tunnel
-    endpoint = next((p.endpoint_value for p in t.peers if p.endpoint_value is not None), None)
+    h = (health or {}).get(name)
+    endpoints = (p.endpoint_value or (h.endpoint_of(p.endpoint or "") if h else None) for p in t.peers)
+    endpoint = next((e for e in endpoints if e is not None), None)
     out = {**explained, "tunnel": name, "encrypted_via": None, "encrypted_dev": None}
     if endpoint is not None:
         outer = await kernel.explain(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,10 @@ from uplinkd.lab.launcher import LabDaemon
 
 from harness.readback import wait_until
 from harness.tunnel_home import (
+    HOME_PORT,
     INNER_HOME,
     NAMES,
+    SERVER,
     Counted,
     Home,
     add_outside,
@@ -33,6 +36,7 @@ from harness.tunnel_home import (
     router_config,
     upstream,
 )
+from harness.tunnel_lab import kill_pid
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -218,3 +222,99 @@ def test_fail_back_to_the_preferred_uplink(lab: Lab, home: Home, tmp_path: Path,
         assert tunnel(daemon)["state"] == "up"
     finally:
         daemon.stop()
+
+
+# --- an endpoint given as a DNS name ----------------------------------------------------------
+
+RESOLVER = "198.51.100.53"  # a dnsmasq on the lab's internet: the only name server asked
+MOVED = "198.51.100.101"  # where home moves to
+
+
+class Dns:
+    """dnsmasq in the lab's internet namespace answering `home.test` with one address; and
+    at every ISP a count of the router's questions to it."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.proc: subprocess.Popen[bytes] | None = None
+        lab.run("inet", ["ip", "address", "add", f"{RESOLVER}/32", "dev", "br0"])
+        for isp in lab.isps:
+            script = f"""
+table inet dnstest {{
+    chain c {{
+        type filter hook prerouting priority -400; policy accept;
+        iifname "down" ip daddr {RESOLVER} udp dport 53 counter comment "dns"
+    }}
+}}
+"""
+            argv = ["ip", "netns", "exec", isp.netns, "nft", "-f", "-"]
+            subprocess.run(argv, input=script, text=True, check=True)
+
+    def answer(self, address: str) -> None:
+        self.stop()
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.lab.inet, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+             "--no-resolv", "--no-hosts", "--bind-interfaces", f"--listen-address={RESOLVER}",
+             "--except-interface=lo", "--pid-file=", f"--address=/home.test/{address}", "--local-ttl=5"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(0.3)
+        assert self.proc.poll() is None, "dnsmasq did not start"
+
+    def questions(self, name: str) -> int:
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.lab.isp(name).netns, "nft", "-j", "list", "chain", "inet",
+             "dnstest", "c"], check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        rule = next(i["rule"] for i in json.loads(out)["nftables"] if "rule" in i)
+        return int(next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e))
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_pid(self.proc.pid)
+            self.proc.wait()
+            self.proc = None
+
+
+def test_an_endpoint_name_resolves_through_the_underlay_and_again_when_home_moves(
+    lab: Lab, home: Home, tmp_path: Path
+) -> None:
+    dns = Dns(lab)
+    dns.answer(SERVER)
+    peer = {"public_key": home.public, "endpoint": f"home.test:{HOME_PORT}", "allowed_ips": ["0.0.0.0/0"],
+            "keepalive": 1}  # fmt: skip
+    daemon = start(lab, home, tmp_path, peers=[peer], resolvers=[RESOLVER])
+    try:
+        t = wait_tunnel(daemon, "up")
+        assert t["resolved"] == {f"home.test:{HOME_PORT}": f"{SERVER}:{HOME_PORT}"}, t
+        assert t["underlay4"] == "wan"
+        # the question left by the underlay uplink (wan), never by lte1
+        assert dns.questions("wan") >= 1 and dns.questions("lte1") == 0
+
+        # home moves: the old address stops answering, the name points to the new one
+        lab.run("inet", ["ip", "address", "add", f"{MOVED}/32", "dev", "br0"])
+        block = f"""
+table inet homeblock {{
+    chain c {{
+        type filter hook prerouting priority -300; policy accept;
+        ip daddr {SERVER} udp dport {HOME_PORT} drop
+    }}
+}}
+"""
+        argv = ["ip", "netns", "exec", lab.inet, "nft", "-f", "-"]
+        subprocess.run(argv, input=block, text=True, check=True)
+        dns.answer(MOVED)
+        moved = time.monotonic()
+
+        def up_at_new_address() -> dict[str, Any] | None:
+            t = tunnel(daemon)
+            there = t["resolved"].get(f"home.test:{HOME_PORT}", "").startswith(MOVED)
+            return t if t["state"] == "up" and there else None
+
+        t = wait_until(up_at_new_address, timeout=60, what="the tunnel up at home's new address")
+        print(f"up at the new address {time.monotonic() - moved:.1f} s after home moved")
+        assert t["endpoint"].startswith(MOVED), t
+        assert dns.questions("lte1") == 0
+    finally:
+        daemon.stop()
+        dns.stop()

@@ -4,18 +4,22 @@ handshake and probes; and the config that asks for them, with errors naming the 
 
 from __future__ import annotations
 
+import struct
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from tests.unit.test_tunnels_plan import DOWN, UP, WG, config, observed, table
+from tests.unit.test_tunnels_plan import DOWN, HOME_KEY, UP, WG, config, observed, table
 from uplinkd import plan
 from uplinkd.config import ConfigError, FailBackHold, parse
-from uplinkd.model import AF_INET, ROUTES, HealthVerdict, Route, RouteKey
+from uplinkd.model import AF_INET, ROUTES, HealthVerdict, NftState, Route, RouteKey
 from uplinkd.plan import Facts
+from uplinkd.tunnel import dns
+from uplinkd.tunnel.dns import NamedEndpoint
 from uplinkd.tunnel.health import TunnelHealth, TunnelState, combined
 from uplinkd.tunnel.underlay import RETRY_ALL_S, TRY_S, Ride, Verdict, step
+from uplinkd.tunnel.wireguard import Endpoint
 
 PREFS = ("wan", "lte1")
 BOTH = frozenset(PREFS)
@@ -221,3 +225,52 @@ def test_degraded_keeps_traffic_in_the_tunnel_and_probe_targets_always_route_int
     probe_route = routes.get(RouteKey(AF_INET, 151, "10.98.0.1/32"))
     assert isinstance(probe_route, Route) and probe_route.oif == 9
     assert down.reasons["tunnel home"] == "down: x"
+
+
+# --- endpoints given as DNS names -------------------------------------------------------------
+
+
+def test_a_named_endpoint_is_accepted_and_a_bad_one_names_both_forms() -> None:
+    t = config(peers=[{"public_key": HOME_KEY, "endpoint": "Home.Example.org.:51820"}]).tunnels["home"]
+    peer = t.peers[0]
+    assert peer.endpoint_value is None and peer.endpoint_name == NamedEndpoint("home.example.org", 51820)
+    with pytest.raises(ConfigError) as e:
+        config(peers=[{"public_key": HOME_KEY, "endpoint": "home_example:51820"}])
+    assert "tunnels.home.peers.0.endpoint" in str(e.value) and "home.example.org:51820" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        config(resolvers=["dns.example"])
+    assert "tunnels.home.resolvers.0" in str(e.value)
+
+
+def _reply(ident: int, records: list[tuple[int, bytes]], *, rcode: int = 0) -> bytes:
+    q = dns.query("home.example.org", dns.TYPE_A, ident)
+    head = struct.pack("!HHHHHH", ident, 0x8180 | rcode, 1, len(records), 0, 0)
+    body = q[12:]
+    for rtype, rdata in records:  # each answer names the question by a pointer to offset 12
+        body += struct.pack("!HHHIH", 0xC00C, rtype, 1, 300, len(rdata)) + rdata
+    return head + body
+
+
+def test_dns_answers_are_read_with_pointers_cnames_and_errors() -> None:
+    records = [(5, b"\x03www\xc0\x0c"), (1, bytes([198, 51, 100, 100])), (1, bytes([198, 51, 100, 7]))]
+    data = _reply(7, records)
+    found, ttl = dns.answer(data, ident=7, qtype=dns.TYPE_A)
+    assert [str(a) for a in found] == ["198.51.100.100", "198.51.100.7"] and ttl == 300
+    with pytest.raises(ValueError, match="not a reply"):
+        dns.answer(data, ident=8, qtype=dns.TYPE_A)
+    with pytest.raises(ValueError, match="NXDOMAIN"):
+        dns.answer(_reply(7, [], rcode=3), ident=7, qtype=dns.TYPE_A)
+    with pytest.raises(ValueError, match="past the end"):
+        dns.answer(data[:40], ident=7, qtype=dns.TYPE_A)
+
+
+def test_a_named_endpoint_plans_from_what_it_resolved_to() -> None:
+    named = {"public_key": HOME_KEY, "endpoint": "home.example.org:51820", "allowed_ips": ["0.0.0.0/0"]}
+    cfg = config(peers=[named])
+    unresolved = intent_with(TunnelHealth(state="down", reason="x", ifname=WG), cfg=cfg)
+    nft = next(o for o in unresolved.kernel if isinstance(o, NftState))
+    assert nft.tunnel_peers == ()
+    ep = Endpoint.parse("198.51.100.100:51820")
+    health = TunnelHealth(state="up", reason="x", ifname=WG, resolved=(("home.example.org:51820", ep),))
+    nft = next(o for o in intent_with(health, cfg=cfg).kernel if isinstance(o, NftState))
+    assert nft.tunnel_peers == (("198.51.100.100", 51820, ("wan",)),)

@@ -133,7 +133,7 @@ def table(i: plan.Intent, number: int, family: int) -> Route | None:
         ({"mtu": 100}, "tunnels.home.mtu"),
         ({"peers": [{"public_key": "short"}]}, "tunnels.home.peers.0.public_key"),
         (
-            {"peers": [{"public_key": HOME_KEY, "endpoint": "home.example:51820"}]},
+            {"peers": [{"public_key": HOME_KEY, "endpoint": "home_example:51820"}]},
             "tunnels.home.peers.0.endpoint",
         ),
     ],

@@ -6,8 +6,9 @@
       listen_port        UDP port, or null for any
       addresses          the tunnel's inner addresses (v4 and/or v6)
       mtu                "auto" or a number
-      peers              public_key, preshared_key_file, endpoint "address:port",
-                         allowed_ips, keepalive
+      peers              public_key, preshared_key_file, endpoint "address:port" or
+                         "name:port" (resolved through the underlay), allowed_ips, keepalive
+      resolvers          DNS servers for endpoint names (default: /etc/resolv.conf's, not loopback)
       underlay           "balance" (default) or an ordered preference list of uplinks
       route              "full" (all LAN traffic, IPv4 and IPv6) or a list of prefixes
       kill_switch        default: on for "full"
@@ -39,6 +40,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from uplinkd.config.errors import describe
 from uplinkd.config.fields import Float, Section, check_range, ranged, shown
 from uplinkd.config.probe import Probe
+from uplinkd.tunnel.dns import NamedEndpoint
 from uplinkd.tunnel.wireguard import Endpoint, decode_key
 
 if TYPE_CHECKING:
@@ -62,7 +64,9 @@ class Peer(Section):
 
     public_key: str = Field(description="the peer's public key, base64 as `wg pubkey` writes it")
     preshared_key_file: Path | None = Field(default=None, description="file with a preshared key, mode 0600")
-    endpoint: str | None = Field(default=None, description="address:port, e.g. 192.0.2.1:51820")
+    endpoint: str | None = Field(
+        default=None, description="address:port or name:port, e.g. 192.0.2.1:51820, home.example.org:51820"
+    )
     allowed_ips: tuple[IPNetwork, ...] = Field(default=(), description="prefixes this peer may send from")
     keepalive: int = Field(default=25, description="persistent keepalive, seconds; 0 = off")
 
@@ -78,15 +82,29 @@ class Peer(Section):
         if v is not None:
             try:
                 Endpoint.parse(v)
-            except ValueError as e:
-                raise ValueError(f"{e}; DNS names are not supported yet, write an address") from None
+            except ValueError:
+                NamedEndpoint.parse(v)  # its error says both forms
         return v
 
     _keepalive = ranged("keepalive", low=0, high=65535, unit="seconds")
 
     @property
     def endpoint_value(self) -> Endpoint | None:
-        return None if self.endpoint is None else Endpoint.parse(self.endpoint)
+        """The endpoint when it is an address (None: none, or a DNS name)."""
+        if self.endpoint is None or self.endpoint_name is not None:
+            return None
+        return Endpoint.parse(self.endpoint)
+
+    @property
+    def endpoint_name(self) -> NamedEndpoint | None:
+        """The endpoint when it is a DNS name, resolved by the tunnel's worker."""
+        if self.endpoint is None:
+            return None
+        try:
+            Endpoint.parse(self.endpoint)
+        except ValueError:
+            return NamedEndpoint.parse(self.endpoint)
+        return None
 
 
 class FailBackHold(Section):
@@ -120,6 +138,11 @@ class Tunnel(Section):
     )
     probe: Probe = Field(
         default_factory=Probe, description="checks through the tunnel to targets inside it"
+    )
+    resolvers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = Field(
+        default=(),
+        description="DNS servers asked for endpoints given as names, through the underlay "
+        "(default: the non-loopback nameservers of /etc/resolv.conf)",
     )
     table: int = Field(description="T_under: routes the tunnel's encrypted packets")
     route_table: int | None = Field(default=None, description="T_route; default table + 1")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 
-from uplinkd.config import Config, Tunnel, parse_target
+from uplinkd.config import Config, Peer, Tunnel, parse_target
 from uplinkd.model import (
     AF_INET,
     AF_INET6,
@@ -54,6 +54,7 @@ from uplinkd.plan.facts import Contribution, Facts, Survey
 from uplinkd.plan.layout import BAND_TUNNEL_ROUTE, BAND_TUNNEL_STEERED, BAND_TUNNEL_UNDERLAY, group_id
 from uplinkd.tunnel.health import TunnelHealth
 from uplinkd.tunnel.mtu import tunnel_mtu
+from uplinkd.tunnel.wireguard import Endpoint
 
 VERSION: dict[int, int] = {AF_INET: 4, AF_INET6: 6}
 FAMILY_NAMES: dict[int, str] = {AF_INET: "ipv4", AF_INET6: "ipv6"}
@@ -145,7 +146,7 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                 taken = {r.key for r in routes}
                 objects += [r for r in _probe_routes(tunnel, family, link.index) if r.key not in taken]
         if link is not None:
-            mtu = mtu_of(tunnel, facts, survey)
+            mtu = mtu_of(tunnel, facts, survey, name)
             if mtu is not None:
                 objects.append(LinkTuning(link.index, mtu=mtu, dev=link.name))
             else:
@@ -215,7 +216,7 @@ def nft_peers(
     devs = {s.name: s.dev for s in survey.statuses if s.dev}
     for tunnel_name, tunnel in config.tunnels.items():
         for p in tunnel.peers:
-            ep = p.endpoint_value
+            ep = endpoint_of(p, facts.tunnels.get(tunnel_name))
             if ep is None:
                 continue
             family = AF_INET if ep.address.version == 4 else AF_INET6
@@ -225,7 +226,14 @@ def nft_peers(
     return tuple(sorted((a, port, tuple(sorted(i))) for (a, port), i in found.items()))
 
 
-def mtu_of(tunnel: Tunnel, facts: Facts, survey: Survey) -> int | None:
+def endpoint_of(peer: Peer, health: TunnelHealth | None) -> Endpoint | None:
+    """A peer's endpoint: its address, or what its name last resolved to (None: not yet)."""
+    if peer.endpoint is None:
+        return None
+    return peer.endpoint_value or (health.endpoint_of(peer.endpoint) if health is not None else None)
+
+
+def mtu_of(tunnel: Tunnel, facts: Facts, survey: Survey, name: str = "") -> int | None:
     """The tunnel's MTU: the configured number, or `auto`: the smallest MTU among the present
     uplinks that may carry it minus WireGuard's overhead for its endpoints' family (80 when
     any endpoint is IPv6, else 60). None when no carrying uplink is present (or ValueError:
@@ -235,7 +243,9 @@ def mtu_of(tunnel: Tunnel, facts: Facts, survey: Survey) -> int | None:
     carriers = [s for s in survey.statuses if tunnel.underlay == "balance" or s.name in tunnel.underlay]
     links = [facts.observed.links.get(s.ifindex) for s in carriers if s.ifindex is not None]
     mtus = [link.mtu for link in links if link is not None and link.mtu]
-    v6 = any(p.endpoint_value is not None and p.endpoint_value.address.version == 6 for p in tunnel.peers)
+    health = facts.tunnels.get(name)
+    endpoints = [endpoint_of(p, health) for p in tunnel.peers]
+    v6 = any(e is not None and e.address.version == 6 for e in endpoints)
     try:
         return tunnel_mtu(mtus, ipv6_underlay=v6) if mtus else None
     except ValueError:

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from uplinkd.tunnel.wireguard import Endpoint
+
 #: a handshake older than this means the session is gone (WireGuard's REJECT_AFTER_TIME)
 HANDSHAKE_FRESH_S: Final = 180.0
 
@@ -40,6 +42,12 @@ class TunnelHealth:
     avoid: frozenset[str] = frozenset()
     # fail-back: keep the tunnel on this uplink while it is healthy (None: the first healthy)
     stay_on: str | None = None
+    # endpoints given as DNS names, as last resolved: (the config's "name:port", the endpoint)
+    resolved: tuple[tuple[str, Endpoint], ...] = ()
+
+    def endpoint_of(self, text: str) -> Endpoint | None:
+        """Where a named endpoint resolved to (None: not yet, or not a name)."""
+        return next((e for t, e in self.resolved if t == text), None)
 
     @property
     def up(self) -> bool:
@@ -58,11 +66,20 @@ def judge(ifname: str, *, last_handshake: float | None, now: float) -> tuple[boo
 
 
 def combined(
-    *, handshake_up: bool, handshake_why: str, probed: str | None, probe_why: str = ""
+    *,
+    handshake_up: bool,
+    handshake_why: str,
+    probed: str | None,
+    probe_why: str = "",
+    previous: TunnelState | None = None,
 ) -> tuple[TunnelState, str]:
     """The tunnel's state from its handshake and its probes' verdict (`probed`: unknown, up,
-    degraded, down; None: no probes configured). A probe verdict wins once there is one."""
+    degraded, down; None: no probes configured). A probe verdict wins once there is one;
+    while probes are (re)starting (on a new underlay) the `previous` state holds, so a
+    restarted prober does not turn a dead tunnel "up" on an old handshake."""
     state = PROBED.get(probed or "")
     if state is not None:
         return state, f"probes: {probe_why}" if probe_why else "probes"
+    if probed is not None and previous in PROBED:
+        return previous, f"{handshake_why}; probes starting"
     return ("up" if handshake_up else "down"), handshake_why
