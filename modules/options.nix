@@ -519,7 +519,7 @@ let
         description = "The control socket, the state directory and the resync period.";
       };
       tunnels = mkOption {
-        type = types.attrsOf (types.submodule (import ./tunnel-options.nix { inherit lib; }));
+        type = types.attrsOf (types.submodule (import ./tunnel-options.nix { inherit lib probeSubmodule; }));
         default = { };
         description = ''
           WireGuard tunnels that ride the healthy uplinks, by name. Key files are passed to

@@ -3,7 +3,7 @@
 # defaults). Keys are files, never values: `private_key_file` and `preshared_key_file` are
 # strings (a Nix path would copy the key into the store), handed to the service with systemd
 # credentials (service.nix), and assertions.nix refuses a key file inside the Nix store.
-{ lib }:
+{ lib, probeSubmodule }:
 let
   inherit (lib) mkOption types;
 
@@ -25,8 +25,11 @@ let
       endpoint = mkOption {
         type = types.nullOr types.str;
         default = null;
-        example = "192.0.2.1:51820";
-        description = "The peer's address:port (an address: DNS names are not supported yet).";
+        example = "home.example.org:51820";
+        description = ''
+          The peer's address:port, or name:port: a name is resolved through the tunnel's
+          underlay (the question carries the tunnel's mark) and again while the tunnel stays down.
+        '';
       };
       allowed_ips = mkOption {
         type = types.listOf types.str;
@@ -79,15 +82,26 @@ in
       description = "The other end(s).";
     };
     underlay = mkOption {
-      type = types.either (types.enum [ "balance" ]) (types.nonEmptyListOf types.str);
+      type = types.oneOf [
+        (types.enum [ "balance" ])
+        (types.nonEmptyListOf types.str)
+        (types.submodule {
+          options.policy = mkOption {
+            type = types.str;
+            description = "A name from `policies` (`default`: the balance group).";
+          };
+        })
+      ];
       default = "balance";
       example = [
         "wan"
         "lte1"
       ];
       description = ''
-        Which uplinks carry the tunnel's encrypted packets: `balance` (the weighted group), or
-        uplink names in order of preference (the next only while the ones before are down).
+        Which uplinks carry the tunnel's encrypted packets: `balance` (the weighted group),
+        uplink names in order of preference (the next only while the ones before are down, or
+        while the tunnel cannot pass the ones before: a network that drops UDP), or
+        `{ policy = "name"; }`: that policy's choice of uplinks (its tiers).
       '';
     };
     route = mkOption {
@@ -104,9 +118,36 @@ in
       '';
     };
     fail_back = mkOption {
-      type = types.enum [ "immediate" ];
+      type = types.either (types.enum [
+        "immediate"
+        "never"
+      ]) (types.submodule {
+        options.hold = mkOption {
+          type = types.addCheck types.number (v: v >= 0 && v <= 86400);
+          description = "Seconds a more preferred uplink must stay healthy before the tunnel moves back.";
+        };
+      });
       default = "immediate";
-      description = "Back to a preferred uplink as soon as it is healthy (the only choice yet).";
+      example = { hold = 60; };
+      description = ''
+        After a failover along the underlay list: back to the more preferred uplink as soon as
+        it is healthy, after it has stayed healthy `hold` seconds, or never (the tunnel stays
+        while its uplink is healthy).
+      '';
+    };
+    probe = mkOption {
+      type = types.submodule probeSubmodule;
+      default = { };
+      description = ''
+        Health checks sent through the tunnel to targets inside it (the uplinks' fields and
+        profiles; timings default from the top-level `probe`, never its targets). No targets:
+        the tunnel is up while its last handshake is under 180 s old.
+      '';
+    };
+    resolvers = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "DNS servers asked for endpoint names, through the underlay (default: resolv.conf's, not loopback).";
     };
     table = mkOption {
       type = types.ints.between 1 16777215;

@@ -122,12 +122,12 @@ def test_disabled_module_adds_nothing(tmp_path: Path) -> None:
 
 def test_all_fields_fixture_sets_every_option() -> None:
     """fixtures/good/all-fields.nix must keep up with the options, or rendering goes untested.
-    (An uplink's `probe` is the top-level `probe`'s type: setting the latter covers both.)"""
+    (An uplink's and a tunnel's `probe` are the top-level `probe`'s type: setting the latter
+    covers them.)"""
     result = evaluate(GOOD / "all-fields.nix")
     leaves = leaf_paths(result["options"]["settings"]["children"])
-    unset = [
-        p for p in leaves if p[:3] != ("uplinks", "<name>", "probe") and not is_set(result["settings"], p)
-    ]
+    probes = (("uplinks", "<name>", "probe"), ("tunnels", "<name>", "probe"))
+    unset = [p for p in leaves if p[:3] not in probes and not is_set(result["settings"], p)]
     assert unset == [], f"set these in {GOOD / 'all-fields.nix'}"
 
 

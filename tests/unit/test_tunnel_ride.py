@@ -274,3 +274,49 @@ def test_a_named_endpoint_plans_from_what_it_resolved_to() -> None:
     health = TunnelHealth(state="up", reason="x", ifname=WG, resolved=(("home.example.org:51820", ep),))
     nft = next(o for o in intent_with(health, cfg=cfg).kernel if isinstance(o, NftState))
     assert nft.tunnel_peers == (("198.51.100.100", 51820, ("wan",)),)
+
+
+# --- the underlay as a policy -----------------------------------------------------------------
+
+
+def with_policy(**tunnel_over: Any) -> Any:
+    doc = config().model_dump(mode="json", exclude_none=True)
+    doc["tunnels"]["home"].update(fwmark=0x1000000, **tunnel_over)
+    doc["policies"] = {"cheap": {"tiers": [["lte1"], ["wan"]], "table": 160}}
+    return parse(doc)
+
+
+def test_a_policy_underlay_takes_the_policys_group() -> None:
+    cfg = with_policy(underlay={"policy": "cheap"})
+    up = TunnelHealth(state="up", reason="t", ifname=WG)
+    i = intent_with(up, cfg=cfg)
+    r = table(i, 150, AF_INET)
+    policy_route = table(i, 160, AF_INET)
+    assert r is not None and policy_route is not None and r.nhid == policy_route.nhid is not None
+    assert i.reasons["tunnel home underlay ipv4"] == "policy cheap (lte1)"
+    nft = next(o for o in i.kernel if isinstance(o, NftState))
+    assert nft.tunnel_peers == (("198.51.100.100", 51820, ("lte1",)),)
+    # lte1 down: the policy's next tier
+    down = plan.desired(cfg, Facts(observed(), health={"wan": UP, "lte1": DOWN}, tunnels={"home": up}))
+    assert down.reasons["tunnel home underlay ipv4"] == "policy cheap (wan)"
+    # 'default' is the balance group
+    default = intent_with(up, cfg=with_policy(underlay={"policy": "default"}))
+    assert table(default, 150, AF_INET).nhid == 100_000_000  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("over", "words"),
+    [
+        ({"underlay": {"policy": "nope"}}, "tunnels.home.underlay.policy: 'nope' is not a policy"),
+        ({"underlay": {"policy": "cheap", "x": 1}}, "tunnels.home.underlay.x: unknown key"),
+        ({"underlay": "wan"}, "tunnels.home.underlay: 'wan' is not an underlay; use 'balance', a list"),
+        (
+            {"underlay": {"policy": "cheap"}, "fail_back": "never"},
+            "tunnels.home.fail_back: applies to an ordered underlay list, not to underlay policy",
+        ),
+    ],
+)
+def test_policy_underlay_errors_name_the_field(over: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        with_policy(**over)
+    assert words in str(e.value), str(e.value)

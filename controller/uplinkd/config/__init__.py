@@ -31,7 +31,14 @@ from uplinkd.config.ownership import Ownership
 from uplinkd.config.policies import DEFAULT_POLICY, Policy, Steer
 from uplinkd.config.policies import check as check_policies
 from uplinkd.config.probe import PROFILES, Probe, parse_target
-from uplinkd.config.tunnels import FailBackHold, Peer, Tunnel, cross_check, give_default_marks
+from uplinkd.config.tunnels import (
+    FailBackHold,
+    Peer,
+    Tunnel,
+    UnderlayPolicy,
+    cross_check,
+    give_default_marks,
+)
 from uplinkd.linux import RESERVED_TABLES
 
 # what a tunnel's probe never takes from the top-level `probe`: its targets are inside the tunnel
@@ -61,6 +68,7 @@ __all__ = [
     "StaticAddress",
     "Steer",
     "Tunnel",
+    "UnderlayPolicy",
     "Uplink",
     "UsbMatch",
     "describe",

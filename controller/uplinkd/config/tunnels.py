@@ -9,7 +9,8 @@
       peers              public_key, preshared_key_file, endpoint "address:port" or
                          "name:port" (resolved through the underlay), allowed_ips, keepalive
       resolvers          DNS servers for endpoint names (default: /etc/resolv.conf's, not loopback)
-      underlay           "balance" (default) or an ordered preference list of uplinks
+      underlay           "balance" (default), an ordered preference list of uplinks, or
+                         {policy = "name"}: the policy's choice (its tiers) carries it
       route              "full" (all LAN traffic, IPv4 and IPv6) or a list of prefixes
       kill_switch        default: on for "full"
       fail_back          back to a more preferred uplink of the underlay list: "immediate"
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from uplinkd.config.errors import describe
-from uplinkd.config.fields import Float, Section, check_range, ranged, shown
+from uplinkd.config.fields import Float, Section, Text, check_range, ranged, shown
 from uplinkd.config.probe import Probe
 from uplinkd.tunnel.dns import NamedEndpoint
 from uplinkd.tunnel.wireguard import Endpoint, decode_key
@@ -118,6 +119,15 @@ class FailBackHold(Section):
 FAIL_BACK_USE = 'use "immediate", "never" or {hold = seconds}'
 
 
+class UnderlayPolicy(Section):
+    """The tunnel's encrypted packets ride a traffic policy's choice (its tiers)."""
+
+    policy: Text = Field(description="a name from `policies` ('default': the balance group)")
+
+
+UNDERLAY_USE = "use 'balance', a list of uplink names, or {policy = \"name\"}"
+
+
 class Tunnel(Section):
     interface: str = Field(description="WireGuard interface name")
     private_key_file: Path = Field(description="file holding the private key (mode 0600)")
@@ -125,8 +135,9 @@ class Tunnel(Section):
     addresses: tuple[IPInterface, ...] = Field(default=(), description="inner addresses")
     mtu: Literal["auto"] | int = Field(default="auto", description="'auto' or 1280-9000")
     peers: tuple[Peer, ...] = Field(min_length=1)
-    underlay: Literal["balance"] | tuple[str, ...] = Field(
-        default="balance", description="'balance' or uplink names in order of preference"
+    underlay: Literal["balance"] | tuple[str, ...] | UnderlayPolicy = Field(
+        default="balance",
+        description="'balance', uplink names in order of preference, or {policy = name}",
     )
     route: Literal["full"] | tuple[IPNetwork, ...] = Field(
         default=(), description="'full' = all LAN traffic, or prefixes sent into the tunnel"
@@ -169,9 +180,25 @@ class Tunnel(Section):
     def _mtu(cls, v: str | int) -> str | int:
         return v if isinstance(v, str) else check_range(v, low=576, high=9000, use="'auto' or 576 to 9000")
 
+    @field_validator("underlay", mode="before")
+    @classmethod
+    def _underlay_shape(cls, v: object) -> object:
+        if isinstance(v, dict):
+            try:
+                return UnderlayPolicy.model_validate(v)
+            except ValidationError as e:
+                raise ValueError("\n".join(describe(e))) from None
+        if isinstance(v, str) and v != "balance":
+            raise ValueError(f"{shown(v)} is not an underlay; {UNDERLAY_USE}")
+        if not isinstance(v, str | list | tuple | UnderlayPolicy):
+            raise ValueError(f"{shown(v)} is not an underlay; {UNDERLAY_USE}")
+        return v
+
     @field_validator("underlay")
     @classmethod
-    def _underlay(cls, v: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    def _underlay(
+        cls, v: str | tuple[str, ...] | UnderlayPolicy
+    ) -> str | tuple[str, ...] | UnderlayPolicy:
         if isinstance(v, tuple) and (not v or len(set(v)) != len(v)):
             raise ValueError("name each uplink once, at least one; or write 'balance'")
         return v
@@ -263,8 +290,13 @@ def cross_check(config: Config, tunnels: Mapping[str, Tunnel]) -> list[str]:
                     )
         elif t.fail_back != "immediate":
             problems.append(
-                f"{where}.fail_back: applies to an ordered underlay list; with underlay 'balance' "
-                'remove it (or leave "immediate")'
+                f"{where}.fail_back: applies to an ordered underlay list, not to underlay "
+                f"{'balance' if t.underlay == 'balance' else 'policy'}; remove it (or leave \"immediate\")"
+            )
+        if isinstance(t.underlay, UnderlayPolicy) and t.underlay.policy not in (*config.policies, "default"):
+            problems.append(
+                f"{where}.underlay.policy: {t.underlay.policy!r} is not a policy; use a name from "
+                f"policies ({', '.join(config.policies) or 'none configured'}) or 'default'"
             )
         for field, table in (("table", t.table), ("route_table", t.t_route)):
             if not 1 <= table <= MAX_TABLE or table in (253, 254, 255):

@@ -32,7 +32,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 
-from uplinkd.config import Config, Peer, Tunnel, parse_target
+from uplinkd.config import DEFAULT_POLICY, Config, Peer, Tunnel, UnderlayPolicy, parse_target
 from uplinkd.model import (
     AF_INET,
     AF_INET6,
@@ -49,9 +49,16 @@ from uplinkd.model import (
     any_net,
 )
 from uplinkd.model.kinds.tuning import LinkTuning
+from uplinkd.plan import policies
 from uplinkd.plan.balance import balance_members
 from uplinkd.plan.facts import Contribution, Facts, Survey
-from uplinkd.plan.layout import BAND_TUNNEL_ROUTE, BAND_TUNNEL_STEERED, BAND_TUNNEL_UNDERLAY, group_id
+from uplinkd.plan.layout import (
+    BAND_TUNNEL_ROUTE,
+    BAND_TUNNEL_STEERED,
+    BAND_TUNNEL_UNDERLAY,
+    group_id,
+    policy_group_id,
+)
 from uplinkd.tunnel.health import TunnelHealth
 from uplinkd.tunnel.mtu import tunnel_mtu
 from uplinkd.tunnel.wireguard import Endpoint
@@ -70,15 +77,29 @@ def state_topic(name: str) -> str:
 
 
 def underlay(
-    config: Config, tunnel: Tunnel, survey: Survey, family: int, health: TunnelHealth | None = None
+    config: Config,
+    tunnel: Tunnel,
+    survey: Survey,
+    family: int,
+    health: TunnelHealth | None = None,
+    *,
+    spent: frozenset[str] = frozenset(),
 ) -> tuple[object | None, str]:
     """T_under's default route for one family, and the uplink(s) it names ("" = none).
 
     A preference list takes its first healthy uplink, skipping those the tunnel's worker found
     to carry no tunnel traffic (`health.avoid`) while another is healthy, and keeping the one
-    fail-back holds it on (`health.stay_on`) while that is healthy."""
+    fail-back holds it on (`health.stay_on`) while that is healthy. `{policy = name}` takes
+    that policy's group (the same choice, so the same group, as the policy's own table)."""
     key = RouteKey(family, tunnel.table, str(any_net(family)))
-    if tunnel.underlay == "balance":
+    if isinstance(tunnel.underlay, UnderlayPolicy) and tunnel.underlay.policy != DEFAULT_POLICY:
+        name = tunnel.underlay.policy
+        choice = policies.choose(config, survey, name, family, spent=spent)
+        if not choice.members:
+            return Route(key, type="unreachable"), ""
+        via = f"policy {name} (" + ", ".join(choice.members) + ")"
+        return Route(key, nhid=policy_group_id(config, name, family)), via
+    if tunnel.underlay == "balance" or isinstance(tunnel.underlay, UnderlayPolicy):
         members, _ = balance_members(config, survey.statuses, survey.ways, family)
         if not members:
             return Route(key, type="unreachable"), ""
@@ -124,7 +145,7 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                     family, prio + BAND_TUNNEL_UNDERLAY, tunnel.table, fwmark=tunnel.mark, fwmask=tunnel.mark
                 )
             )
-            route, via = underlay(config, tunnel, survey, family, health)
+            route, via = underlay(config, tunnel, survey, family, health, spent=facts.spent)
             objects.append(route)
             reasons[underlay_topic(name, family)] = via
             if tunnel.route == "full" or tunnel.route or tunnel.probe.targets:
@@ -146,7 +167,7 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                 taken = {r.key for r in routes}
                 objects += [r for r in _probe_routes(tunnel, family, link.index) if r.key not in taken]
         if link is not None:
-            mtu = mtu_of(tunnel, facts, survey, name)
+            mtu = mtu_of(tunnel, facts, survey, name, config=config)
             if mtu is not None:
                 objects.append(LinkTuning(link.index, mtu=mtu, dev=link.name))
             else:
@@ -220,10 +241,29 @@ def nft_peers(
             if ep is None:
                 continue
             family = AF_INET if ep.address.version == 4 else AF_INET6
-            _, via = underlay(config, tunnel, survey, family, facts.tunnels.get(tunnel_name))
-            names = via.removeprefix("balance (").removesuffix(")").split(", ") if via else []
+            health = facts.tunnels.get(tunnel_name)
+            _, via = underlay(config, tunnel, survey, family, health, spent=facts.spent)
+            names = uplinks_of(via)
             found.setdefault((str(ep.address), ep.port), set()).update(devs[n] for n in names if n in devs)
     return tuple(sorted((a, port, tuple(sorted(i))) for (a, port), i in found.items()))
+
+
+def carrying(config: Config, tunnel: Tunnel) -> frozenset[str]:
+    """The uplinks that may carry the tunnel: its list, its policy's tiers, or all."""
+    u = tunnel.underlay
+    if isinstance(u, tuple):
+        return frozenset(u)
+    if isinstance(u, UnderlayPolicy) and u.policy in config.policies:
+        return frozenset(n for tier in config.policies[u.policy].tiers for n in tier)
+    return frozenset(config.uplinks)
+
+
+def uplinks_of(via: str) -> list[str]:
+    """The uplinks an underlay reason names: "wan", "balance (wan, lte1)", "policy p (wan)"."""
+    if not via:
+        return []
+    inside = via[via.index("(") + 1 : -1] if via.endswith(")") and "(" in via else via
+    return inside.split(", ")
 
 
 def endpoint_of(peer: Peer, health: TunnelHealth | None) -> Endpoint | None:
@@ -233,14 +273,17 @@ def endpoint_of(peer: Peer, health: TunnelHealth | None) -> Endpoint | None:
     return peer.endpoint_value or (health.endpoint_of(peer.endpoint) if health is not None else None)
 
 
-def mtu_of(tunnel: Tunnel, facts: Facts, survey: Survey, name: str = "") -> int | None:
+def mtu_of(
+    tunnel: Tunnel, facts: Facts, survey: Survey, name: str = "", *, config: Config | None = None
+) -> int | None:
     """The tunnel's MTU: the configured number, or `auto`: the smallest MTU among the present
     uplinks that may carry it minus WireGuard's overhead for its endpoints' family (80 when
     any endpoint is IPv6, else 60). None when no carrying uplink is present (or ValueError:
     too small), so the interface keeps the MTU it has."""
     if isinstance(tunnel.mtu, int):
         return tunnel.mtu
-    carriers = [s for s in survey.statuses if tunnel.underlay == "balance" or s.name in tunnel.underlay]
+    may = carrying(config, tunnel) if config is not None else frozenset(s.name for s in survey.statuses)
+    carriers = [s for s in survey.statuses if s.name in may]
     links = [facts.observed.links.get(s.ifindex) for s in carriers if s.ifindex is not None]
     mtus = [link.mtu for link in links if link is not None and link.mtu]
     health = facts.tunnels.get(name)
