@@ -276,11 +276,16 @@ class TunnelWorker:
 
     def _record(self, health: TunnelHealth) -> None:
         """Keep the worker's latest look; a pass is needed when what planning reads changed
-        (state, avoided uplinks, fail-back hold), not for a new handshake age."""
+        (state, avoided uplinks, fail-back hold, resolved endpoints), not for a new handshake age."""
         old = self.rt.tunnels.get(self.name)
         self.rt.tunnels[self.name] = health
-        if old is None or (old.state, old.avoid, old.stay_on) != (health.state, health.avoid, health.stay_on):
+        if old is None or _planned(old) != _planned(health):
             self.rt.wake.set()
+
+
+def _planned(h: TunnelHealth) -> tuple[object, ...]:
+    """What planning reads of a tunnel's health (not its handshake age or byte counts)."""
+    return (h.state, h.avoid, h.stay_on, h.resolved)
 
 
 @dataclass(frozen=True)

@@ -318,3 +318,51 @@ table inet homeblock {{
     finally:
         daemon.stop()
         dns.stop()
+
+
+# --- the underlay as a policy -----------------------------------------------------------------
+
+
+def test_a_policy_underlay_carries_the_tunnel_by_its_tiers(lab: Lab, home: Home, tmp_path: Path) -> None:
+    """underlay = {policy = "lte-first"} (tiers [lte1], [wan]): the encrypted packets leave by
+    lte1 while it is healthy, by wan after lte1 fails; counted at each ISP."""
+    cfg, router_public = router_config(
+        tmp_path, home, underlay={"policy": "lte-first"}, fwmark=0x1000000
+    )
+    cfg["policies"] = {"lte-first": {"tiers": [["lte1"], ["wan"]], "table": 160}}
+    daemon = LabDaemon(lab.router, cfg, workdir=tmp_path)
+    home.start(router_public)
+    daemon.start()
+    try:
+        for name in NAMES:
+            wait_up(daemon, name)
+        wait_tunnel(daemon, "up")
+        wait_until(lambda: tunnel(daemon)["underlay4"] == "policy lte-first (lte1)", timeout=WAIT,
+                   what="the tunnel on the policy's first tier")  # fmt: skip
+        wait_until(lambda: home.endpoint().startswith(upstream(2) + ":"), timeout=WAIT, what="home sees lte1")
+        seen = Counted(lab)
+        time.sleep(2)
+        wan, lte1 = encrypted(seen)
+        assert wan == 0 and lte1 > 0, (wan, lte1)
+
+        lab.isp("lte1").blackhole()
+        wait_until(lambda: tunnel(daemon)["underlay4"] == "policy lte-first (wan)", timeout=WAIT,
+                   what="the tunnel on the policy's second tier")  # fmt: skip
+        wait_until(lambda: home.endpoint().startswith(upstream(1) + ":"), timeout=WAIT, what="home sees wan")
+        seen = Counted(lab)
+        time.sleep(2)
+        wan, lte1 = encrypted(seen)
+        assert wan > 0 and lte1 == 0, (wan, lte1)
+
+        # lte1 back: the first tier again; wan's NAT binding of the tunnel's flow is flushed,
+        # so its packets leave lte1 with lte1's address
+        lab.isp("lte1").blackhole(False)
+        wait_until(lambda: tunnel(daemon)["underlay4"] == "policy lte-first (lte1)", timeout=WAIT,
+                   what="the tunnel back on the policy's first tier")  # fmt: skip
+        wait_until(lambda: home.endpoint().startswith(upstream(2) + ":"), timeout=WAIT, what="home sees lte1")
+        seen = Counted(lab)
+        time.sleep(2)
+        wan, lte1 = encrypted(seen)
+        assert wan == 0 and lte1 > 0, (wan, lte1)
+    finally:
+        daemon.stop()

@@ -15,6 +15,7 @@ from uplinkd import plan
 from uplinkd.config import ConfigError, FailBackHold, parse
 from uplinkd.model import AF_INET, ROUTES, HealthVerdict, NftState, Route, RouteKey
 from uplinkd.plan import Facts
+from uplinkd.plan import tunnels as ptunnels
 from uplinkd.tunnel import dns
 from uplinkd.tunnel.dns import NamedEndpoint
 from uplinkd.tunnel.health import TunnelHealth, TunnelState, combined
@@ -320,3 +321,15 @@ def test_policy_underlay_errors_name_the_field(over: dict[str, Any], words: str)
     with pytest.raises(ConfigError) as e:
         with_policy(**over)
     assert words in str(e.value), str(e.value)
+
+
+def test_a_policy_underlays_tier_change_flushes_the_uplink_it_left() -> None:
+    cfg = with_policy(underlay={"policy": "cheap"})
+    up = TunnelHealth(state="up", reason="t", ifname=WG)
+    on_lte1 = intent_with(up, cfg=cfg)
+    on_wan = plan.desired(cfg, Facts(observed(), health={"wan": UP, "lte1": DOWN}, tunnels={"home": up}))
+    back = ptunnels.underlay_moved(on_wan.reasons, on_lte1.reasons, on_lte1.uplinks, mask=0xFF00)
+    assert [op.obj.uplink for op in back] == ["wan"]  # type: ignore[attr-defined]
+    balance = config(underlay="balance").model_copy()
+    b = intent_with(up, cfg=balance)
+    assert ptunnels.underlay_moved(b.reasons, on_lte1.reasons, b.uplinks, mask=0xFF00) == ()

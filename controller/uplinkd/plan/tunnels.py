@@ -213,18 +213,21 @@ def underlay_moved(
 ) -> tuple[Op, ...]:
     """Conntrack flushes for uplinks a tunnel's underlay just left (`before`/`after`: the
     passes' reasons). The tunnel's UDP flow is ct-marked with the uplink it left by; deleted,
-    its next packet is routed and masqueraded afresh through the new underlay. This holds even
+    its next packet is routed and masqueraded afresh through the new underlay (a policy
+    underlay: when its tier changes, the uplinks that left it). This holds even
     when the old uplink stays in a balance group as the last resort of another family (where
     the uplinks' own failover keeps its connections)."""
     marks = {s.name: s.mark for s in uplinks}
     ops: dict[int, Op] = {}
     for topic, old in before.items():
-        if not topic.startswith("tunnel ") or " underlay " not in topic:
-            continue
-        if old in marks and after.get(topic) != old:
-            mark = marks[old]
-            why = f"a tunnel's underlay left it ({topic}: {after.get(topic) or 'none'})"
-            ops.setdefault(mark, Op("delete", ConntrackFlush(old, mark, mask, why)))
+        if not topic.startswith("tunnel ") or " underlay " not in topic or old.startswith("balance"):
+            continue  # a balance group is resilient: the tunnel's flow keeps its bucket
+        new = after.get(topic) or ""
+        left = set(uplinks_of(old)) - set(uplinks_of(new))
+        for name in sorted(left & set(marks)):
+            mark = marks[name]
+            why = f"a tunnel's underlay left it ({topic}: {new or 'none'})"
+            ops.setdefault(mark, Op("delete", ConntrackFlush(name, mark, mask, why)))
     return tuple(ops.values())
 
 
