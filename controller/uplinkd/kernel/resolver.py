@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import socket
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,7 +53,8 @@ async def ask(
     ident = int.from_bytes(os.urandom(2), "big")
     loop = asyncio.get_running_loop()
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+        # as unsigned bytes: a mark with the top bit set (0x80000000) is no C int
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, struct.pack("=I", mark))
         sock.setblocking(False)
         await loop.sock_sendto(sock, query(name, qtype, ident), (str(server), 53))
         deadline = loop.time() + timeout
