@@ -217,7 +217,7 @@ class TunnelWorker:
         """Resolve the endpoints given as names: at start, every RESOLVE_RETRY_S until they
         resolve, and again every RERESOLVE_S while the tunnel stays down (home may have
         moved). A new address is a new chance for every uplink of the underlay list."""
-        names = [p.endpoint_name for p in self.tunnel.peers if p.endpoint_name is not None]
+        names = [(p.endpoint, p.endpoint_name) for p in self.tunnel.peers if p.endpoint and p.endpoint_name]
         if not names:
             return
         now = time.monotonic()
@@ -231,13 +231,16 @@ class TunnelWorker:
         self.resolved_at = now
         servers = self.tunnel.resolvers or resolver.system_resolvers()
         said: list[str] = []
-        for named in names:
+        for text, named in names:
             found, why = await resolver.resolve(named.name, servers, mark=self.tunnel.mark)
             said.append(why)
-            endpoint = dns.endpoint(found, named.port)
-            if endpoint is not None and self.resolved.get(str(named)) != endpoint:
+            current = self.resolved.get(text)
+            # the address in use stays while the answer still has it (round-robin DNS)
+            keep = current is not None and current.address in found and current.port == named.port
+            endpoint = current if keep else dns.endpoint(found, named.port)
+            if endpoint is not None and current != endpoint:
                 log.info("%s: endpoint %s: %s", self.name, named, why)
-                self.resolved[str(named)] = endpoint
+                self.resolved[text] = endpoint
                 self.ride = replace(self.ride, avoid=frozenset())
             elif endpoint is None:
                 log.warning("%s: endpoint %s: %s", self.name, named, why)
@@ -308,7 +311,8 @@ class TunnelWorkers(WorkerKind[TunnelSpec, TunnelWorker]):
         for name, tunnel in rt.config.tunnels.items():
             reading = read_now(tunnel.interface)
             if reading is not None:  # adopt: a restart plans from the tunnel as it is
-                rt.tunnels[name] = health_of(tunnel.interface, reading, now)
+                adopted = health_of(tunnel.interface, reading, now)
+                rt.tunnels[name] = replace(adopted, resolved=resolved_in(tunnel, reading))
 
     def wanted(self, intent: Intent, running: Mapping[str, TunnelSpec]) -> dict[str, TunnelSpec]:
         for name in self.rt.config.tunnels:
@@ -328,6 +332,9 @@ class TunnelWorkers(WorkerKind[TunnelSpec, TunnelWorker]):
         worker = TunnelWorker(
             name=name, tunnel=spec.tunnel, log_dir=self.rt.config.control.state_dir, rt=self.rt
         )
+        adopted = self.rt.tunnels.get(name)
+        if adopted is not None:  # a named endpoint keeps the address the device has until asked again
+            worker.resolved = dict(adopted.resolved)
         self._workers[name] = worker
         return worker
 
@@ -335,6 +342,20 @@ class TunnelWorkers(WorkerKind[TunnelSpec, TunnelWorker]):
         self._workers.pop(name, None)
         if self.rt.tunnels.pop(name, None) is not None:
             self.rt.wake.set()
+
+
+def resolved_in(tunnel: Tunnel, reading: WgReading) -> tuple[tuple[str, Endpoint], ...]:
+    """At a restart, the endpoints given as names as the device has them (what they last
+    resolved to), so the first pass plans the same nft table as before: no write."""
+    found: list[tuple[str, Endpoint]] = []
+    for p in tunnel.peers:
+        if p.endpoint is None or p.endpoint_name is None:
+            continue
+        key = PublicKey.from_base64(p.public_key)
+        peer = next((q for q in reading.device.peers if q.public_key == key), None)
+        if peer is not None and peer.endpoint is not None:
+            found.append((p.endpoint, peer.endpoint))
+    return tuple(sorted(found))
 
 
 def carrier_of(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -290,6 +291,15 @@ def test_an_endpoint_name_resolves_through_the_underlay_and_again_when_home_move
         assert t["underlay4"] == "wan"
         # the question left by the underlay uplink (wan), never by lte1
         assert dns.questions("wan") >= 1 and dns.questions("lte1") == 0
+
+        # a restart plans from the address the device has: no write, no new handshake
+        handshake = home.handshake()
+        daemon.stop(signal.SIGTERM)
+        daemon.start()
+        wait_tunnel(daemon, "up")
+        time.sleep(2)
+        assert status(daemon)["writes"] == 0, daemon.writes()
+        assert home.handshake() == handshake
 
         # home moves: the old address stops answering, the name points to the new one
         lab.run("inet", ["ip", "address", "add", f"{MOVED}/32", "dev", "br0"])
