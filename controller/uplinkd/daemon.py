@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from uplinkd import __version__, control_server, hooks, instance, meter, usage
+from uplinkd.advertiser import AdvertSenders
+from uplinkd.adverts import AdvertListeners
 from uplinkd.config import Config, ConfigError, load
 from uplinkd.dhcp import DhcpWorkers
 from uplinkd.instance import SetupError
@@ -57,6 +59,8 @@ RETRY_MIN, RETRY_MAX = 0.1, 5.0
 # Every kind of worker the daemon runs, synced in this order after each pass (workers.py).
 WORKERS: tuple[type[WorkerKind[Any, Any]], ...] = (
     DhcpWorkers,
+    AdvertListeners,
+    AdvertSenders,
     ModemWorkers,
     ProbeWorkers,
     TunnelWorkers,
@@ -227,6 +231,7 @@ class Controller:
             leases=self.rt.leases,
             tunnels=self.rt.tunnels,
             bearers=self.rt.bearers,
+            adverts=self.rt.adverts,
             previous={s.name: s.ifindex for s in self.rt.intent.uplinks if s.ifindex is not None}
             if self.rt.intent
             else {},

@@ -19,6 +19,7 @@ from uplinkd.config import Config
 from uplinkd.counters import Counters
 from uplinkd.kernel.state import ApplyResult
 from uplinkd.model import Bearer, HealthVerdict, Lease, State
+from uplinkd.model.adverts import Advert
 from uplinkd.plan import Intent, Plan, verdicts
 from uplinkd.tunnel.health import TunnelHealth
 from uplinkd.usage import SAVE_S, USAGE_FILE, Usage
@@ -53,6 +54,7 @@ class Runtime:
     tunnels: dict[str, TunnelHealth] = field(default_factory=dict)  # tunnel → its worker's last look
     tunnel_probes: dict[str, HealthVerdict] = field(default_factory=dict)  # tunnel → probes' verdict
     bearers: dict[str, Bearer] = field(default_factory=dict)  # modem uplinks' connected bearers
+    adverts: dict[str, Advert] = field(default_factory=dict)  # uplink → its router's last RA
     adopted: set[str] = field(default_factory=set)  # in the group when we started; up until probed
     since: dict[str, float] = field(default_factory=dict)  # uplink → monotonic time of last change
     events: collections.deque[Event] = field(default_factory=lambda: collections.deque(maxlen=200))

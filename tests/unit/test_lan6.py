@@ -116,18 +116,38 @@ def test_lan_defaults_to_off_and_nothing_configured_means_no_lan() -> None:
         ),
         (
             lan(mode="extend"),
-            "lan.lan0.ipv6.mode: 'extend' is not built yet (issue 13); "
-            "use 'off' or 'translate'",
+            "lan.lan0.ipv6.uplink: is required for extend; "
+            "name the uplink whose /64 moves here, e.g. \"lte1\"",
+        ),
+        (
+            lan(mode="extend", uplink="lte9"),
+            "lan.lan0.ipv6.uplink: 'lte9' is not an uplink; use one of: lte1, wan",
+        ),
+        (
+            lan(mode="extend", uplink="lte1", prefix="2001:db8:ff::/64"),
+            "lan.lan0.ipv6.prefix: is only used with mode 'translate'; remove it",
+        ),
+        (
+            lan(mode="translate", prefix="2001:db8:ff::/64", uplink="lte1"),
+            "lan.lan0.ipv6.uplink: is only used with mode 'extend'; remove it",
+        ),
+        (
+            {
+                "lan0": {"ipv6": {"mode": "extend", "uplink": "lte1"}},
+                "lan1": {"ipv6": {"mode": "extend", "uplink": "lte1"}},
+            },
+            "lan.lan1.ipv6.uplink: 'lte1' is already extended to lan.lan0; "
+            "an uplink's /64 can go to one LAN only",
         ),
         (
             lan(mode="delegate"),
             "lan.lan0.ipv6.mode: 'delegate' is not built yet (issue 13); "
-            "use 'off' or 'translate'",
+            "use 'off', 'translate' or 'extend'",
         ),
         (
             lan(mode="tunnel"),
             "lan.lan0.ipv6.mode: 'tunnel' is not built yet (issue 13); "
-            "use 'off' or 'translate'",
+            "use 'off', 'translate' or 'extend'",
         ),
         (
             lan(mode="nat66"),

@@ -8,8 +8,11 @@ interface name, e.g. `lan0` or `br-lan`):
   its network half is swapped for `u`'s /64 (nftables prefix NAT, the interface ID kept) and
   back by conntrack, so LAN IPv6 rides the same weighted group, ct-mark pinning and
   flush-by-mark as IPv4. `uplinks` limits which uplinks carry it (default: all).
-- `extend`, `delegate`, `tunnel`: designed (issue 13), not built yet; refused with a message
-  saying so rather than accepted and ignored.
+- `extend`: the /64 that `uplink`'s router advertises (3GPP routes the whole /64 to the device)
+  moves to this LAN: it is routed here instead of being on-link on the uplink, and uplinkd's
+  own RA sender advertises it (see `uplinkd.advertiser`). One LAN per uplink.
+- `delegate`, `tunnel`: designed (issue 13), not built yet; refused with a message saying so
+  rather than accepted and ignored.
 
 Whatever is configured, the controller never translates IPv6 that no `translate` LAN asked for
 (its masquerade is IPv4 only), and a LAN's IPv6 never leaves an uplink with a source outside
@@ -27,7 +30,7 @@ from uplinkd.config import ifname
 from uplinkd.config.fields import Section, Text, shown
 
 MODES = ("off", "translate", "extend", "delegate", "tunnel")
-BUILT = ("off", "translate")
+BUILT = ("off", "translate", "extend")
 PREFIX_LEN = 64
 
 
@@ -56,8 +59,8 @@ class LanIpv6(Section):
     mode: Literal["off", "translate", "extend", "delegate", "tunnel"] = Field(
         default="off",
         description="off: no IPv6 from this LAN to any uplink; translate: a stable internal /64 "
-        "prefix-translated to each uplink's /64 (interface ID kept); extend, delegate, tunnel: "
-        "not built yet",
+        "prefix-translated to each uplink's /64 (interface ID kept); extend: one uplink's "
+        "advertised /64 moved to this LAN and advertised here; delegate, tunnel: not built yet",
     )
     prefix: V6Prefix | None = Field(
         default=None,
@@ -67,11 +70,16 @@ class LanIpv6(Section):
     uplinks: tuple[Text, ...] | None = Field(
         default=None, description="translate: the uplinks that carry this LAN's IPv6 (default: all)"
     )
+    uplink: Text | None = Field(
+        default=None, description="extend: the uplink whose advertised /64 this LAN gets"
+    )
 
     @model_validator(mode="after")
     def _by_mode(self) -> LanIpv6:
         if self.mode not in BUILT:
-            raise ValueError(f"mode: {self.mode!r} is not built yet (issue 13); use 'off' or 'translate'")
+            raise ValueError(
+                f"mode: {self.mode!r} is not built yet (issue 13); use 'off', 'translate' or 'extend'"
+            )
         if self.mode == "translate":
             if self.prefix is None:
                 raise ValueError(
@@ -84,10 +92,13 @@ class LanIpv6(Section):
                 )
             if self.prefix.is_link_local or self.prefix.is_multicast or self.prefix.is_loopback:
                 raise ValueError(f"prefix: {self.prefix} cannot be routed; use a unicast /64")
-        else:
-            for name in ("prefix", "uplinks"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name}: is only used with mode 'translate'; remove it")
+        if self.mode == "extend" and self.uplink is None:
+            raise ValueError(
+                'uplink: is required for extend; name the uplink whose /64 moves here, e.g. "lte1"'
+            )
+        for name, used_by in (("prefix", "translate"), ("uplinks", "translate"), ("uplink", "extend")):
+            if self.mode != used_by and getattr(self, name) is not None:
+                raise ValueError(f"{name}: is only used with mode {used_by!r}; remove it")
         return self
 
 
@@ -108,6 +119,7 @@ def cross_check(lans: dict[str, Lan], uplinks: dict[str, object], exact_uplink_n
     """Problems between the `lan` section and the uplinks, one line each."""
     problems: list[str] = []
     seen: dict[ipaddress.IPv6Network, str] = {}
+    extended: dict[str, str] = {}  # uplink → the LAN its /64 goes to
     for name, lan in lans.items():
         where = f"lan.{name}"
         why = name_problem(name)
@@ -117,10 +129,19 @@ def cross_check(lans: dict[str, Lan], uplinks: dict[str, object], exact_uplink_n
         if name in exact_uplink_names:
             problems.append(f"{where}: {name!r} is also an uplink's interface; a LAN cannot be an uplink")
         v6 = lan.ipv6
+        known = ", ".join(sorted(uplinks)) or "none configured"
         for up in v6.uplinks or ():
             if up not in uplinks:
-                known = ", ".join(sorted(uplinks)) or "none configured"
                 problems.append(f"{where}.ipv6.uplinks: {up!r} is not an uplink; use one of: {known}")
+        if v6.uplink is not None:
+            if v6.uplink not in uplinks:
+                problems.append(f"{where}.ipv6.uplink: {v6.uplink!r} is not an uplink; use one of: {known}")
+            elif v6.uplink in extended:
+                problems.append(
+                    f"{where}.ipv6.uplink: {v6.uplink!r} is already extended to lan.{extended[v6.uplink]}; "
+                    "an uplink's /64 can go to one LAN only"
+                )
+            extended.setdefault(v6.uplink, name)
         if v6.prefix is not None:
             other = next((w for p, w in seen.items() if p.overlaps(v6.prefix)), None)
             if other is not None:

@@ -47,6 +47,7 @@ from uplinkd.model import (
     Snapshot,
 )
 from uplinkd.model.kinds.addresses import address_of
+from uplinkd.model.observed import CONF6
 from uplinkd.plan import Plan, teardown
 
 log = logging.getLogger("uplinkd.kernel")
@@ -303,6 +304,7 @@ class Kernel:
                     pointopoint=bool(flags & (IFF_POINTOPOINT | IFF_NOARP)) and name != "lo",
                     mtu=msg.get("IFLA_MTU"),
                     accept_ra=_accept_ra(name),
+                    conf6=_conf6(name),
                     **_sysfs_identity(name, kind),
                 )
             )
@@ -394,6 +396,16 @@ def _accept_ra(name: str) -> int | None:
         return int(Path("/proc/sys/net/ipv6/conf", name, "accept_ra").read_text())
     except (OSError, ValueError):
         return None
+
+
+def _conf6(name: str) -> tuple[tuple[str, int], ...]:
+    found: list[tuple[str, int]] = []
+    for key in CONF6:
+        try:
+            found.append((key, int(Path("/proc/sys/net/ipv6/conf", name, key).read_text())))
+        except (OSError, ValueError):
+            continue
+    return tuple(found)
 
 
 def _sysfs_identity(name: str, kind: str | None) -> dict[str, str | None]:

@@ -21,7 +21,7 @@ import shlex
 import subprocess
 import time
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Network
 from pathlib import Path
 from typing import Literal
 
@@ -51,9 +51,13 @@ class IspOptions:
     dhcp: DhcpServer = "serve"
     lease_seconds: int = MIN_LEASE_S
     ra: bool = False
-    """Send IPv6 router advertisements for 2001:db8:<N>::/64 (SLAAC, default route)."""
+    """Send IPv6 router advertisements for the ISP's /64, 2001:db8:<N>::/64 until renumbered
+    (SLAAC, default route)."""
     routed6: bool = False
-    """Route 2001:db8:<N>::/64 to the router's ::2 and do not masquerade IPv6 upstream."""
+    """Route the /64 to the router's ::2 — with ``ra``, to its link-local address (a 3GPP
+    network routes the UE's /64 so) — and do not masquerade IPv6 upstream."""
+    ra_mtu: int | None = None
+    """The MTU the RAs name."""
 
     def __post_init__(self) -> None:
         if self.lease_seconds < MIN_LEASE_S:
@@ -99,16 +103,19 @@ def base_ruleset(addresses: IspAddresses | None = None, *, routed6: bool = False
     counting = ""
     if addresses is not None:
         mine4 = f"{addresses.gateway4.network}, 0.0.0.0"
-        mine6 = f"{addresses.gateway6.network}, fe80::/10, ::"
+        mine6 = f"{addresses.gateway6.network}, fe80::/10, ::/128"
         counting = f"""\
     counter foreign4 {{
     }}
     counter foreign6 {{
     }}
+    set mine6 {{
+        type ipv6_addr; flags interval; elements = {{ {mine6} }}
+    }}
     chain sources {{
         type filter hook prerouting priority raw - 10; policy accept;
         iifname "{DOWN}" ip saddr != {{ {mine4} }} counter name "foreign4"
-        iifname "{DOWN}" ip6 saddr != {{ {mine6} }} counter name "foreign6"
+        iifname "{DOWN}" ip6 saddr != @mine6 counter name "foreign6"
     }}
     counter forwarded6 {{
     }}
@@ -179,11 +186,13 @@ def dnsmasq_argv(
             "--no-ping",
         ]
     if options.ra:
-        prefix = addresses.gateway6.network.network_address
+        mtu = f"mtu:{options.ra_mtu}," if options.ra_mtu is not None else ""
         argv += [
             "--enable-ra",
-            f"--dhcp-range={prefix},ra-only,64",
-            f"--ra-param={DOWN},10,600",
+            # the prefixes of the link's addresses: a renumbered one is advertised as it
+            # changes, and the one it replaced as an "old prefix" (lifetime 0) for a while
+            f"--dhcp-range=::,constructor:{DOWN},ra-only,64",
+            f"--ra-param={DOWN},{mtu}10,600",
         ]
     return argv
 
@@ -213,6 +222,9 @@ class Isp:
         self._faults = Faults()
         self._carrier = True
         self._rate_kbit: int | None = None
+        self._prefix6 = self.addresses.gateway6.network  # the /64 of the down link
+        self._router_ll: str | None = None  # with ra and routed6: where the /64 is routed
+        self._inet = ""  # the inet namespace (set up by setup())
 
     def __repr__(self) -> str:
         return f"Isp({self.name!r}, isp{self.index}, ifname={self._ifname!r})"
@@ -336,6 +348,7 @@ class Isp:
                 "route add unreachable ::/0",
             ],
         )
+        self._inet = inet_netns
         self._runner.nft(self.netns, base_ruleset(a, routed6=self.options.routed6))
         self._apply_rate(UP)
         # The server reaches the ISP's /64 through the ISP (for sources it passes unchanged).
@@ -357,16 +370,10 @@ class Isp:
             self.netns,
             [
                 f"address add {a.gateway4} dev {DOWN}",
-                f"address add {a.gateway6} dev {DOWN} nodad",
+                f"address add {self._own6(self._prefix6)} dev {DOWN} nodad",
                 f"link set dev {DOWN} {'up' if self._carrier else 'down'}",
             ],
         )
-        if self.options.routed6:
-            # the whole /64 goes to the router's address, as a 3GPP network routes a UE's /64
-            self._runner.ip(
-                self.netns, "-6", "route", "replace", str(a.gateway6.network),
-                "via", str(a.router6.ip), "dev", DOWN, "metric", "1", "onlink",
-            )  # fmt: skip
         router_side = [f"link set dev {ifname} up"]
         if self.options.address == "static":
             router_side += [
@@ -374,6 +381,11 @@ class Isp:
                 f"address add {a.router6} dev {ifname} nodad",
             ]
         self._runner.ip_batch(router_netns, router_side)
+        if self.options.routed6:
+            # the whole /64 goes to the router's address, as a 3GPP network routes a UE's /64
+            # (with RAs, to its link-local address: the router has no other on this link)
+            self._router_ll = _link_local(self._runner, router_netns, ifname) if self.options.ra else None
+            self._route6(self._prefix6)
         self._apply_rate(DOWN)
         if self._carrier:
             self._wait_until_ready()
@@ -388,7 +400,37 @@ class Isp:
         self._runner.ip(router_netns, "link", "delete", "dev", self._ifname)
         self._ifname = None
 
+    @property
+    def prefix6(self) -> IPv6Network:
+        """The /64 on the ISP's down link (what its RAs advertise)."""
+        return self._prefix6
+
+    def renumber6(self, prefix: IPv6Network) -> None:
+        """Move the down link to ``prefix`` (a /64): dnsmasq then advertises it, and the old
+        one as deprecated; the ISP routes it (``routed6``) and counts it as its own."""
+        old = self._prefix6
+        self._prefix6 = prefix
+        self._runner.nft(self.netns, f"add element inet {TABLE} mine6 {{ {prefix} }}\n")
+        self._runner.ip(self.netns, "address", "add", self._own6(prefix), "dev", DOWN, "nodad")
+        self._runner.ip(self.netns, "address", "del", self._own6(old), "dev", DOWN)
+        if self.options.routed6 and self._ifname is not None:
+            self._route6(prefix)
+        self._runner.ip(self._inet, "-6", "route", "replace", str(prefix), "via", str(self.addresses.upstream6.ip))
+
     # --- internals ----------------------------------------------------------------------
+
+    def _own6(self, prefix: IPv6Network) -> str:
+        """The ISP's address in ``prefix`` on the down link: ::1, or — when the /64 is routed to
+        the router, whose LAN may use ::1 — one far from any host's (dnsmasq needs one to
+        advertise the prefix; a 3GPP gateway has none)."""
+        routed = self.options.routed6 and self.options.ra
+        return f"{prefix.network_address + (0xFFFE if routed else 1)}/64"
+
+    def _route6(self, prefix: IPv6Network) -> None:
+        via = self._router_ll or str(self.addresses.router6.ip)
+        self._runner.ip(
+            self.netns, "-6", "route", "replace", str(prefix), "via", via, "dev", DOWN, "metric", "1", "onlink"
+        )
 
     def _require_plugged(self) -> None:
         if self._ifname is None:
@@ -456,3 +498,15 @@ class Isp:
         if self._dnsmasq is not None:
             self._runner.stop(self._dnsmasq)
             self._dnsmasq = None
+
+
+def _link_local(runner: Runner, netns: str, ifname: str) -> str:
+    """The link-local address of ``ifname`` in ``netns`` (waits for the kernel to add it)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        out = runner.ip(netns, "-6", "-json", "address", "show", "dev", ifname, "scope", "link")
+        for entry in json.loads(out or "[]"):
+            for info in entry.get("addr_info", []):
+                return str(info["local"])
+        time.sleep(POLL_S)
+    raise LabError(f"{ifname} in {netns} has no link-local address after {READY_TIMEOUT_S} s")

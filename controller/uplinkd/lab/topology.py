@@ -166,6 +166,7 @@ class Lab:
         lease_seconds: int = 120,
         ra: bool = False,
         routed6: bool = False,
+        ra_mtu: int | None = None,
     ) -> Isp:
         """Add ISP ``isp<N>`` standing for uplink ``name``; plugged in as ``ifname``
         (default: ``name``) unless ``plugged`` is False.  ``routed6``: the ISP routes its /64
@@ -177,7 +178,7 @@ class Lab:
         if index > MAX_ISPS:
             raise LabError(f"at most {MAX_ISPS} ISPs")
         options = IspOptions(
-            address=address, dhcp=dhcp, lease_seconds=lease_seconds, ra=ra, routed6=routed6
+            address=address, dhcp=dhcp, lease_seconds=lease_seconds, ra=ra, routed6=routed6, ra_mtu=ra_mtu
         )
         netns = self._add_namespace(f"isp{index}", {})
         isp = Isp(
@@ -281,6 +282,7 @@ class Lab:
             names[str(isp.addresses.upstream4.ip)] = isp.name
             names[str(isp.addresses.upstream6.ip)] = isp.name
             names[str(isp.addresses.gateway6.network)] = isp.name  # routed6: sources kept
+            names[str(isp.prefix6)] = isp.name  # renumbered
         return names
 
     def link(self, role: str, ifname: str) -> dict[str, Any]:

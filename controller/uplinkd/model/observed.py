@@ -26,6 +26,11 @@ class Link:
     id_path: str | None = None
     mtu: int | None = None
     accept_ra: int | None = None  # net.ipv6.conf.<name>.accept_ra; None: not read (no IPv6)
+    conf6: tuple[tuple[str, int], ...] = ()  # the CONF6 settings of net.ipv6.conf.<name>, sorted
+
+
+CONF6 = ("accept_ra_defrtr", "accept_ra_pinfo", "proxy_ndp")
+"""The IPv6 settings besides accept_ra that the controller may set on an uplink."""
 
 
 @dataclass(frozen=True)

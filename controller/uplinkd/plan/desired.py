@@ -11,11 +11,12 @@ and one line in `CONTRIBUTORS`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from uplinkd.config import Config
 from uplinkd.model import FAMILIES, KernelState, UplinkStatus, kind_of
+from uplinkd.model.adverts import Advert
 from uplinkd.plan import balance, lan6, nft, policies, tunnels, uplinks
 from uplinkd.plan.facts import Contribution, Contributor, Facts
 
@@ -40,6 +41,7 @@ class Intent:
     kernel: KernelState
     uplinks: tuple[UplinkStatus, ...]
     reasons: Mapping[str, str]
+    adverts: Mapping[str, Advert] = field(default_factory=dict)  # LAN → what uplinkd advertises there
 
     @property
     def balance_reason(self) -> dict[int, str]:
@@ -57,7 +59,13 @@ def desired(
     statuses = tuple(
         replace(s, in_group=s.name in in_service, weight=in_service.get(s.name, 0)) for s in survey.statuses
     )
-    return Intent(kernel, statuses, reasons)
+    adverts: dict[str, Advert] = {}
+    for who, part in parts:
+        for lan, advert in part.adverts.items():
+            if lan in adverts:
+                raise ConflictError(f"advert on {lan}: claimed twice, the second by the {who} contributor")
+            adverts[lan] = advert
+    return Intent(kernel, statuses, reasons, adverts)
 
 
 def merge(parts: Sequence[tuple[str, Contribution]]) -> tuple[KernelState, dict[str, int], dict[str, str]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from uplinkd.config import Config
 from uplinkd.model import Bearer, HealthVerdict, IPAddress, IPInterface, Lease, Observed, UplinkStatus
+from uplinkd.model.adverts import Advert
 from uplinkd.tunnel.health import TunnelHealth
 
 
@@ -39,9 +40,11 @@ class Facts:
     tunnels: Mapping[str, TunnelHealth] = field(default_factory=dict)
     # uplink → its modem's connected bearer (mode modem; none: not connected)
     bearers: Mapping[str, Bearer] = field(default_factory=dict)
+    # uplink → the last router advertisement heard on it (dhcp and extended uplinks)
+    adverts: Mapping[str, Advert] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("health", "leases", "previous", "tunnels", "bearers"):
+        for name in ("health", "leases", "previous", "tunnels", "bearers", "adverts"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         object.__setattr__(self, "drained", frozenset(self.drained))
         object.__setattr__(self, "spent", frozenset(self.spent))
@@ -72,6 +75,8 @@ class Contribution:
     objects: tuple[object, ...] = ()
     in_service: Mapping[str, int] = field(default_factory=dict)  # uplink → weight for new connections
     reasons: Mapping[str, str] = field(default_factory=dict)  # topic ("balance ipv4") → why
+    # LAN interface → the router advertisement uplinkd's own sender sends there (extend)
+    adverts: Mapping[str, Advert] = field(default_factory=dict)
 
 
 Contributor = Callable[[Config, Facts, Survey], Contribution]

@@ -29,6 +29,7 @@ from uplinkd.model import (
     StaticAddr,
     UplinkStatus,
 )
+from uplinkd.plan import extend
 from uplinkd.plan.facts import Contribution, Facts, Survey
 
 PREFIX_LEN = 64
@@ -68,7 +69,7 @@ def translations(
     for lan, cfg in config.lan.items():
         v6 = cfg.ipv6
         if v6.mode != "translate" or v6.prefix is None:
-            reasons[topic(lan)] = "off: no IPv6 from this LAN to any uplink"
+            reasons[topic(lan)] = "off: no IPv6 from this LAN to any uplink"  # extend: see extend.py
             continue
         wanted = v6.uplinks if v6.uplinks is not None else tuple(config.uplinks)
         via: list[str] = []
@@ -115,4 +116,6 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
     for lan in config.lan:
         if lan not in links:
             reasons[topic(lan)] = f"interface {lan} is not there; " + reasons[topic(lan)]
-    return Contribution(objects=tuple(objects), reasons=reasons)
+    more, why, adverts = extend.contribute_lans(config, facts, survey)
+    reasons.update(why)
+    return Contribution(objects=tuple(objects + more), reasons=reasons, adverts=adverts)

@@ -37,6 +37,7 @@ from uplinkd.model import (
     UplinkStatus,
     any_net,
 )
+from uplinkd.plan import extend
 from uplinkd.plan.facts import Contribution, Facts, Survey, Way
 from uplinkd.plan.layout import BAND_FROM, BAND_FWMARK, nexthop_id
 from uplinkd.plan.modems import modem_addresses, modem_tuning, modem_ways, why_not_connected
@@ -202,6 +203,10 @@ def survey(config: Config, facts: Facts) -> Survey:
         status = replace(status, link_ready=True)
         lease = facts.leases.get(name)
         found = ways(uplink, link, facts.observed, lease, facts.bearers.get(name))
+        way6 = extend.way6(config, name, link, facts, found)  # the RA's router, an extended /64
+        found.pop(AF_INET6, None)
+        if way6 is not None:
+            found[AF_INET6] = way6
         seen = facts.observed.addrs_of(link.index, AF_INET) + facts.observed.addrs_of(link.index, AF_INET6)
         status = replace(
             status,
@@ -311,6 +316,9 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
             StaticAddr(status.ifindex, a, dev=dev)
             for a in owned_addresses(uplink, facts.leases.get(status.name), bearer)
         ]
-        if uplink.address.mode == "modem":
-            objects += modem_tuning(status.ifindex, dev, bearer)
+        tunings = modem_tuning(status.ifindex, dev, bearer) if uplink.address.mode == "modem" else ()
+        accept_ra, conf6 = extend.tuning(config, status)
+        objects += extend.merge_tuning(
+            tunings, ifindex=status.ifindex, dev=dev, accept_ra=accept_ra, conf6=conf6
+        )
     return Contribution(objects=tuple(dict.fromkeys(objects)))

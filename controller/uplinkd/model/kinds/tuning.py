@@ -1,6 +1,9 @@
 """Per-interface settings an uplink's own IP configuration asks for: the MTU a modem's bearer
-names, and `accept_ra = 2` on a modem's data interface (its IPv6 comes by router
-advertisement, and the router forwards, where the kernel's default 1 ignores RAs).
+names, and `accept_ra = 2` on a modem's or `dhcp` uplink's interface (its IPv6 comes by router
+advertisement, and the router forwards, where the kernel's default 1 ignores RAs), with the
+other RA settings uplinkd needs (`conf6`): `accept_ra_defrtr = 0` (the RA's router goes into
+the uplink's table only, by uplinkd, never into main by the kernel), `accept_ra_pinfo = 0` on
+an uplink whose /64 is extended to a LAN, `proxy_ndp = 1` where that LAN's hosts are proxied.
 
 Like `LinkUp`, only ever set, never undone: nothing here is pruned, nothing is "ours". The
 object names only the settings wanted (None: leave as it is); what is read back names every
@@ -22,6 +25,7 @@ class LinkTuning:
     ifindex: int
     mtu: int | None = None
     accept_ra: int | None = None
+    conf6: tuple[tuple[str, int], ...] = ()  # more net.ipv6.conf.<dev> settings (CONF6 keys), sorted
     dev: str = field(default="", compare=False)
 
     def __str__(self) -> str:
@@ -29,6 +33,7 @@ class LinkTuning:
         parts = [f"ip link set dev {name} mtu {self.mtu}"] if self.mtu is not None else []
         if self.accept_ra is not None:
             parts.append(f"sysctl -w net.ipv6.conf.{name}.accept_ra={self.accept_ra}")
+        parts += [f"sysctl -w net.ipv6.conf.{name}.{key}={value}" for key, value in self.conf6]
         return "; ".join(parts) or f"# nothing to set on {name}"
 
 
@@ -54,6 +59,7 @@ class LinkTunings(Kind[int, LinkTuning]):
                 key,
                 mtu=old.mtu if want[key].mtu is not None else None,
                 accept_ra=old.accept_ra if want[key].accept_ra is not None else None,
+                conf6=tuple((k, v) for k, v in old.conf6 if k in dict(want[key].conf6)),
                 dev=old.dev,
             )
             for key, old in have.items()
@@ -63,7 +69,7 @@ class LinkTunings(Kind[int, LinkTuning]):
 
     def read(self, snapshot: Snapshot, owner: Ownership) -> Iterator[LinkTuning]:
         return (
-            LinkTuning(i, mtu=link.mtu, accept_ra=link.accept_ra, dev=link.name)
+            LinkTuning(i, mtu=link.mtu, accept_ra=link.accept_ra, conf6=link.conf6, dev=link.name)
             for i, link in snapshot.links.items()
             if link.mtu is not None or link.accept_ra is not None
         )
@@ -73,6 +79,8 @@ class LinkTunings(Kind[int, LinkTuning]):
             await io.link_mtu(index=obj.ifindex, mtu=obj.mtu)
         if obj.accept_ra is not None:
             await io.ipv6_conf(dev=obj.dev, key="accept_ra", value=obj.accept_ra)
+        for key, value in obj.conf6:
+            await io.ipv6_conf(dev=obj.dev, key=key, value=value)
 
 
 KIND = LinkTunings()
