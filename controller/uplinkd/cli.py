@@ -198,8 +198,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     for u in status["uplinks"]:
         if u.get("prefixes6"):
             print(f"ipv6: {u['name']} has {', '.join(u['prefixes6'])}")
+        if ra := u.get("ra"):
+            heard = ", ".join(f"{p['prefix']} (preferred {p['preferred']} s)" for p in ra["prefixes"])
+            heard = heard or "no prefix"
+            mtu = f", MTU {ra['mtu']}" if ra.get("mtu") else ""
+            print(f"ra: {u['name']} router {ra['router']} for {ra['lifetime']} s; {heard}{mtu}")
     for lan in status.get("lan", []):
         prefixes = ", ".join(lan["prefixes"]) or "no prefix"
+        if lan.get("deprecated"):
+            prefixes += "; deprecated " + ", ".join(lan["deprecated"])
+        if lan.get("router_lifetime") is not None:
+            prefixes += f"; router lifetime {lan['router_lifetime']} s"
         print(f"lan {lan['name']}: ipv6 {lan['mode']} ({prefixes}); {lan['reason'] or '-'}")
     for f in status["failures"]:
         print(f"failing: {f['op']}: {f['error']}")

@@ -263,7 +263,10 @@ class Controller:
 
     def status(self) -> dict[str, Any]:
         return render(
-            self.rt, probers=self.workers.running(ProbeWorkers), modems=self.workers.running(ModemWorkers)
+            self.rt,
+            probers=self.workers.running(ProbeWorkers),
+            modems=self.workers.running(ModemWorkers),
+            senders=self.workers.running(AdvertSenders),
         )
 
     async def reload(self) -> str | None:

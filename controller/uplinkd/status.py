@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from uplinkd import __version__
+from uplinkd.advertiser import AdvertSender
 from uplinkd.model import FAMILIES, NftState, UplinkStatus
 from uplinkd.modem import ModemWatcher
 from uplinkd.plan import lan6, policies
@@ -34,7 +35,11 @@ def summary(rt: Runtime) -> str:
 
 
 def render(
-    rt: Runtime, *, probers: Mapping[str, Prober], modems: Mapping[str, ModemWatcher] | None = None
+    rt: Runtime,
+    *,
+    probers: Mapping[str, Prober],
+    modems: Mapping[str, ModemWatcher] | None = None,
+    senders: Mapping[str, AdvertSender] | None = None,
 ) -> dict[str, Any]:
     now = time.monotonic()
     ups = rt.intent.uplinks if rt.intent else ()
@@ -52,6 +57,7 @@ def render(
                 "probe": _probe_json(rt, s.name, probers.get(s.name), now),
                 **_metering_json(rt, s),
                 **_modem_json(rt, s.name, (modems or {}).get(s.name)),
+                "ra": _ra_json(rt, s.name),
             }
             for s in ups
         ],
@@ -61,7 +67,7 @@ def render(
             "ipv4": rt.intent.balance_reason.get(socket.AF_INET) if rt.intent else None,
             "ipv6": rt.intent.balance_reason.get(socket.AF_INET6) if rt.intent else None,
         },
-        "lan": _lan_json(rt),
+        "lan": _lan_json(rt, senders or {}),
         "tunnels": tunnels_json(rt, probers=probers, now=now),
         "pending": [str(op) for op in rt.plan.ops] if rt.paused else [],
         "failures": [{"op": str(f.op), "error": f.error} for f in rt.result.failed],
@@ -117,23 +123,53 @@ def _prefixes6(s: UplinkStatus) -> list[str]:
     return sorted(nets)
 
 
-def _lan_json(rt: Runtime) -> list[dict[str, Any]]:
-    """Each configured LAN: its IPv6 mode, its prefixes, and `uplink=prefix` it leaves by."""
+def _ra_json(rt: Runtime, name: str) -> dict[str, Any] | None:
+    """The last router advertisement heard on an uplink whose IPv6 comes by RA."""
+    advert = rt.adverts.get(name)
+    if advert is None:
+        return None
+    return {
+        "router": str(advert.router),
+        "lifetime": advert.lifetime,
+        "prefixes": [
+            {"prefix": str(p.prefix), "preferred": p.preferred, "valid": p.valid} for p in advert.prefixes
+        ],
+        "mtu": advert.mtu,
+        "rdnss": [str(a) for a in advert.rdnss],
+    }
+
+
+def _lan_json(rt: Runtime, senders: Mapping[str, AdvertSender]) -> list[dict[str, Any]]:
+    """Each configured LAN: its IPv6 mode, its prefixes, and `uplink=prefix` it leaves by;
+    an `extend` LAN also what uplinkd advertises there (deprecated prefixes, router lifetime)."""
     if rt.intent is None:
         return []
     devs = {s.dev: s.name for s in rt.intent.uplinks if s.dev is not None}
     tables = [obj for obj in rt.intent.kernel if isinstance(obj, NftState)]
     translations = [t for table in tables for t in table.ipv6.translations]
-    return [
-        {
+    out: list[dict[str, Any]] = []
+    for name, lan in rt.config.lan.items():
+        entry: dict[str, Any] = {
             "name": name,
             "mode": lan.ipv6.mode,
             "prefixes": [str(lan.ipv6.prefix)] if lan.ipv6.prefix is not None else [],
             "via": sorted(f"{devs.get(t.ifname, t.ifname)}={t.outer}" for t in translations if t.lan == name),
             "reason": rt.intent.reasons.get(lan6.topic(name)),
         }
-        for name, lan in rt.config.lan.items()
-    ]
+        if lan.ipv6.mode == "extend":
+            advert = rt.intent.adverts.get(name)
+            sender = senders.get(name)
+            sent = sender.spec.advert.prefixes if sender is not None else ()
+            live = [str(p.prefix) for p in advert.prefixes] if advert is not None else []
+            entry |= {
+                "prefixes": live,
+                "via": [f"{lan.ipv6.uplink}={p}" for p in live],
+                "deprecated": [str(p.prefix) for p in sent if p.preferred == 0],
+                "router_lifetime": advert.lifetime if advert is not None else None,
+                "adverts_sent": sender.sent + sender.answered if sender is not None else 0,
+            }
+        out.append(entry)
+    return out
 
 
 def _probe_json(rt: Runtime, name: str, prober: Prober | None, now: float) -> dict[str, Any] | None:

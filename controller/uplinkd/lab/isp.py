@@ -415,7 +415,8 @@ class Isp:
         self._runner.ip(self.netns, "address", "del", self._own6(old), "dev", DOWN)
         if self.options.routed6 and self._ifname is not None:
             self._route6(prefix)
-        self._runner.ip(self._inet, "-6", "route", "replace", str(prefix), "via", str(self.addresses.upstream6.ip))
+        upstream = str(self.addresses.upstream6.ip)
+        self._runner.ip(self._inet, "-6", "route", "replace", str(prefix), "via", upstream)
 
     # --- internals ----------------------------------------------------------------------
 
@@ -429,8 +430,9 @@ class Isp:
     def _route6(self, prefix: IPv6Network) -> None:
         via = self._router_ll or str(self.addresses.router6.ip)
         self._runner.ip(
-            self.netns, "-6", "route", "replace", str(prefix), "via", via, "dev", DOWN, "metric", "1", "onlink"
-        )
+            self.netns, "-6", "route", "replace", str(prefix),
+            "via", via, "dev", DOWN, "metric", "1", "onlink",
+        )  # fmt: skip
 
     def _require_plugged(self) -> None:
         if self._ifname is None:
