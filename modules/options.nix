@@ -404,8 +404,8 @@ let
       type = types.submodule {
         options = {
           mode = mkOption {
-            # extend, delegate and tunnel are designed but not built yet: the controller
-            # refuses them with a message saying so (and `uplinkctl check` fails the build).
+            # delegate and tunnel are designed but not built yet: the controller refuses them
+            # with a message saying so (and `uplinkctl check` fails the build).
             type = types.enum [
               "off"
               "translate"
@@ -418,7 +418,11 @@ let
               `off`: nothing from this LAN is forwarded to an uplink over IPv6 (and nothing is
               NAT66'd). `translate`: the LAN's internal /64 (`prefix`) leaves each uplink
               prefix-translated to that uplink's /64, the interface ID kept, balanced and failed
-              over like IPv4. `extend`, `delegate`, `tunnel`: not built yet.
+              over like IPv4. `extend`: the /64 that `uplink`'s router advertises (an LTE
+              network routes it to the device) moves to this LAN and uplinkd advertises it
+              here with its own router advertisements; the prefix is deprecated on the LAN
+              within a second when the uplink is renumbered or lost. `delegate`, `tunnel`:
+              not built yet.
             '';
           };
           prefix = mkOption {
@@ -431,6 +435,12 @@ let
             type = types.nullOr (types.listOf types.str);
             default = null;
             description = "`translate`: the uplinks that carry this LAN's IPv6; null means all.";
+          };
+          uplink = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "lte1";
+            description = "`extend`: the uplink whose advertised /64 this LAN gets (one LAN per uplink).";
           };
         };
       };
