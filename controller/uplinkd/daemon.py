@@ -43,6 +43,7 @@ from uplinkd.kernel.watch import (
 from uplinkd.logs import RepeatLimit
 from uplinkd.model import Observed
 from uplinkd.modem import ModemWorkers
+from uplinkd.ndproxy import NeighbourProxies
 from uplinkd.plan import Facts, Intent, Plan, adopt, desired, step
 from uplinkd.probes import ProbeWorkers
 from uplinkd.runtime import Runtime
@@ -61,6 +62,7 @@ WORKERS: tuple[type[WorkerKind[Any, Any]], ...] = (
     DhcpWorkers,
     AdvertListeners,
     AdvertSenders,
+    NeighbourProxies,
     ModemWorkers,
     ProbeWorkers,
     TunnelWorkers,

@@ -261,3 +261,31 @@ def test_path_mtu_a_1400_byte_exchange_over_a_1428_byte_uplink(lab: Lab, daemon:
     finally:
         lab.stop(echo)
     assert isp.foreign_sources() == {"ipv4": 0, "ipv6": 0}
+
+
+def test_an_ethernet_style_stick_finds_lan_hosts_by_neighbour_discovery_through_the_router(
+    tmp_path: Path,
+) -> None:
+    """The ISP keeps the /64 on-link and resolves each address on the uplink's link (no route
+    to the router): the router answers its solicitations for the extended /64, so the client's
+    address is reachable from the server, unchanged; duplicate address detection is not answered."""
+    with Lab() as lab:
+        isp = lab.add_isp("lte1", address="dhcp", ra=True, routed6=True, onlink6=True)
+        lab.add_client()
+        lab.run("lan1", ["ip", "-6", "route", "del", "default"])
+        with LabDaemon(lab.router, config(), workdir=tmp_path) as c:
+            c.wait_state("lte1", "up", timeout=WAIT)
+            client = wait_until(lambda: slaac(lab, PREFIX), timeout=WAIT, what="a SLAAC address")
+            assert sources(lab) == {str(client)}
+            neighbours = lab.run(isp.netns, ["ip", "-6", "neigh", "show", "dev", "down", "to", str(client)])
+            assert "lladdr" in neighbours.stdout, neighbours.stdout  # learnt from the router's answer
+            mac = lab.link("router", "lte1")["address"]
+            assert mac in neighbours.stdout
+            assert isp.foreign_sources() == {"ipv4": 0, "ipv6": 0}
+            # DAD of an address in the /64 on the ISP's side finds no one claiming it
+            lab.run(isp.netns, ["ip", "address", "add", f"{PREFIX.network_address + 0x99}/64", "dev", "down"])
+            flags = wait_until(
+                lambda: lab.run(isp.netns, ["ip", "-6", "address", "show", "dev", "down"]).stdout,
+                what="the address",
+            )
+            assert "dadfailed" not in flags

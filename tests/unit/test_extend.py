@@ -169,7 +169,7 @@ def test_extend_moves_the_64_to_the_lan_and_advertises_it_while_the_uplink_serve
     ]
     tuning = first.kernel[LINK_TUNING][3]
     assert dict(tuning.conf6) == {"accept_ra_defrtr": 0, "accept_ra_pinfo": 0}
-    assert first.adverts["lan0"].lifetime == 0  # not until the kernel holds the LAN's address
+    assert first.adverts["lan0"].lifetime == 0  # no way out at all yet (no DHCP lease)
 
     held = Addr(4, ipaddress.ip_interface("2001:db8:1::1/64"))
     i = plan.desired(config(EXTEND), facts(held, heard=heard))

@@ -58,6 +58,9 @@ class IspOptions:
     network routes the UE's /64 so) — and do not masquerade IPv6 upstream."""
     ra_mtu: int | None = None
     """The MTU the RAs name."""
+    onlink6: bool = False
+    """With ``routed6`` and ``ra``: keep the /64 on-link instead (no route to the router), as
+    an Ethernet-style stick does: the ISP finds each address by neighbour discovery."""
 
     def __post_init__(self) -> None:
         if self.lease_seconds < MIN_LEASE_S:
@@ -381,7 +384,7 @@ class Isp:
                 f"address add {a.router6} dev {ifname} nodad",
             ]
         self._runner.ip_batch(router_netns, router_side)
-        if self.options.routed6:
+        if self.options.routed6 and not self.options.onlink6:
             # the whole /64 goes to the router's address, as a 3GPP network routes a UE's /64
             # (with RAs, to its link-local address: the router has no other on this link)
             self._router_ll = _link_local(self._runner, router_netns, ifname) if self.options.ra else None
@@ -413,7 +416,7 @@ class Isp:
         self._runner.nft(self.netns, f"add element inet {TABLE} mine6 {{ {prefix} }}\n")
         self._runner.ip(self.netns, "address", "add", self._own6(prefix), "dev", DOWN, "nodad")
         self._runner.ip(self.netns, "address", "del", self._own6(old), "dev", DOWN)
-        if self.options.routed6 and self._ifname is not None:
+        if self.options.routed6 and not self.options.onlink6 and self._ifname is not None:
             self._route6(prefix)
         upstream = str(self.addresses.upstream6.ip)
         self._runner.ip(self._inet, "-6", "route", "replace", str(prefix), "via", upstream)

@@ -167,6 +167,7 @@ class Lab:
         ra: bool = False,
         routed6: bool = False,
         ra_mtu: int | None = None,
+        onlink6: bool = False,
     ) -> Isp:
         """Add ISP ``isp<N>`` standing for uplink ``name``; plugged in as ``ifname``
         (default: ``name``) unless ``plugged`` is False.  ``routed6``: the ISP routes its /64
@@ -178,7 +179,13 @@ class Lab:
         if index > MAX_ISPS:
             raise LabError(f"at most {MAX_ISPS} ISPs")
         options = IspOptions(
-            address=address, dhcp=dhcp, lease_seconds=lease_seconds, ra=ra, routed6=routed6, ra_mtu=ra_mtu
+            address=address,
+            dhcp=dhcp,
+            lease_seconds=lease_seconds,
+            ra=ra,
+            routed6=routed6,
+            ra_mtu=ra_mtu,
+            onlink6=onlink6,
         )
         netns = self._add_namespace(f"isp{index}", {})
         isp = Isp(

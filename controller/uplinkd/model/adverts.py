@@ -144,3 +144,30 @@ def encode_solicit() -> bytes:
 def is_solicit(data: bytes) -> bool:
     """A well-formed router solicitation (RFC 4861 6.1.1: code 0, at least 8 bytes, options sane)."""
     return len(data) >= 8 and data[0] == ROUTER_SOLICIT and data[1] == 0 and _options(data[8:]) is not None
+
+
+# --- neighbour discovery for an extended prefix (an Ethernet-style uplink) ------------------------
+
+NEIGHBOUR_SOLICIT = 135
+NEIGHBOUR_ADVERT = 136
+OPT_TARGET_LLADDR = 2
+NA_ROUTER, NA_SOLICITED, NA_OVERRIDE = 0x80000000, 0x40000000, 0x20000000
+
+
+def solicited_target(data: bytes) -> ipaddress.IPv6Address | None:
+    """The target of a well-formed neighbour solicitation (RFC 4861 7.1.1), else None."""
+    if len(data) < 24 or data[0] != NEIGHBOUR_SOLICIT or data[1] != 0 or _options(data[24:]) is None:
+        return None
+    target = ipaddress.IPv6Address(data[8:24])
+    return None if target.is_multicast else target
+
+
+def encode_neighbour_advert(target: ipaddress.IPv6Address, lladdr: bytes) -> bytes:
+    """A solicited neighbour advertisement from a router for `target`, naming `lladdr`."""
+    flags = NA_ROUTER | NA_SOLICITED | NA_OVERRIDE
+    return (
+        struct.pack("!BBHI", NEIGHBOUR_ADVERT, 0, 0, flags)
+        + target.packed
+        + bytes((OPT_TARGET_LLADDR, 1))
+        + lladdr
+    )

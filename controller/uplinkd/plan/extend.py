@@ -144,11 +144,15 @@ def contribute_lans(
         if prefix is not None and link is not None and status is not None:
             objects.append(StaticAddr(link.index, lan_address(prefix.prefix), dev=lan))
             objects.append(Rule(AF_INET6, config.rules.priority + BAND_FROM, status.table, src=prefix.prefix))
+        # not waiting for the kernel to hold the LAN's address: it is written in this pass,
+        # before the sender (synced after the writes) speaks; a renumbering must not blink
+        # router lifetime 0 for a pass
         live = (
             prefix is not None
+            and advert is not None
+            and advert.lifetime > 0
             and status is not None
             and status.state in LIVE
-            and AF_INET6 in survey.ways.get(name, {})
         )
         if live and advert is not None and prefix is not None:
             uplink_link = facts.observed.links.get(status.ifindex) if status and status.ifindex else None
@@ -181,4 +185,4 @@ def _why_not(status: UplinkStatus | None, prefix: AdvertPrefix | None, advert: A
         return "the uplink's router advertises no usable /64; router lifetime 0"
     if status.state not in LIVE:
         return f"{prefix.prefix} deprecated, router lifetime 0: the uplink is {status.state.value}"
-    return f"{prefix.prefix} deprecated, router lifetime 0: the uplink has no IPv6 way out yet"
+    return f"{prefix.prefix} deprecated, router lifetime 0: the uplink's router gives no default route"
