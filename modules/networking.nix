@@ -28,6 +28,19 @@ let
   dhcpNames = lib.filter (n: n != null) (
     lib.mapAttrsToList helpers.ifnameOf (lib.filterAttrs (_: u: u.address.mode == "dhcp") uplinks)
   );
+  # Uplinks whose /64 a LAN extends (lan.<if>.ipv6 = { mode = "extend"; uplink = ...; }).
+  extendedUplinks = lib.unique (
+    lib.filter (u: u != null && uplinks ? ${u}) (
+      lib.mapAttrsToList (
+        _: lan: if (lan.ipv6.mode or "off") == "extend" then lan.ipv6.uplink or null else null
+      ) (cfg.settings.lan or { })
+    )
+  );
+  extendedNames = lib.filter (n: n != null) (
+    map (u: helpers.ifnameOf u uplinks.${u}) (
+      lib.filter (u: uplinks.${u}.address.mode != "external") extendedUplinks
+    )
+  );
 in
 {
   config = lib.mkIf cfg.enable {
@@ -53,6 +66,20 @@ in
     # (99-systemd.rules runs systemd-sysctl for each new interface).
     // lib.listToAttrs (
       map (ifname: lib.nameValuePair (helpers.ipv6ConfKey ifname "accept_ra") (routerDefault 2)) ownedNames
+    )
+    # The controller takes the RA's router into the uplink's own table itself (never main) and,
+    # for an uplink whose /64 a LAN extends, the prefix goes to the LAN, not onto the uplink. It
+    # writes these too, but cannot under the unit's ProtectKernelTunables: set them here.
+    // lib.listToAttrs (
+      map (ifname: lib.nameValuePair (helpers.ipv6ConfKey ifname "accept_ra_defrtr") (routerDefault 0)) (
+        lib.unique (dhcpNames ++ extendedNames)
+      )
+    )
+    // lib.listToAttrs (
+      map (ifname: lib.nameValuePair (helpers.ipv6ConfKey ifname "accept_ra_pinfo") (routerDefault 0)) extendedNames
+    )
+    // lib.listToAttrs (
+      map (ifname: lib.nameValuePair (helpers.ipv6ConfKey ifname "accept_ra") (routerDefault 2)) extendedNames
     );
 
     # `ip route show table lte1`, `ip rule` showing `proto uplinkd`.

@@ -433,6 +433,29 @@ def test_a_modem_uplink_enables_modemmanager_and_lets_uplinkd_control_modems(tmp
     assert address.mode == "modem" and address.connect_properties(None)["allowed-auth"] == ("u", 0b110)
 
 
+EXTEND_ROUTER = """{ services.uplinkd = { enable = true;
+  settings.uplinks.lte1 = { match.name = "lte1"; address.mode = "dhcp"; table = 101; };
+  settings.uplinks.wan = { match.name = "wan"; address.mode = "dhcp"; table = 102; };
+  settings.lan.br-lan.ipv6 = { mode = "extend"; uplink = "lte1"; };
+}; }"""
+
+
+def test_ipv6_by_ra_and_an_extended_uplink_get_their_sysctls_from_the_system(tmp_path: Path) -> None:
+    """The unit cannot write /proc/sys (ProtectKernelTunables): the module sets what the
+    controller would — RAs accepted while forwarding, no default route from them (the
+    controller puts the router into the uplink's table), and no prefix on the extended uplink."""
+    result = evaluate(combined(tmp_path, EXTEND_ROUTER), show=("boot.kernel.sysctl",))
+    assert result["failedAssertions"] == []
+    sysctl = result["config"]["boot.kernel.sysctl"]
+    assert sysctl["net.ipv6.conf.lte1.accept_ra"] == 2 and sysctl["net.ipv6.conf.wan.accept_ra"] == 2
+    assert sysctl["net.ipv6.conf.lte1.accept_ra_defrtr"] == 0
+    assert sysctl["net.ipv6.conf.wan.accept_ra_defrtr"] == 0
+    assert sysctl["net.ipv6.conf.lte1.accept_ra_pinfo"] == 0
+    assert "net.ipv6.conf.wan.accept_ra_pinfo" not in sysctl
+    lan = parse(result["settings"]).lan["br-lan"].ipv6
+    assert (lan.mode, lan.uplink) == ("extend", "lte1")
+
+
 def test_no_modem_uplink_leaves_modemmanager_and_polkit_alone(tmp_path: Path) -> None:
     show = ("networking.modemmanager.enable", "security.polkit.extraConfig")
     got = evaluate(EXAMPLES[0], show=show)["config"]

@@ -465,6 +465,14 @@ class Config(Section):
             policy_slots=self.kernel.policy_bits >> self.kernel.policy_shift,
         )
         problems += lan_cross_check(self.lan, dict(self.uplinks), set(exact_names))
+        full = sorted(name for name, t in self.tunnels.items() if t.full)
+        for lan_name, lan in self.lan.items():
+            if lan.ipv6.mode == "extend" and full:
+                problems.append(
+                    f"lan.{lan_name}.ipv6.mode: 'extend' sends this LAN's IPv6 out of "
+                    f"{lan.ipv6.uplink} directly, around tunnels.{full[0]}'s full route and kill "
+                    "switch; use mode 'off', or give the tunnel a list of prefixes"
+                )
         give_default_marks(self.tunnels, self.kernel.mark_mask | self.kernel.policy_bits)
         problems += cross_check(self, self.tunnels)
         if problems:
