@@ -16,6 +16,7 @@ from uplinkd.model import (
     AF_INET,
     AF_INET6,
     GROUPS,
+    LINK_TUNING,
     LINKS_UP,
     NEXTHOPS,
     NFT,
@@ -29,6 +30,7 @@ from uplinkd.model import (
     KernelState,
     Lease,
     Link,
+    LinkTuning,
     LinkUp,
     Member,
     Nexthop,
@@ -745,7 +747,8 @@ def test_dhcp_uplink_takes_ipv6_from_ra() -> None:
 
 # --- diff -------------------------------------------------------------------------------------------------
 
-KIND_ORDER_CREATE = [LinkUp, StaticAddr, NftState, Nexthop, NexthopGroup, Route, Rule]
+# LinkTuning: the dhcp uplinks' RA settings (accept_ra 2, no default route from RAs)
+KIND_ORDER_CREATE = [LinkUp, LinkTuning, StaticAddr, NftState, Nexthop, NexthopGroup, Route, Rule]
 KIND_ORDER_DELETE = [Rule, Route, NexthopGroup, Nexthop, StaticAddr, NftState]
 
 
@@ -784,6 +787,7 @@ def test_create_from_empty_in_dependency_order() -> None:
     assert {op.verb for op in p.ops if not isinstance(op.obj, Rule | StaticAddr | Route)} == {"replace"}
     assert len(p) == (
         len(set(k[LINKS_UP]))
+        + len(k[LINK_TUNING])
         + len(set(k[ADDRESSES]))
         + len(k[NEXTHOPS])
         + len(k[GROUPS])
@@ -832,9 +836,11 @@ def test_plan_strings_are_ip_syntax() -> None:
         "nft -f - # replace table inet uplinkd (eth1=0x6500, usb0=0x6600, wwan0=0x6700)",
     ]:
         assert line in lines
-    assert lines[:4] == [
+    assert lines[:5] == [
         "ip link set dev usb0 up",
         "ip link set dev wwan0 up",
+        # usb0 is a dhcp uplink: its IPv6 comes by RA, its router into T_u only
+        "sysctl -w net.ipv6.conf.usb0.accept_ra=2; sysctl -w net.ipv6.conf.usb0.accept_ra_defrtr=0",
         "ip address add 10.64.0.2/30 dev wwan0",
         "ip address add 100.64.0.10/24 dev usb0",
     ]

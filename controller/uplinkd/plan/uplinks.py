@@ -143,6 +143,8 @@ def ways(
             and observed.has_addr(link.index, lease.address)
         ):
             found[AF_INET] = Way((lease.address,), lease.gateway)
+        elif lease is not None and not observed.has_addr(link.index, lease.address):
+            return found  # the leased address comes next pass: not ready on IPv6 alone meanwhile
         families: tuple[int, ...] = (AF_INET6,)  # IPv6 on a DHCPv4 uplink comes from RA
     else:
         families = FAMILIES
