@@ -61,6 +61,14 @@
       route = "full"; # kill switch on by default: LAN IPv6 is refused too (a v4-only tunnel)
       table = 150;
     };
+    # Without the full tunnel, the LAN can have IPv6 on the stick's own /64: an LTE network
+    # routes the /64 it advertises to the router, and uplinkd moves it to the LAN and advertises
+    # it there with router advertisements of its own (a renumbered or lost stick is deprecated
+    # on the LAN within a second). `check` refuses it beside a full tunnel, which it would
+    # bypass.
+    #
+    #   settings.lan.br-lan.ipv6 = { mode = "extend"; uplink = "wan"; };
+    #
     # A Wi-Fi uplink instead: iwd joins the network and networkd takes the lease, uplinkd
     # learns address and gateway from the kernel.
     #

@@ -162,7 +162,8 @@ def contribute_lans(
                 lifetime=ROUTER_LIFETIME,
                 prefixes=(AdvertPrefix(prefix.prefix, prefix.valid, prefix.preferred),),
                 mtu=min(mtus) if mtus else None,
-                rdnss=advert.rdnss,
+                # a link-local DNS server on the uplink's link is out of the LAN's reach
+                rdnss=tuple(a for a in advert.rdnss if not a.is_link_local),
                 rdnss_lifetime=advert.rdnss_lifetime,
                 hop_limit=HOP_LIMIT,
             )
