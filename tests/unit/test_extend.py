@@ -144,6 +144,22 @@ def test_extend_is_refused_beside_a_full_tunnel() -> None:
     ) in e.value.problems
 
 
+def test_extend_of_an_uplink_someone_else_configures_is_refused() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse(
+            {
+                "uplinks": {
+                    "lte1": {"match": {"name": "lte1"}, "address": {"mode": "external"}, "table": 101}
+                },
+                "lan": {"lan0": {"ipv6": {"mode": "extend", "uplink": "lte1"}}},
+            }
+        )
+    assert e.value.problems == (
+        "lan.lan0.ipv6.uplink: 'lte1' is configured by someone else (address mode 'external'), "
+        "who would keep its /64 on the uplink; extend an uplink in mode 'dhcp', 'static' or 'modem'",
+    )
+
+
 # --- planning -----------------------------------------------------------------------------------
 
 

@@ -467,6 +467,13 @@ class Config(Section):
         problems += lan_cross_check(self.lan, dict(self.uplinks), set(exact_names))
         full = sorted(name for name, t in self.tunnels.items() if t.full)
         for lan_name, lan in self.lan.items():
+            extended = self.uplinks.get(lan.ipv6.uplink or "") if lan.ipv6.mode == "extend" else None
+            if extended is not None and extended.address.mode == "external":
+                problems.append(
+                    f"lan.{lan_name}.ipv6.uplink: {lan.ipv6.uplink!r} is configured by someone else "
+                    "(address mode 'external'), who would keep its /64 on the uplink; extend an "
+                    "uplink in mode 'dhcp', 'static' or 'modem'"
+                )
             if lan.ipv6.mode == "extend" and full:
                 problems.append(
                     f"lan.{lan_name}.ipv6.mode: 'extend' sends this LAN's IPv6 out of "
