@@ -64,8 +64,8 @@
     # Without the full tunnel, the LAN can have IPv6 on the stick's own /64: an LTE network
     # routes the /64 it advertises to the router, and uplinkd moves it to the LAN and advertises
     # it there with router advertisements of its own (a renumbered or lost stick is deprecated
-    # on the LAN within a second). `check` refuses it beside a full tunnel, which it would
-    # bypass.
+    # on the LAN within a second). Beside the full tunnel the tunnel still takes it (its route
+    # band comes first), so the kill switch holds and the LAN's IPv6 goes nowhere.
     #
     #   settings.lan.br-lan.ipv6 = { mode = "extend"; uplink = "wan"; };
     #

@@ -114,36 +114,6 @@ def test_a_kept_advert_is_adopted_until_its_router_lifetime_ends(tmp_path: Path)
     assert stored(path) is None
 
 
-def test_extend_is_refused_beside_a_full_tunnel() -> None:
-    with pytest.raises(ConfigError) as e:
-        parse(
-            {
-                "uplinks": {"lte1": {"match": {"name": "lte1"}, "address": {"mode": "dhcp"}, "table": 101}},
-                "lan": {"lan0": {"ipv6": {"mode": "extend", "uplink": "lte1"}}},
-                "tunnels": {
-                    "home": {
-                        "interface": "wg-home",
-                        "private_key_file": "/k",
-                        "addresses": ["10.99.0.2/24"],
-                        "peers": [
-                            {
-                                "public_key": "GW7cTEnbLLp+3AJ8jqYLWmH1Ed1p3ZMhUiqFs6rEOGI=",
-                                "endpoint": "192.0.2.1:51820",
-                                "allowed_ips": ["0.0.0.0/0"],
-                            }
-                        ],
-                        "route": "full",
-                        "table": 150,
-                    }
-                },
-            }
-        )
-    assert (
-        "lan.lan0.ipv6.mode: 'extend' sends this LAN's IPv6 out of lte1 directly, around "
-        "tunnels.home's full route and kill switch; use mode 'off', or give the tunnel a list of prefixes"
-    ) in e.value.problems
-
-
 def test_extend_of_an_uplink_someone_else_configures_is_refused() -> None:
     with pytest.raises(ConfigError) as e:
         parse(

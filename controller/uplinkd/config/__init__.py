@@ -465,7 +465,6 @@ class Config(Section):
             policy_slots=self.kernel.policy_bits >> self.kernel.policy_shift,
         )
         problems += lan_cross_check(self.lan, dict(self.uplinks), set(exact_names))
-        full = sorted(name for name, t in self.tunnels.items() if t.full)
         for lan_name, lan in self.lan.items():
             extended = self.uplinks.get(lan.ipv6.uplink or "") if lan.ipv6.mode == "extend" else None
             if extended is not None and extended.address.mode == "external":
@@ -473,12 +472,6 @@ class Config(Section):
                     f"lan.{lan_name}.ipv6.uplink: {lan.ipv6.uplink!r} is configured by someone else "
                     "(address mode 'external'), who would keep its /64 on the uplink; extend an "
                     "uplink in mode 'dhcp', 'static' or 'modem'"
-                )
-            if lan.ipv6.mode == "extend" and full:
-                problems.append(
-                    f"lan.{lan_name}.ipv6.mode: 'extend' sends this LAN's IPv6 out of "
-                    f"{lan.ipv6.uplink} directly, around tunnels.{full[0]}'s full route and kill "
-                    "switch; use mode 'off', or give the tunnel a list of prefixes"
                 )
         give_default_marks(self.tunnels, self.kernel.mark_mask | self.kernel.policy_bits)
         problems += cross_check(self, self.tunnels)

@@ -14,8 +14,9 @@ Uplinks (`dhcp` ones, and any uplink a LAN extends):
 
 `extend` LANs: the uplink's current /64 (the usable one with the longest preferred lifetime)
 gets `<prefix>::1/64` on the LAN interface (so it is routed to the LAN, and the router's own
-IPv6 on that uplink has a source), a `from <prefix> lookup T_u` rule (a LAN host's source
-leaves by the uplink that owns it, never by the balance group), and an RA for uplinkd's own
+IPv6 on that uplink has a source), a `from <prefix> lookup T_u` rule at P+27 (a LAN host's
+source leaves by the uplink that owns it, never by the balance group; a full tunnel's route
+band, P+25, still comes first, so its kill switch holds), and an RA for uplinkd's own
 sender (`uplinkd.advertiser`): the prefix with the uplink's lifetimes, the MTU and DNS servers
 the uplink's router named, router lifetime ROUTER_LIFETIME — while the uplink is in service.
 When it is not (down, unplugged, no RA), the RA names no prefix and router lifetime 0; the
@@ -31,7 +32,7 @@ from uplinkd.config import Config
 from uplinkd.model import AF_INET6, Link, LinkTuning, Observed, Rule, State, StaticAddr, UplinkStatus
 from uplinkd.model.adverts import Advert, AdvertPrefix
 from uplinkd.plan.facts import Facts, Survey, Way
-from uplinkd.plan.layout import BAND_FROM
+from uplinkd.plan.layout import BAND_EXTEND
 
 ACCEPT_RA_FORWARDING = 2
 ROUTER_LIFETIME = 1800  # seconds (RFC 4861's default: 3 times MaxRtrAdvInterval)
@@ -143,7 +144,8 @@ def contribute_lans(
         link = _link_named(facts.observed, lan)
         if prefix is not None and link is not None and status is not None:
             objects.append(StaticAddr(link.index, lan_address(prefix.prefix), dev=lan))
-            objects.append(Rule(AF_INET6, config.rules.priority + BAND_FROM, status.table, src=prefix.prefix))
+            priority = config.rules.priority + BAND_EXTEND
+            objects.append(Rule(AF_INET6, priority, status.table, src=prefix.prefix))
         # not waiting for the kernel to hold the LAN's address: it is written in this pass,
         # before the sender (synced after the writes) speaks; a renumbering must not blink
         # router lifetime 0 for a pass

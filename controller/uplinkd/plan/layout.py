@@ -9,6 +9,7 @@ For both address families, with P = rules.priority:
     P+15  fwmark M_p/PMASK lookup T_p           new connections a steering rule gave policy p
     P+20  from <addr_u> lookup T_u              the router's own traffic from an uplink address
     P+25  lookup T_route                        LAN traffic into a tunnel (or unreachable)
+    P+27  from <extended /64> lookup T_u        an `extend` LAN's IPv6 leaves by its uplink
     P+30  lookup T_balance                      new connections: resilient weighted ECMP
 
 T_u holds `default via gw_u dev u` (or `default dev u`); T_balance holds `default nhid G`,
@@ -34,6 +35,10 @@ BAND_SUPPRESS, BAND_FWMARK, BAND_POLICY, BAND_FROM, BAND_BALANCE = 0, 10, 15, 20
 # table above the uplinks' fwmark and source rules (so a remembered source address cannot
 # keep them on a dead uplink); LAN traffic meets the tunnel's route table before T_balance.
 BAND_TUNNEL_UNDERLAY, BAND_TUNNEL_ROUTE = 5, 25
+# An `extend` LAN's /64 (plan/extend.py): after the tunnels' route band, so a full tunnel
+# (and its kill switch) takes it like all LAN traffic; before T_balance, whose group may
+# lead out of an uplink that must not carry the prefix.
+BAND_EXTEND = 27
 # ... and LAN traffic a steering rule gave a policy meets the tunnel's route table just above
 # the policy band: a policy picks among the uplinks for traffic the tunnels do not claim, it
 # never takes traffic a full tunnel claims (or its kill switch refuses) around the tunnel.
