@@ -161,7 +161,7 @@ def test_a_restart_writes_nothing(lab: Lab, daemon: Any) -> None:
 def test_renumbering_deprecates_the_old_prefix_and_losing_the_uplink_ends_the_default_route(
     lab: Lab, daemon: Any
 ) -> None:
-    daemon(config())
+    c = daemon(config())
     old = wait_until(lambda: slaac(lab, PREFIX), timeout=WAIT, what="a SLAAC address in the first /64")
     lab.isp("lte1").renumber6(RENUMBERED)
     new = wait_until(lambda: slaac(lab, RENUMBERED), timeout=WAIT, what="a SLAAC address in the new /64")
@@ -172,10 +172,19 @@ def test_renumbering_deprecates_the_old_prefix_and_losing_the_uplink_ends_the_de
     }
     assert lab.isp("lte1").foreign_sources() == {"ipv4": 0, "ipv6": 0}
     assert old != new
+    (lan,) = c.status()["lan"]
+    assert (lan["prefixes"], lan["deprecated"], lan["router_lifetime"]) == (
+        [str(RENUMBERED)],
+        [str(PREFIX)],
+        1800,
+    )
 
     lab.unplug("lte1")
     wait_until(lambda: client_default(lab) == [], timeout=WAIT, what="router lifetime 0 on the LAN")
     wait_until(lambda: slaac(lab, RENUMBERED, deprecated=True), timeout=WAIT, what="the prefix deprecated")
+    (lan,) = c.status()["lan"]
+    assert lan["router_lifetime"] == 0 and lan["prefixes"] == [], lan
+    assert str(RENUMBERED) in lan["deprecated"] and "the uplink is not there" in lan["reason"], lan
 
 
 def test_a_dhcp_uplink_takes_its_ipv6_by_ra_into_its_own_table_only(lab: Lab, daemon: Any) -> None:
