@@ -74,9 +74,7 @@ def lab() -> Iterator[Lab]:
         for name in NAMES:
             lab.add_isp(name, address="none", routed6=True)
         lab.add_client()
-        lab.run(
-            "lan1", ["ip", "address", "add", f"{CLIENT}/64", "dev", "eth0", "nodad"]
-        )
+        lab.run("lan1", ["ip", "address", "add", f"{CLIENT}/64", "dev", "eth0", "nodad"])
         yield lab
 
 
@@ -107,22 +105,16 @@ def lan_of(c: LabDaemon) -> dict[str, Any]:
 
 
 def router_has(lab: Lab, net: IPv6Network) -> bool:
-    out = lab.run(
-        "router", ["ip", "-6", "address", "show", "dev", "lan0", "to", str(net)]
-    ).stdout
+    out = lab.run("router", ["ip", "-6", "address", "show", "dev", "lan0", "to", str(net)]).stdout
     return f"{net.network_address + 1}/64" in out
 
 
 def source_rule(lab: Lab) -> str:
-    return lab.run(
-        "router", ["ip", "-6", "rule", "show", "from", str(LAN64)]
-    ).stdout.strip()
+    return lab.run("router", ["ip", "-6", "rule", "show", "from", str(LAN64)]).stdout.strip()
 
 
 def unreachable(lab: Lab) -> str:
-    return lab.run(
-        "router", ["ip", "-6", "route", "show", "table", "main", "type", "unreachable"]
-    ).stdout
+    return lab.run("router", ["ip", "-6", "route", "show", "table", "main", "type", "unreachable"]).stdout
 
 
 def ping6(lab: Lab) -> bool:
@@ -148,9 +140,7 @@ def foreign(lab: Lab) -> dict[str, dict[str, int]]:
     return {isp.name: isp.foreign_sources() for isp in lab.isps}
 
 
-def test_delegated_64_reaches_the_server_by_its_uplink_and_survives_a_restart(
-    lab: Lab, daemon: Any
-) -> None:
+def test_delegated_64_reaches_the_server_by_its_uplink_and_survives_a_restart(lab: Lab, daemon: Any) -> None:
     server: PdServer = lab.serve_pd("wan", pool=POOL)
     began = time.monotonic()
     c = daemon(CONFIG)
@@ -159,23 +149,17 @@ def test_delegated_64_reaches_the_server_by_its_uplink_and_survives_a_restart(
         timeout=30,
         what=f"{LAN64} on lan0",
     )
-    print(
-        f"delegated /64 on the LAN {time.monotonic() - began:.2f} s after the daemon started"
-    )
+    print(f"delegated /64 on the LAN {time.monotonic() - began:.2f} s after the daemon started")
     assert source_rule(lab) == f"10020:\tfrom {LAN64} lookup 101 proto 77"
     assert str(FIRST) in unreachable(lab)
     lan = lan_of(c)
     assert (lan["mode"], lan["prefixes"]) == ("delegate", [str(LAN64)]), lan
-    assert server.leases() == [
-        str(FIRST)
-    ]
+    assert server.leases() == [str(FIRST)]
 
     assert ping6(lab)
     report = lab.flows(tcp=10, udp=10, interval_ms=50, duration=1.0, family=6)
     assert report.lost() == 0 and report.received() > 0
-    assert {f.last_source for f in report.flows} == {
-        CLIENT
-    }  # no translation: the server sees it
+    assert {f.last_source for f in report.flows} == {CLIENT}  # no translation: the server sees it
     # every LAN packet left by wan although the balance gives lte1 five times its weight
     wan, lte1 = (isp.forwarded6() for isp in lab.isps)
     assert wan > 0 and lte1 == 0, (wan, lte1)
@@ -194,22 +178,16 @@ def test_delegated_64_reaches_the_server_by_its_uplink_and_survives_a_restart(
     # the restarted client rebinds at once (RFC 8415 §18.2.2) and Kea extends the lease
     wait_until(lambda: len(server.rows()) > records, timeout=10, what="Kea extending the lease")
     assert lan_of(c)["prefixes"] == [str(LAN64)]
-    assert server.leases() == [
-        str(FIRST)
-    ]
+    assert server.leases() == [str(FIRST)]
     assert len(c.writes()) == writes_before
     assert foreign(lab) == NO_LEAK
 
 
-def test_expiry_removes_the_prefix_and_a_new_server_brings_one_back(
-    lab: Lab, daemon: Any
-) -> None:
+def test_expiry_removes_the_prefix_and_a_new_server_brings_one_back(lab: Lab, daemon: Any) -> None:
     times = PdTimes(t1=2, t2=3, preferred=4, valid=6)
     server: PdServer = lab.serve_pd("wan", pool=POOL, times=times)
     c = daemon(CONFIG)
-    wait_until(
-        lambda: router_has(lab, LAN64), timeout=30, what="the delegated /64 on lan0"
-    )
+    wait_until(lambda: router_has(lab, LAN64), timeout=30, what="the delegated /64 on lan0")
     time.sleep(times.valid + 1)  # renewed at T1 while the server answers: still there
     assert router_has(lab, LAN64) and source_rule(lab)
     server.stop()
@@ -219,9 +197,7 @@ def test_expiry_removes_the_prefix_and_a_new_server_brings_one_back(
         timeout=times.valid + 10,
         what="no /64",
     )
-    print(
-        f"delegation gone {time.monotonic() - gone:.2f} s after the server stopped (valid {times.valid} s)"
-    )
+    print(f"delegation gone {time.monotonic() - gone:.2f} s after the server stopped (valid {times.valid} s)")
     assert source_rule(lab) == ""
     assert str(FIRST) not in unreachable(lab)
     lan = lan_of(c)

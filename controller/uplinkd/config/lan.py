@@ -29,7 +29,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from uplinkd.config import ifname
 from uplinkd.config.fields import Section, Text, shown
@@ -81,14 +81,23 @@ class LanIpv6(Section):
         default=None, description="delegate: the uplink whose DHCPv6-PD prefix this LAN takes a /64 of"
     )
     subnet: int | None = Field(
-        default=None,
-        ge=0,
-        le=SUBNET_MAX,
-        description="delegate: which /64 of the delegated prefix (0 = the first; default 0)",
+        default=None, description="delegate: which /64 of the delegated prefix (0 = the first; default 0)"
     )
     tunnel: Text | None = Field(
         default=None, description="tunnel: the tunnel this LAN's IPv6 goes through (default: the full one)"
     )
+
+    @field_validator("subnet", mode="before")
+    @classmethod
+    def _subnet(cls, value: object) -> object:
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SUBNET_MAX:
+            raise ValueError(
+                f"{shown(value)} is not a subnet number; use a whole number from 0 to {SUBNET_MAX} "
+                "(the /64s of the delegated prefix, counted from 0)"
+            )
+        return value
 
     @property
     def subnet_index(self) -> int:
@@ -105,10 +114,12 @@ class LanIpv6(Section):
             )
         if self.prefix is not None:
             if self.prefix.prefixlen != PREFIX_LEN:
-                raise ValueError(
-                    f"prefix: {self.prefix} is a /{self.prefix.prefixlen}; a LAN's prefix is a "
-                    f"/{PREFIX_LEN} (translation keeps the interface ID, SLAAC needs a /64)"
+                why = (
+                    "translation keeps the interface ID, so use a /64 like the uplinks' prefixes"
+                    if self.mode == "translate"
+                    else f"SLAAC on the LAN needs a /{PREFIX_LEN}"
                 )
+                raise ValueError(f"prefix: {self.prefix} is a /{self.prefix.prefixlen}; {why}")
             if self.prefix.is_link_local or self.prefix.is_multicast or self.prefix.is_loopback:
                 raise ValueError(f"prefix: {self.prefix} cannot be routed; use a unicast /64")
         if self.mode == "delegate" and self.uplink is None:
@@ -199,7 +210,8 @@ def cross_check(
         if mode_of(lan, tunnels) == "tunnel":
             known = ", ".join(sorted(tunnels)) or "none configured"
             if v6.tunnel is not None and v6.tunnel not in tunnels:
-                problems.append(f"{where}.ipv6.tunnel: {v6.tunnel!r} is not a tunnel; use one of: {known}")
+                fix = f"use one of: {known}" if tunnels else "none is configured; add it under tunnels"
+                problems.append(f"{where}.ipv6.tunnel: {v6.tunnel!r} is not a tunnel; {fix}")
             elif tunnel_of(lan, tunnels) is None:
                 problems.append(
                     f"{where}.ipv6.tunnel: mode 'tunnel' needs a tunnel; name one ({known}) or "

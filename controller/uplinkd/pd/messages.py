@@ -200,6 +200,8 @@ def decode(data: bytes) -> Message:
             fields["status"] = _status(body)
         elif code == Option.PREFERENCE and len(body) == 1:
             fields["preference"] = body[0]
+        elif code == Option.ORO and len(body) % 2 == 0:
+            fields["requested"] = struct.unpack(f"!{len(body) // 2}H", body)
         elif code == Option.ELAPSED_TIME and len(body) == 2:
             fields["elapsed"] = struct.unpack("!H", body)[0]
         else:
