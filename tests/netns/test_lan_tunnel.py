@@ -105,7 +105,8 @@ def home(lab: Lab, tmp_path: Path) -> Iterator[Home]:
 def start_home6(home: Home, router_public: str) -> None:
     """Home with IPv6 inside the tunnel: its tunnel address, and the LAN's prefix routed back."""
     home.start(router_public)
-    allowed = f"10.99.0.2/32,192.168.50.0/24,fd50::/64,{TUNNEL6_ROUTER.split('/', maxsplit=1)[0]}/128,{LAN_TUNNEL6}"
+    router6 = TUNNEL6_ROUTER.split("/", maxsplit=1)[0]
+    allowed = f"10.99.0.2/32,192.168.50.0/24,fd50::/64,{router6}/128,{LAN_TUNNEL6}"
     home.run("wg", "set", home.ifname, "peer", router_public, "allowed-ips", allowed)
     home.run("ip", "-6", "address", "add", TUNNEL6_HOME, "dev", home.ifname, "nodad")
     home.run("ip", "-6", "route", "add", LAN_TUNNEL6, "dev", home.ifname)
