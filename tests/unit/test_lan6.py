@@ -33,7 +33,7 @@ from uplinkd.model import (
     Rule,
     StaticAddr,
 )
-from uplinkd.plan import Facts
+from uplinkd.plan import Facts, leaks
 
 iface = ipaddress.ip_interface
 
@@ -401,3 +401,42 @@ def test_tunnel_puts_the_router_on_its_prefix_and_needs_a_tunnel() -> None:
     )
     named = with_tunnel(lan(mode="tunnel", tunnel="home"), route=["10.0.0.0/8"])
     assert table(named).ipv6.closed == ("lan0",)
+
+
+# --- the audit's judgement ---------------------------------------------------------------------------
+
+
+def test_the_audit_follows_a_packet_through_the_tables_ipv6_part() -> None:
+    s = state()  # lte1 and wan own their /64s; lan0 translates to lte1; lan9 is closed
+    v6 = NftIpv6(
+        s.ipv6.prefixes,
+        s.ipv6.translations,
+        ("lan9", "lanp"),
+        (NftDelegated("lanp", "wan", "2001:db8:e1:1::/64"),),
+    )
+    addr = ipaddress.IPv6Address
+    translated = leaks.fate(v6, lan="lan0", src=addr("2001:db8:ff::11"), dev="lte1")
+    assert translated == leaks.Fate(True, addr("2001:db8:2::11"), "translated to 2001:db8:2::11")
+    # the same source out of wan is not translated there: the guard drops the inner prefix
+    assert not leaks.fate(v6, lan="lan0", src=addr("2001:db8:ff::11"), dev="wan").leaves
+    assert not leaks.fate(v6, lan="lan0", src=addr("fd50::11"), dev="wan").leaves  # ULA
+    stray = leaks.fate(v6, lan="lan0", src=addr("2001:db8:99::11"), dev="wan")
+    assert stray == leaks.Fate(True, addr("2001:db8:99::11"), "untranslated")
+    closed = leaks.fate(v6, lan="lan9", src=addr("2001:db8:1::11"), dev="wan")
+    assert closed.how == "dropped by uplinkd's forward rule" and not closed.leaves
+    assert leaks.fate(v6, lan="lanp", src=addr("2001:db8:e1:1::11"), dev="wan").leaves
+    assert not leaks.fate(v6, lan="lanp", src=addr("2001:db8:e1:1::11"), dev="lte1").leaves
+
+    cfg = parse(
+        {
+            "uplinks": uplinks(),
+            "lan": {
+                "lan0": {"ipv6": {"mode": "translate", "prefix": "2001:db8:ff::/64"}},
+                "lanp": {"ipv6": {"mode": "delegate", "uplink": "wan", "subnet": 1}},
+            },
+        }
+    )
+    assert leaks.allowed(cfg, v6, lan="lan0", uplink="lte1", fated=translated)
+    assert not leaks.allowed(cfg, v6, lan="lan0", uplink="wan", fated=stray)
+    delegated = leaks.fate(v6, lan="lanp", src=addr("2001:db8:e1:1::11"), dev="wan")
+    assert leaks.allowed(cfg, v6, lan="lanp", uplink="wan", fated=delegated)
