@@ -268,6 +268,8 @@ TYPE_CASES: list[tuple[str, Any]] = [
     ("kernel.mark_mask", "0xff0f"),
     ("kernel.nft_table", "bad-name"),
     ("control.resync_interval", 0),
+    ("lan.lan0.ipv6", {"mode": "delegate", "uplink": "wan", "subnet": 65536}),
+    ("lan.lan0.ipv6", {"mode": "nat66"}),
 ]
 
 

@@ -34,6 +34,7 @@ from uplinkd.model import (
     StaticAddr,
 )
 from uplinkd.plan import Facts, leaks
+from uplinkd.plan.lan6 import lan_mode
 
 iface = ipaddress.ip_interface
 
@@ -70,7 +71,8 @@ def problems(lan_section: dict[str, Any]) -> tuple[str, ...]:
 
 def test_lan_defaults_to_off_and_nothing_configured_means_no_lan() -> None:
     assert parse({"uplinks": uplinks()}).lan == {}
-    assert parse({"uplinks": uplinks(), "lan": {"lan0": {}}}).lan["lan0"].ipv6.mode == "off"
+    unset = parse({"uplinks": uplinks(), "lan": {"lan0": {}}})
+    assert unset.lan["lan0"].ipv6.mode is None and lan_mode(unset, unset.lan["lan0"]) == "off"
     section = lan(mode="translate", prefix="2001:db8:ff::/64", uplinks=["wan"])
     cfg = parse({"uplinks": uplinks(), "lan": section})
     v6 = cfg.lan["lan0"].ipv6

@@ -3,7 +3,8 @@
 `lan.<interface>.ipv6.mode` is an explicit choice per LAN interface (the key is the kernel's
 interface name, e.g. `lan0` or `br-lan`):
 
-- `off` (the default): nothing from this LAN is forwarded to an uplink over IPv6.
+- `off` (the default without a full tunnel): nothing from this LAN is forwarded to an
+  uplink over IPv6.
 - `translate`: the LAN keeps a stable internal /64 (`prefix`); on the way out of uplink `u`
   its network half is swapped for `u`'s /64 (nftables prefix NAT, the interface ID kept) and
   back by conntrack, so LAN IPv6 rides the same weighted group, ct-mark pinning and
@@ -62,12 +63,12 @@ V6Prefix = Annotated[ipaddress.IPv6Network, BeforeValidator(_network_text)]
 class LanIpv6(Section):
     """How this LAN's IPv6 reaches the uplinks."""
 
-    mode: Literal["off", "translate", "extend", "delegate", "tunnel"] = Field(
-        default="off",
+    mode: Literal["off", "translate", "extend", "delegate", "tunnel"] | None = Field(
+        default=None,
         description="off: no IPv6 from this LAN to any uplink; translate: a stable internal /64 "
         "prefix-translated to each uplink's /64 (interface ID kept); delegate: a /64 of the prefix "
-        "`uplink` delegates by DHCPv6-PD; tunnel: only through a WireGuard tunnel (the default "
-        "with a full tunnel); extend: not built yet",
+        "`uplink` delegates by DHCPv6-PD; tunnel: only through a WireGuard tunnel; extend: not "
+        "built yet. Unset: tunnel when a tunnel has route full, off otherwise",
     )
     prefix: V6Prefix | None = Field(
         default=None,
@@ -105,7 +106,7 @@ class LanIpv6(Section):
 
     @model_validator(mode="after")
     def _by_mode(self) -> LanIpv6:
-        if self.mode not in BUILT:
+        if self.mode is not None and self.mode not in BUILT:
             built = ", ".join(repr(m) for m in BUILT)
             raise ValueError(f"mode: {self.mode!r} is not built yet (issue 13); use one of {built}")
         if self.mode == "translate" and self.prefix is None:
@@ -159,8 +160,8 @@ def full_tunnels(tunnels: Mapping[str, object]) -> list[str]:
 def mode_of(lan: Lan, tunnels: Mapping[str, object]) -> str:
     """A LAN's IPv6 mode: as written, or, when not written, `tunnel` if a full tunnel is
     configured (its LAN IPv6 goes nowhere else) and `off` otherwise."""
-    if "mode" not in lan.ipv6.model_fields_set and full_tunnels(tunnels):
-        return "tunnel"
+    if lan.ipv6.mode is None:
+        return "tunnel" if full_tunnels(tunnels) else "off"
     return lan.ipv6.mode
 
 
