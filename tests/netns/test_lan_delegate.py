@@ -8,6 +8,7 @@ outside its own prefixes (nft counters at every ISP).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -212,3 +213,44 @@ def test_expiry_removes_the_prefix_and_a_new_server_brings_one_back(lab: Lab, da
     )
     assert ping6(lab)
     assert foreign(lab) == NO_LEAK
+
+
+def link_local(lab: Lab, role: str, dev: str) -> str:
+    out = lab.run(role, ["ip", "-6", "-o", "address", "show", "dev", dev, "scope", "link"]).stdout
+    return out.split()[3].split("/")[0]
+
+
+def test_an_unnumbered_wan_with_only_the_ras_router_carries_the_delegated_lan(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Many ISPs that delegate a prefix give the WAN no global address: only its link-local
+    one and the router their RA names. Here wan has no IPv6 address of its own; the kernel's
+    RA default route (put in main, as accept_ra would) is all uplinkd learns, and the
+    delegated LAN still leaves by wan (T_wan gets that router), the ISP routing the prefix to
+    the router's link-local address."""
+    isp = lab.isp("wan")
+    router_ll = link_local(lab, "router", "wan")
+    lab.serve_pd("wan", pool=POOL, via=router_ll)
+    gateway = link_local(lab, isp.netns, "down")
+    lab.run("router", ["ip", "-6", "route", "add", "default", "via", gateway, "dev", "wan", "proto", "ra"])
+    cfg = json.loads(json.dumps(CONFIG))
+    for key in ("cidr6", "gateway6"):
+        del cfg["uplinks"]["wan"]["address"][key]
+    c = LabDaemon(lab.router, cfg, workdir=tmp_path)
+    try:
+        c.start()
+        wait_until(lambda: router_has(lab, LAN64) and source_rule(lab), timeout=30, what=f"{LAN64} on lan0")
+        t_wan = lab.run("router", ["ip", "-6", "route", "show", "table", "101"]).stdout
+        assert f"default via {gateway} dev wan proto 77" in t_wan, t_wan
+        assert ping6(lab)
+        wan, lte1 = (i.forwarded6() for i in lab.isps)
+        assert wan > 0 and lte1 == 0, (wan, lte1)
+        assert foreign(lab) == NO_LEAK
+        audited = c.ctl("audit", "--config", str(c.config_path), check=False)
+        assert audited.returncode == 0, audited.stdout + audited.stderr
+        assert (
+            f"ok: lan0 (ipv6 delegate): {LAN64.network_address + 2} → 2001:db8:ffff::1: unicast dev wan"
+            in (audited.stdout)
+        )
+    finally:
+        c.stop()

@@ -442,3 +442,22 @@ def test_the_audit_follows_a_packet_through_the_tables_ipv6_part() -> None:
     assert not leaks.allowed(cfg, v6, lan="lan0", uplink="wan", fated=stray)
     delegated = leaks.fate(v6, lan="lanp", src=addr("2001:db8:e1:1::11"), dev="wan")
     assert leaks.allowed(cfg, v6, lan="lanp", uplink="wan", fated=delegated)
+
+
+def test_an_unnumbered_wan_gets_its_ras_router_in_its_table_for_the_delegated_lan() -> None:
+    ups = uplinks()
+    for key in ("cidr6", "gateway6"):
+        del ups["wan"]["address"][key]
+    cfg = parse({"uplinks": ups, "lan": lan(mode="delegate", uplink="wan")})
+    base = facts()
+    # wan without its global address: only the RA's router (a default route in main)
+    addrs = tuple(a for a in base.observed.addrs if str(a.address) != "2001:db8:1::2/64")
+    gateways = (Gateway(2, AF_INET6, ipaddress.ip_address("fe80::1")),)
+    observed = Observed(links=base.observed.links, addrs=addrs, gateways=gateways)
+    given = {"wan": Delegation(ipaddress.IPv6Network("2001:db8:e1::/56"))}
+    i = plan.desired(cfg, Facts(observed, delegations=given))
+    route = i.kernel[ROUTES][RouteKey(AF_INET6, 101, "::/0")]
+    assert (route.oif, str(route.gateway)) == (2, "fe80::1")
+    # without a delegation it is not ours to route
+    i = plan.desired(cfg, Facts(observed))
+    assert RouteKey(AF_INET6, 101, "::/0") not in i.kernel[ROUTES]

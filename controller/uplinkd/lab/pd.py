@@ -108,12 +108,14 @@ class PdServer:
             }
         }
 
-    def route(self) -> None:
-        """The ISP routes the pool to the router; the server's side routes it to the ISP."""
+    def route(self, via: str | None = None) -> None:
+        """The ISP routes the pool to the router (its address on the link, or `via`: the
+        router's link-local address when its WAN is unnumbered); the server's side routes it
+        to the ISP."""
         a = self.isp.addresses
         self.runner.ip(
             self.isp.netns, "-6", "route", "replace", str(self.pool),
-            "via", str(a.router6.ip), "dev", DOWN, "onlink",
+            "via", via or str(a.router6.ip), "dev", DOWN, "onlink",
         )  # fmt: skip
         self.runner.ip(self.inet_netns, "-6", "route", "replace", str(self.pool), "via", str(a.upstream6.ip))
         self.isp.own_prefix6(str(self.pool))

@@ -249,7 +249,13 @@ class Lab:
         return tuple(self._clients)
 
     def serve_pd(
-        self, name: str, *, pool: str, delegated_len: int = 56, times: PdTimes | None = None
+        self,
+        name: str,
+        *,
+        pool: str,
+        delegated_len: int = 56,
+        times: PdTimes | None = None,
+        via: str | None = None,
     ) -> PdServer:
         """Start a DHCPv6-PD server (Kea) at ISP ``name`` delegating /``delegated_len``s of
         ``pool``, routed to the router; stopped with the lab."""
@@ -257,7 +263,7 @@ class Lab:
             self.isp(name), runner=self._runner, inet_netns=self.inet, workdir=self.workdir,
             pool=IPv6Network(pool), delegated_len=delegated_len, times=times or PdTimes(),
         )  # fmt: skip
-        server.route()
+        server.route(via)
         server.start()
         return server
 

@@ -175,6 +175,24 @@ def nft_part(config: Config, survey: Survey, facts: Facts | None = None) -> NftI
     return NftIpv6(prefixes=own, translations=found, closed=closed, delegated=tuple(sorted(passes)))
 
 
+def unnumbered_default(
+    config: Config, facts: Facts, survey: Survey, status: UplinkStatus | None
+) -> list[Route]:
+    """T_u's IPv6 default for an uplink that delegates a prefix but has no global IPv6 address
+    of its own (an unnumbered WAN: only a link-local address and the RA's router, which is
+    common with DHCPv6-PD). The uplinks contributor routes only uplinks with an address; here
+    the delegated LANs' source rule needs the route all the same."""
+    if status is None or status.ifindex is None or not status.link_ready:
+        return []
+    if AF_INET6 in survey.ways.get(status.name, {}):
+        return []  # the uplinks contributor routes it
+    gw = facts.observed.gateway_of(status.ifindex, AF_INET6)
+    if gw is None:
+        return []
+    key = RouteKey(AF_INET6, config.uplinks[status.name].table, "::/0")
+    return [Route(key, oif=status.ifindex, gateway=gw.gateway, dev=status.dev or "")]
+
+
 def used_delegations(config: Config) -> set[str]:
     """The uplinks a `delegate` LAN takes its prefix from."""
     return {
@@ -201,10 +219,13 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
         if mode == "delegate" and prefix is not None and cfg.ipv6.uplink in config.uplinks:
             table = config.uplinks[cfg.ipv6.uplink].table
             objects.append(Rule(AF_INET6, config.rules.priority + BAND_FROM, table, src=prefix))
+    statuses = {s.name: s for s in survey.statuses}
     for name in sorted(used_delegations(config)):
         d = facts.delegations.get(name)
-        if d is not None:
-            objects.append(Route(RouteKey(AF_INET6, MAIN_TABLE, str(d.prefix)), type="unreachable"))
+        if d is None:
+            continue
+        objects.append(Route(RouteKey(AF_INET6, MAIN_TABLE, str(d.prefix)), type="unreachable"))
+        objects += unnumbered_default(config, facts, survey, statuses.get(name))
     _, reasons = translations(config, survey.statuses, uplink_prefixes(survey))
     for lan, (_, why) in delegated.items():
         reasons[topic(lan)] = why
