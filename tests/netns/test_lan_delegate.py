@@ -12,7 +12,8 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from ipaddress import IPv6Network
+from datetime import datetime
+from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,18 @@ def test_delegated_64_reaches_the_server_by_its_uplink_and_survives_a_restart(la
         what=f"{LAN64} on lan0",
     )
     print(f"delegated /64 on the LAN {time.monotonic() - began:.2f} s after the daemon started")
+    stamps = {}
+    for line in c.log_path.read_text().splitlines():
+        for what in (
+            "DHCPv6-PD client started",
+            "delegated prefix 2001:db8:e1::/56",
+            "ip address add 2001:db8:e1",
+        ):
+            if what in line and what not in stamps:
+                stamps[what] = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    first, bound, added = stamps.values()
+    to_bound, to_lan = (bound - first).total_seconds(), (added - first).total_seconds()
+    print(f"client start → bound {to_bound:.3f} s, → /64 on lan0 {to_lan:.3f} s")
     assert source_rule(lab) == f"10020:\tfrom {LAN64} lookup 101 proto 77"
     assert str(FIRST) in unreachable(lab)
     lan = lan_of(c)
@@ -254,3 +267,47 @@ def test_an_unnumbered_wan_with_only_the_ras_router_carries_the_delegated_lan(
         )
     finally:
         c.stop()
+
+
+def slaac_addresses(lab: Lab) -> dict[str, dict[str, Any]]:
+    """The client's dynamic (SLAAC) addresses in the delegated /64, by address."""
+    out = lab.run("lan1", ["ip", "-6", "-j", "address", "show", "dev", "eth0"]).stdout
+    found: dict[str, dict[str, Any]] = {}
+    for info in json.loads(out)[0]["addr_info"]:
+        if info.get("dynamic") and IPv6Address(info["local"]) in LAN64:
+            found[info["local"]] = info
+    return found
+
+
+def test_a_lan_client_gets_its_address_by_slaac_from_the_router_advertising_what_uplinkd_put(
+    lab: Lab, daemon: Any
+) -> None:
+    """What examples/home-router.nix does: dnsmasq advertises (RA only) every /64 on the LAN
+    interface (`constructor:`), so the delegated /64 uplinkd puts there reaches the clients by
+    SLAAC without anyone configuring it; when the delegation expires, dnsmasq deprecates it."""
+    times = PdTimes(t1=2, t2=3, preferred=4, valid=6)
+    server = lab.serve_pd("wan", pool=POOL, times=times)
+    pidfile = lab.workdir / "ra.pid"
+    argv = [
+        "dnsmasq", "--keep-in-foreground", "--port=0", "--enable-ra", "--interface=lan0",
+        "--dhcp-range=::,constructor:lan0,ra-only", f"--pid-file={pidfile}", "--conf-file=/dev/null",
+    ]  # fmt: skip
+    lab.popen("router", argv)
+    c = daemon(CONFIG)
+    wait_until(lambda: router_has(lab, LAN64), timeout=30, what="the delegated /64 on lan0")
+    got = wait_until(lambda: slaac_addresses(lab), timeout=30, what="a SLAAC address in the delegated /64")
+    address = next(iter(got))
+    argv = ["ping", "-6", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", "-I", address, SERVER6]
+    assert lab.run("lan1", argv, check=False).returncode == 0
+    assert foreign(lab) == NO_LEAK
+    server.stop()
+    wait_until(lambda: not router_has(lab, LAN64), timeout=times.valid + 10, what="the /64 gone from lan0")
+
+    def deprecated() -> bool:
+        now = slaac_addresses(lab)
+        return address not in now or now[address].get("preferred_life_time") == 0
+
+    removed = time.monotonic()
+    wait_until(deprecated, timeout=15, what="the client's SLAAC address deprecated")
+    print(f"client's SLAAC address deprecated {time.monotonic() - removed:.2f} s after the /64 left lan0")
+    assert c.status()["lan"][0]["prefixes"] == []
