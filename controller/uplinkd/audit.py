@@ -67,24 +67,28 @@ async def lan_audit(config: Config) -> tuple[list[str], list[str]]:
                 nets.append(cfg.ipv6.prefix)
             if not nets:
                 checked.append(f"{lan} (ipv6 {mode}): no global IPv6 prefix on it")
+            marks = [("", None), *((p, config.policy_mark(p)) for p in config.policies)]
             for src in _samples(nets, {a.ip for a in addrs}):
-                ex = await kernel.explain(dst=DST6, src=src, iif=lan, uplinks_by_dev=uplinks)
-                route = ex.type + (f" dev {ex.dev}" if ex.dev else "")
-                where = f"{lan} (ipv6 {mode}): {src} → {DST6}: {route} ({ex.rule})"
-                if ex.dev not in uplinks:
-                    checked.append(where)
-                    continue
-                uplink = uplinks[ex.dev]
-                fated = fate(nft, lan=lan, src=src, dev=ex.dev)
-                if allowed(config, nft, lan=lan, uplink=uplink, fated=fated):
-                    checked.append(
-                        f"{where}: {fated.how}" + (f", leaves by {uplink}" if fated.leaves else "")
-                    )
-                else:
-                    problems.append(
-                        f"{where}: leaves by uplink {uplink} with source {fated.source} ({fated.how}); "
-                        f"mode {mode} does not allow that: remove the stray route, rule or prefix"
-                    )
+                # unmarked, and as each policy's steering rules would mark it
+                for policy, mark in marks:
+                    ex = await kernel.explain(dst=DST6, src=src, iif=lan, mark=mark, uplinks_by_dev=uplinks)
+                    route = ex.type + (f" dev {ex.dev}" if ex.dev else "")
+                    steered = f" steered to policy {policy}" if policy else ""
+                    where = f"{lan} (ipv6 {mode}): {src} → {DST6}{steered}: {route} ({ex.rule})"
+                    if ex.dev not in uplinks:
+                        checked.append(where)
+                        continue
+                    uplink = uplinks[ex.dev]
+                    fated = fate(nft, lan=lan, src=src, dev=ex.dev)
+                    if allowed(config, nft, lan=lan, uplink=uplink, fated=fated):
+                        checked.append(
+                            f"{where}: {fated.how}" + (f", leaves by {uplink}" if fated.leaves else "")
+                        )
+                    else:
+                        problems.append(
+                            f"{where}: leaves by uplink {uplink} with source {fated.source} ({fated.how}); "
+                            f"mode {mode} does not allow that: remove the stray route, rule or prefix"
+                        )
         return problems, checked
     finally:
         kernel.close()
