@@ -311,3 +311,34 @@ def test_a_lan_client_gets_its_address_by_slaac_from_the_router_advertising_what
     wait_until(deprecated, timeout=15, what="the client's SLAAC address deprecated")
     print(f"client's SLAAC address deprecated {time.monotonic() - removed:.2f} s after the /64 left lan0")
     assert c.status()["lan"][0]["prefixes"] == []
+
+
+def test_a_new_prefix_from_the_isp_replaces_the_old_one_on_the_lan(lab: Lab, daemon: Any) -> None:
+    """The ISP renumbers: its server forgets the binding and delegates from another pool. At
+    the next Renew Kea hands the client a new /56 (and the old one with lifetimes 0); the LAN
+    moves to the new /64 in one pass, the old prefix's address, rule and unreachable route go,
+    and a client in the new /64 reaches the server by wan."""
+    times = PdTimes(t1=2, t2=3, preferred=4, valid=30)
+    server = lab.serve_pd("wan", pool=POOL, times=times)
+    c = daemon(CONFIG)
+    wait_until(lambda: router_has(lab, LAN64) and source_rule(lab), timeout=30, what=f"{LAN64} on lan0")
+    server.stop()
+    server.lease_file.unlink()
+    renumbered = lab.serve_pd("wan", pool="2001:db8:e2::/48", times=times)
+    new64 = IPv6Network("2001:db8:e2:1::/64")
+    began = time.monotonic()
+    wait_until(
+        lambda: router_has(lab, new64) and not router_has(lab, LAN64) and not source_rule(lab),
+        timeout=30,
+        what=f"{new64} instead of {LAN64} on lan0",
+    )
+    print(f"renumbered: the new /64 on lan0 {time.monotonic() - began:.2f} s after the server changed pools")
+    assert str(FIRST) not in unreachable(lab) and "2001:db8:e2::/56" in unreachable(lab)
+    assert c.status()["lan"][0]["prefixes"] == [str(new64)]
+    assert renumbered.leases() == ["2001:db8:e2::/56"]
+    client = "2001:db8:e2:1::11"
+    lab.run("lan1", ["ip", "address", "add", f"{client}/64", "dev", "eth0", "nodad"])
+    argv = ["ping", "-6", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", "-I", client, SERVER6]
+    assert lab.run("lan1", argv, check=False).returncode == 0
+    assert not ping6(lab)  # the old prefix goes nowhere now
+    assert foreign(lab) == NO_LEAK
