@@ -61,6 +61,8 @@ REQUEST = (1.0, 30.0, 10)
 RENEW = (10.0, 600.0, 0)
 REBIND = (10.0, 600.0, 0)
 RECEIVE = 4096
+MAX_PREFERENCE = 255
+SOL_MAX_DELAY = 1.0  # the first Solicit waits up to this long (RFC 8415 §18.2.1)
 
 
 def waits(
@@ -149,15 +151,21 @@ class PdClient:
         timing: tuple[float, float, int],
         until: float | None,
         first_positive: bool = False,
+        rank: Callable[[Message], int | None] | None = None,
     ) -> Message | None:
         """Send a message (built from xid and elapsed centiseconds), retransmitting it, until
-        a fitting answer comes (returned), MRC sends, or wall-clock `until` (None)."""
+        a fitting answer comes (returned), MRC sends, or wall-clock `until` (None).
+
+        With `rank` (Solicit: an Advertise's preference, None if it offers nothing), answers
+        are collected until the first RT ends and the best is returned (one of preference
+        255 at once), as RFC 8415 §18.2.1 says; after the first RT, the first usable one."""
         xid = secrets.randbits(24)
         irt, mrt, mrc = timing
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         rts = waits(irt, mrt, first_positive=first_positive)
         sent = 0
+        best: tuple[int, Message] | None = None
         while mrc == 0 or sent < mrc:
             rt = next(rts)
             if answers == MessageType.ADVERTISE:
@@ -191,7 +199,17 @@ class PdClient:
                 ):
                     continue
                 self._note_sol_max_rt(msg)
-                return msg
+                if rank is None:
+                    return msg
+                score = rank(msg)
+                if score is None:
+                    continue
+                if score >= MAX_PREFERENCE or sent > 1:
+                    return msg
+                if best is None or score > best[0]:
+                    best = (score, msg)
+            if best is not None:
+                return best[1]
         return None
 
     def _note_sol_max_rt(self, msg: Message) -> None:
@@ -217,8 +235,18 @@ class PdClient:
     def _ia_of(self, msg: Message) -> IaPd | None:
         return next((ia for ia in msg.ia_pd if ia.iaid == self.iaid), None)
 
+    def _rank(self, msg: Message) -> int | None:
+        """An Advertise's preference, or None when it offers no prefix for our IA_PD."""
+        ia = self._ia_of(msg)
+        if ia is None or not ia.prefixes or ia.status not in (None, 0) or msg.status not in (None, 0):
+            return None
+        return msg.preference
+
     async def _acquire(self, sock: socket.socket, index: int) -> Binding:
-        """Solicit and Request until a server delegates a prefix."""
+        """Solicit and Request until a server delegates a prefix. The first Solicit waits
+        a random moment (up to SOL_MAX_DELAY) so routers that came up together do not ask
+        at once."""
+        await asyncio.sleep(random.uniform(0.0, SOL_MAX_DELAY))
         while True:
             adv = await self._exchange(
                 sock,
@@ -228,6 +256,7 @@ class PdClient:
                 timing=SOLICIT,
                 until=None,
                 first_positive=True,
+                rank=self._rank,
             )
             ia = self._ia_of(adv) if adv is not None else None
             if adv is None or ia is None or not ia.prefixes or ia.status not in (None, 0):
