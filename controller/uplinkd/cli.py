@@ -200,6 +200,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for u in status["uplinks"]:
         if u.get("prefixes6"):
             print(f"ipv6: {u['name']} has {', '.join(u['prefixes6'])}")
+        if u.get("delegated6"):
+            d = u["delegated6"]
+            left = "for ever" if d["valid_s"] is None else f"valid {d['valid_s']:.0f} s more"
+            print(f"ipv6: {u['name']} delegates {d['prefix']} (DHCPv6-PD, {left})")
     for lan in status.get("lan", []):
         prefixes = ", ".join(lan["prefixes"]) or "no prefix"
         print(f"lan {lan['name']}: ipv6 {lan['mode']} ({prefixes}); {lan['reason'] or '-'}")

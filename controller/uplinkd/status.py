@@ -52,6 +52,7 @@ def render(
                 "probe": _probe_json(rt, s.name, probers.get(s.name), now),
                 **_metering_json(rt, s),
                 **_modem_json(rt, s.name, (modems or {}).get(s.name)),
+                **_delegation_json(rt, s.name),
             }
             for s in ups
         ],
@@ -115,6 +116,15 @@ def _prefixes6(s: UplinkStatus) -> list[str]:
         if isinstance(a, ipaddress.IPv6Interface) and not a.ip.is_link_local and a.network.prefixlen < 128
     }
     return sorted(nets)
+
+
+def _delegation_json(rt: Runtime, name: str) -> dict[str, Any]:
+    """`delegated6` for an uplink that holds a DHCPv6-PD prefix: it and its valid time left."""
+    d = rt.delegations.get(name)
+    if d is None:
+        return {}
+    left = None if d.valid_until is None else max(0.0, round(d.valid_until - time.time(), 1))
+    return {"delegated6": {"prefix": str(d.prefix), "valid_s": left}}
 
 
 def _lan_json(rt: Runtime) -> list[dict[str, Any]]:

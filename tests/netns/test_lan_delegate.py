@@ -164,10 +164,15 @@ def test_delegated_64_reaches_the_server_by_its_uplink_and_survives_a_restart(la
     first, bound, added = stamps.values()
     to_bound, to_lan = (bound - first).total_seconds(), (added - first).total_seconds()
     print(f"client start → bound {to_bound:.3f} s, → /64 on lan0 {to_lan:.3f} s")
-    assert source_rule(lab) == f"10020:\tfrom {LAN64} lookup 101 proto 77"
+    assert source_rule(lab) == f"10012:\tfrom {LAN64} lookup 101 proto 77"
     assert str(FIRST) in unreachable(lab)
     lan = lan_of(c)
     assert (lan["mode"], lan["prefixes"]) == ("delegate", [str(LAN64)]), lan
+    wan_status = next(u for u in c.status()["uplinks"] if u["name"] == "wan")
+    assert wan_status["delegated6"]["prefix"] == str(FIRST) and 0 < wan_status["delegated6"]["valid_s"] <= 90
+    assert f"ipv6: wan delegates {FIRST} (DHCPv6-PD, valid" in c.ctl("status").stdout
+    explained = json.loads(c.ctl("explain", SERVER6, "--from", CLIENT, "--iif", "lan0", "--json").stdout)
+    assert (explained["rule"], explained["uplink"]) == (f"10012: from {LAN64} lookup 101", "wan"), explained
     assert server.leases() == [str(FIRST)]
 
     assert ping6(lab)

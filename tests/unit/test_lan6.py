@@ -314,7 +314,7 @@ def delegated(section: dict[str, Any], prefix: str | None) -> plan.Intent:
 def test_delegate_takes_its_subnet_of_the_delegation_and_leaves_by_that_uplink_only() -> None:
     i = delegated(lan(mode="delegate", uplink="wan", subnet=2), "2001:db8:e1::/56")
     assert StaticAddr(4, iface("2001:db8:e1:2::1/64"), dev="lan0") in i.kernel[ADDRESSES].values()
-    rule = Rule(AF_INET6, 10020, 101, src=ipaddress.ip_network("2001:db8:e1:2::/64"))
+    rule = Rule(AF_INET6, 10012, 101, src=ipaddress.ip_network("2001:db8:e1:2::/64"))
     assert rule in i.kernel[RULES].values()
     unreachable = RouteKey(AF_INET6, 254, "2001:db8:e1::/56")
     assert i.kernel[ROUTES][unreachable].type == "unreachable"

@@ -12,7 +12,8 @@ Pure. Two parts:
 
 A `delegate` LAN gets /64 number `subnet` of the prefix its uplink's DHCPv6-PD client holds
 (`Facts.delegations`): `<that /64>::1/64` on the interface, `from <that /64> lookup T_u` at
-the uplinks' source band (P+20) so its IPv6 leaves by that uplink whatever the balance says,
+P+12 (before steering rules and tunnels) so its IPv6 leaves by that uplink whatever the
+balance, a policy or a full tunnel says (the ISP routes the prefix to that uplink only),
 and `unreachable <delegated prefix>` in main so the unused rest of the delegation is not
 sent back to the ISP (a loop). The delegated prefix is that uplink's own in the nft guard:
 it passes there and is dropped on every other uplink. Expiry takes it all away again.
@@ -47,7 +48,7 @@ from uplinkd.model import (
     UplinkStatus,
 )
 from uplinkd.plan.facts import Contribution, Facts, Survey
-from uplinkd.plan.layout import BAND_FROM, MAIN_TABLE
+from uplinkd.plan.layout import BAND_DELEGATED, MAIN_TABLE
 
 PREFIX_LEN = 64
 CLOSED = ("off", "tunnel")  # modes whose IPv6 may not be forwarded to any uplink
@@ -218,7 +219,7 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
             objects.append(StaticAddr(link.index, address, dev=lan))
         if mode == "delegate" and prefix is not None and cfg.ipv6.uplink in config.uplinks:
             table = config.uplinks[cfg.ipv6.uplink].table
-            objects.append(Rule(AF_INET6, config.rules.priority + BAND_FROM, table, src=prefix))
+            objects.append(Rule(AF_INET6, config.rules.priority + BAND_DELEGATED, table, src=prefix))
     statuses = {s.name: s for s in survey.statuses}
     for name in sorted(used_delegations(config)):
         d = facts.delegations.get(name)
