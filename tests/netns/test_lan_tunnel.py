@@ -28,6 +28,7 @@ from harness.readback import wait_until
 from harness.tunnel_home import (
     INNER_ROUTER,
     NAMES,
+    OUTSIDE4,
     OUTSIDE6,
     Counted,
     Home,
@@ -201,3 +202,38 @@ def test_tunnel_mode_leaks_nothing_even_without_the_kill_switch_and_is_the_defau
     for name in NAMES:
         assert seen[name]["leak6"] == 0, (name, seen[name])
     assert lan_sources(lab) == {name: 0 for name in NAMES}
+
+
+def test_a_delegate_lan_keeps_its_ipv6_on_its_uplink_beside_a_full_tunnel(
+    lab: Lab, home: Home, tmp_path: Path, daemons: list[LabDaemon]
+) -> None:
+    """`delegate` is an explicit choice the full tunnel does not override: the LAN's IPv4 goes
+    through the tunnel, its delegated IPv6 by wan (the only way the ISP routes the prefix
+    back), and `audit` agrees with both."""
+    cfg, public = config(tmp_path, home, {"ipv6": {"mode": "delegate", "uplink": "wan", "subnet": 1}})
+    start_home6(home, public)
+    lab.serve_pd("wan", pool="2001:db8:e1::/48")
+    c = LabDaemon(lab.router, cfg, workdir=tmp_path)
+    daemons.append(c)
+    c.start()
+    wait_uplinks(c)
+    wait_tunnel(c, "up")
+
+    def delegated() -> bool:
+        return (
+            "2001:db8:e1:1::1/64" in lab.run("router", ["ip", "-6", "address", "show", "dev", "lan0"]).stdout
+        )
+
+    wait_until(delegated, timeout=WAIT, what="the delegated /64 on lan0")
+    client = "2001:db8:e1:1::11"
+    lab.run(lab.clients[0].netns, ["ip", "address", "add", f"{client}/64", "dev", "eth0", "nodad"])
+    seen = Counted(lab)
+    ping = ["ping", "-6", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", "-I", client, OUTSIDE6]
+    assert lab.run(lab.clients[0].netns, ping, check=False).returncode == 0
+    ping4 = ["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", OUTSIDE4]
+    assert lab.run(lab.clients[0].netns, ping4, check=False).returncode == 0
+    assert seen["wan"]["leak6"] >= 3 and seen["lte1"]["leak6"] == 0, seen  # by wan, by choice
+    assert seen["wan"]["leak4"] == 0 and seen["lte1"]["leak4"] == 0  # IPv4: through the tunnel
+    audited = c.ctl("audit", "--config", str(c.config_path), check=False)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert "ok: lan0 (ipv6 delegate): 2001:db8:e1:1::2 → 2001:db8:ffff::1: unicast dev wan" in audited.stdout
