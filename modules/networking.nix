@@ -120,7 +120,8 @@ in
     # DHCP replies to the controller's client; harmless when it reads a packet socket.
     # DHCPv6 replies to the DHCPv6-PD client (unicast to its link-local address, port 546).
     networking.firewall.interfaces = lib.genAttrs (lib.unique (dhcpNames ++ pdNames)) (name: {
-      allowedUDPPorts = lib.optional (lib.elem name dhcpNames) 68 ++ lib.optional (lib.elem name pdNames) 546;
+      allowedUDPPorts =
+        lib.optional (lib.elem name dhcpNames) 68 ++ lib.optional (lib.elem name pdNames) 546;
     });
   };
 }
