@@ -52,6 +52,7 @@ def render(
                 "probe": _probe_json(rt, s.name, probers.get(s.name), now),
                 **_metering_json(rt, s),
                 **_modem_json(rt, s.name, (modems or {}).get(s.name)),
+                **_delegation_json(rt, s.name),
             }
             for s in ups
         ],
@@ -117,6 +118,15 @@ def _prefixes6(s: UplinkStatus) -> list[str]:
     return sorted(nets)
 
 
+def _delegation_json(rt: Runtime, name: str) -> dict[str, Any]:
+    """`delegated6` for an uplink that holds a DHCPv6-PD prefix: it and its valid time left."""
+    d = rt.delegations.get(name)
+    if d is None:
+        return {}
+    left = None if d.valid_until is None else max(0.0, round(d.valid_until - time.time(), 1))
+    return {"delegated6": {"prefix": str(d.prefix), "valid_s": left}}
+
+
 def _lan_json(rt: Runtime) -> list[dict[str, Any]]:
     """Each configured LAN: its IPv6 mode, its prefixes, and `uplink=prefix` it leaves by."""
     if rt.intent is None:
@@ -124,16 +134,25 @@ def _lan_json(rt: Runtime) -> list[dict[str, Any]]:
     devs = {s.dev: s.name for s in rt.intent.uplinks if s.dev is not None}
     tables = [obj for obj in rt.intent.kernel if isinstance(obj, NftState)]
     translations = [t for table in tables for t in table.ipv6.translations]
-    return [
-        {
-            "name": name,
-            "mode": lan.ipv6.mode,
-            "prefixes": [str(lan.ipv6.prefix)] if lan.ipv6.prefix is not None else [],
-            "via": sorted(f"{devs.get(t.ifname, t.ifname)}={t.outer}" for t in translations if t.lan == name),
-            "reason": rt.intent.reasons.get(lan6.topic(name)),
-        }
-        for name, lan in rt.config.lan.items()
-    ]
+    out: list[dict[str, Any]] = []
+    for name, lan in rt.config.lan.items():
+        mode = lan6.lan_mode(rt.config, lan)
+        prefixes = [str(lan.ipv6.prefix)] if lan.ipv6.prefix is not None else []
+        via = sorted(f"{devs.get(t.ifname, t.ifname)}={t.outer}" for t in translations if t.lan == name)
+        if mode == "delegate" and lan.ipv6.uplink is not None:
+            net, _ = lan6.delegated_subnet(lan, rt.delegations.get(lan.ipv6.uplink))
+            prefixes = [str(net)] if net is not None else []
+            via = [f"{lan.ipv6.uplink}={net}"] if net is not None else []
+        out.append(
+            {
+                "name": name,
+                "mode": mode,
+                "prefixes": prefixes,
+                "via": via,
+                "reason": rt.intent.reasons.get(lan6.topic(name)),
+            }
+        )
+    return out
 
 
 def _probe_json(rt: Runtime, name: str, prober: Prober | None, now: float) -> dict[str, Any] | None:

@@ -464,7 +464,7 @@ class Config(Section):
             tables=tables,
             policy_slots=self.kernel.policy_bits >> self.kernel.policy_shift,
         )
-        problems += lan_cross_check(self.lan, dict(self.uplinks), set(exact_names))
+        problems += lan_cross_check(self.lan, dict(self.uplinks), set(exact_names), self.tunnels)
         give_default_marks(self.tunnels, self.kernel.mark_mask | self.kernel.policy_bits)
         problems += cross_check(self, self.tunnels)
         if problems:

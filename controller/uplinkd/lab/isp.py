@@ -105,10 +105,14 @@ def base_ruleset(addresses: IspAddresses | None = None, *, routed6: bool = False
     }}
     counter foreign6 {{
     }}
+    set mine6 {{
+        type ipv6_addr; flags interval;
+        elements = {{ {mine6} }}
+    }}
     chain sources {{
         type filter hook prerouting priority raw - 10; policy accept;
         iifname "{DOWN}" ip saddr != {{ {mine4} }} counter name "foreign4"
-        iifname "{DOWN}" ip6 saddr != {{ {mine6} }} counter name "foreign6"
+        iifname "{DOWN}" ip6 saddr != @mine6 counter name "foreign6"
     }}
     counter forwarded6 {{
     }}
@@ -281,6 +285,11 @@ class Isp:
                 if "counter" in item:
                     counts[f"ipv{family}"] = int(item["counter"]["packets"])
         return counts
+
+    def own_prefix6(self, prefix: str) -> None:
+        """Count ``prefix`` as this ISP's own too (a pool it delegates from): sources in it
+        are not foreign."""
+        self._runner.run(self.netns, ["nft", "add", "element", "inet", TABLE, "mine6", f"{{ {prefix} }}"])
 
     def forwarded6(self) -> int:
         """IPv6 packets from the router side this ISP forwarded upstream (whatever their

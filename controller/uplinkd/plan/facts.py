@@ -13,7 +13,16 @@ from types import MappingProxyType
 from typing import Any
 
 from uplinkd.config import Config
-from uplinkd.model import Bearer, HealthVerdict, IPAddress, IPInterface, Lease, Observed, UplinkStatus
+from uplinkd.model import (
+    Bearer,
+    Delegation,
+    HealthVerdict,
+    IPAddress,
+    IPInterface,
+    Lease,
+    Observed,
+    UplinkStatus,
+)
 from uplinkd.tunnel.health import TunnelHealth
 
 
@@ -39,9 +48,11 @@ class Facts:
     tunnels: Mapping[str, TunnelHealth] = field(default_factory=dict)
     # uplink → its modem's connected bearer (mode modem; none: not connected)
     bearers: Mapping[str, Bearer] = field(default_factory=dict)
+    # uplink → the prefix delegated over it by DHCPv6-PD (for `delegate` LANs)
+    delegations: Mapping[str, Delegation] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("health", "leases", "previous", "tunnels", "bearers"):
+        for name in ("health", "leases", "previous", "tunnels", "bearers", "delegations"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         object.__setattr__(self, "drained", frozenset(self.drained))
         object.__setattr__(self, "spent", frozenset(self.spent))
