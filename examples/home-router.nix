@@ -12,6 +12,13 @@
 # the LAN out and nothing in. Guest Wi-Fi: an access point on enp4s0, 192.168.2.0/24, which
 # may go out but not reach the LAN.
 #
+# IPv6: the LAN gets a /64 of the prefix the fibre ISP delegates by DHCPv6-PD (uplinkd's own
+# client asks for it) and its IPv6 goes out by the fibre only, untranslated; when the
+# delegation ends, the LAN's prefix goes with it. The guest network keeps a stable internal
+# /64 that is prefix-translated to whichever uplink carries a connection, like its IPv4 (its
+# steering rule sends it to the LTE sticks). dnsmasq only advertises (RA, SLAAC) whatever /64
+# uplinkd puts on each LAN interface; it follows a new delegated prefix by itself.
+#
 # Import it from your configuration next to your hardware-configuration.nix, with uplinkd's
 # NixOS module (the flake's nixosModules.default). Adjust the interface names and the sticks'
 # identities: `ip link` and `udevadm info /sys/class/net/<if>` (ID_VENDOR_ID, ID_MODEL_ID,
@@ -65,6 +72,20 @@
       };
     };
 
+    # LAN IPv6 (see the top). The guest prefix is a placeholder: use a global (non-ULA) /64 of
+    # your own, or clients prefer IPv4 over it.
+    settings.lan = {
+      br-lan.ipv6 = {
+        mode = "delegate";
+        uplink = "wan";
+        subnet = 0;
+      };
+      enp4s0.ipv6 = {
+        mode = "translate";
+        prefix = "2001:db8:ff::/64";
+      };
+    };
+
     # Which traffic may use which uplinks. A policy is a list of tiers (the first with a
     # healthy member is used); `last_resort = "unreachable"` means "only these, or nothing".
     settings.policies = {
@@ -103,6 +124,11 @@
       }
       {
         src = [ "192.168.2.0/24" ];
+        policy = "lte";
+      }
+      {
+        # the guest network's IPv6 (translated to the sticks' prefixes)
+        src = [ "2001:db8:ff::/64" ];
         policy = "lte";
       }
       {
@@ -176,6 +202,21 @@
         "::1/128 allow"
         "192.168.1.0/24 allow"
         "192.168.2.0/24 allow"
+      ];
+    };
+  };
+
+  # Router advertisements on both LANs for the /64 uplinkd puts there (`constructor:`), SLAAC
+  # only (no DHCPv6, no DNS: unbound and networkd do those).
+  services.dnsmasq = {
+    enable = true;
+    resolveLocalQueries = false;
+    settings = {
+      port = 0;
+      enable-ra = true;
+      dhcp-range = [
+        "::,constructor:br-lan,ra-only"
+        "::,constructor:enp4s0,ra-only"
       ];
     };
   };

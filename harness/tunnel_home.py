@@ -159,7 +159,9 @@ table inet udpblock {{
 """
         subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=script, text=True, check=True)
     else:
-        subprocess.run(["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "udpblock"], check=True)
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "udpblock"], check=True
+        )
 
 
 def router_wireguard_go(lab: Lab) -> list[int]:

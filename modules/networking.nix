@@ -28,12 +28,21 @@ let
   dhcpNames = lib.filter (n: n != null) (
     lib.mapAttrsToList helpers.ifnameOf (lib.filterAttrs (_: u: u.address.mode == "dhcp") uplinks)
   );
+  # Uplinks a `delegate` LAN asks a prefix of (the controller's DHCPv6-PD client listens on 546).
+  delegating = lib.unique (
+    lib.filter (n: n != null && uplinks ? ${n}) (
+      lib.mapAttrsToList (_: lan: if lan.ipv6.mode == "delegate" then lan.ipv6.uplink else null) (
+        cfg.settings.lan
+      )
+    )
+  );
+  pdNames = lib.filter (n: n != null) (map (n: helpers.ifnameOf n uplinks.${n}) delegating);
   # Uplinks whose /64 a LAN extends (lan.<if>.ipv6 = { mode = "extend"; uplink = ...; }).
   extendedUplinks = lib.unique (
     lib.filter (u: u != null && uplinks ? ${u}) (
       lib.mapAttrsToList (
-        _: lan: if (lan.ipv6.mode or "off") == "extend" then lan.ipv6.uplink or null else null
-      ) (cfg.settings.lan or { })
+        _: lan: if lan.ipv6.mode == "extend" then lan.ipv6.uplink else null
+      ) cfg.settings.lan
     )
   );
   extendedNames = lib.filter (n: n != null) (
@@ -136,8 +145,10 @@ in
       lib.mkDefault "loose"
     );
     # DHCP replies to the controller's client; harmless when it reads a packet socket.
-    networking.firewall.interfaces = lib.genAttrs dhcpNames (_: {
-      allowedUDPPorts = [ 68 ];
+    # DHCPv6 replies to the DHCPv6-PD client (unicast to its link-local address, port 546).
+    networking.firewall.interfaces = lib.genAttrs (lib.unique (dhcpNames ++ pdNames)) (name: {
+      allowedUDPPorts =
+        lib.optional (lib.elem name dhcpNames) 68 ++ lib.optional (lib.elem name pdNames) 546;
     });
   };
 }

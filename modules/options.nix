@@ -404,32 +404,33 @@ let
       type = types.submodule {
         options = {
           mode = mkOption {
-            # delegate and tunnel are designed but not built yet: the controller refuses them
-            # with a message saying so (and `uplinkctl check` fails the build).
-            type = types.enum [
-              "off"
-              "translate"
-              "extend"
-              "delegate"
-              "tunnel"
-            ];
-            default = "off";
+            type = types.nullOr (
+              types.enum [
+                "off"
+                "translate"
+                "extend"
+                "delegate"
+                "tunnel"
+              ]
+            );
+            default = null;
             description = ''
               `off`: nothing from this LAN is forwarded to an uplink over IPv6 (and nothing is
               NAT66'd). `translate`: the LAN's internal /64 (`prefix`) leaves each uplink
               prefix-translated to that uplink's /64, the interface ID kept, balanced and failed
-              over like IPv4. `extend`: the /64 that `uplink`'s router advertises (an LTE
-              network routes it to the device) moves to this LAN and uplinkd advertises it
-              here with its own router advertisements; the prefix is deprecated on the LAN
-              within a second when the uplink is renumbered or lost. `delegate`, `tunnel`:
-              not built yet.
+              over like IPv4. `delegate`: the LAN gets /64 number `subnet` of the prefix `uplink`'s
+              ISP delegates by DHCPv6-PD (uplinkd's own client) and leaves by that uplink only.
+              `tunnel`: only through a WireGuard tunnel (`tunnel`), never an uplink. `extend`: the
+              /64 that `uplink`'s router advertises (an LTE network routes it to the device)
+              moves to this LAN and uplinkd advertises it with its own router advertisements;
+              it is deprecated on the LAN within a second when the uplink renumbers or is lost. null: `tunnel` when a tunnel has `route = "full"`, `off` otherwise.
             '';
           };
           prefix = mkOption {
             type = types.nullOr types.str;
             default = null;
             example = "2001:db8:ff::/64";
-            description = "`translate`: the LAN's internal /64; prefer a non-ULA prefix (clients prefer IPv4 over a ULA source).";
+            description = "`translate`: the LAN's internal /64; prefer a non-ULA prefix (clients prefer IPv4 over a ULA source). `tunnel`: the /64 the tunnel's far end routes to this LAN.";
           };
           uplinks = mkOption {
             type = types.nullOr (types.listOf types.str);
@@ -439,8 +440,20 @@ let
           uplink = mkOption {
             type = types.nullOr types.str;
             default = null;
-            example = "lte1";
-            description = "`extend`: the uplink whose advertised /64 this LAN gets (one LAN per uplink).";
+            example = "wan";
+            description = "`delegate`: the uplink whose DHCPv6-PD prefix this LAN takes a /64 of.";
+          };
+          subnet = mkOption {
+            type = types.nullOr (types.ints.between 0 65535);
+            default = null;
+            example = 1;
+            description = "`delegate`: which /64 of the delegated prefix (0, the default, is the first); each LAN on the same uplink needs its own.";
+          };
+          tunnel = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "home";
+            description = "`tunnel`: the tunnel this LAN's IPv6 goes through; null means the one with `route = \"full\"`.";
           };
         };
       };
@@ -453,7 +466,10 @@ let
         type = types.attrsOf (types.submodule lanSubmodule);
         default = { };
         example = literalExpression ''
-          { lan0.ipv6 = { mode = "translate"; prefix = "2001:db8:ff::/64"; }; }
+          {
+            lan0.ipv6 = { mode = "translate"; prefix = "2001:db8:ff::/64"; };
+            lan1.ipv6 = { mode = "delegate"; uplink = "wan"; subnet = 1; };
+          }
         '';
         description = ''
           Per LAN interface, by its kernel name: what its IPv6 may do through the uplinks.

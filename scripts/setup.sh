@@ -9,6 +9,7 @@ apt_packages=(
   udev libudev1                                                             # pyudev, the VM tier's udevd
   libsystemd-dev pkg-config gcc python3-dev                                 # systemd-python builds here
   wireguard-tools wireguard-go                                              # tunnels (netns tier)
+  kea-dhcp6-server                                                          # an ISP's DHCPv6-PD server (LAN IPv6 delegate)
   qemu-system-x86 linux-image-amd64 busybox-static file                     # the VM tier (TCG, virtme-ng)
   nix-bin                                                                   # nix-instantiate --parse
   iperf3 ethtool                                                            # bench/forwarding.py

@@ -20,6 +20,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from uplinkd import console, control, instance
+from uplinkd.audit import audit
 from uplinkd.config import Config, ConfigError, load, schema
 from uplinkd.console import age as _age
 from uplinkd.console import table as _table
@@ -27,7 +28,6 @@ from uplinkd.kernel import explain as explain_mod
 from uplinkd.kernel.nft import NftError
 from uplinkd.kernel.state import Kernel
 from uplinkd.plan import Facts, desired, diff
-from uplinkd.tunnels import audit
 
 DEFAULT_CONFIG = Path("/etc/uplinkd/config.json")
 EXIT_OK, EXIT_CHANGES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser(
-        "audit", help="with a full tunnel: can a LAN source reach an uplink directly? (exit 1)"
+        "audit",
+        help="can a LAN reach an uplink in a way its config does not allow (around a full tunnel, "
+        "or LAN IPv6 its mode forbids)? (exit 1)",
     )
     s.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the daemon's config file")
     s.set_defaults(func=cmd_audit)
@@ -198,6 +200,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for u in status["uplinks"]:
         if u.get("prefixes6"):
             print(f"ipv6: {u['name']} has {', '.join(u['prefixes6'])}")
+        if u.get("delegated6"):
+            d = u["delegated6"]
+            left = "for ever" if d["valid_s"] is None else f"valid {d['valid_s']:.0f} s more"
+            print(f"ipv6: {u['name']} delegates {d['prefix']} (DHCPv6-PD, {left})")
         if ra := u.get("ra"):
             heard = ", ".join(f"{p['prefix']} (preferred {p['preferred']} s)" for p in ra["prefixes"])
             heard = heard or "no prefix"

@@ -44,6 +44,7 @@ from uplinkd.logs import RepeatLimit
 from uplinkd.model import Observed
 from uplinkd.modem import ModemWorkers
 from uplinkd.ndproxy import NeighbourProxies
+from uplinkd.pd import PdWorkers
 from uplinkd.plan import Facts, Intent, Plan, adopt, desired, step
 from uplinkd.probes import ProbeWorkers
 from uplinkd.runtime import Runtime
@@ -60,6 +61,7 @@ RETRY_MIN, RETRY_MAX = 0.1, 5.0
 # Every kind of worker the daemon runs, synced in this order after each pass (workers.py).
 WORKERS: tuple[type[WorkerKind[Any, Any]], ...] = (
     DhcpWorkers,
+    PdWorkers,
     AdvertListeners,
     AdvertSenders,
     NeighbourProxies,
@@ -234,6 +236,7 @@ class Controller:
             tunnels=self.rt.tunnels,
             bearers=self.rt.bearers,
             adverts=self.rt.adverts,
+            delegations=self.rt.delegations,
             previous={s.name: s.ifindex for s in self.rt.intent.uplinks if s.ifindex is not None}
             if self.rt.intent
             else {},

@@ -18,7 +18,7 @@ from uplinkd import journal
 from uplinkd.config import Config
 from uplinkd.counters import Counters
 from uplinkd.kernel.state import ApplyResult
-from uplinkd.model import Bearer, HealthVerdict, Lease, State
+from uplinkd.model import Bearer, Delegation, HealthVerdict, Lease, State
 from uplinkd.model.adverts import Advert
 from uplinkd.plan import Intent, Plan, verdicts
 from uplinkd.tunnel.health import TunnelHealth
@@ -51,6 +51,7 @@ class Runtime:
     paused: bool = False  # after `flush`: hands off the kernel until `resume` or restart
     health: dict[str, HealthVerdict] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
+    delegations: dict[str, Delegation] = field(default_factory=dict)  # uplink → its DHCPv6-PD prefix
     tunnels: dict[str, TunnelHealth] = field(default_factory=dict)  # tunnel → its worker's last look
     tunnel_probes: dict[str, HealthVerdict] = field(default_factory=dict)  # tunnel → probes' verdict
     bearers: dict[str, Bearer] = field(default_factory=dict)  # modem uplinks' connected bearers
@@ -83,6 +84,9 @@ class Runtime:
 
     def lease_file(self, name: str) -> Path:
         return self.config.control.state_dir / f"{name}.lease.json"
+
+    def pd_file(self, name: str) -> Path:
+        return self.config.control.state_dir / f"{name}.pd.json"
 
     def verdicts(self) -> dict[str, HealthVerdict]:
         """Verdicts from the probers; an uplink with targets but no verdict yet is unknown,

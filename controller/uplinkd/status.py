@@ -57,6 +57,7 @@ def render(
                 "probe": _probe_json(rt, s.name, probers.get(s.name), now),
                 **_metering_json(rt, s),
                 **_modem_json(rt, s.name, (modems or {}).get(s.name)),
+                **_delegation_json(rt, s.name),
                 "ra": _ra_json(rt, s.name),
             }
             for s in ups
@@ -139,6 +140,15 @@ def _ra_json(rt: Runtime, name: str) -> dict[str, Any] | None:
     }
 
 
+def _delegation_json(rt: Runtime, name: str) -> dict[str, Any]:
+    """`delegated6` for an uplink that holds a DHCPv6-PD prefix: it and its valid time left."""
+    d = rt.delegations.get(name)
+    if d is None:
+        return {}
+    left = None if d.valid_until is None else max(0.0, round(d.valid_until - time.time(), 1))
+    return {"delegated6": {"prefix": str(d.prefix), "valid_s": left}}
+
+
 def _lan_json(rt: Runtime, senders: Mapping[str, AdvertSender]) -> list[dict[str, Any]]:
     """Each configured LAN: its IPv6 mode, its prefixes, and `uplink=prefix` it leaves by;
     an `extend` LAN also what uplinkd advertises there (deprecated prefixes, router lifetime)."""
@@ -149,14 +159,21 @@ def _lan_json(rt: Runtime, senders: Mapping[str, AdvertSender]) -> list[dict[str
     translations = [t for table in tables for t in table.ipv6.translations]
     out: list[dict[str, Any]] = []
     for name, lan in rt.config.lan.items():
+        mode = lan6.lan_mode(rt.config, lan)
+        prefixes = [str(lan.ipv6.prefix)] if lan.ipv6.prefix is not None else []
+        via = sorted(f"{devs.get(t.ifname, t.ifname)}={t.outer}" for t in translations if t.lan == name)
+        if mode == "delegate" and lan.ipv6.uplink is not None:
+            net, _ = lan6.delegated_subnet(lan, rt.delegations.get(lan.ipv6.uplink))
+            prefixes = [str(net)] if net is not None else []
+            via = [f"{lan.ipv6.uplink}={net}"] if net is not None else []
         entry: dict[str, Any] = {
             "name": name,
-            "mode": lan.ipv6.mode,
-            "prefixes": [str(lan.ipv6.prefix)] if lan.ipv6.prefix is not None else [],
-            "via": sorted(f"{devs.get(t.ifname, t.ifname)}={t.outer}" for t in translations if t.lan == name),
+            "mode": mode,
+            "prefixes": prefixes,
+            "via": via,
             "reason": rt.intent.reasons.get(lan6.topic(name)),
         }
-        if lan.ipv6.mode == "extend":
+        if mode == "extend":
             advert = rt.intent.adverts.get(name)
             sender = senders.get(name)
             sent = sender.spec.advert.prefixes if sender is not None else ()

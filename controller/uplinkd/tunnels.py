@@ -415,6 +415,11 @@ AUDIT_DESTINATIONS: tuple[tuple[int, IPAddress], ...] = (
 )
 
 
+def _delegating(config: Config, lan: str) -> bool:
+    """Whether `lan` is a `delegate` LAN, whose IPv6 leaves by its uplink by choice."""
+    return lan in config.lan and config.lan[lan].ipv6.mode == "delegate"
+
+
 async def audit(config: Config) -> tuple[list[str], list[str]]:
     """`uplinkctl audit`: with a `full` tunnel configured, can a LAN source reach an uplink
     directly? For every interface with an address that is neither an uplink nor a tunnel (the
@@ -437,8 +442,8 @@ async def audit(config: Config) -> tuple[list[str], list[str]]:
                 continue
             for family, dst in AUDIT_DESTINATIONS:
                 addrs = observed.addrs_of(link.index, family)
-                if not addrs:
-                    continue
+                if not addrs or (family == AF_INET6 and _delegating(config, link.name)):
+                    continue  # a delegate LAN's IPv6 goes by its uplink: uplinkd.audit judges it
                 net = addrs[0].network
                 src = next(h for h in (net.network_address + 2, net.network_address + 3) if h != addrs[0].ip)
                 # unmarked, and as each policy's steering rules would mark it

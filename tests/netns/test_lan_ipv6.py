@@ -216,3 +216,31 @@ def test_translate_blackhole_breaks_only_that_uplinks_ipv6(lab: Lab, daemon: Any
     assert sum(f.lost for f in healthy) == 0, "flows on healthy uplinks lost packets"
     assert sum(f.reconnects for f in healthy) == 0
     assert foreign(lab) == NO_LEAK
+
+
+def test_audit_names_a_lan_ipv6_path_the_mode_does_not_allow(lab: Lab, daemon: Any) -> None:
+    """`uplinkctl audit` follows each configured LAN's IPv6 through the kernel's routing and
+    uplinkd's nft table. A translate LAN passes; then an admin puts a stray prefix on the LAN
+    (one nobody translates, so it would leave untranslated): audit exits 1 naming the LAN,
+    the source and the uplink, and a packet from that prefix does reach an ISP as a foreign
+    source, so the audit was right. Removing the prefix makes it pass again."""
+    c = daemon(translate(lab))
+    audited = c.ctl("audit", "--config", str(c.config_path), check=False)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert "ok: lan0 (ipv6 translate): 2001:db8:ff::2 → 2001:db8:ffff::1: unicast dev" in audited.stdout
+    assert "translated to" in audited.stdout
+
+    stray = "2001:db8:99::1/64"
+    lab.run("router", ["ip", "address", "add", stray, "dev", "lan0", "nodad"])
+    lab.run("lan1", ["ip", "address", "add", "2001:db8:99::11/64", "dev", "eth0", "nodad"])
+    audited = c.ctl("audit", "--config", str(c.config_path), check=False)
+    assert audited.returncode == 1, audited.stdout + audited.stderr
+    (leak,) = [line for line in audited.stdout.splitlines() if line.startswith("LEAK:")]
+    assert leak.startswith("LEAK: lan0 (ipv6 translate): 2001:db8:99::2 → 2001:db8:ffff::1: unicast"), leak
+    assert "with source 2001:db8:99::2 (untranslated); mode translate does not allow that" in leak, leak
+    assert not ping6(lab, source="2001:db8:99::11")  # no route back to a prefix nobody owns
+    assert sum(isp.foreign_sources()["ipv6"] for isp in lab.isps) > 0  # but it did leave
+
+    lab.run("router", ["ip", "address", "del", stray, "dev", "lan0"])
+    audited = c.ctl("audit", "--config", str(c.config_path), check=False)
+    assert audited.returncode == 0, audited.stdout + audited.stderr

@@ -268,6 +268,8 @@ TYPE_CASES: list[tuple[str, Any]] = [
     ("kernel.mark_mask", "0xff0f"),
     ("kernel.nft_table", "bad-name"),
     ("control.resync_interval", 0),
+    ("lan.lan0.ipv6", {"mode": "delegate", "uplink": "wan", "subnet": 65536}),
+    ("lan.lan0.ipv6", {"mode": "nat66"}),
 ]
 
 
@@ -418,3 +420,13 @@ def test_tunnel_keys_reach_the_service_as_credentials_not_in_the_config() -> Non
         tunnel["peers"][0]["preshared_key_file"] == "/run/credentials/uplinkd.service/tunnel-home-peer0.psk"
     )
     assert "/run/keys/wg-home.key" not in json.dumps(result["settings"])
+
+
+def test_a_delegating_uplink_gets_the_dhcpv6_client_port_open() -> None:
+    """examples/home-router.nix delegates the fibre's prefix to br-lan: the fibre's interface
+    opens 546 (DHCPv6 replies to the controller's PD client) beside 68 (DHCPv4); the sticks,
+    which delegate nothing, only 68."""
+    got = evaluate(REPO / "examples" / "home-router.nix", show=("networking.firewall.interfaces",))["config"]
+    opened = {i: c["allowedUDPPorts"] for i, c in got["networking.firewall.interfaces"].items()}
+    assert opened["enp1s0"] == [68, 546]
+    assert opened["lte1"] == [68] and opened["lte2"] == [68]

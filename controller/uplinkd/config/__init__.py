@@ -464,7 +464,7 @@ class Config(Section):
             tables=tables,
             policy_slots=self.kernel.policy_bits >> self.kernel.policy_shift,
         )
-        problems += lan_cross_check(self.lan, dict(self.uplinks), set(exact_names))
+        problems += lan_cross_check(self.lan, dict(self.uplinks), set(exact_names), self.tunnels)
         for lan_name, lan in self.lan.items():
             extended = self.uplinks.get(lan.ipv6.uplink or "") if lan.ipv6.mode == "extend" else None
             if extended is not None and extended.address.mode == "external":

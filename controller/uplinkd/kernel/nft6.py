@@ -3,7 +3,10 @@
 Called from `uplinkd.kernel.nft.render` and `read`; kept apart so the table's IPv4 body can
 change without touching this.
 
-- `off` LANs: IPv6 forwarded from the LAN interface to any uplink is dropped (forward hook).
+- `off` and `tunnel` LANs: IPv6 forwarded from the LAN interface to any uplink is dropped
+  (forward hook). `delegate` LANs too, but for their delegated /64 out of the uplink that
+  delegated it (one accept rule each, before the drop): a source left over from an expired
+  delegation, or one going to another uplink, goes nowhere.
 - `translate` LANs: out of uplink `u`, a source in the LAN's internal /64 gets `u`'s /64 as
   its network half, the interface ID kept (`snat ip6 prefix to`: the kernel's netmap NAT);
   conntrack undoes it on replies. Anything else IPv6 is never translated: the masquerade is
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from uplinkd.model import NftIpv6, NftPrefix, NftState, NftTranslation
+from uplinkd.model import NftDelegated, NftIpv6, NftPrefix, NftState, NftTranslation
 
 ULA = "fc00::/7"
 TAG = "uplinkd6"
@@ -34,7 +37,12 @@ def forward_rules(state: NftState) -> str:
     if not closed:
         return ""
     names = ", ".join(f'"{lan}"' for lan in closed)
-    return (
+    passes = "".join(
+        f'\t\tiifname "{d.lan}" oifname "{d.ifname}" ip6 saddr {d.prefix} accept '
+        f'comment "{TAG} pd {d.lan} {d.ifname} {d.prefix}"\n'
+        for d in state.ipv6.delegated
+    )
+    return passes + (
         f"\t\tmeta nfproto ipv6 iifname {{ {names} }} oifname @uplinks drop "
         f'comment "{TAG} off {" ".join(closed)}"\n'
     )
@@ -73,7 +81,7 @@ def guard_chain(state: NftState) -> str:
     return "".join(chains)
 
 
-_STATE = re.compile(rf'comment "{TAG} (own|npt|off) ([^"]*)"')
+_STATE = re.compile(rf'comment "{TAG} (own|npt|off|pd) ([^"]*)"')
 
 
 def read(text: str) -> NftIpv6:
@@ -81,6 +89,7 @@ def read(text: str) -> NftIpv6:
     prefixes: list[NftPrefix] = []
     translations: list[NftTranslation] = []
     closed: list[str] = []
+    delegated: list[NftDelegated] = []
     for m in _STATE.finditer(text):
         words = m.group(2).split()
         if m.group(1) == "own" and len(words) == 2:
@@ -89,4 +98,8 @@ def read(text: str) -> NftIpv6:
             translations.append(NftTranslation(*words))
         elif m.group(1) == "off":
             closed += words
-    return NftIpv6(tuple(sorted(prefixes)), tuple(sorted(translations)), tuple(sorted(closed)))
+        elif m.group(1) == "pd" and len(words) == 3:
+            delegated.append(NftDelegated(*words))
+    return NftIpv6(
+        tuple(sorted(prefixes)), tuple(sorted(translations)), tuple(sorted(closed)), tuple(sorted(delegated))
+    )

@@ -157,6 +157,11 @@ class Isp:
                     counts[f"ipv{family}"] = int(item["counter"]["packets"])
         return counts
 
+    def own_prefix6(self, prefix: str) -> None:
+        """Count ``prefix`` as this ISP's own too (a pool it delegates from): sources in it
+        are not foreign."""
+        self._runner.run(self.netns, ["nft", "add", "element", "inet", TABLE, "mine6", f"{{ {prefix} }}"])
+
     def forwarded6(self) -> int:
         """IPv6 packets from the router side this ISP forwarded upstream (whatever their
         source: a NAT66'd packet carries an address inside the ISP's prefix)."""

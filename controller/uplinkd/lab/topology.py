@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -51,6 +51,7 @@ from uplinkd.lab.netns import (
     list_namespaces,
     uplinkd_path,
 )
+from uplinkd.lab.pd import PdServer, PdTimes
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,25 @@ class Lab:
     @property
     def clients(self) -> tuple[Client, ...]:
         return tuple(self._clients)
+
+    def serve_pd(
+        self,
+        name: str,
+        *,
+        pool: str,
+        delegated_len: int = 56,
+        times: PdTimes | None = None,
+        via: str | None = None,
+    ) -> PdServer:
+        """Start a DHCPv6-PD server (Kea) at ISP ``name`` delegating /``delegated_len``s of
+        ``pool``, routed to the router; stopped with the lab."""
+        server = PdServer(
+            self.isp(name), runner=self._runner, inet_netns=self.inet, workdir=self.workdir,
+            pool=IPv6Network(pool), delegated_len=delegated_len, times=times or PdTimes(),
+        )  # fmt: skip
+        server.route(via)
+        server.start()
+        return server
 
     def isp(self, name: str) -> Isp:
         for isp in self._isps:

@@ -25,7 +25,15 @@ from uplinkd.model.kinds.groups import Member, NexthopGroup
 from uplinkd.model.kinds.io import Snapshot, Transport
 from uplinkd.model.kinds.links import LinkUp
 from uplinkd.model.kinds.nexthops import Nexthop
-from uplinkd.model.kinds.nft import NftIpv6, NftPrefix, NftState, NftSteer, NftTranslation, NftUplink
+from uplinkd.model.kinds.nft import (
+    NftDelegated,
+    NftIpv6,
+    NftPrefix,
+    NftState,
+    NftSteer,
+    NftTranslation,
+    NftUplink,
+)
 from uplinkd.model.kinds.routes import Route, RouteKey, RouteType
 from uplinkd.model.kinds.rules import Rule
 from uplinkd.model.kinds.tuning import LinkTuning
@@ -39,7 +47,7 @@ from uplinkd.model.net import (
     any_net,
     fam,
 )
-from uplinkd.model.observed import Addr, Bearer, BearerIp, Gateway, Lease, Link, Observed
+from uplinkd.model.observed import Addr, Bearer, BearerIp, Delegation, Gateway, Lease, Link, Observed
 from uplinkd.model.state import KernelState
 from uplinkd.model.uplinks import Health, HealthVerdict, State, UplinkStatus
 
@@ -61,6 +69,7 @@ __all__ = [
     "Bearer",
     "BearerIp",
     "ConntrackFlush",
+    "Delegation",
     "Gateway",
     "Health",
     "HealthVerdict",
@@ -76,6 +85,7 @@ __all__ = [
     "Member",
     "Nexthop",
     "NexthopGroup",
+    "NftDelegated",
     "NftIpv6",
     "NftPrefix",
     "NftState",

@@ -61,6 +61,15 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class Delegation:
+    """An IPv6 prefix delegated to the router over an uplink by DHCPv6-PD (a `delegate` LAN
+    names that uplink), in force until `valid_until` (wall clock; None: for ever)."""
+
+    prefix: ipaddress.IPv6Network
+    valid_until: float | None = None
+
+
+@dataclass(frozen=True)
 class BearerIp:
     """One family of a connected ModemManager bearer (its Ip4Config or Ip6Config)."""
 

@@ -13,7 +13,16 @@ from types import MappingProxyType
 from typing import Any
 
 from uplinkd.config import Config
-from uplinkd.model import Bearer, HealthVerdict, IPAddress, IPInterface, Lease, Observed, UplinkStatus
+from uplinkd.model import (
+    Bearer,
+    Delegation,
+    HealthVerdict,
+    IPAddress,
+    IPInterface,
+    Lease,
+    Observed,
+    UplinkStatus,
+)
 from uplinkd.model.adverts import Advert
 from uplinkd.tunnel.health import TunnelHealth
 
@@ -40,11 +49,13 @@ class Facts:
     tunnels: Mapping[str, TunnelHealth] = field(default_factory=dict)
     # uplink → its modem's connected bearer (mode modem; none: not connected)
     bearers: Mapping[str, Bearer] = field(default_factory=dict)
+    # uplink → the prefix delegated over it by DHCPv6-PD (for `delegate` LANs)
+    delegations: Mapping[str, Delegation] = field(default_factory=dict)
     # uplink → the last router advertisement heard on it (dhcp and extended uplinks)
     adverts: Mapping[str, Advert] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("health", "leases", "previous", "tunnels", "bearers", "adverts"):
+        for name in ("health", "leases", "previous", "tunnels", "bearers", "delegations", "adverts"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         object.__setattr__(self, "drained", frozenset(self.drained))
         object.__setattr__(self, "spent", frozenset(self.spent))

@@ -5,6 +5,7 @@ For both address families, with P = rules.priority:
     P+0   lookup main suppress_prefixlength 0    connected/LAN routes win, main's defaults don't
     P+5   fwmark T/T lookup T_under              a tunnel's own UDP packets: its underlay choice
     P+10  fwmark M_u/MASK lookup T_u            pinned connections and probes
+    P+12  from <delegated /64> lookup T_u       a delegate LAN's prefix: only its own uplink
     P+14  fwmark M_p/PMASK lookup T_route       a policy's new connections meet a tunnel first
     P+15  fwmark M_p/PMASK lookup T_p           new connections a steering rule gave policy p
     P+20  from <addr_u> lookup T_u              the router's own traffic from an uplink address
@@ -43,6 +44,10 @@ BAND_EXTEND = 27
 # the policy band: a policy picks among the uplinks for traffic the tunnels do not claim, it
 # never takes traffic a full tunnel claims (or its kill switch refuses) around the tunnel.
 BAND_TUNNEL_STEERED = 14
+# A `delegate` LAN's /64 (plan/lan6.py) can leave only by the uplink that delegated it (the ISP
+# routes it there and nowhere else): its source rule comes before the steering rules and the
+# tunnels' route tables, so neither a policy nor a full tunnel sends it where it cannot go.
+BAND_DELEGATED = 12
 
 
 def nexthop_id(config: Config, table: int, family: int) -> int:

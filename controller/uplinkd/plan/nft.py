@@ -52,7 +52,7 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                 table=config.kernel.nft_table,
                 mask=config.kernel.mark_mask,
                 uplinks=tuple(uplinks),
-                ipv6=lan6.nft_part(config, survey),
+                ipv6=lan6.nft_part(config, survey, facts),
                 tunnel_ifnames=tuple(sorted(t.interface for t in config.tunnels.values())),
                 tunnel_peers=tunnels.nft_peers(config, facts, survey),
                 policy_mask=config.kernel.policy_bits if steer else 0,

@@ -45,13 +45,25 @@ class NftTranslation:
     outer: str
 
 
+@dataclass(frozen=True, order=True)
+class NftDelegated:
+    """IPv6 from LAN interface `lan` with a source in its delegated /64 `prefix` may leave
+    by uplink `ifname` (the one that delegated it), and by no other."""
+
+    lan: str
+    ifname: str
+    prefix: str
+
+
 @dataclass(frozen=True)
 class NftIpv6:
     """The table's IPv6 part: uplink prefixes, prefix translations, LANs shut off. Sorted."""
 
     prefixes: tuple[NftPrefix, ...] = ()
     translations: tuple[NftTranslation, ...] = ()
-    closed: tuple[str, ...] = ()  # LAN interfaces whose IPv6 may not go out of any uplink
+    # LAN interfaces whose IPv6 may not go out of any uplink (but for `delegated`)
+    closed: tuple[str, ...] = ()
+    delegated: tuple[NftDelegated, ...] = ()
 
     @property
     def text(self) -> str:
@@ -60,13 +72,14 @@ class NftIpv6:
                 ",".join(f"{p.ifname}={p.prefix}" for p in self.prefixes),
                 ",".join(f"{t.lan}:{t.inner}>{t.ifname}:{t.outer}" for t in self.translations),
                 ",".join(self.closed),
+                ",".join(f"{d.lan}:{d.prefix}>{d.ifname}" for d in self.delegated),
             )
         )
 
 
 # Bumped when the rendered table changes shape, so a table an older version loaded is replaced
-# (v2: the masquerade is IPv4 only; the IPv6 part).
-TABLE_VERSION = 2
+# (v2: the masquerade is IPv4 only; the IPv6 part; v3: delegated LAN prefixes).
+TABLE_VERSION = 3
 
 
 @dataclass(frozen=True)
