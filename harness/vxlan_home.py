@@ -1,0 +1,123 @@
+"""An Ethernet segment between the lab's router and "home" (tests/netns/test_vxlan.py).
+
+On the router: a bridge `brl2` (not uplinkd's) with one host behind it (ROUTER_HOST); uplinkd
+is configured to put its VXLAN interface into that bridge. At home (the lab's internet
+namespace, where `harness.tunnel_home.Home` runs wireguard-go): a VXLAN interface by hand
+(VNI 42, local = home's inner address, one flood entry to the router's inner address), a
+bridge `brhome` holding it, the home router's address on that bridge (HOME_GATEWAY), and one
+host behind it (HOME_HOST). Every namespace made here starts with the lab's prefix, so the
+lab deletes it on close.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from typing import Any
+
+from uplinkd.lab import Lab
+
+from harness.tunnel_home import INNER_HOME, INNER_ROUTER, Home
+
+VNI = 42
+ROUTER_HOST, HOME_HOST, HOME_GATEWAY = "10.77.0.11/24", "10.77.0.22/24", "10.77.0.1/24"
+ROUTER_SEGMENT_ADDRESS = "10.77.0.2/24"  # the router's own address on the segment
+BRIDGE = "brl2"
+
+
+def ip(ns: str, *args: str) -> str:
+    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, text=True).stdout
+
+
+def exec_in(ns: str, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], check=check, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _host(lab: Lab, role: str, *, bridge_ns: str, bridge: str, port: str, address: str) -> str:
+    ns = lab.prefix + role
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    ip(bridge_ns, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    ip(bridge_ns, "link", "set", port, "master", bridge, "up")
+    ip(ns, "address", "add", address, "dev", "eth0")
+    ip(ns, "link", "set", "lo", "up")
+    ip(ns, "link", "set", "eth0", "up")
+    return ns
+
+
+class Segment:
+    """Both ends' bridges and hosts; the home end's VXLAN interface."""
+
+    def __init__(self, lab: Lab, home: Home, *, home_mtu: int) -> None:
+        self.lab = lab
+        ip(lab.router, "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0")
+        ip(lab.router, "link", "set", BRIDGE, "up")
+        self.router_host = _host(
+            lab, "l2host", bridge_ns=lab.router, bridge=BRIDGE, port="l2p", address=ROUTER_HOST
+        )
+        local, remote = INNER_HOME.split("/")[0], INNER_ROUTER.split("/")[0]
+        ns = lab.inet
+        ip(ns, "link", "add", "brhome", "type", "bridge", "forward_delay", "0")
+        ip(ns, "link", "add", "vxh", "mtu", str(home_mtu), "type", "vxlan", "id", str(VNI), "local", local,
+           "dstport", "4789", "nolearning")  # fmt: skip
+        subprocess.run(
+            ["bridge", "-n", ns, "fdb", "append", "00:00:00:00:00:00", "dev", "vxh", "dst", remote],
+            check=True,
+        )
+        ip(ns, "link", "set", "vxh", "master", "brhome", "up")
+        ip(ns, "link", "set", "brhome", "up")
+        ip(ns, "address", "add", HOME_GATEWAY, "dev", "brhome")
+        self.home_host = _host(lab, "homehost", bridge_ns=ns, bridge="brhome", port="hl", address=HOME_HOST)
+
+    def set_host_mtu(self, mtu: int) -> None:
+        for ns in (self.router_host, self.home_host):
+            ip(ns, "link", "set", "eth0", "mtu", str(mtu))
+
+
+def vxlan_config(**over: Any) -> dict[str, Any]:
+    """`vxlan.home` for the router: over tunnel `home`, into BRIDGE."""
+    return {
+        "tunnel": "home",
+        "interface": "vx" + uuid.uuid4().hex[:8],
+        "vni": VNI,
+        "remotes": [INNER_HOME.split("/")[0]],
+        "bridge": BRIDGE,
+        **over,
+    }
+
+
+BULK_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 5001)); s.listen(1); s.settimeout(30)
+print("ready", flush=True)
+c, _ = s.accept(); c.settimeout(30); n = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    n += len(b)
+print(n, flush=True)
+"""
+
+
+def bulk(client_ns: str, server_ns: str, server: str, *, size: int) -> int:
+    """Bytes the server received of `size` sent by the client over one TCP connection."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, "python3", "-c", BULK_SERVER],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        send = (
+            f"import socket; s = socket.create_connection(({server!r}, 5001), timeout=30); "
+            f"s.sendall(b'x' * {size}); s.close()"
+        )
+        exec_in(client_ns, "python3", "-c", send)
+        out, _ = proc.communicate(timeout=60)
+        return int(out.strip())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

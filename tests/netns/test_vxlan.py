@@ -1,0 +1,175 @@
+"""VXLAN over the controller's WireGuard tunnel: an Ethernet segment from a bridge on the
+router to the home LAN, end to end on the real kernel (wireguard-go at both ends).
+
+The lab of test_tunnels.py (two uplinks, home = wireguard-go in the internet namespace),
+plus `harness.vxlan_home.Segment`: a bridge `brl2` on the router with a host behind it, and
+at home a VXLAN interface by hand in a bridge with the home router's address and a host.
+uplinkd owns the router's VXLAN interface (`vxlan.home`): created, its flood entry, its
+bridge port and MTU; asserted from what the kernel holds and what crosses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uplinkd import control
+from uplinkd.lab import Lab
+from uplinkd.lab.launcher import LabDaemon
+
+from harness.readback import wait_until
+from harness.tunnel_home import (
+    NAMES,
+    Home,
+    add_outside,
+    count_at_isps,
+    kill_router_wireguard_go,
+    router_config,
+)
+from harness.vxlan_home import (
+    BRIDGE,
+    HOME_HOST,
+    ROUTER_HOST,
+    Segment,
+    bulk,
+    exec_in,
+    ip,
+    vxlan_config,
+)
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.timeout(240),
+]
+
+WAIT = 30.0
+TUNNEL_MTU = 1440  # auto: the uplinks' 1500 - 60 (WireGuard over IPv4)
+SEGMENT_MTU = TUNNEL_MTU - 50  # auto: - 50 (VXLAN between IPv4 inner addresses)
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with Lab() as lab:
+        for name in NAMES:
+            lab.add_isp(name, address="none")
+        lab.add_client()
+        add_outside(lab)
+        count_at_isps(lab)
+        try:
+            yield lab
+        finally:
+            kill_router_wireguard_go(lab)
+
+
+@pytest.fixture
+def home(lab: Lab, tmp_path: Path) -> Iterator[Home]:
+    h = Home(lab, tmp_path)
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def status(c: LabDaemon) -> dict[str, Any]:
+    return dict(control.call(c.socket, {"command": "status"}))
+
+
+def link(ns: str, dev: str) -> dict[str, Any]:
+    (data,) = json.loads(ip(ns, "-d", "-j", "link", "show", dev))
+    assert isinstance(data, dict)
+    return data
+
+
+def start(lab: Lab, home: Home, tmp_path: Path, **segment: Any) -> tuple[LabDaemon, Segment, str]:
+    cfg, router_public = router_config(tmp_path, home)
+    cfg["vxlan"] = {"home": vxlan_config(**segment)}
+    home.start(router_public)
+    ip(lab.inet, "link", "set", home.ifname, "mtu", str(TUNNEL_MTU))
+    seg = Segment(lab, home, home_mtu=SEGMENT_MTU)
+    daemon = LabDaemon(lab.router, cfg, workdir=tmp_path)
+    daemon.start()
+    wait_until(
+        lambda: status(daemon)["tunnels"][0]["state"] == "up",
+        timeout=WAIT,
+        what=f"tunnel up ({daemon.log_path})",
+    )
+    return daemon, seg, cfg["vxlan"]["home"]["interface"]
+
+
+def test_hosts_on_both_ends_of_the_segment_reach_each_other_at_l2(
+    lab: Lab, home: Home, tmp_path: Path
+) -> None:
+    daemon, seg, vx = start(lab, home, tmp_path)
+    try:
+        shown = wait_until(
+            lambda: d if (d := link(lab.router, vx)).get("master") == BRIDGE else None,
+            timeout=WAIT,
+            what="the VXLAN interface in its bridge",
+        )
+        info = shown["linkinfo"]["info_data"]
+        assert (info["id"], info["local"], info["port"], info["learning"]) == (42, "10.99.0.2", 4789, False)
+        assert (shown["mtu"], shown["ifalias"]) == (SEGMENT_MTU, "uplinkd")
+        assert "UP" in shown["flags"]
+        fdb = json.loads(exec_in(lab.router, "bridge", "-j", "fdb", "show", "dev", vx).stdout)
+        assert {(e["mac"], e.get("dst")) for e in fdb if "dst" in e} == {("00:00:00:00:00:00", "10.99.0.1")}
+
+        # ARP: the router-side host learns the home host's MAC across the segment
+        home_ip, router_ip = HOME_HOST.split("/")[0], ROUTER_HOST.split("/")[0]
+        ping = exec_in(seg.router_host, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", home_ip, check=False)
+        assert ping.returncode == 0, ping.stdout
+        neigh = json.loads(ip(seg.router_host, "-j", "neigh", "show", home_ip))
+        assert neigh and neigh[0]["lladdr"] == link(seg.home_host, "eth0")["address"]
+        # the other way, too, and a TCP bulk transfer each way at the segment's MTU
+        back = exec_in(seg.home_host, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", router_ip, check=False)
+        assert back.returncode == 0, back.stdout
+        seg.set_host_mtu(SEGMENT_MTU)
+        size = 20_000_000
+        assert bulk(seg.router_host, seg.home_host, home_ip, size=size) == size
+        assert bulk(seg.home_host, seg.router_host, router_ip, size=size) == size
+
+        shown_status = daemon.ctl("status").stdout
+        assert "VXLAN" in shown_status and vx in shown_status and str(SEGMENT_MTU) in shown_status, (
+            shown_status
+        )
+        (entry,) = status(daemon)["vxlan"]
+        assert (entry["interface"], entry["vni"], entry["remotes"], entry["mtu"]) == (
+            vx,
+            42,
+            ["10.99.0.1"],
+            SEGMENT_MTU,
+        )
+    finally:
+        daemon.stop()
+
+
+def test_restart_writes_nothing_and_flush_removes_the_segment_and_nothing_else(
+    lab: Lab, home: Home, tmp_path: Path
+) -> None:
+    daemon, _, vx = start(lab, home, tmp_path)
+    try:
+        wait_until(lambda: link(lab.router, vx).get("master") == BRIDGE, timeout=WAIT, what="vxlan in bridge")
+        mac = link(lab.router, vx)["address"]
+        daemon.stop(signal.SIGTERM)
+        assert link(lab.router, vx)["master"] == BRIDGE  # fail static: it outlives the daemon
+        daemon.start()
+        wait_until(lambda: status(daemon)["tunnels"][0]["state"] == "up", timeout=WAIT, what="tunnel up")
+        time.sleep(2)
+        assert status(daemon)["writes"] == 0, daemon.writes()
+        assert link(lab.router, vx)["address"] == mac  # a stable MAC, not the kernel's random one
+
+        before = {d["ifname"] for d in json.loads(ip(lab.router, "-j", "link", "show"))}
+        flushed = daemon.ctl("flush")
+        assert flushed.returncode == 0, flushed.stderr
+        after = {d["ifname"] for d in json.loads(ip(lab.router, "-j", "link", "show"))}
+        tunnel_if = daemon.config["tunnels"]["home"]["interface"]
+        assert before - after == {vx, tunnel_if}  # the segment and its tunnel: nothing else
+        assert {BRIDGE, "l2p", "lan0", *NAMES} <= after
+    finally:
+        daemon.stop()
