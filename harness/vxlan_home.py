@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 from uplinkd.lab import Lab
@@ -74,6 +75,44 @@ class Segment:
         for ns in (self.router_host, self.home_host):
             ip(ns, "link", "set", "eth0", "mtu", str(mtu))
 
+    def like_a_wire(self) -> None:
+        """Hosts send frames as a NIC on a cable does: no TSO/GSO super-packets (which a
+        bridge forwards whatever their size, and a VXLAN port answers with "fragmentation
+        needed" when DF is set) and no GRO."""
+        for ns in (self.router_host, self.home_host):
+            exec_in(ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off")
+
+
+def plain_bridges(*namespaces: str) -> None:
+    """Bridged frames skip iptables/nft's inet hooks (as without br_netfilter, NixOS's
+    default): where br_netfilter is loaded, it refragments bridged IPv4 and would let the
+    MSS clamp see bridged SYNs, which a router without it does not do."""
+    for ns in namespaces:
+        for key in ("iptables", "ip6tables", "arptables"):
+            exec_in(ns, "sysctl", "-qw", f"net.bridge.bridge-nf-call-{key}=0")
+
+
+DHCP_SCRIPT = """#!/bin/sh
+# udhcpc's hook: apply the lease's address and, when the server sent one, its MTU (option 26)
+case "$1" in
+bound|renew)
+    ip address add "$ip/$mask" dev "$interface"
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+    ;;
+esac
+exit 0
+"""
+
+
+def dhcp_lease(ns: str, script: Path) -> None:
+    """Ask the segment's DHCP server for a lease with udhcpc (asking for option 26, mtu)
+    and apply it with DHCP_SCRIPT."""
+    script.write_text(DHCP_SCRIPT)
+    script.chmod(0o755)
+    exec_in(
+        ns, "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "5", "-T", "1", "-O", "mtu", "-s", str(script)
+    )
+
 
 def vxlan_config(**over: Any) -> dict[str, Any]:
     """`vxlan.home` for the router: over tunnel `home`, into BRIDGE."""
@@ -101,22 +140,24 @@ print(n, flush=True)
 """
 
 
-def bulk(client_ns: str, server_ns: str, server: str, *, size: int) -> int:
-    """Bytes the server received of `size` sent by the client over one TCP connection."""
+def bulk(client_ns: str, server_ns: str, server: str, *, size: int, timeout: float = 30) -> int:
+    """Bytes the server received of `size` sent by the client over one TCP connection
+    (-1: the client gave up after `timeout` seconds without progress)."""
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", server_ns, "python3", "-c", BULK_SERVER],
+        ["ip", "netns", "exec", server_ns, "python3", "-c", BULK_SERVER.replace("30", str(timeout))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         send = (
-            f"import socket; s = socket.create_connection(({server!r}, 5001), timeout=30); "
+            f"import socket; s = socket.create_connection(({server!r}, 5001), timeout={timeout}); "
             f"s.sendall(b'x' * {size}); s.close()"
         )
-        exec_in(client_ns, "python3", "-c", send)
-        out, _ = proc.communicate(timeout=60)
-        return int(out.strip())
+        if exec_in(client_ns, "python3", "-c", send, check=False).returncode != 0:
+            return -1
+        out, _ = proc.communicate(timeout=2 * timeout)
+        return int(out.strip().splitlines()[-1])
     finally:
         if proc.poll() is None:
             proc.kill()
