@@ -37,6 +37,7 @@ from harness.vxlan_home import (
     BRIDGE,
     HOME_HOST,
     ROUTER_HOST,
+    ROUTER_SEGMENT_ADDRESS,
     Segment,
     bulk,
     exec_in,
@@ -171,5 +172,37 @@ def test_restart_writes_nothing_and_flush_removes_the_segment_and_nothing_else(
         tunnel_if = daemon.config["tunnels"]["home"]["interface"]
         assert before - after == {vx, tunnel_if}  # the segment and its tunnel: nothing else
         assert {BRIDGE, "l2p", "lan0", *NAMES} <= after
+    finally:
+        daemon.stop()
+
+
+def test_the_routers_segment_address_answers_the_way_it_was_asked(
+    lab: Lab, home: Home, tmp_path: Path
+) -> None:
+    """Source in, source out: the router's own address on the segment (10.77.0.2) answers a
+    request from beyond the segment (the home router's other address, 198.51.100.100) back
+    over the segment, by the rule at P+3, not into the tunnel (whose peer would drop the
+    segment's source) nor by an uplink."""
+    daemon, seg, _ = start(
+        lab, home, tmp_path, address=ROUTER_SEGMENT_ADDRESS, gateway="10.77.0.1", table=160
+    )
+    try:
+        mine = ROUTER_SEGMENT_ADDRESS.split("/")[0]
+        rules = json.loads(ip(lab.router, "-j", "rule", "show", "table", "160"))
+        assert [(r["priority"], r["src"], r.get("protocol")) for r in rules] == [(10003, mine, "77")], rules
+        route = ip(lab.router, "route", "get", "198.51.100.100", "from", mine)
+        assert "via 10.77.0.1 dev brl2 table 160" in route, route
+        beyond = ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-I", "198.51.100.100", mine]
+        asked = exec_in(lab.inet, *beyond, check=False)
+        assert asked.returncode == 0, asked.stdout
+        on_link = exec_in(seg.home_host, "ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", mine, check=False)
+        assert on_link.returncode == 0, on_link.stdout
+        # the control: without the rule (daemon stopped, rule deleted by hand) the reply goes
+        # into the full tunnel, and home's WireGuard drops the segment's source
+        daemon.stop(signal.SIGTERM)
+        ip(lab.router, "rule", "del", "priority", "10003", "from", mine, "table", "160")
+        assert "table 160" not in ip(lab.router, "route", "get", "198.51.100.100", "from", mine)
+        unanswered = exec_in(lab.inet, *beyond, check=False)
+        assert unanswered.returncode != 0, unanswered.stdout
     finally:
         daemon.stop()
