@@ -79,7 +79,12 @@ class Vxlan(Section):
     @field_validator("mac")
     @classmethod
     def _mac(cls, v: str | None) -> str | None:
-        return None if v is None else check_mac(v, what="mac")
+        if v is None:
+            return None
+        try:
+            return check_mac(v, what="mac")
+        except ValueError as e:
+            raise ValueError(str(e).removeprefix("mac: ")) from None
 
     @field_validator("remotes")
     @classmethod
