@@ -206,3 +206,34 @@ def test_the_routers_segment_address_answers_the_way_it_was_asked(
         assert unanswered.returncode != 0, unanswered.stdout
     finally:
         daemon.stop()
+
+
+def test_an_interface_of_that_name_that_is_not_ours_is_left_alone(
+    lab: Lab, home: Home, tmp_path: Path
+) -> None:
+    """Someone else's VXLAN interface holds the configured name: uplinkd reports it (status
+    `failures`), writes nothing to it (no flood entry, no bridge, no MTU) and a flush leaves
+    it; the rest (the tunnel) runs."""
+    cfg, router_public = router_config(tmp_path, home)
+    cfg["vxlan"] = {"home": vxlan_config()}
+    vx = cfg["vxlan"]["home"]["interface"]
+    home.start(router_public)
+    Segment(lab, home, home_mtu=SEGMENT_MTU)
+    ip(lab.router, "link", "add", vx, "type", "vxlan", "id", "7", "dstport", "4789", "local", "10.99.0.2")
+    before = link(lab.router, vx)
+    daemon = LabDaemon(lab.router, cfg, workdir=tmp_path)
+    daemon.start()
+    try:
+        wait_until(lambda: status(daemon)["tunnels"][0]["state"] == "up", timeout=WAIT, what="tunnel up")
+        failures = wait_until(
+            lambda: [f for f in status(daemon)["failures"] if vx in f["op"]] or None,
+            timeout=WAIT,
+            what="the refusal reported",
+        )
+        assert any("does not own" in f["error"] for f in failures), failures
+        assert link(lab.router, vx) == before
+        assert not json.loads(exec_in(lab.router, "bridge", "-j", "fdb", "show", "dev", vx).stdout)
+        assert daemon.ctl("flush").returncode == 0
+        assert link(lab.router, vx) == before
+    finally:
+        daemon.stop()

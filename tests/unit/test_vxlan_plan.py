@@ -259,7 +259,7 @@ def test_a_new_vni_recreates_the_interface_and_writes_its_entries_again() -> Non
     ops = plan.diff(old, new).ops
     assert [(op.verb, op.kind.name) for op in ops if op.kind.name in ("vxlan", "fdb")] == [
         ("delete", "vxlan"),
-        ("replace", "vxlan"),
+        ("add", "vxlan"),
         ("replace", "fdb"),
     ]
     assert fake_apply(old, plan.diff(old, new)) == new

@@ -213,14 +213,12 @@ class Netlink:
             raise NetlinkError(e.errno or errno.EINVAL, str(e)) from None
 
     async def vxlan_fdb(self, command: Literal["add", "del"], entry: FdbEntry) -> None:
-        found = await self.ipr.link_lookup(ifname=entry.ifname)
-        if not found:
-            raise NetlinkError(errno.ENODEV, f"{entry.ifname}: no such interface")
         try:
+            index = await vxlan.owned_index(self.ipr, entry.ifname)
             if command == "del":
-                await vxlan.delete_fdb(self.ipr, int(found[0]), entry)
+                await vxlan.delete_fdb(self.ipr, index, entry)
             else:
-                await vxlan.add_fdb(self.ipr, int(found[0]), entry)
+                await vxlan.add_fdb(self.ipr, index, entry)
         except vxlan.VxlanError as e:
             raise NetlinkError(e.errno or errno.EINVAL, str(e)) from None
 

@@ -8,6 +8,7 @@ logs each write once in `ip`/`bridge` syntax.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -186,6 +187,19 @@ async def delete(ipr: AsyncIPRoute, ifname: str) -> bool:
     return True
 
 
+async def owned_index(ipr: AsyncIPRoute, ifname: str) -> int:
+    """The index of `ifname` if it is a VXLAN interface uplinkd created; VxlanError
+    otherwise (ENODEV: none; EEXIST: someone else's), so an entry is never written on it."""
+    reading = await read(ipr, ifname)
+    if reading is None:
+        raise VxlanError(f"{ifname}: no VXLAN interface of that name", errno.ENODEV)
+    if not reading.owned:
+        raise VxlanError(
+            f"{ifname}: a VXLAN interface uplinkd did not create; its entries are left alone", errno.EEXIST
+        )
+    return reading.index
+
+
 async def add_fdb(ipr: AsyncIPRoute, index: int, entry: FdbEntry) -> None:
     request = ipr.fdb("append", ifindex=index, lladdr=entry.mac, dst=str(entry.dst))
     await _write(str(entry), request)
@@ -204,10 +218,13 @@ async def ensure(ipr: AsyncIPRoute, desired: VxlanLink, *, up: bool = True) -> t
     writes = 0
     reading = await read(ipr, desired.ifname)
     if reading is None and await _index(ipr, desired.ifname) is not None:
-        raise VxlanError(f"{desired.ifname}: an interface of that name exists and is not VXLAN; rename one")
+        raise VxlanError(
+            f"{desired.ifname}: an interface of that name exists and is not VXLAN; rename one", errno.EEXIST
+        )
     if reading is not None and not reading.owned:
         raise VxlanError(
-            f"{desired.ifname}: a VXLAN interface uplinkd did not create; delete it or rename ours"
+            f"{desired.ifname}: a VXLAN interface uplinkd did not create; delete it or rename ours",
+            errno.EEXIST,
         )
     if reading is not None and needs_recreate(reading.link, desired):
         await _write(f"ip link del {desired.ifname}", ipr.link("del", index=reading.index))

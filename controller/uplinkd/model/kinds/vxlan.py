@@ -24,6 +24,9 @@ class VxlanLinks(Kind[str, VxlanLink]):
     type = VxlanLink
     create_stage = Stage.LINKS
     delete_stage = Stage.LINKS_GONE
+    # a name held by an interface uplinkd did not create is left alone and reported
+    exclusive = True
+    foreign_keys = True
 
     def key(self, obj: VxlanLink) -> str:
         return obj.ifname
