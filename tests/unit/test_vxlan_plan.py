@@ -149,6 +149,16 @@ def intent(cfg: Config, **seen: Any) -> plan.Intent:
         ),
         ({"address": "192.168.35.2/24", "table": 254}, "vxlan.home.table: 254 is not usable"),
         ({"vendor": 1}, "vxlan.home.vendor"),
+        ({"vni": "42"}, "vxlan.home.vni: '42': expected a whole number"),
+        ({"vni": True}, "vxlan.home.vni: true: expected a whole number"),
+        ({"remotes": "10.99.0.1"}, "vxlan.home.remotes: '10.99.0.1': expected a list"),
+        ({"remotes": [1]}, "vxlan.home.remotes: 1 is not an address; write it as a string"),
+        ({"local": 167772162}, "vxlan.home.local: 167772162 is not an address"),
+        (
+            {"address": "192.168.35.2", "table": 160},
+            "vxlan.home.address: '192.168.35.2' has no prefix length",
+        ),
+        ({"interface": "vx\u00a0"}, "vxlan.home.interface:"),
     ],
 )
 def test_config_errors_name_the_field_and_the_fix(over: dict[str, Any], message: str) -> None:
@@ -206,6 +216,14 @@ def test_the_interface_its_flood_entries_bridge_and_auto_mtu() -> None:
     assert i.reasons["vxlan home"] == "vni 42, mtu 1318"
     assert intent(cfg, lte_mtu=1500).kernel[VXLAN]["vx0"].mtu == 1390
     assert intent(parse(document(segment(mtu=1500)))).kernel[VXLAN]["vx0"].mtu == 1500
+
+
+def test_auto_over_ipv6_inner_addresses_is_70_below_the_tunnel() -> None:
+    doc = document(segment(remotes=["fd99::1"]))
+    doc["tunnels"]["home"]["addresses"] = ["10.99.0.2/24", "fd99::2/64"]
+    doc["tunnels"]["home"]["peers"][0]["allowed_ips"] = ["0.0.0.0/0", "::/0"]
+    link = intent(parse(doc)).kernel[VXLAN]["vx0"]
+    assert (str(link.local), link.mtu) == ("fd99::2", 1368 - 70)
 
 
 def test_an_absent_bridge_is_joined_when_it_appears() -> None:

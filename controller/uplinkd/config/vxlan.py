@@ -27,10 +27,10 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from uplinkd.config import ifname
-from uplinkd.config.fields import Int, Section, Text, check_range, ranged
+from uplinkd.config.fields import Int, Section, Text, check_range, ranged, shown
 from uplinkd.tunnel.vxlan import VXLAN_PORT, check_mac
 
 if TYPE_CHECKING:
@@ -63,6 +63,19 @@ class Vxlan(Section):
 
     _vni = ranged("vni", low=1, high=MAX_VNI, use="a VNI from 1 to 16777215")
     _port = ranged("port", low=1, high=65535, use="a UDP port from 1 to 65535 (VXLAN's is 4789)")
+
+    @field_validator("local", "remotes", "gateway", "address", mode="before")
+    @classmethod
+    def _written_as_text(cls, v: object, info: ValidationInfo) -> object:
+        """Addresses are strings as `ip` writes them: not numbers (pydantic would read 1 as
+        0.0.0.1), and the segment address with its prefix length."""
+        items = v if isinstance(v, (list, tuple)) else [v]
+        for item in items:
+            if item is not None and not isinstance(item, str):
+                raise ValueError(f'{shown(item)} is not an address; write it as a string, e.g. "10.99.0.1"')
+        if info.field_name == "address" and isinstance(v, str) and "/" not in v:
+            raise ValueError(f'{shown(v)} has no prefix length; write the segment\'s, e.g. "{v}/24"')
+        return v
 
     @field_validator("interface", "bridge")
     @classmethod
