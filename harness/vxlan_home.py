@@ -11,14 +11,26 @@ lab deletes it on close.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
+from uplinkd import control
 from uplinkd.lab import Lab
+from uplinkd.lab.launcher import LabDaemon
 
-from harness.tunnel_home import INNER_HOME, INNER_ROUTER, Home
+from harness.readback import wait_until
+from harness.tunnel_home import (
+    INNER_HOME,
+    INNER_ROUTER,
+    NAMES,
+    Home,
+    add_outside,
+    count_at_isps,
+    router_config,
+)
 
 VNI = 42
 ROUTER_HOST, HOME_HOST, HOME_GATEWAY = "10.77.0.11/24", "10.77.0.22/24", "10.77.0.1/24"
@@ -162,3 +174,74 @@ def bulk(client_ns: str, server_ns: str, server: str, *, size: int, timeout: flo
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- the MTU lab (tests/netns/test_vxlan_mtu.py, bench/vxlan_mtu.py) ----------------------------
+
+UPLINK_MTU = 1428
+TUNNEL_MTU = UPLINK_MTU - 60  # auto over IPv4
+SEGMENT_MTU = TUNNEL_MTU - 50  # auto between IPv4 inner addresses
+HOME_INNER = INNER_HOME.split("/")[0]
+FRAGMENTS = """
+table inet fragcount {
+    chain c {
+        type filter hook prerouting priority -500; policy accept;
+        iifname "down" ip frag-off & 0x1fff != 0 counter comment "later"
+        iifname "down" ip frag-off & 0x2000 != 0 counter comment "first"
+        iifname "down" counter comment "all"
+    }
+}
+"""
+
+
+def mtu_lab(lab: Lab) -> None:
+    """Uplinks wan and lte1 at UPLINK_MTU (both ends of their veths), each ISP counting what
+    arrives from the router before anything could reassemble it: fragments (the first, with
+    more-fragments set; the later ones, with an offset) and all packets; one LAN client."""
+    for name in NAMES:
+        lab.add_isp(name, address="none")
+        ip(lab.router, "link", "set", "dev", name, "mtu", str(UPLINK_MTU))
+        ip(lab.isp(name).netns, "link", "set", "dev", "down", "mtu", str(UPLINK_MTU))
+        subprocess.run(
+            ["ip", "netns", "exec", lab.isp(name).netns, "nft", "-f", "-"],
+            input=FRAGMENTS,
+            text=True,
+            check=True,
+        )
+    lab.add_client()
+    add_outside(lab)
+    count_at_isps(lab)
+
+
+def fragments(lab: Lab) -> dict[str, int]:
+    """Packets the ISPs counted from the router so far: fragments (first or later) and all."""
+    total = {"later": 0, "first": 0, "all": 0}
+    for isp in lab.isps:
+        out = exec_in(isp.netns, "nft", "-j", "list", "chain", "inet", "fragcount", "c").stdout
+        for item in json.loads(out)["nftables"]:
+            rule = item.get("rule")
+            if rule:
+                packets = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+                total[rule["comment"]] += int(packets)
+    return total
+
+
+def start_segment(lab: Lab, home: Home, workdir: Path, **segment: Any) -> tuple[LabDaemon, Segment]:
+    """Home's wireguard-go at TUNNEL_MTU, the segment (home's end at the segment's MTU), plain
+    bridges, and the daemon with tunnel `home` and `vxlan.home` (`segment` overrides); returns
+    once the tunnel is up and the segment is in its bridge."""
+    cfg, router_public = router_config(workdir, home)
+    cfg["vxlan"] = {"home": vxlan_config(**segment)}
+    home.start(router_public)
+    ip(lab.inet, "link", "set", home.ifname, "mtu", str(TUNNEL_MTU))
+    seg = Segment(lab, home, home_mtu=segment.get("mtu", SEGMENT_MTU))
+    plain_bridges(lab.router, lab.inet)
+    daemon = LabDaemon(lab.router, cfg, workdir=workdir)
+    daemon.start()
+
+    def ready() -> bool:
+        s = control.call(daemon.socket, {"command": "status"})
+        return bool(s["tunnels"][0]["state"] == "up" and s["vxlan"][0]["bridge"] == BRIDGE)
+
+    wait_until(ready, timeout=30, what=f"tunnel up, segment bridged ({daemon.log_path})")
+    return daemon, seg

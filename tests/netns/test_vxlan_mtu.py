@@ -22,31 +22,26 @@ from typing import Any
 
 import pytest
 
-from uplinkd import control
 from uplinkd.lab import Lab
 from uplinkd.lab.launcher import LabDaemon
 
-from harness.readback import wait_until
-from harness.tunnel_home import (
-    NAMES,
-    Home,
-    add_outside,
-    count_at_isps,
-    kill_router_wireguard_go,
-    router_config,
-)
+from harness.tunnel_home import Home, kill_router_wireguard_go
 from harness.tunnel_lab import kill_pid
 from harness.vxlan_home import (
-    BRIDGE,
     HOME_HOST,
+    HOME_INNER,
     ROUTER_HOST,
+    SEGMENT_MTU,
+    TUNNEL_MTU,
+    UPLINK_MTU,
     Segment,
     bulk,
     dhcp_lease,
     exec_in,
+    fragments,
     ip,
-    plain_bridges,
-    vxlan_config,
+    mtu_lab,
+    start_segment,
 )
 
 pytestmark = [
@@ -55,38 +50,12 @@ pytestmark = [
 ]
 
 WAIT = 30.0
-UPLINK_MTU = 1428
-TUNNEL_MTU = UPLINK_MTU - 60
-SEGMENT_MTU = TUNNEL_MTU - 50
-HOME_INNER = "10.99.0.1"
-FRAGMENTS = """
-table inet fragcount {
-    chain c {
-        type filter hook prerouting priority -500; policy accept;
-        iifname "down" ip frag-off & 0x1fff != 0 counter comment "later"
-        iifname "down" ip frag-off & 0x2000 != 0 counter comment "first"
-        iifname "down" counter comment "all"
-    }
-}
-"""
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
     with Lab() as lab:
-        for name in NAMES:
-            lab.add_isp(name, address="none")
-            ip(lab.router, "link", "set", "dev", name, "mtu", str(UPLINK_MTU))
-            ip(lab.isp(name).netns, "link", "set", "dev", "down", "mtu", str(UPLINK_MTU))
-            subprocess.run(
-                ["ip", "netns", "exec", lab.isp(name).netns, "nft", "-f", "-"],
-                input=FRAGMENTS,
-                text=True,
-                check=True,
-            )
-        lab.add_client()
-        add_outside(lab)
-        count_at_isps(lab)
+        mtu_lab(lab)
         try:
             yield lab
         finally:
@@ -102,36 +71,8 @@ def home(lab: Lab, tmp_path: Path) -> Iterator[Home]:
         h.stop()
 
 
-def fragments(lab: Lab) -> dict[str, int]:
-    """Packets the ISPs counted from the router: fragments (first or later) and all."""
-    total = {"later": 0, "first": 0, "all": 0}
-    for isp in lab.isps:
-        out = exec_in(isp.netns, "nft", "-j", "list", "chain", "inet", "fragcount", "c").stdout
-        for item in json.loads(out)["nftables"]:
-            rule = item.get("rule")
-            if rule:
-                packets = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
-                total[rule["comment"]] += int(packets)
-    return total
-
-
 def start(lab: Lab, home: Home, tmp_path: Path, **segment: Any) -> tuple[LabDaemon, Segment]:
-    cfg, router_public = router_config(tmp_path, home)
-    cfg["vxlan"] = {"home": vxlan_config(**segment)}
-    home.start(router_public)
-    ip(lab.inet, "link", "set", home.ifname, "mtu", str(TUNNEL_MTU))
-    mtu = segment.get("mtu", SEGMENT_MTU)
-    seg = Segment(lab, home, home_mtu=mtu)
-    plain_bridges(lab.router, lab.inet)
-    daemon = LabDaemon(lab.router, cfg, workdir=tmp_path)
-    daemon.start()
-
-    def ready() -> bool:
-        s = control.call(daemon.socket, {"command": "status"})
-        return bool(s["tunnels"][0]["state"] == "up" and s["vxlan"][0]["bridge"] == BRIDGE)
-
-    wait_until(ready, timeout=WAIT, what=f"tunnel up, segment bridged ({daemon.log_path})")
-    return daemon, seg
+    return start_segment(lab, home, tmp_path, **segment)
 
 
 def ping(ns: str, dst: str, *, packet: int, df: bool) -> subprocess.CompletedProcess[str]:
