@@ -135,6 +135,11 @@ def test_hosts_on_both_ends_of_the_segment_reach_each_other_at_l2(
         assert bulk(seg.router_host, seg.home_host, home_ip, size=size) == size
         assert bulk(seg.home_host, seg.router_host, router_ip, size=size) == size
 
+        # TCP MSS is clamped on the tunnel, the segment and its bridge (what is routed onto it)
+        table = exec_in(lab.router, "nft", "list", "table", "inet", "uplinkd").stdout
+        for dev in (daemon.config["tunnels"]["home"]["interface"], vx, BRIDGE):
+            assert f'oifname "{dev}" tcp option maxseg size set rt mtu' in table, table
+
         shown_status = daemon.ctl("status").stdout
         assert "VXLAN" in shown_status and vx in shown_status and str(SEGMENT_MTU) in shown_status, (
             shown_status

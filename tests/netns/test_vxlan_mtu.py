@@ -25,7 +25,8 @@ import pytest
 from uplinkd.lab import Lab
 from uplinkd.lab.launcher import LabDaemon
 
-from harness.tunnel_home import Home, kill_router_wireguard_go
+from harness.readback import wait_until
+from harness.tunnel_home import NAMES, Home, kill_router_wireguard_go
 from harness.tunnel_lab import kill_pid
 from harness.vxlan_home import (
     HOME_HOST,
@@ -129,6 +130,16 @@ def test_tunnel_and_segment_sizes_and_no_outer_fragments(lab: Lab, home: Home, t
         l2 = {k: v - before[k] for k, v in fragments(lab).items()}
         print("L2 bulk at the ISPs:", l2)
         assert l2["later"] == 0 and l2["first"] == 0 and l2["all"] > size // UPLINK_MTU
+
+        # the carrying uplinks' MTU drops to 1400: the tunnel and the segment follow
+        for name in NAMES:
+            ip(lab.router, "link", "set", "dev", name, "mtu", "1400")
+        wait_until(
+            lambda: json.loads(ip(lab.router, "-j", "link", "show", vx))[0]["mtu"] == 1400 - 60 - 50,
+            timeout=WAIT,
+            what="the segment's MTU to follow the uplinks'",
+        )
+        assert json.loads(ip(lab.router, "-j", "link", "show", tunnel_if))[0]["mtu"] == 1400 - 60
     finally:
         daemon.stop()
 
