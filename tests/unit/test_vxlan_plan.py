@@ -103,7 +103,7 @@ def observed(*, bridge: bool = True, lte_mtu: int = 1428) -> Observed:
 
 
 def intent(cfg: Config, **seen: Any) -> plan.Intent:
-    health = TunnelHealth(up=True, reason="test", ifname="wg0")
+    health = TunnelHealth(state="up", reason="test", ifname="wg0")
     return plan.desired(cfg, Facts(observed(**seen), tunnels={"home": health}))
 
 
