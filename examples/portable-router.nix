@@ -4,8 +4,8 @@
 # hotel's wall socket, a phone sharing its connection over USB, or an LTE stick. Another kind
 # is a small change, shown below (Wi-Fi). The home tunnel is WireGuard over whichever uplink is
 # healthy: all LAN traffic, IPv4 and IPv6, goes through it, and nothing leaves by the uplink
-# while it is down (the kill switch). (The home LAN bridged in over VXLAN is not in the
-# controller yet; the LAN bridge below is where that segment will join.)
+# while it is down (the kill switch). A second LAN port is the home LAN itself, carried over
+# VXLAN inside the tunnel (examples/home-endpoint.nix is the other end).
 #
 # Import it from your configuration next to your hardware-configuration.nix, with uplinkd's
 # NixOS module (the flake's nixosModules.default).
@@ -69,6 +69,20 @@
     #
     #   settings.lan.br-lan.ipv6 = { mode = "extend"; uplink = "wan"; };
     #
+    # The home LAN on the second port: a VXLAN segment over the tunnel's inner addresses, in
+    # the bridge br-l2 below. MTU 1500 at both ends: devices plugged in keep 1500 (a DF packet
+    # too large for the tunnel gets "fragmentation needed", one without DF is carried in
+    # fragments inside the tunnel). With `mtu = "auto"` (tunnel MTU - 50) every device on the
+    # segment must use that MTU (the home LAN's DHCP option 26), or larger frames are dropped
+    # without a word.
+    settings.vxlan.home = {
+      tunnel = "home";
+      interface = "vx-home";
+      vni = 42;
+      remotes = [ "10.99.0.1" ];
+      bridge = "br-l2";
+      mtu = 1500;
+    };
     # A Wi-Fi uplink instead: iwd joins the network and networkd takes the lease, uplinkd
     # learns address and gateway from the kernel.
     #
@@ -85,17 +99,35 @@
     #   };
   };
 
-  # The built-in port is the LAN, bridged so the home segment can join it later.
+  # The built-in port is the LAN; the second port (a USB adapter, say) is the home LAN, in
+  # br-l2 with uplinkd's VXLAN interface (the router takes no address there: it is a switch).
   systemd.network = {
     netdevs."20-br-lan".netdevConfig = {
       Kind = "bridge";
       Name = "br-lan";
+    };
+    netdevs."20-br-l2".netdevConfig = {
+      Kind = "bridge";
+      Name = "br-l2";
     };
     networks = {
       "30-lan-port" = {
         matchConfig.Name = "enp1s0";
         networkConfig.Bridge = "br-lan";
         linkConfig.RequiredForOnline = "enslaved";
+      };
+      "30-l2-port" = {
+        matchConfig.Name = "enp2s0";
+        networkConfig.Bridge = "br-l2";
+        linkConfig.RequiredForOnline = "no";
+      };
+      "40-br-l2" = {
+        matchConfig.Name = "br-l2";
+        networkConfig = {
+          ConfigureWithoutCarrier = true;
+          LinkLocalAddressing = "no";
+        };
+        linkConfig.RequiredForOnline = "no";
       };
       "40-br-lan" = {
         matchConfig.Name = "br-lan";
@@ -141,6 +173,7 @@
     # The tunnel's packets from home are not connection-tracked (so the router's own packet
     # always makes the NAT entry of the uplink it leaves by): open its listen port.
     allowedUDPPorts = [ 51820 ];
+    interfaces.wg-home.allowedUDPPorts = [ 4789 ]; # VXLAN from home, inside the tunnel only
     filterForward = true;
     extraForwardRules = ''
       iifname "br-lan" accept

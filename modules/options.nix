@@ -552,6 +552,15 @@ let
           the service as systemd credentials; they must not be in the Nix store.
         '';
       };
+      vxlan = mkOption {
+        type = types.attrsOf (types.submodule (import ./vxlan-options.nix { inherit lib; }));
+        default = { };
+        description = ''
+          Ethernet segments carried over a tunnel, by name: a VXLAN interface in a bridge of
+          yours, with flood entries to the remotes, its MTU, and source in, source out for the
+          router's own address on the segment.
+        '';
+      };
     };
   };
 in

@@ -178,6 +178,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status.get("tunnels"):
         print()
         print(_table(_tunnel_rows(status["tunnels"])))
+    if status.get("vxlan"):
+        print()
+        print(_table(_vxlan_rows(status["vxlan"])))
     for u in status["uplinks"]:
         if u.get("also_matches"):
             print(
@@ -235,6 +238,24 @@ def _tunnel_rows(tunnels: list[dict[str, Any]]) -> list[tuple[str, ...]]:
                 str(t["rx_bytes"]),
                 str(t["tx_bytes"]),
                 t["reason"],
+            )
+        )
+    return rows
+
+
+def _vxlan_rows(segments: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [("VXLAN", "DEV", "VNI", "TUNNEL", "REMOTES", "MTU", "BRIDGE", "WHY")]
+    for v in segments:
+        rows.append(
+            (
+                v["name"],
+                v["interface"],
+                str(v["vni"]),
+                v["tunnel"],
+                ",".join(v["remotes"]),
+                str(v["mtu"] or "-"),
+                v["bridge"] or "-",
+                v["reason"],
             )
         )
     return rows

@@ -11,7 +11,7 @@ from typing import Any
 
 from uplinkd import __version__
 from uplinkd.advertiser import AdvertSender
-from uplinkd.model import FAMILIES, NftState, UplinkStatus
+from uplinkd.model import FAMILIES, VXLAN, NftState, UplinkStatus
 from uplinkd.modem import ModemWatcher
 from uplinkd.plan import lan6, policies
 from uplinkd.probes import TUNNEL_PREFIX, Prober
@@ -70,6 +70,7 @@ def render(
         },
         "lan": _lan_json(rt, senders or {}),
         "tunnels": tunnels_json(rt, probers=probers, now=now),
+        "vxlan": vxlan_json(rt),
         "pending": [str(op) for op in rt.plan.ops] if rt.paused else [],
         "failures": [{"op": str(f.op), "error": f.error} for f in rt.result.failed],
         "events": [
@@ -273,6 +274,31 @@ def tunnels_json(
                 "avoid": sorted(h.avoid) if h else [],
                 "stay_on": h.stay_on if h else None,
                 "resolved": {text: str(e) for text, e in h.resolved} if h else {},
+            }
+        )
+    return out
+
+
+def vxlan_json(rt: Runtime) -> list[dict[str, Any]]:
+    """Each VXLAN segment: interface, VNI, remotes, the MTU planned for it, bridge, why."""
+    wanted = rt.intent.kernel[VXLAN] if rt.intent else {}
+    reasons = rt.intent.reasons if rt.intent else {}
+    out: list[dict[str, Any]] = []
+    for name, v in rt.config.vxlan.items():
+        link = wanted.get(v.interface)
+        out.append(
+            {
+                "name": name,
+                "interface": v.interface,
+                "tunnel": v.tunnel,
+                "vni": v.vni,
+                "local": str(link.local) if link else None,
+                "remotes": [str(r) for r in v.remotes],
+                "port": v.port,
+                "mtu": link.mtu if link else None,
+                "bridge": link.bridge if link else None,
+                "address": str(v.address) if v.address else None,
+                "reason": reasons.get(f"vxlan {name}", "not planned yet"),
             }
         )
     return out

@@ -34,7 +34,10 @@ from nixeval import (
 from uplinkd.config import ConfigError, parse, schema
 
 HERE = Path(__file__).resolve().parent
-EXAMPLES = sorted((REPO / "examples").glob("*.nix"))
+# The routers (uplinkd enabled); examples/home-endpoint.nix is the far end of a tunnel, plain
+# NixOS without uplinkd, evaluated on its own.
+ALL_EXAMPLES = sorted((REPO / "examples").glob("*.nix"))
+EXAMPLES = [p for p in ALL_EXAMPLES if "services.uplinkd" in p.read_text()]
 BAD = HERE / "fixtures" / "bad"
 GOOD = HERE / "fixtures" / "good"
 OPTION = "services.uplinkd.settings"
@@ -430,3 +433,28 @@ def test_a_delegating_uplink_gets_the_dhcpv6_client_port_open() -> None:
     opened = {i: c["allowedUDPPorts"] for i, c in got["networking.firewall.interfaces"].items()}
     assert opened["enp1s0"] == [68, 546]
     assert opened["lte1"] == [68] and opened["lte2"] == [68]
+
+
+def test_home_endpoint_and_portable_router_are_both_ends_of_one_segment() -> None:
+    """examples/home-endpoint.nix (plain NixOS, networkd) and examples/portable-router.nix
+    (uplinkd's tunnel and vxlan) agree: VNI, port, each other's inner address as the VXLAN
+    remote, WireGuard port and keys, and the MTU both ends give the segment."""
+    home = evaluate(REPO / "examples" / "home-endpoint.nix", show=("systemd.network", "networking.firewall"))
+    assert home["failedAssertions"] == [] and home["settings"] is None  # no uplinkd at home
+    net = home["config"]["systemd.network"]
+    vx = net["netdevs"]["20-vx-home"]
+    wg = net["netdevs"]["10-wg-home"]
+    router = evaluate(REPO / "examples" / "portable-router.nix")["settings"]
+    segment, tunnel = router["vxlan"]["home"], router["tunnels"]["home"]
+    assert vx["vxlanConfig"]["VNI"] == segment["vni"]
+    assert vx["vxlanConfig"]["DestinationPort"] == segment.get("port", 4789)
+    assert int(vx["netdevConfig"]["MTUBytes"]) == segment["mtu"] == 1500
+    assert net["networks"]["20-vx-home"]["bridgeFDBs"] == [
+        {"MACAddress": "00:00:00:00:00:00", "Destination": tunnel["addresses"][0].split("/")[0]}
+    ]
+    assert segment["remotes"] == [net["networks"]["10-wg-home"]["address"][0].split("/")[0]]
+    assert vx["vxlanConfig"]["Local"] == segment["remotes"][0]
+    assert tunnel["peers"][0]["endpoint"].endswith(f":{wg['wireguardConfig']['ListenPort']}")
+    (peer,) = wg["wireguardPeers"]
+    assert "10.99.0.2/32" in peer["AllowedIPs"] and "PrivateKey" not in wg["wireguardConfig"]
+    assert home["config"]["networking.firewall"]["interfaces"]["wg-home"]["allowedUDPPorts"] == [4789]

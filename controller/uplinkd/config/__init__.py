@@ -39,6 +39,8 @@ from uplinkd.config.tunnels import (
     cross_check,
     give_default_marks,
 )
+from uplinkd.config.vxlan import Vxlan
+from uplinkd.config.vxlan import cross_check as vxlan_cross_check
 from uplinkd.linux import RESERVED_TABLES
 
 # what a tunnel's probe never takes from the top-level `probe`: its targets are inside the tunnel
@@ -71,6 +73,7 @@ __all__ = [
     "UnderlayPolicy",
     "Uplink",
     "UsbMatch",
+    "Vxlan",
     "describe",
     "load",
     "parse",
@@ -365,6 +368,7 @@ class Config(Section):
         default_factory=dict, description="per LAN interface (by kernel name): what its IPv6 may do"
     )
     tunnels: dict[str, Tunnel] = Field(default_factory=dict, description="WireGuard tunnels")
+    vxlan: dict[str, Vxlan] = Field(default_factory=dict, description="Ethernet segments over a tunnel")
 
     @model_validator(mode="before")
     @classmethod
@@ -475,6 +479,7 @@ class Config(Section):
                 )
         give_default_marks(self.tunnels, self.kernel.mark_mask | self.kernel.policy_bits)
         problems += cross_check(self, self.tunnels)
+        problems += vxlan_cross_check(self, self.vxlan)
         if problems:
             raise ValueError("\n".join(problems))
         return self

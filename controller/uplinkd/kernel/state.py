@@ -29,7 +29,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from uplinkd.config import Config
-from uplinkd.kernel import conntrack, nft, rtnl
+from uplinkd.kernel import conntrack, nft, rtnl, vxlan
 from uplinkd.kernel import explain as explain_mod
 from uplinkd.linux import IFF_LOWER_UP, IFF_NOARP, IFF_POINTOPOINT, IFF_UP, RTN_UNICAST, RTN_UNREACHABLE
 from uplinkd.model import (
@@ -49,6 +49,7 @@ from uplinkd.model import (
 from uplinkd.model.kinds.addresses import address_of
 from uplinkd.model.observed import CONF6
 from uplinkd.plan import Plan, teardown
+from uplinkd.tunnel.vxlan import FdbEntry, VxlanLink
 
 log = logging.getLogger("uplinkd.kernel")
 
@@ -203,6 +204,25 @@ class Netlink:
         except OSError as e:  # ConntrackError, or a timeout on the netlink socket
             raise NetlinkError(e.errno or errno.EIO, str(e)) from None
 
+    async def vxlan_link(self, command: Literal["set", "del"], link: VxlanLink) -> None:
+        try:
+            if command == "del":
+                await vxlan.delete(self.ipr, link.ifname)
+            else:
+                await vxlan.ensure(self.ipr, link)
+        except vxlan.VxlanError as e:
+            raise NetlinkError(e.errno or errno.EINVAL, str(e)) from None
+
+    async def vxlan_fdb(self, command: Literal["add", "del"], entry: FdbEntry) -> None:
+        try:
+            index = await vxlan.owned_index(self.ipr, entry.ifname)
+            if command == "del":
+                await vxlan.delete_fdb(self.ipr, index, entry)
+            else:
+                await vxlan.add_fdb(self.ipr, index, entry)
+        except vxlan.VxlanError as e:
+            raise NetlinkError(e.errno or errno.EINVAL, str(e)) from None
+
 
 @dataclass
 class Kernel:
@@ -277,6 +297,13 @@ class Kernel:
             routes += await rtnl.dump_routes(self.ipr, family=family)
         for family in (AF_INET, AF_INET6):
             rules += [msg async for msg in await self.ipr.rule("dump", family=family)]
+        vxlans: list[VxlanLink] = []
+        fdb: list[FdbEntry] = []
+        for name in await vxlan.owned(self.ipr):
+            reading = await vxlan.read(self.ipr, name)
+            if reading is not None:
+                vxlans.append(reading.link)
+                fdb += reading.fdb
         return Snapshot(
             links=links,
             addrs=addrs,
@@ -284,6 +311,8 @@ class Kernel:
             rules=rules,
             nexthops=await rtnl.dump_nexthops(self.ipr),
             nft=await self._nft_state(),
+            vxlans=vxlans,
+            fdb=fdb,
         )
 
     async def _links(self) -> list[Link]:

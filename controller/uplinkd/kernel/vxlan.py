@@ -8,6 +8,7 @@ logs each write once in `ip`/`bridge` syntax.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -186,6 +187,19 @@ async def delete(ipr: AsyncIPRoute, ifname: str) -> bool:
     return True
 
 
+async def owned_index(ipr: AsyncIPRoute, ifname: str) -> int:
+    """The index of `ifname` if it is a VXLAN interface uplinkd created; VxlanError
+    otherwise (ENODEV: none; EEXIST: someone else's), so an entry is never written on it."""
+    reading = await read(ipr, ifname)
+    if reading is None:
+        raise VxlanError(f"{ifname}: no VXLAN interface of that name", errno.ENODEV)
+    if not reading.owned:
+        raise VxlanError(
+            f"{ifname}: a VXLAN interface uplinkd did not create; its entries are left alone", errno.EEXIST
+        )
+    return reading.index
+
+
 async def add_fdb(ipr: AsyncIPRoute, index: int, entry: FdbEntry) -> None:
     request = ipr.fdb("append", ifindex=index, lladdr=entry.mac, dst=str(entry.dst))
     await _write(str(entry), request)
@@ -196,17 +210,21 @@ async def delete_fdb(ipr: AsyncIPRoute, index: int, entry: FdbEntry) -> None:
     await _write(text, ipr.fdb("del", ifindex=index, lladdr=entry.mac, dst=str(entry.dst)))
 
 
-async def apply(ipr: AsyncIPRoute, desired: VxlanLink, fdb: frozenset[FdbEntry], *, up: bool = True) -> int:
-    """Make the VXLAN interface `desired.ifname` and its forwarding entries what is desired,
-    writing only what differs; returns the number of writes (0 when it already was).
-    Refuses (VxlanError) to take over an interface of that name that uplinkd did not create."""
+async def ensure(ipr: AsyncIPRoute, desired: VxlanLink, *, up: bool = True) -> tuple[int, int]:
+    """Make the VXLAN interface `desired.ifname` what is desired (created, changed in place,
+    or deleted and created again when it cannot change), raised when `up`; writing only what
+    differs. Returns its index and the number of writes. Refuses (VxlanError) to take over an
+    interface of that name that uplinkd did not create."""
     writes = 0
     reading = await read(ipr, desired.ifname)
     if reading is None and await _index(ipr, desired.ifname) is not None:
-        raise VxlanError(f"{desired.ifname}: an interface of that name exists and is not VXLAN; rename one")
+        raise VxlanError(
+            f"{desired.ifname}: an interface of that name exists and is not VXLAN; rename one", errno.EEXIST
+        )
     if reading is not None and not reading.owned:
         raise VxlanError(
-            f"{desired.ifname}: a VXLAN interface uplinkd did not create; delete it or rename ours"
+            f"{desired.ifname}: a VXLAN interface uplinkd did not create; delete it or rename ours",
+            errno.EEXIST,
         )
     if reading is not None and needs_recreate(reading.link, desired):
         await _write(f"ip link del {desired.ifname}", ipr.link("del", index=reading.index))
@@ -221,16 +239,26 @@ async def apply(ipr: AsyncIPRoute, desired: VxlanLink, fdb: frozenset[FdbEntry],
     if fields:
         await _set(ipr, reading, desired, fields)
         writes += len(fields)
-    wanted = frozenset(e for e in fdb if e.ifname == desired.ifname)
-    for entry in sorted(reading.fdb - wanted):
-        await delete_fdb(ipr, reading.index, entry)
-        writes += 1
-    for entry in sorted(wanted - reading.fdb):
-        await add_fdb(ipr, reading.index, entry)
-        writes += 1
     if up:
         msg = _first(await ipr.link("get", index=reading.index))
         if not msg["flags"] & IFF_UP:
             await _write(f"ip link set {desired.ifname} up", ipr.link("set", index=reading.index, state="up"))
             writes += 1
+    return reading.index, writes
+
+
+async def apply(ipr: AsyncIPRoute, desired: VxlanLink, fdb: frozenset[FdbEntry], *, up: bool = True) -> int:
+    """Make the VXLAN interface `desired.ifname` and its forwarding entries what is desired,
+    writing only what differs; returns the number of writes (0 when it already was).
+    Refuses (VxlanError) to take over an interface of that name that uplinkd did not create."""
+    index, writes = await ensure(ipr, desired, up=up)
+    reading = await read(ipr, desired.ifname)
+    assert reading is not None
+    wanted = frozenset(e for e in fdb if e.ifname == desired.ifname)
+    for entry in sorted(reading.fdb - wanted):
+        await delete_fdb(ipr, index, entry)
+        writes += 1
+    for entry in sorted(wanted - reading.fdb):
+        await add_fdb(ipr, index, entry)
+        writes += 1
     return writes

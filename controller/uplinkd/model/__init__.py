@@ -9,6 +9,7 @@ from their attributes, so "what exists" and "what differs" are plain set operati
 from uplinkd.model.kinds import (
     ADDRESSES,
     CONNTRACK,
+    FDB,
     GROUPS,
     KINDS,
     LINK_TUNING,
@@ -17,6 +18,7 @@ from uplinkd.model.kinds import (
     NFT,
     ROUTES,
     RULES,
+    VXLAN,
 )
 from uplinkd.model.kinds.addresses import StaticAddr
 from uplinkd.model.kinds.base import Kind, Op, Stage, Verb, kind_of
@@ -57,6 +59,7 @@ __all__ = [
     "AF_INET6",
     "CONNTRACK",
     "FAMILIES",
+    "FDB",
     "GROUPS",
     "KINDS",
     "LINKS_UP",
@@ -65,6 +68,7 @@ __all__ = [
     "NFT",
     "ROUTES",
     "RULES",
+    "VXLAN",
     "Addr",
     "Bearer",
     "BearerIp",

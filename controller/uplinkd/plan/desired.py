@@ -17,7 +17,7 @@ from typing import Any
 from uplinkd.config import Config
 from uplinkd.model import FAMILIES, KernelState, UplinkStatus, kind_of
 from uplinkd.model.adverts import Advert
-from uplinkd.plan import balance, lan6, nft, policies, tunnels, uplinks
+from uplinkd.plan import balance, lan6, nft, policies, tunnels, uplinks, vxlan
 from uplinkd.plan.facts import Contribution, Contributor, Facts
 
 CONTRIBUTORS: tuple[tuple[str, Contributor], ...] = (
@@ -27,6 +27,7 @@ CONTRIBUTORS: tuple[tuple[str, Contributor], ...] = (
     ("nft", nft.contribute),
     ("lan6", lan6.contribute),
     ("tunnels", tunnels.contribute),
+    ("vxlan", vxlan.contribute),
 )
 
 

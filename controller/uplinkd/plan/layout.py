@@ -3,6 +3,9 @@
 For both address families, with P = rules.priority:
 
     P+0   lookup main suppress_prefixlength 0    connected/LAN routes win, main's defaults don't
+    P+3   from <addr_s> lookup T_s               the router's own address on a VXLAN segment:
+                                                 replies leave the way they came (source in,
+                                                 source out), never by an uplink or the tunnel
     P+5   fwmark T/T lookup T_under              a tunnel's own UDP packets: its underlay choice
     P+10  fwmark M_u/MASK lookup T_u            pinned connections and probes
     P+12  from <delegated /64> lookup T_u       a delegate LAN's prefix: only its own uplink
@@ -48,6 +51,9 @@ BAND_TUNNEL_STEERED = 14
 # routes it there and nowhere else): its source rule comes before the steering rules and the
 # tunnels' route tables, so neither a policy nor a full tunnel sends it where it cannot go.
 BAND_DELEGATED = 12
+# VXLAN segments (plan/vxlan.py): the router's own address on a segment looks up the
+# segment's table (its prefix, and default via the segment's router) before anything else.
+BAND_SEGMENT_SOURCE = 3
 
 
 def nexthop_id(config: Config, table: int, family: int) -> int:

@@ -41,6 +41,15 @@ def _one(config: Config, index: int, rule: Steer, family: int | None) -> NftStee
     )
 
 
+def clamped(config: Config) -> tuple[str, ...]:
+    """Interfaces whose TCP SYNs get the MSS clamp both ways: the tunnels', the VXLAN
+    segments' and their bridges' (what is routed onto the segment)."""
+    names = {t.interface for t in config.tunnels.values()}
+    names |= {v.interface for v in config.vxlan.values()}
+    names |= {v.bridge for v in config.vxlan.values() if v.bridge is not None}
+    return tuple(sorted(names))
+
+
 def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
     uplinks = sorted(
         (NftUplink(s.dev, s.mark) for s in survey.statuses if s.dev is not None), key=lambda u: u.ifname
@@ -53,7 +62,7 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                 mask=config.kernel.mark_mask,
                 uplinks=tuple(uplinks),
                 ipv6=lan6.nft_part(config, survey, facts),
-                tunnel_ifnames=tuple(sorted(t.interface for t in config.tunnels.values())),
+                tunnel_ifnames=clamped(config),
                 tunnel_peers=tunnels.nft_peers(config, facts, survey),
                 policy_mask=config.kernel.policy_bits if steer else 0,
                 steer=steer,

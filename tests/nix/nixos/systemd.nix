@@ -189,6 +189,7 @@ let
       linkConfig = sectionOption "Link" networkLinkKeys;
       networkConfig = sectionOption "Network" networkNetworkKeys;
       dhcpServerConfig = sectionOption "DHCPServer" dhcpServerKeys;
+      bridgeFDBs = sectionList "BridgeFDB" bridgeFDBKeys;
       address = mkOption {
         type = types.listOf types.str;
         default = [ ];
@@ -200,6 +201,62 @@ let
       };
     };
   };
+
+  # --- networkd.nix: check.netdev (sectionWireGuard, sectionWireGuardPeer, sectionVXLAN) and
+  # check.network.sectionBridgeFDB; the list-valued ones are `mkSubsectionType` lists of plain
+  # sections (each element one [WireGuardPeer] / [BridgeFDB] section). PrivateKey and
+  # PresharedKey are absent on purpose in nixpkgs (a key in the store), so here too.
+  wireGuardKeys = [
+    "PrivateKeyFile"
+    "ListenPort"
+    "FirewallMark"
+    "RouteTable"
+    "RouteMetric"
+  ];
+  wireGuardPeerKeys = [
+    "PublicKey"
+    "PresharedKeyFile"
+    "AllowedIPs"
+    "Endpoint"
+    "PersistentKeepalive"
+    "RouteTable"
+    "RouteMetric"
+  ];
+  vxlanKeys = [
+    "VNI"
+    "Remote"
+    "Local"
+    "Group"
+    "TOS"
+    "TTL"
+    "MacLearning"
+    "FDBAgeingSec"
+    "MaximumFDBEntries"
+    "ReduceARPProxy"
+    "L2MissNotification"
+    "L3MissNotification"
+    "RouteShortCircuit"
+    "UDPChecksum"
+    "DestinationPort"
+    "PortRange"
+    "FlowLabel"
+    "IPDoNotFragment"
+    "Independent"
+  ];
+  bridgeFDBKeys = [
+    "MACAddress"
+    "Destination"
+    "VLANId"
+    "VNI"
+    "AssociatedWith"
+    "OutgoingInterface"
+  ];
+  sectionList =
+    name: keys:
+    mkOption {
+      type = types.listOf (section name keys);
+      default = [ ];
+    };
 
   netdevUnit = types.submodule {
     options = {
@@ -214,6 +271,9 @@ let
         "MTUBytes"
         "MACAddress"
       ];
+      wireguardConfig = sectionOption "WireGuard" wireGuardKeys;
+      wireguardPeers = sectionList "WireGuardPeer" wireGuardPeerKeys;
+      vxlanConfig = sectionOption "VXLAN" vxlanKeys;
     };
   };
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from uplinkd.model.kinds import (
     addresses,
     conntrack,
+    fdb,
     groups,
     links,
     nexthops,
@@ -16,6 +17,7 @@ from uplinkd.model.kinds import (
     routes,
     rules,
     tuning,
+    vxlan,
 )
 from uplinkd.model.kinds.base import register
 
@@ -28,5 +30,9 @@ GROUPS = groups.KIND
 ROUTES = routes.KIND
 RULES = rules.KIND
 CONNTRACK = conntrack.KIND
+VXLAN = vxlan.KIND
+FDB = fdb.KIND
 
-KINDS = register(LINKS_UP, LINK_TUNING, ADDRESSES, NFT, NEXTHOPS, GROUPS, ROUTES, RULES, CONNTRACK)
+KINDS = register(
+    VXLAN, LINKS_UP, LINK_TUNING, ADDRESSES, FDB, NFT, NEXTHOPS, GROUPS, ROUTES, RULES, CONNTRACK
+)

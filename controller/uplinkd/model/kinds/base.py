@@ -53,6 +53,7 @@ class Stage(enum.IntEnum):
     NEXTHOPS_GONE = 110
     ADDRESSES_GONE = 120
     NFT_LEAVE = 130
+    LINKS_GONE = 135
     FLUSH = 140
 
 

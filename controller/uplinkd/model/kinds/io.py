@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from uplinkd.config import Ownership
 from uplinkd.model.observed import Link
+from uplinkd.tunnel.vxlan import FdbEntry, VxlanLink
 
 if TYPE_CHECKING:
     from uplinkd.model.kinds.nft import NftState
@@ -113,6 +114,10 @@ class Snapshot:
     # Our nft table as kernel/nft.py parsed it (the text format lives next to its renderer);
     # None: absent, or edited by hand since we loaded it.
     nft: NftState | None = None
+    # the VXLAN interfaces uplinkd created (their alias says so), and the forwarding entries
+    # with a remote on them
+    vxlans: Sequence[VxlanLink] = ()
+    fdb: Sequence[FdbEntry] = ()
 
 
 class Transport(Protocol):
@@ -159,3 +164,5 @@ class Transport(Protocol):
     async def nft_load(self, state: NftState) -> None: ...
     async def nft_delete(self, table: str) -> None: ...
     async def conntrack_flush(self, *, mark: int, mask: int) -> None: ...
+    async def vxlan_link(self, command: Literal["set", "del"], link: VxlanLink) -> None: ...
+    async def vxlan_fdb(self, command: Literal["add", "del"], entry: FdbEntry) -> None: ...
