@@ -521,16 +521,16 @@ def test_an_edited_nft_table_is_healed_and_still_flushed(lab: Lab, controller: L
     r = lab.router
 
     def counters() -> int:
-        return lab.run("router", ["nft", "list", "chain", "inet", "uplinkd", "forward"]).stdout.count(
+        return lab.run("router", ["nft", "list", "chain", "inet", "uplinkd", "postrouting"]).stdout.count(
             "counter"
         )
 
     controller.start()
     wait_until(lambda: ("inet", "uplinkd") in nft_tables(r), what="our nft table")
-    lab.run("router", ["nft", "add", "rule", "inet", "uplinkd", "forward", "counter"])
+    lab.run("router", ["nft", "add", "rule", "inet", "uplinkd", "postrouting", "counter"])
     wait_until(lambda: counters() == 0, timeout=5, what="the edit undone")
     controller.stop()
-    lab.run("router", ["nft", "add", "rule", "inet", "uplinkd", "forward", "counter"])
+    lab.run("router", ["nft", "add", "rule", "inet", "uplinkd", "postrouting", "counter"])
     controller.ctl("flush", "--config", str(controller.config_path))
     assert ("inet", "uplinkd") not in nft_tables(r)
 

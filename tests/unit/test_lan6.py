@@ -305,7 +305,7 @@ def test_the_ipv6_part_reads_back_from_the_rendered_table() -> None:
 
 
 def test_the_guard_lets_each_uplink_carry_only_its_own_prefix() -> None:
-    text = nft6.guard_chain(state())
+    text = nft6.guard_rule(state()) + nft6.guard_chains(state())
     assert 'meta nfproto ipv6 oifname vmap { "lte1" : goto guard6_6600, "wan" : goto guard6_6500 }' in text
     wan = text[text.index("chain guard6_6500") :].split("}")[0]
     assert [line.strip() for line in wan.splitlines()[1:] if line.strip()] == [

@@ -6,7 +6,8 @@ carries a comment with the digest of what it was rendered from, so reading it ba
 
 What the table does, for uplink `u` with mark `M_u` under the mask:
 
-- remember: a new connection leaving through `u` (postrouting) or arriving from `u`
+- remember: a new connection leaving through `u` (chain `pin`, a nat chain on postrouting:
+  the kernel runs nat chains for a connection's first packet only) or arriving from `u`
   (prerouting) gets `ct mark M_u` (map `remember`: interface → chain `remember_<M_u>`).
 - restore: every later packet of a marked connection gets `meta mark M_u` before routing
   (prerouting for forwarded traffic, the `route` output hook for the router's own), so the
@@ -15,7 +16,12 @@ What the table does, for uplink `u` with mark `M_u` under the mask:
 - masquerade IPv4 out of every uplink (IPv6 is translated only where a LAN asks for it, see
   `nft6`), and clamp the MSS of TCP SYNs to the route's MTU.
 
-An established packet leaves every chain after its first rule.
+An established forwarded packet meets two of the table's filter chains: prerouting (one map
+lookup, then the mark written) and postrouting (after source NAT: the SYN test and the IPv6
+guard's entry, which an IPv4 packet fails at once); a forward chain exists only for `off`,
+`tunnel` and `delegate` LANs. Each base chain costs every packet a hook call whatever its
+rules, so the SYN clamp and the guard share one, and remembering outbound connections costs
+established packets none.
 Only the mask's bits of `meta mark` and `ct mark` are written; other bits are kept.
 
 Steering (policies), rendered by the `_steer_*` helpers apart from the table's body:
@@ -59,9 +65,9 @@ def render(state: NftState) -> str:
     """The whole table as an nft script (one atomic transaction).
 
     Per packet it costs a constant, whatever the number of uplinks: an established packet
-    leaves each chain after its first rule (a map lookup keyed by the ct mark, or a failed
-    `ct state new`, or a failed SYN test); the per-uplink work is one rule in a chain of its
-    own, reached through a map."""
+    passes two filter chains (prerouting: a map lookup keyed by the ct mark; postrouting: a
+    failed SYN test and a failed IPv6 test, or the guard's map for IPv6); the per-uplink work
+    is one rule in a chain of its own, reached through a map."""
     mask = state.mask
     keep = 0xFFFFFFFF & ~mask
     t = state.table
@@ -101,15 +107,19 @@ def render(state: NftState) -> str:
         f"\t\tct mark & {mask:#x} vmap @restore\n"
         + _steer_jump(state, local=True)
         + f"\t}}\n"
-        f"\tchain postrouting {{\n"
-        f"\t\ttype filter hook postrouting priority mangle; policy accept;\n"
+        # A nat chain sees only a connection's first packet: remembering costs established
+        # packets nothing. It runs before srcnat, so another table's NAT cannot skip it (the
+        # kernel stops walking nat chains once one has set up the connection's NAT).
+        f"\tchain pin {{\n"
+        f"\t\ttype nat hook postrouting priority srcnat - 10; policy accept;\n"
         f"\t\tct state new ct mark & {mask:#x} == 0 oifname vmap @remember\n"
         f"\t}}\n"
-        # Only SYNs go further than the first test.
-        f"\tchain forward {{\n"
-        f"\t\ttype filter hook forward priority mangle; policy accept;\n"
-        f"\t\ttcp flags syn jump clamp\n"
-        + nft6.forward_rules(state)
+        # The one filter chain after routing (forwarded and own packets, after source NAT):
+        # IPv6 leaves after the guard's test, IPv4 after two tests; only SYNs go further.
+        f"\tchain postrouting {{\n"
+        f"\t\ttype filter hook postrouting priority srcnat + 10; policy accept;\n"
+        "\t\ttcp flags syn jump clamp\n"
+        + nft6.guard_rule(state)
         + "\t}\n"
         "\tchain clamp {\n"
         "\t\toifname @uplinks tcp option maxseg size set rt mtu\n"
@@ -122,7 +132,8 @@ def render(state: NftState) -> str:
         + nft6.nat_rules(state)
         + "\t\tmeta nfproto ipv4 oifname @uplinks masquerade\n"
         "\t}\n"
-        + nft6.guard_chain(state)
+        + _lan6_forward(state)
+        + nft6.guard_chains(state)
         + "}\n"
     )
 
@@ -130,6 +141,16 @@ def render(state: NftState) -> str:
 _TUNNEL_MSS = re.compile(r'oifname "([^"]+)" tcp option maxseg size set rt mtu comment "tunnel"')
 _TUNNEL_PEER = re.compile(r"ip6? saddr (\S+) udp sport (\d+) notrack")
 _TUNNEL_DROP = re.compile(r'ip6? saddr (\S+) udp sport (\d+) iifname != (\{[^}]*\}|"[^"]+") drop')
+
+
+def _lan6_forward(state: NftState) -> str:
+    """The forward chain, only for LANs whose IPv6 must not reach an uplink (`off`, `tunnel`,
+    `delegate`): its accept rules must not end the postrouting chain before the guard."""
+    rules = nft6.forward_rules(state)
+    if not rules:
+        return ""
+    head = "\tchain forward {\n\t\ttype filter hook forward priority mangle; policy accept;\n"
+    return head + rules + "\t}\n"
 
 
 def tunnel_clamp(state: NftState) -> str:

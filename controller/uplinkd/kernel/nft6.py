@@ -31,8 +31,8 @@ TAG = "uplinkd6"
 
 
 def forward_rules(state: NftState) -> str:
-    """The forward chain's rule for the `off` LANs: one rule, and none without such a LAN,
-    so a table without them costs established packets nothing."""
+    """The forward chain's rules for the LANs whose IPv6 must not leave by an uplink: none
+    without such a LAN, and then the table has no forward chain at all."""
     closed = state.ipv6.closed
     if not closed:
         return ""
@@ -57,19 +57,25 @@ def nat_rules(state: NftState) -> str:
     )
 
 
-def guard_chain(state: NftState) -> str:
-    """The chains that keep foreign IPv6 sources off every uplink (after source NAT): an IPv4
-    packet leaves after one test; an IPv6 one goes to its uplink's chain by one map lookup."""
+def guard_rule(state: NftState) -> str:
+    """The guard's entry, the last rule of the postrouting filter chain (after source NAT):
+    an IPv4 packet fails its first test; an IPv6 one goes to its uplink's chain by one map
+    lookup. None without uplinks."""
+    if not state.uplinks:
+        return ""
+    verdicts = ", ".join(f'"{u.ifname}" : goto guard6_{u.mark:x}' for u in state.uplinks)
+    return f"\t\tmeta nfproto ipv6 oifname vmap {{ {verdicts} }}\n"
+
+
+def guard_chains(state: NftState) -> str:
+    """Per uplink, the sources that may leave it: its own prefixes (and link-local, which
+    no rule drops) pass; unique-local ones, other uplinks' and the LANs' internal ones drop."""
     own: dict[str, list[str]] = {}
     for p in state.ipv6.prefixes:
         own.setdefault(p.ifname, []).append(p.prefix)
     inner = sorted({t.inner for t in state.ipv6.translations})
     everyone = sorted({p.prefix for p in state.ipv6.prefixes})
-    head = "\tchain ipv6_guard {\n\t\ttype filter hook postrouting priority srcnat + 10; policy accept;\n"
-    if state.uplinks:
-        verdicts = ", ".join(f'"{u.ifname}" : goto guard6_{u.mark:x}' for u in state.uplinks)
-        head += f"\t\tmeta nfproto ipv6 oifname vmap {{ {verdicts} }}\n"
-    chains = [head + "\t}\n"]
+    chains = []
     for u in state.uplinks:
         mine = own.get(u.ifname, [])
         lines = [f"\tchain guard6_{u.mark:x} {{\n"]

@@ -28,7 +28,7 @@ class NftUplink:
 
 @dataclass(frozen=True, order=True)
 class NftPrefix:
-    """An uplink's own IPv6 prefix: what may leave it as a source (`ipv6_guard`)."""
+    """An uplink's own IPv6 prefix: what may leave it as a source (the guard, `guard6_<mark>`)."""
 
     ifname: str
     prefix: str  # "2001:db8:1::/64"
@@ -78,8 +78,10 @@ class NftIpv6:
 
 
 # Bumped when the rendered table changes shape, so a table an older version loaded is replaced
-# (v2: the masquerade is IPv4 only; the IPv6 part; v3: delegated LAN prefixes).
-TABLE_VERSION = 3
+# (v2: the masquerade is IPv4 only; the IPv6 part; v3: delegated LAN prefixes; v4: outbound
+# connections remembered in a nat chain, one filter chain after routing instead of forward,
+# postrouting and ipv6_guard).
+TABLE_VERSION = 4
 
 
 @dataclass(frozen=True)
