@@ -46,6 +46,11 @@ def tunnel(daemon: LabDaemon) -> dict[str, Any]:
     return dict(control.call(daemon.socket, {"command": "status"}, timeout=10)["tunnels"][0])
 
 
+def tunnel_up(daemon: LabDaemon) -> dict[str, Any] | None:
+    t = tunnel(daemon)
+    return t if t["state"] == "up" else None
+
+
 def router_handshake(lab: Lab, ifname: str) -> int:
     out = lab.run("router", ["wg", "show", ifname, "latest-handshakes"]).stdout
     return int(out.split()[-1])
@@ -70,9 +75,7 @@ def run(found: dict[str, Any], workdir: Path) -> None:
         try:
             home.start(public)
             daemon.start(timeout=START_S)
-            t = daemon.wait_for(
-                lambda: (now := tunnel(daemon)) if now["state"] == "up" else None, timeout=WAIT_S, what="tunnel up"
-            )
+            t = daemon.wait_for(lambda: tunnel_up(daemon), timeout=WAIT_S, what="tunnel up")
             found["backend"] = t["backend"]
             found["underlay_first"] = t["underlay4"]
             info = link(lab, ifname)
