@@ -40,6 +40,8 @@ from harness.tunnel_home import NAMES, Counted, Home, add_outside, count_at_isps
 START_S = 240.0  # the daemon's start under TCG (~25-40 s of imports)
 WAIT_S = 90.0
 HOLD_S = float(os.environ.get("UPLINKD_VM_TUNNEL_HOLD_S", "30"))
+# "0": wireguard-go at both ends (a dry run of this script in the netns tier, outside the VM)
+KERNEL = os.environ.get("UPLINKD_VM_TUNNEL_KERNEL", "1") == "1"
 
 
 def tunnel(daemon: LabDaemon) -> dict[str, Any]:
@@ -61,15 +63,16 @@ def link(lab: Lab, ifname: str) -> dict[str, Any]:
 
 
 def run(found: dict[str, Any], workdir: Path) -> None:
-    subprocess.run(["modprobe", "wireguard"], check=True)
+    if KERNEL:
+        subprocess.run(["modprobe", "wireguard"], check=True)
     with Lab() as lab:
         for name in NAMES:
             lab.add_isp(name, address="none")
         lab.add_client()
         add_outside(lab)
         count_at_isps(lab)
-        home = Home(lab, workdir, kernel=True)
-        cfg, public = router_config(workdir, home, backend="kernel")
+        home = Home(lab, workdir, kernel=KERNEL)
+        cfg, public = router_config(workdir, home, backend="kernel" if KERNEL else "auto")
         ifname = cfg["tunnels"]["home"]["interface"]
         daemon = LabDaemon(lab.router, cfg, workdir=workdir)
         try:
@@ -122,9 +125,11 @@ def run(found: dict[str, Any], workdir: Path) -> None:
             found["ping_inside_after"] = lab.run(lab.clients[0].netns, ping, check=False).returncode == 0
 
             # 4. flush: the tunnel's interface goes, nothing else does
-            lab.run("router", ["ip", "link", "add", "wgforeign0", "type", "wireguard"])
+            kind = ["wireguard"] if KERNEL else ["veth", "peer", "name", "wgforeign1"]
+            foreign = ["ip", "link", "add", "wgforeign0", "type", *kind]
+            lab.run("router", foreign)
             flushed = control.call(daemon.socket, {"command": "flush"}, timeout=60)
-            found["flush_removed"] = [r for r in flushed["removed"] if "link" in r]
+            found["flush_removed"] = [r for r in flushed["removed"] if r.startswith("ip link delete")]
             links = lab.run("router", ["ip", "-o", "link", "show"]).stdout
             found["links_after_flush"] = sorted(
                 line.split(":")[1].strip().split("@")[0] for line in links.splitlines()
