@@ -25,6 +25,7 @@ import pytest
 from nixeval import (
     REPO,
     EvalError,
+    combined,
     evaluate,
     needs_lib,
     settings_module,
@@ -430,3 +431,17 @@ def test_a_delegating_uplink_gets_the_dhcpv6_client_port_open() -> None:
     opened = {i: c["allowedUDPPorts"] for i, c in got["networking.firewall.interfaces"].items()}
     assert opened["enp1s0"] == [68, 546]
     assert opened["lte1"] == [68] and opened["lte2"] == [68]
+
+
+def test_a_kernel_wireguard_tunnel_loads_the_module_at_boot(tmp_path: Path) -> None:
+    """The unit may not load kernel modules (ProtectKernelModules): a tunnel that may use
+    kernel WireGuard (`backend` kernel or auto) has the module loaded at boot; wireguard-go
+    does not need it."""
+    modules = "boot.kernelModules"
+    assert "wireguard" in evaluate(GOOD / "all-fields.nix", show=(modules,))["config"][modules]
+    userspace = combined(
+        tmp_path,
+        str(GOOD / "all-fields.nix"),
+        '{ lib, ... }: { services.uplinkd.settings.tunnels.home.backend = lib.mkForce "wireguard-go"; }',
+    )
+    assert "wireguard" not in evaluate(userspace, show=(modules,))["config"][modules]
