@@ -207,7 +207,8 @@ class TunnelWorker:
             while True:
                 await self._maybe_resolve()
                 desired = device_of(self.tunnel, self.resolved)
-                await apply(self.backend, desired)
+                if not (await apply(self.backend, desired)).empty:
+                    self.rt.writes += 1  # counted with the kernel writes `status` reports
                 reading = await self.backend.read(ifname)
                 if reading is None:
                     raise WgError(f"{ifname}: the WireGuard device went away")
@@ -325,6 +326,7 @@ class TunnelWorker:
             update = WgUpdate(desired.ifname, fwmark=fwmark, peers=peers)
             log.info("%s: underlay changed: %s", self.name, update)
             await self.backend.write(update)
+            self.rt.writes += 1
 
     async def _start(self, ifname: str) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)

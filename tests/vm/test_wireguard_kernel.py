@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CONTROLLER = ROOT / "controller"
+REKEY_AFTER_S = 120  # WireGuard's REKEY_AFTER_TIME
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +84,18 @@ def test_the_controller_creates_a_kernel_wireguard_link_it_owns(tunnel: dict[str
 def test_a_restart_with_the_same_config_writes_nothing_and_keeps_the_handshake(
     tunnel: dict[str, Any],
 ) -> None:
+    """No write (kernel or WireGuard) and no handshake the restart caused. Under TCG a restart
+    takes a minute or more, so WireGuard may re-key on its own meanwhile (REKEY_AFTER_TIME:
+    120 s after the last handshake, with the keepalive's packets flowing): a new handshake is
+    the restart's only when it came sooner than that."""
     assert tunnel["survives_stop"]
-    assert tunnel["writes_after_restart"] == 0, tunnel["restart_writes"]
-    assert tunnel["handshake_kept"] == [True, True]
+    assert tunnel["writes_after_restart"] == 0, tunnel["restart_log"]
+    assert not tunnel["restart_log"], tunnel["restart_log"]
+    before, after = tunnel["handshake_before"], tunnel["handshake_after"]
+    since, took = tunnel["restart_s"]
+    print(f"restart: stopped {since} s after the handshake, took {took} s; handshake {before} -> {after}")
+    for b, a in zip(before, after, strict=True):
+        assert a == b or a - b >= REKEY_AFTER_S - 1, (before, after, tunnel["restart_s"])
 
 
 def test_stuck_source_trap_kernel_wireguard_leaves_the_blackholed_uplink(tunnel: dict[str, Any]) -> None:
