@@ -13,14 +13,18 @@ MTU (1440) and path:
 - ``uplinkd``: the real daemon with a full tunnel home over [wan, lte1] (wireguard-go here:
   this kernel has no WireGuard), its rule bands, nexthop group and nft table; after the run,
   `flush` and stop;
+- ``uplinkd_stopped``: the same, but measured after the daemon was stopped (SIGTERM leaves
+  its rules, tables, nft table and tunnel in place: fail static), so the kernel's share of the
+  cost is told apart from the daemon's own CPU use (probes, the tunnel worker's reads) on a
+  machine where the tunnel is CPU-bound;
 - ``plain``: what wg-quick would set up: `wireguard-go` with a fwmark, `ip rule fwmark M
   lookup 300` with wan's default route there, `default dev wgp0` in main; no nft table; then
   removed again.
 
-Rounds alternate the order (uplinkd first in even rounds, plain first in odd ones), so drift
-in the machine's load (it is shared) hits both alike. Reported: per set-up and direction the
-median and spread of the runs, and the ratio uplinkd / plain of each round with its median
-and spread (goal: ≥ 0.95).
+Rounds alternate the order (forward in even rounds, reversed in odd ones), so drift in the
+machine's load (it is shared) hits all alike. Reported: per set-up and direction the median
+and spread of the runs, the ratio to plain of each round with its median and spread (goal
+for uplinkd: ≥ 0.95), and the CPU time the daemon used while measured.
 
 Prints JSON on stdout (also written to bench/results/tunnel_throughput.json) and a table.
 Needs root, wireguard-go and iperf3.
@@ -66,7 +70,7 @@ PLAIN_IF = "wgp0"
 PLAIN_MARK = 0x1234
 PLAIN_TABLE = 300
 WAN_ADDR, WAN_GW = "10.101.0.2/24", "10.101.0.1"
-SETUPS = ("uplinkd", "plain")
+SETUPS = ("uplinkd", "uplinkd_stopped", "plain")
 DIRECTIONS = ("up", "down")
 
 
@@ -135,12 +139,27 @@ def measure(lab: Lab, args: argparse.Namespace) -> dict[str, float]:
     return {d: iperf(lab, seconds=args.seconds, reverse=d == "down") for d in DIRECTIONS}
 
 
-def with_uplinkd(lab: Lab, daemon: LabDaemon, args: argparse.Namespace) -> dict[str, float]:
+def cpu_s(pid: int | None) -> float:
+    """User + system CPU time of process `pid` so far (0 for none)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_uplinkd(lab: Lab, daemon: LabDaemon, args: argparse.Namespace, *, stopped: bool) -> dict[str, float]:
     daemon.start()
     try:
         wait_until(lambda: tunnel_up(daemon), timeout=30, what=f"uplinkd's tunnel up (log {daemon.log_path})")
-        return measure(lab, args)
+        if stopped:
+            daemon.stop()  # fail static: everything stays
+            return {**measure(lab, args), "daemon_cpu_s": 0.0}
+        before = cpu_s(daemon.pid)
+        got = measure(lab, args)
+        return {**got, "daemon_cpu_s": cpu_s(daemon.pid) - before}
     finally:
+        if not daemon.running:
+            daemon.start()
         daemon.call({"command": "flush"}, timeout=30)
         daemon.stop()
 
@@ -176,12 +195,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for r in range(args.rounds):
                 order = SETUPS if r % 2 == 0 else tuple(reversed(SETUPS))
                 for setup in order:
-                    if setup == "uplinkd":
-                        got = with_uplinkd(lab, daemon, args)
-                    else:
+                    if setup == "plain":
                         got = with_plain(lab, plain, home, args)
-                    runs.append({"round": r, "setup": setup, **{d: round(v, 1) for d, v in got.items()}})
-                    print(f"round {r}: {setup}: " + ", ".join(f"{d} {v:.0f} Mbit/s" for d, v in got.items()),
+                    else:
+                        got = with_uplinkd(lab, daemon, args, stopped=setup == "uplinkd_stopped")
+                    runs.append({"round": r, "setup": setup, **{d: round(v, 2) for d, v in got.items()}})
+                    print(f"round {r}: {setup}: " + ", ".join(f"{d} {v:.1f}" for d, v in got.items()),
                           file=sys.stderr)  # fmt: skip
         finally:
             daemon.stop()
@@ -207,35 +226,48 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, An
     for row in runs:
         for d in DIRECTIONS:
             by[row["setup"]][d].append(row[d])
-    ratios: dict[str, list[float]] = {d: [] for d in DIRECTIONS}
+    compared = [s for s in SETUPS if s != "plain"]
+    ratios: dict[str, dict[str, list[float]]] = {s: {d: [] for d in DIRECTIONS} for s in compared}
     for r in range(args.rounds):
         one = {row["setup"]: row for row in runs if row["round"] == r}
-        for d in DIRECTIONS:
-            ratios[d].append(one["uplinkd"][d] / one["plain"][d])
+        for s in compared:
+            for d in DIRECTIONS:
+                ratios[s][d].append(one[s][d] / one["plain"][d])
+    daemon_cpu = [row["daemon_cpu_s"] for row in runs if row["setup"] == "uplinkd"]
     return {
         "benchmark": "tunnel_throughput",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": {"kernel": platform.release(), "cpus": os.cpu_count()},
-        "settings": {"rounds": args.rounds, "seconds": args.seconds, "mtu": MTU, "streams": 1},
+        "settings": {
+            "rounds": args.rounds,
+            "seconds_per_direction": args.seconds,
+            "mtu": MTU,
+            "streams": 1,
+            "load_average_at_end": os.getloadavg()[0],
+        },
         "mbit_s": {s: {d: spread(v, 1) for d, v in dirs.items()} for s, dirs in by.items()},
-        "ratio_uplinkd_to_plain": {d: spread(v, 3) for d, v in ratios.items()},
+        "ratio_to_plain": {s: {d: spread(v, 3) for d, v in dirs.items()} for s, dirs in ratios.items()},
+        "daemon_cpu_s_per_uplinkd_run": spread(daemon_cpu, 2),
         "goal": {"ratio_at_least": 0.95},
         "runs": runs,
     }
 
 
 def table(results: dict[str, Any]) -> str:
-    rows = [["direction", "plain Mbit/s (min-max)", "uplinkd Mbit/s (min-max)", "ratio median (min-max)"]]
+    def cell(q: dict[str, Any], digits: int) -> str:
+        return f"{q['median']:.{digits}f} ({q['min']:.{digits}f}-{q['max']:.{digits}f})"
+
+    rows = [[
+        "direction", "plain Mbit/s", "uplinkd Mbit/s", "uplinkd_stopped Mbit/s",
+        "uplinkd / plain", "uplinkd_stopped / plain",
+    ]]  # fmt: skip
     for d in DIRECTIONS:
-        p, u = results["mbit_s"]["plain"][d], results["mbit_s"]["uplinkd"][d]
-        q = results["ratio_uplinkd_to_plain"][d]
+        mbit, ratio = results["mbit_s"], results["ratio_to_plain"]
         rows.append([
-            d,
-            f"{p['median']:.0f} ({p['min']:.0f}-{p['max']:.0f})",
-            f"{u['median']:.0f} ({u['min']:.0f}-{u['max']:.0f})",
-            f"{q['median']:.3f} ({q['min']:.3f}-{q['max']:.3f})",
+            d, cell(mbit["plain"][d], 0), cell(mbit["uplinkd"][d], 0), cell(mbit["uplinkd_stopped"][d], 0),
+            cell(ratio["uplinkd"][d], 3), cell(ratio["uplinkd_stopped"][d], 3),
         ])  # fmt: skip
-    return markdown_table(rows)
+    return markdown_table(rows) + "\nmedian (min-max) over the rounds"
 
 
 def main() -> None:
