@@ -174,7 +174,7 @@ def read_kernel_now(ifname: str, *, timeout: float = 1.0) -> WgReading | None:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         try:
             return pool.submit(asyncio.run, read()).result(timeout)
-        except (WgError, concurrent.futures.TimeoutError) as e:
+        except (WgError, OSError, TimeoutError) as e:
             log.warning("%s: cannot read the WireGuard device at start (%s)", ifname, e or "timeout")
             return None
 
