@@ -287,7 +287,7 @@ def test_a_link_by_the_tunnels_name_is_not_ours_until_its_worker_holds_it() -> N
     (the worker refuses one it did not make): no address, MTU, up or route into it."""
     mine = (LinkTuning, LinkUp, StaticAddr)
     held = plan.desired(config(), Facts(observed(), health={"wan": UP, "lte1": UP}, tunnels={
-        "home": TunnelHealth(up=True, reason="test", ifname=WG)}))  # fmt: skip
+        "home": TunnelHealth(state="up", reason="test", ifname=WG)}))  # fmt: skip
     on_wg = [type(o) for o in held.kernel if isinstance(o, mine) and o.dev == WG]
     assert set(on_wg) == {LinkUp, StaticAddr}  # no MTU: the uplinks' are unknown here
     foreign = plan.desired(config(), Facts(observed(), health={"wan": UP, "lte1": UP}))
