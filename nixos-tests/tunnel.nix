@@ -229,7 +229,10 @@ in
             "ip -d -j link show wg-home"
             " | jq -e '.[0].linkinfo.info_kind == \"wireguard\" and .[0].ifalias == \"uplinkd\"'"
         )
-        assert router.succeed("wg show wg-home fwmark").strip() == hex(${toString table} << 16)
+        # the device marks its packets with the mark the underlay rule (P+5) routes by
+        mark = router.succeed("wg show wg-home fwmark").strip()
+        assert mark != "off", mark
+        router.succeed(f"ip rule show | grep -q 'fwmark {mark}/{mark} '")
         client.wait_until_succeeds("ping -c1 -W1 10.99.0.1", timeout=30)
         start_flows(client, "inside", duration=3)
         flows = flow_report(client, "inside")

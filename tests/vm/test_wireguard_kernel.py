@@ -77,7 +77,7 @@ def test_the_controller_creates_a_kernel_wireguard_link_it_owns(tunnel: dict[str
     assert tunnel["backend"] == "kernel"
     assert tunnel["kind"] == "wireguard" and tunnel["alias"] == "uplinkd"
     assert tunnel["underlay_first"] == "wan"
-    assert tunnel["fwmark"] == hex(150 << 16)  # the tunnel's mark on the device (table 150 << 16)
+    assert tunnel["fwmark"] == tunnel["fwmark_wanted"]  # the tunnel's mark on the device
     assert tunnel["mtu"] == 1440  # mtu auto: 1500 - 60 (IPv4 underlay)
 
 

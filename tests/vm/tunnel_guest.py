@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from uplinkd import control
+from uplinkd.config import parse
 from uplinkd.lab import Lab
 from uplinkd.lab.launcher import LabDaemon
 
@@ -86,6 +87,7 @@ def run(found: dict[str, Any], workdir: Path) -> None:
             found["alias"] = info.get("ifalias")
             found["mtu"] = info.get("mtu")
             found["fwmark"] = lab.run("router", ["wg", "show", ifname, "fwmark"]).stdout.strip()
+            found["fwmark_wanted"] = hex(parse(cfg).tunnels["home"].mark)
 
             # 2. restart with the same config
             time.sleep(1.5)
