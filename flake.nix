@@ -89,6 +89,7 @@
           uplinkd = self.packages.${pkgs.stdenv.hostPlatform.system}.uplinkd;
           failover = vmTest ./nixos-tests/failover.nix;
           hotplug = vmTest ./nixos-tests/hotplug.nix;
+          tunnel = vmTest ./nixos-tests/tunnel.nix;
         }
       );
 

@@ -53,10 +53,12 @@ def uplink(index: int, *, v6: bool = False) -> dict[str, Any]:
 
 
 class Home:
-    """The home end: wireguard-go in the lab's internet namespace."""
+    """The home end: wireguard-go in the lab's internet namespace, or (`kernel`, where the
+    kernel has it: the VM tier) a kernel WireGuard link there."""
 
-    def __init__(self, lab: Lab, workdir: Path) -> None:
+    def __init__(self, lab: Lab, workdir: Path, *, kernel: bool = False) -> None:
         self.lab = lab
+        self.kernel = kernel
         self.ifname = "wgh" + uuid.uuid4().hex[:8]
         self.key = new_key()
         self.public = PrivateKey(self.key).public_key.base64
@@ -64,12 +66,10 @@ class Home:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, router_public: str) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.lab.inet, "wireguard-go", "-f", self.ifname],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        sock = Path(f"/var/run/wireguard/{self.ifname}.sock")
-        wait_until(sock.exists, timeout=10, what="home's wireguard-go socket")
+        if self.kernel:
+            self.run("ip", "link", "add", self.ifname, "type", "wireguard")
+        else:
+            self._start_wireguard_go()
         self.run(
             "wg", "set", self.ifname, "listen-port", str(HOME_PORT), "private-key", str(self.key_file),
             "peer", router_public, "allowed-ips", "10.99.0.2/32,192.168.50.0/24,fd50::/64",
@@ -81,6 +81,14 @@ class Home:
             f"route add fd50::/64 dev {self.ifname}",
         ):
             self.run("ip", *cmd.split())
+
+    def _start_wireguard_go(self) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.lab.inet, "wireguard-go", "-f", self.ifname],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        sock = Path(f"/var/run/wireguard/{self.ifname}.sock")
+        wait_until(sock.exists, timeout=10, what="home's wireguard-go socket")
 
     def run(self, *argv: str) -> str:
         return subprocess.run(
@@ -100,13 +108,16 @@ class Home:
 
 
 def count_at_isps(lab: Lab) -> None:
-    """At every ISP, count what arrives from the router, before the fault chain drops it."""
-    for isp in lab.isps:
+    """At every ISP, count what arrives from the router, before the fault chain drops it
+    (the encrypted packets also when they carry the router's address on that uplink)."""
+    for index, isp in enumerate(lab.isps, 1):
+        own = uplink(index)["address"]["cidr"].split("/")[0]  # the router's address at this ISP
         script = f"""
 table inet tuntest {{
     chain c {{
         type filter hook prerouting priority -400; policy accept;
         iifname "down" udp dport {HOME_PORT} counter comment "encrypted"
+        iifname "down" udp dport {HOME_PORT} ip saddr {own} counter comment "encrypted_own_src"
         iifname "down" ip daddr {OUTSIDE4} counter comment "leak4"
         iifname "down" ip6 daddr {OUTSIDE6} counter comment "leak6"
         iifname "down" counter comment "all"

@@ -25,6 +25,12 @@ let
 
   ownedNames = lib.filter (n: n != null) (lib.mapAttrsToList helpers.ifnameOf ownedUplinks);
   ownedPatterns = lib.filter (n: n != null) (lib.mapAttrsToList helpers.namePatternOf ownedUplinks);
+  # Tunnels on kernel WireGuard: the unit may not load modules (ProtectKernelModules), so the
+  # module is loaded at boot; `auto` finds it there.
+  kernelTunnels = lib.filterAttrs (_: t: (t.backend or "auto") != "wireguard-go") (
+    cfg.settings.tunnels or { }
+  );
+
   dhcpNames = lib.filter (n: n != null) (
     lib.mapAttrsToList helpers.ifnameOf (lib.filterAttrs (_: u: u.address.mode == "dhcp") uplinks)
   );
@@ -53,6 +59,8 @@ let
 in
 {
   config = lib.mkIf cfg.enable {
+    boot.kernelModules = lib.optional (kernelTunnels != { }) "wireguard";
+
     boot.kernel.sysctl = lib.mapAttrs (_: routerDefault) {
       # A router forwards.
       "net.ipv4.conf.all.forwarding" = true;

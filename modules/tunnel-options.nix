@@ -50,6 +50,20 @@ in
       type = types.strMatching "[^/ *?[]{1,15}";
       description = "The WireGuard interface the controller creates and owns.";
     };
+    backend = mkOption {
+      type = types.enum [
+        "auto"
+        "kernel"
+        "wireguard-go"
+      ];
+      default = "auto";
+      description = ''
+        How the interface is made: `kernel` (the controller creates a `wireguard` link and
+        configures it over WireGuard's generic netlink API), `wireguard-go` (it runs
+        wireguard-go and speaks its userspace API), or `auto`: the kernel's when a `wireguard`
+        link can be created, else wireguard-go.
+      '';
+    };
     private_key_file = mkOption {
       type = keyFile "private key";
       example = "/etc/secrets/wg-home.key";

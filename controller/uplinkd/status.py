@@ -274,6 +274,7 @@ def tunnels_json(
                 "avoid": sorted(h.avoid) if h else [],
                 "stay_on": h.stay_on if h else None,
                 "resolved": {text: str(e) for text, e in h.resolved} if h else {},
+                "backend": h.backend if h else None,
             }
         )
     return out

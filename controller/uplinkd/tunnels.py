@@ -1,12 +1,18 @@
 """The tunnel worker: one per configured tunnel, it keeps the WireGuard device there and
 configured, and records the tunnel's health (its peers' last handshake) for planning.
 
-Here (the netns tier) the device is wireguard-go's: the worker starts `wireguard-go -f IF` in
-a session of its own, logging to a file in the state directory, and configures it over the
-userspace API. It does not stop it when it is cancelled: a daemon restart leaves the tunnel
-running (fail static), and the next worker adopts the device, writes only what differs (for
-the same config: nothing, so no new handshake). `uplinkctl flush` removes the interface,
-which ends wireguard-go.
+The device is kernel WireGuard where the kernel has it, else wireguard-go (`backend`:
+"auto", "kernel", "wireguard-go"):
+
+- kernel: the worker creates the `wireguard` link over rtnetlink, marked as uplinkd's by its
+  alias (as VXLAN links are), and configures it over WireGuard's generic netlink API;
+- wireguard-go: the worker starts `wireguard-go -f IF` in a session of its own, logging to a
+  file in the state directory, and configures it over the userspace API.
+
+Either way the worker does not remove the device when it is cancelled: a daemon restart
+leaves the tunnel running (fail static), and the next worker adopts the device (the backend
+is whichever holds it), writes only what differs (for the same config: nothing, so no new
+handshake). `uplinkctl flush` removes the interface, which also ends wireguard-go.
 
 The tunnel's routes, rules and addresses are planned by `plan.tunnels` and written by the
 applier like everything else; the worker writes only the WireGuard configuration (keys,
@@ -16,6 +22,7 @@ peers, fwmark), which is the device's, not the routing's.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import logging
@@ -32,11 +39,17 @@ from uplinkd.kernel import resolver, wguapi
 from uplinkd.kernel.state import Kernel
 from uplinkd.kernel.wireguard import (
     WIREGUARD_GO,
+    Held,
+    KernelWg,
     UserspaceWg,
+    WgBackend,
     WgError,
     apply,
+    create_kernel_device,
+    held_by,
     preshared_key_file,
     private_key_file,
+    remove_devices,
 )
 from uplinkd.model import AF_INET, AF_INET6, HealthVerdict, IPAddress, State
 from uplinkd.plan import Facts, Intent
@@ -94,6 +107,7 @@ def health_of(
     *,
     probing: bool = False,
     previous: TunnelState | None = None,
+    backend: str = "",
 ) -> TunnelHealth:
     """The tunnel's health on its own: its probes' verdict once they have one, else up while
     any peer's last handshake is fresh."""
@@ -115,6 +129,7 @@ def health_of(
         rx_bytes=sum(s.rx_bytes for s in reading.stats),
         tx_bytes=sum(s.tx_bytes for s in reading.stats),
         endpoint=str(best.endpoint) if best and best.endpoint else None,
+        backend=backend,
     )
 
 
@@ -122,7 +137,7 @@ def read_now(ifname: str, *, socket_dir: Path = wguapi.SOCKET_DIR, timeout: floa
     """The device read synchronously (at start, before the first pass), or None."""
     path = wguapi.socket_path(ifname, socket_dir=socket_dir)
     if not path.exists():
-        return None
+        return read_kernel_now(ifname, timeout=timeout)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
@@ -141,13 +156,37 @@ def read_now(ifname: str, *, socket_dir: Path = wguapi.SOCKET_DIR, timeout: floa
         return None
 
 
+def read_kernel_now(ifname: str, *, timeout: float = 1.0) -> WgReading | None:
+    """A kernel WireGuard device read synchronously, or None (no such link, or no WireGuard in
+    this kernel). The daemon's loop may be running in this thread: the read runs in another."""
+    try:
+        socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+
+    async def read() -> WgReading | None:
+        client = KernelWg()
+        try:
+            return await client.read(ifname)
+        finally:
+            client.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            return pool.submit(asyncio.run, read()).result(timeout)
+        except (WgError, OSError, TimeoutError) as e:
+            log.warning("%s: cannot read the WireGuard device at start (%s)", ifname, e or "timeout")
+            return None
+
+
 class TunnelWorker:
     def __init__(self, *, name: str, tunnel: Tunnel, log_dir: Path, rt: Runtime) -> None:
         self.name = name
         self.tunnel = tunnel
         self.log_dir = log_dir
         self.rt = rt
-        self.backend = UserspaceWg()
+        self.backend: WgBackend = UserspaceWg()
+        self.held: Held = "wireguard-go"
         self.proc: asyncio.subprocess.Process | None = None
         # set when the tunnel's underlay changed: WireGuard must forget the source address
         # and interface it learnt from the old uplink (wireguard-go pins both; the kernel
@@ -163,32 +202,62 @@ class TunnelWorker:
 
     async def run(self) -> None:
         ifname = self.tunnel.interface
-        if await self.backend.read(ifname) is None:
+        try:
+            await self._open(ifname)
+            while True:
+                await self._maybe_resolve()
+                desired = device_of(self.tunnel, self.resolved)
+                if not (await apply(self.backend, desired)).empty:
+                    self.rt.writes += 1  # counted with the kernel writes `status` reports
+                reading = await self.backend.read(ifname)
+                if reading is None:
+                    raise WgError(f"{ifname}: the WireGuard device went away")
+                health = health_of(
+                    ifname, reading, time.time(), self.rt.tunnel_probes.get(self.name),
+                    probing=bool(self.tunnel.probe.targets), previous=self.own, backend=self.held,
+                )  # fmt: skip
+                self.own = health.state
+                now = time.monotonic()
+                self.failing_since = None if health.up else (self.failing_since or now)
+                if self.resolving:
+                    health = replace(health, reason=f"{health.reason}; {self.resolving}")
+                health = replace(health, resolved=tuple(sorted(self.resolved.items())))
+                self._record(self._ridden(health))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.poke.wait(), POLL_S)
+                self.poke.clear()
+                if self.unstick.is_set():
+                    self.unstick.clear()
+                    await self._forget_sources(desired)
+        finally:
+            if isinstance(self.backend, KernelWg):
+                self.backend.close()
+
+    async def _open(self, ifname: str) -> None:
+        """Adopt the device that is there, or make one with the configured backend."""
+        wanted = self.tunnel.backend
+        held = await held_by(ifname)
+        if held is not None and wanted not in ("auto", held):
+            raise WgError(
+                f"tunnels.{self.name}.backend is {wanted!r} but {ifname} is a {held} device; "
+                f"`uplinkctl flush` (removes it) and restart, or set backend to 'auto'"
+            )
+        if held is None and wanted in ("auto", "kernel"):
+            if await create_kernel_device(ifname):
+                held = "kernel"
+            elif wanted == "kernel":
+                raise WgError(
+                    f"tunnels.{self.name}.backend is 'kernel' but this kernel has no WireGuard "
+                    "(`modprobe wireguard` fails or the module is missing); set backend to 'auto' "
+                    "or 'wireguard-go'"
+                )
+        if held == "kernel":
+            self.backend, self.held = KernelWg(), "kernel"
+            log.info("%s: %s is kernel WireGuard (generic netlink)", self.name, ifname)
+            return
+        self.backend, self.held = UserspaceWg(), "wireguard-go"
+        if held is None:
             await self._start(ifname)
-        while True:
-            await self._maybe_resolve()
-            desired = device_of(self.tunnel, self.resolved)
-            await apply(self.backend, desired)
-            reading = await self.backend.read(ifname)
-            if reading is None:
-                raise WgError(f"{ifname}: the WireGuard device went away")
-            health = health_of(
-                ifname, reading, time.time(), self.rt.tunnel_probes.get(self.name),
-                probing=bool(self.tunnel.probe.targets), previous=self.own,
-            )  # fmt: skip
-            self.own = health.state
-            now = time.monotonic()
-            self.failing_since = None if health.up else (self.failing_since or now)
-            if self.resolving:
-                health = replace(health, reason=f"{health.reason}; {self.resolving}")
-            health = replace(health, resolved=tuple(sorted(self.resolved.items())))
-            self._record(self._ridden(health))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.poke.wait(), POLL_S)
-            self.poke.clear()
-            if self.unstick.is_set():
-                self.unstick.clear()
-                await self._forget_sources(desired)
 
     def _ridden(self, health: TunnelHealth) -> TunnelHealth:
         """The tunnel's health with what its ride over a preference list adds: a healthy
@@ -247,13 +316,17 @@ class TunnelWorker:
         self.resolving = "" if len(self.resolved) == len(names) else "; ".join(said)
 
     async def _forget_sources(self, desired: WgDevice) -> None:
-        """Set each peer's endpoint again: WireGuard then drops the source it remembered, and
-        the next packet is routed by the tunnel's mark through the new underlay."""
+        """Set each peer's endpoint again (and, for kernel WireGuard, the device's fwmark,
+        which clears every peer's remembered source): WireGuard then drops the source address
+        it remembered, and the next packet is routed by the tunnel's mark through the new
+        underlay."""
         peers = tuple(PeerUpdate(p, fields=frozenset({"endpoint"})) for p in desired.peers if p.endpoint)
-        if peers:
-            update = WgUpdate(desired.ifname, peers=peers)
+        fwmark = desired.fwmark if self.held == "kernel" else None
+        if peers or fwmark is not None:
+            update = WgUpdate(desired.ifname, fwmark=fwmark, peers=peers)
             log.info("%s: underlay changed: %s", self.name, update)
             await self.backend.write(update)
+            self.rt.writes += 1
 
     async def _start(self, ifname: str) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -369,16 +442,9 @@ def carrier_of(
 
 
 async def remove_interfaces(tunnels: Mapping[str, Tunnel]) -> list[str]:
-    """Delete the tunnels' interfaces (`flush`): wireguard-go ends with its interface."""
-    done: list[str] = []
-    for t in tunnels.values():
-        proc = await asyncio.create_subprocess_exec(
-            "ip", "link", "delete", "dev", t.interface,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        if await proc.wait() == 0:
-            done.append(f"ip link delete dev {t.interface}")
-    return done
+    """Delete the tunnels' interfaces (`flush`), and any other kernel WireGuard link uplinkd
+    created: wireguard-go ends with its interface. Nothing else is touched."""
+    return await remove_devices(t.interface for t in tunnels.values())
 
 
 async def explain_tunnel(

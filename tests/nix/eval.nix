@@ -61,6 +61,7 @@ let
       "tcpdump"
       "uplinkd"
       "util-linux"
+      "wireguard-tools"
     ] fakePackage
     // {
       inherit lib;

@@ -25,6 +25,7 @@ import pytest
 from nixeval import (
     REPO,
     EvalError,
+    combined,
     evaluate,
     needs_lib,
     settings_module,
@@ -458,3 +459,17 @@ def test_home_endpoint_and_portable_router_are_both_ends_of_one_segment() -> Non
     (peer,) = wg["wireguardPeers"]
     assert "10.99.0.2/32" in peer["AllowedIPs"] and "PrivateKey" not in wg["wireguardConfig"]
     assert home["config"]["networking.firewall"]["interfaces"]["wg-home"]["allowedUDPPorts"] == [4789]
+
+
+def test_a_kernel_wireguard_tunnel_loads_the_module_at_boot(tmp_path: Path) -> None:
+    """The unit may not load kernel modules (ProtectKernelModules): a tunnel that may use
+    kernel WireGuard (`backend` kernel or auto) has the module loaded at boot; wireguard-go
+    does not need it."""
+    modules = "boot.kernelModules"
+    assert "wireguard" in evaluate(GOOD / "all-fields.nix", show=(modules,))["config"][modules]
+    userspace = combined(
+        tmp_path,
+        str(GOOD / "all-fields.nix"),
+        '{ lib, ... }: { services.uplinkd.settings.tunnels.home.backend = lib.mkForce "wireguard-go"; }',
+    )
+    assert "wireguard" not in evaluate(userspace, show=(modules,))["config"][modules]

@@ -26,6 +26,7 @@ from nixeval import (
 )
 
 from uplinkd.config import parse
+from uplinkd.tunnel.wireguard import PrivateKey, PublicKey, decode_key
 
 # The routers (uplinkd enabled); examples/home-endpoint.nix is the far end of a tunnel, plain
 # NixOS without uplinkd, evaluated on its own.
@@ -153,8 +154,15 @@ def test_package_dependencies_exist_in_the_pinned_nixpkgs() -> None:
         "map (d: { inherit (d) pname version; }) self.packages.x86_64-linux.uplinkd.dependencies"
     )
     names = {dep["pname"]: dep["version"] for dep in deps}
-    expected = {"cryptography", "pydantic", "pyroute2", "pyudev", "systemd-python", "prometheus-client",
-                "dbus-fast"}
+    expected = {
+        "cryptography",
+        "pydantic",
+        "pyroute2",
+        "pyudev",
+        "systemd-python",
+        "prometheus-client",
+        "dbus-fast",
+    }
     assert set(names) == expected
     project = tomllib.loads((REPO / "controller" / "pyproject.toml").read_text())["project"]
     requirements = project["dependencies"] + project["optional-dependencies"]["systemd"]
@@ -258,7 +266,7 @@ def test_unit_raises_the_open_file_limit(tmp_path: Path) -> None:
     limit = evaluate(EXAMPLES[0], show=path)["config"][path[0]]
     assert isinstance(limit, int) and limit >= 8192, limit
 
-    raised = '{ systemd.services.uplinkd.serviceConfig.LimitNOFILE = 100000; }'
+    raised = "{ systemd.services.uplinkd.serviceConfig.LimitNOFILE = 100000; }"
     limit = evaluate(combined(tmp_path, str(EXAMPLES[0]), raised), show=path)["config"][path[0]]
     assert limit == 100000
 
@@ -272,9 +280,7 @@ def test_driver_matched_uplink_gets_a_name_other_clients_leave_alone(tmp_path: P
     """Defect 6: the portable router's `match.driver` uplink got dhcpcd beside the controller."""
     example = REPO / "examples" / "portable-router.nix"
     config = tmp_path / "scripted.nix"
-    config.write_text(
-        "{ lib, ... }: { imports = [ " + str(example) + " (" + SCRIPTED + ") ]; }\n"
-    )
+    config.write_text("{ lib, ... }: { imports = [ " + str(example) + " (" + SCRIPTED + ") ]; }\n")
     show = (
         "networking.dhcpcd.denyInterfaces",
         "networking.networkmanager.unmanaged",
@@ -477,10 +483,51 @@ def test_no_modem_uplink_leaves_modemmanager_and_polkit_alone(tmp_path: Path) ->
     ],
     ids=["networkmanager", "networkd"],
 )
-def test_a_second_manager_claiming_the_modem_fails_the_build(
-    other: str, names: str, tmp_path: Path
-) -> None:
+def test_a_second_manager_claiming_the_modem_fails_the_build(other: str, names: str, tmp_path: Path) -> None:
     result = evaluate(combined(tmp_path, MODEM_ROUTER, other))
     [message] = result["failedAssertions"]
     assert message.startswith(names) and "services.uplinkd.settings.uplinks.lte" in message
     assert 'address.mode = \\"external\\"' in message or 'address.mode = "external"' in message
+
+
+# --- issue 11: the tunnel's nixos-test ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("test", VM_TESTS, ids=lambda p: p.stem)
+def test_vm_test_scripts_are_python(test: Path) -> None:
+    """The test scripts run only under KVM; here they must at least compile (what the driver
+    prepends defines the machines, so only syntax is checked)."""
+    compile(script_of(test), f"{test.name} testScript", "exec")
+
+
+def test_tunnel_vm_test_router_uses_kernel_wireguard_and_keeps_its_key_out_of_the_config(
+    tmp_path: Path,
+) -> None:
+    test = REPO / "nixos-tests" / "tunnel.nix"
+    credentials = "systemd.services.uplinkd.serviceConfig.LoadCredential"
+    show = ("boot.kernelModules", credentials, "systemd.services.uplinkd-test-key.before")
+    result = evaluate(combined(tmp_path, vm_router(test)), show=show)
+    assert result["failedAssertions"] == []
+    assert "wireguard" in result["config"]["boot.kernelModules"]
+    assert result["config"][credentials] == ["tunnel-home.key:/run/keys/wg-router.key"]
+    assert result["config"]["systemd.services.uplinkd-test-key.before"] == ["uplinkd.service"]
+    tunnel = result["settings"]["tunnels"]["home"]
+    assert tunnel["backend"] == "kernel" and tunnel["route"] == "full"
+    assert tunnel["private_key_file"] == "/run/credentials/uplinkd.service/tunnel-home.key"
+    # the home end's peer is the router's key, and the router's peer home's (one key pair each)
+    home_peer = nix_eval(
+        f'(builtins.head ((import {test} {{ inherit lib; }}).nodes.home {{ pkgs = {{ writeText = _: _: ""; '
+        f"wireguard-tools = null; }}; }}).networking.wireguard.interfaces.wg0.peers).publicKey"
+    )
+    script = script_of(test)
+    assert 'backend == "kernel"' in script and "lab-isp blackhole" in script and "uplinkctl flush" in script
+    text = test.read_text()
+    keys = dict(re.findall(r'(\w+Key|\w+Public) = "([A-Za-z0-9+/=]{44})"', text))
+    assert PrivateKey(decode_key(keys["routerKey"], what="routerKey")).public_key == PublicKey.from_base64(
+        keys["routerPublic"]
+    )
+    assert PrivateKey(decode_key(keys["homeKey"], what="homeKey")).public_key == PublicKey.from_base64(
+        keys["homePublic"]
+    )
+    assert home_peer == keys["routerPublic"]
+    assert tunnel["peers"][0]["public_key"] == keys["homePublic"]

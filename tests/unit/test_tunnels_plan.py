@@ -30,6 +30,8 @@ from uplinkd.model import (
     RouteKey,
     Rule,
 )
+from uplinkd.model.kinds.addresses import StaticAddr
+from uplinkd.model.kinds.links import LinkUp
 from uplinkd.model.kinds.tuning import LinkTuning
 from uplinkd.plan import Facts
 from uplinkd.plan.failover import step
@@ -278,3 +280,18 @@ def test_mtu_auto_follows_the_smallest_carrying_uplink() -> None:
     assert mtus == [LinkTuning(9, mtu=1428 - 60)]  # an IPv4 endpoint: 60 bytes of WireGuard
     fixed = [o for o in plan.desired(config(mtu=1280), facts).kernel if isinstance(o, LinkTuning)]
     assert fixed == [LinkTuning(9, mtu=1280)]
+
+
+def test_a_link_by_the_tunnels_name_is_not_ours_until_its_worker_holds_it() -> None:
+    """Before the worker has read the device (no health), a link by that name may be anyone's
+    (the worker refuses one it did not make): no address, MTU, up or route into it."""
+    mine = (LinkTuning, LinkUp, StaticAddr)
+    held = plan.desired(config(), Facts(observed(), health={"wan": UP, "lte1": UP}, tunnels={
+        "home": TunnelHealth(state="up", reason="test", ifname=WG)}))  # fmt: skip
+    on_wg = [type(o) for o in held.kernel if isinstance(o, mine) and o.dev == WG]
+    assert set(on_wg) == {LinkUp, StaticAddr}  # no MTU: the uplinks' are unknown here
+    foreign = plan.desired(config(), Facts(observed(), health={"wan": UP, "lte1": UP}))
+    assert [o for o in foreign.kernel if isinstance(o, mine) and o.dev == WG] == []
+    route = table(foreign, 151, AF_INET)
+    assert route is not None and route.oif is None  # the kill switch's unreachable, not the link
+    assert foreign.reasons["tunnel home"] == "down: not checked yet"

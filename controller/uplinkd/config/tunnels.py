@@ -2,6 +2,8 @@
 
     tunnels.<name>:
       interface          the WireGuard interface (wg0)
+      backend            "auto" (kernel WireGuard if the kernel has it, else wireguard-go),
+                         "kernel" or "wireguard-go"
       private_key_file   a file holding the key (`wg genkey`), mode 0600; never the key itself
       listen_port        UDP port, or null for any
       addresses          the tunnel's inner addresses (v4 and/or v6)
@@ -130,6 +132,10 @@ UNDERLAY_USE = "use 'balance', a list of uplink names, or {policy = \"name\"}"
 
 class Tunnel(Section):
     interface: str = Field(description="WireGuard interface name")
+    backend: Literal["auto", "kernel", "wireguard-go"] = Field(
+        default="auto",
+        description="'auto': kernel WireGuard if a wireguard link can be created, else wireguard-go",
+    )
     private_key_file: Path = Field(description="file holding the private key (mode 0600)")
     listen_port: int | None = Field(default=None, description="UDP port; null = any")
     addresses: tuple[IPInterface, ...] = Field(default=(), description="inner addresses")

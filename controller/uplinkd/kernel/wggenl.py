@@ -14,8 +14,9 @@ address (read in the source, not measured): harmless for a session, and the way 
 WireGuard pick a new source address after the underlay moved.
 
 The interface itself is an rtnetlink link of kind "wireguard" (`create_interface`), which
-uplinkd marks with its alias, as it does VXLAN interfaces. Not in every kernel: this module is
-exercised in the VM tier (Debian's kernel), not in the netns tier.
+uplinkd marks with its alias, as it does VXLAN interfaces; `create_interface` fails with
+EOPNOTSUPP where the kernel has no WireGuard (how `backend = "auto"` tells). Not in every
+kernel: this module is exercised in the VM tier (Debian's kernel), not in the netns tier.
 """
 
 from __future__ import annotations
@@ -242,6 +243,20 @@ async def create_interface(ipr: AsyncIPRoute, ifname: str, *, mtu: int | None = 
         await ipr.link("set", index=index, ifalias=OWNER_ALIAS)
     except NetlinkError as e:
         raise WgGenlError(f"ip link add {ifname} type wireguard: {e}", e.code) from None
+
+
+async def link_kind(ipr: AsyncIPRoute, ifname: str) -> tuple[str, bool] | None:
+    """The link's kind ("wireguard", "tun", "" for none) and whether uplinkd owns it (its
+    alias); None when there is no such link."""
+    try:
+        found = await ipr.link("get", ifname=ifname)
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            return None
+        raise WgGenlError(f"ip link show {ifname}: {e}", e.code) from None
+    msg = found[0] if isinstance(found, (list, tuple)) else found
+    kind = msg.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) or ""
+    return str(kind), msg.get("IFLA_IFALIAS") == OWNER_ALIAS
 
 
 async def owned_interfaces(ipr: AsyncIPRoute) -> list[str]:

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from uplinkd.kernel import wggenl, wguapi
 from uplinkd.tunnel.wireguard import (
@@ -141,6 +145,80 @@ class KernelWg:
             await self._client.write(update)
         except wggenl.WgGenlError as e:
             raise WgError(str(e), e.errno) from None
+
+
+Held = Literal["kernel", "wireguard-go"]
+
+
+async def held_by(ifname: str, *, socket_dir: Path = wguapi.SOCKET_DIR) -> Held | None:
+    """Which backend holds the interface `ifname` now: "kernel" (a `wireguard` link uplinkd
+    created), "wireguard-go" (a link whose wireguard-go socket is there), None (no such link).
+    Raises WgError, naming the fix, for a link by that name that is neither: not ours."""
+    ipr = AsyncIPRoute()
+    try:
+        found = await wggenl.link_kind(ipr, ifname)
+    except wggenl.WgGenlError as e:
+        raise WgError(str(e), e.errno) from None
+    finally:
+        ipr.close()
+    if found is None:
+        return None
+    kind, owned = found
+    if kind == "wireguard" and owned:
+        return "kernel"
+    if kind != "wireguard" and wguapi.socket_path(ifname, socket_dir=socket_dir).exists():
+        return "wireguard-go"
+    what = f"a {kind or 'plain'} link"
+    if kind == "wireguard":
+        what = "a WireGuard interface uplinkd did not create"
+    raise WgError(
+        f"{ifname} is {what}; uplinkd configures only its own: delete it or give the tunnel another interface"
+    )
+
+
+async def create_kernel_device(ifname: str) -> bool:
+    """`ip link add IFNAME type wireguard`, marked as uplinkd's; False when the kernel has no
+    WireGuard (EOPNOTSUPP), WgError for any other refusal."""
+    ipr = AsyncIPRoute()
+    try:
+        await wggenl.create_interface(ipr, ifname)
+    except wggenl.WgGenlError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            return False
+        raise WgError(str(e), e.errno) from None
+    finally:
+        ipr.close()
+    log.info("ip link add %s type wireguard (alias %s)", ifname, wggenl.OWNER_ALIAS)
+    return True
+
+
+async def remove_devices(ifnames: Iterable[str], *, socket_dir: Path = wguapi.SOCKET_DIR) -> list[str]:
+    """Delete the WireGuard interfaces uplinkd holds: those named (kernel ones it created,
+    wireguard-go ones, which end with their interface) and any other kernel one it created.
+    Returns the deletions in `ip` syntax; anything else by those names is left alone."""
+    ipr = AsyncIPRoute()
+    try:
+        names = []
+        for ifname in ifnames:
+            try:
+                if await held_by(ifname, socket_dir=socket_dir) is not None:
+                    names.append(ifname)
+            except WgError as e:
+                log.warning("flush: %s", e)
+        with contextlib.suppress(NetlinkError):
+            names += [n for n in await wggenl.owned_interfaces(ipr) if n not in names]
+        done = []
+        for ifname in names:
+            try:
+                await ipr.link("del", ifname=ifname)
+            except NetlinkError as e:
+                if e.code != errno.ENODEV:
+                    log.warning("flush: ip link delete dev %s: %s", ifname, e)
+                continue
+            done.append(f"ip link delete dev {ifname}")
+        return done
+    finally:
+        ipr.close()
 
 
 async def apply(backend: WgBackend, desired: WgDevice) -> WgUpdate:

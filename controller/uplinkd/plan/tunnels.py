@@ -132,7 +132,10 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
     for name, tunnel in config.tunnels.items():
         link = facts.observed.link_by_name(tunnel.interface)
         health = facts.tunnels.get(name)
-        up = link is not None and health is not None and health.up
+        # the link is the tunnel's once its worker holds it (a health reading says so): a link
+        # by that name that is someone else's gets no address, MTU or state from us
+        held = link if health is not None else None
+        up = held is not None and health is not None and health.up
         if link is None:
             reasons[state_topic(name)] = "down: no interface yet"
         elif health is None:
@@ -161,19 +164,19 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                     )
                     for policy in config.policies
                 ]
-            routes = _routes(tunnel, family, ifindex=link.index if up and link else None)
+            routes = _routes(tunnel, family, ifindex=held.index if up and held else None)
             objects += routes
-            if link is not None:
+            if held is not None:
                 taken = {r.key for r in routes}
-                objects += [r for r in _probe_routes(tunnel, family, link.index) if r.key not in taken]
-        if link is not None:
+                objects += [r for r in _probe_routes(tunnel, family, held.index) if r.key not in taken]
+        if held is not None:
             mtu = mtu_of(tunnel, facts, survey, name, config=config)
             if mtu is not None:
-                objects.append(LinkTuning(link.index, mtu=mtu, dev=link.name))
+                objects.append(LinkTuning(held.index, mtu=mtu, dev=held.name))
             else:
                 reasons[f"tunnel {name} mtu"] = "auto: no carrying uplink is present; MTU left as it is"
-            objects.append(LinkUp(link.index, dev=link.name))
-            objects += [StaticAddr(link.index, a, dev=link.name) for a in tunnel.addresses]
+            objects.append(LinkUp(held.index, dev=held.name))
+            objects += [StaticAddr(held.index, a, dev=held.name) for a in tunnel.addresses]
     return Contribution(objects=tuple(objects), reasons=reasons)
 
 

@@ -53,6 +53,7 @@ class TunnelHealth:
     def up(self) -> bool:
         """LAN traffic goes into the tunnel (and not to the kill switch)."""
         return self.state in ("up", "degraded")
+    backend: str = ""  # "kernel" or "wireguard-go": what holds the device
 
 
 def judge(ifname: str, *, last_handshake: float | None, now: float) -> tuple[bool, str]:

@@ -222,6 +222,55 @@ in
     }
   )
 
+  # nixos/modules/services/networking/wireguard.nix: the options nixos-tests/tunnel.nix's home
+  # end sets (interfaces.<name>: ips, listenPort, privateKeyFile, peers with publicKey,
+  # allowedIPs, endpoint, persistentKeepalive). Others of nixpkgs' are not declared.
+  {
+    options.networking.wireguard.interfaces = mkOption {
+      default = { };
+      type = types.attrsOf (
+        types.submodule {
+          options = {
+            ips = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+            };
+            listenPort = mkOption {
+              type = types.nullOr types.int;
+              default = null;
+            };
+            privateKeyFile = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+            };
+            peers = mkOption {
+              default = [ ];
+              type = types.listOf (
+                types.submodule {
+                  options = {
+                    publicKey = mkOption { type = types.singleLineStr; };
+                    allowedIPs = mkOption {
+                      type = types.listOf types.str;
+                      default = [ ];
+                    };
+                    endpoint = mkOption {
+                      type = types.nullOr types.str;
+                      default = null;
+                    };
+                    persistentKeepalive = mkOption {
+                      type = types.nullOr types.int;
+                      default = null;
+                    };
+                  };
+                }
+              );
+            };
+          };
+        }
+      );
+    };
+  }
+
   # nixos/modules/services/networking/modemmanager.nix (enable: bool, default false;
   # fccUnlockScripts: list of { id: str; path: path }). `package` is not declared: unused here.
   {

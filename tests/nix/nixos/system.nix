@@ -84,6 +84,14 @@ in
     }
   )
 
+  # nixos/modules/system/boot/kernel.nix: modules loaded at boot (a list; definitions concatenate)
+  {
+    options.boot.kernelModules = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
+  }
+
   # nixos/modules/config/iproute2.nix
   {
     options.networking.iproute2 = {
