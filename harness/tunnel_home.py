@@ -11,9 +11,11 @@ around the tunnel).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import subprocess
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +269,35 @@ def router_config(workdir: Path, home: Home, **tunnel: Any) -> tuple[dict[str, A
         },
     }
     return cfg, PrivateKey(base64.b64decode(key_file.read_text())).public_key.base64
+
+
+def prepare_lab(lab: Lab) -> None:
+    """The tunnel tests' usual lab: ISPs wan and lte1 (addressed by the test's config), a LAN
+    client, OUTSIDE on the internet, and the counters at every ISP."""
+    for name in NAMES:
+        lab.add_isp(name, address="none")
+    lab.add_client()
+    add_outside(lab)
+    count_at_isps(lab)
+
+
+@contextlib.contextmanager
+def tunnel_lab(prepare: Callable[[Lab], None] = prepare_lab) -> Iterator[Lab]:
+    """A lab built by `prepare`; the router's wireguard-go (started by uplinkd's worker, not
+    by the lab) is stopped with it."""
+    with Lab() as lab:
+        try:
+            prepare(lab)
+            yield lab
+        finally:
+            kill_router_wireguard_go(lab)
+
+
+@contextlib.contextmanager
+def home_peer(lab: Lab, workdir: Path) -> Iterator[Home]:
+    """Home's wireguard-go peer, stopped at the end (started by the test: `Home.start`)."""
+    home = Home(lab, workdir)
+    try:
+        yield home
+    finally:
+        home.stop()

@@ -24,6 +24,7 @@ from uplinkd.lab import Lab
 from uplinkd.lab.launcher import LabDaemon
 from uplinkd.lab.pd import PdServer, PdTimes
 
+from harness.lab_config import static_uplink
 from harness.readback import group_members, wait_until
 
 pytestmark = [
@@ -47,19 +48,9 @@ NO_LEAK = {name: {"ipv4": 0, "ipv6": 0} for name in NAMES}
 
 
 def uplink(index: int, name: str) -> dict[str, Any]:
-    return {
-        "match": {"name": name},
-        "address": {
-            "mode": "static",
-            "cidr": f"10.{100 + index}.0.2/24",
-            "gateway": f"10.{100 + index}.0.1",
-            "cidr6": f"2001:db8:{index}::2/64",
-            "gateway6": f"2001:db8:{index}::1",
-        },
-        "table": 100 + index,
-        "weight": WEIGHTS[name],
-        "probe": {"targets": ["198.51.100.100", f"198.51.100.{index}"]},
-    }
+    return static_uplink(
+        index, name, weight=WEIGHTS[name], probe={"targets": ["198.51.100.100", f"198.51.100.{index}"]}
+    )
 
 
 CONFIG: dict[str, Any] = {

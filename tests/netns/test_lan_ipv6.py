@@ -23,6 +23,7 @@ from uplinkd import control
 from uplinkd.lab import Lab
 from uplinkd.lab.launcher import LabDaemon
 
+from harness.lab_config import static_uplink
 from harness.readback import group_members, wait_until
 
 pytestmark = [
@@ -41,19 +42,8 @@ WAIT = 30.0
 
 
 def uplink(index: int, name: str) -> dict[str, Any]:
-    return {
-        "match": {"name": name},
-        "address": {
-            "mode": "static",
-            "cidr": f"10.{100 + index}.0.2/24",
-            "gateway": f"10.{100 + index}.0.1",
-            "cidr6": f"2001:db8:{index}::2/64",
-            "gateway6": f"2001:db8:{index}::1",
-        },
-        "table": 100 + index,
-        "weight": WEIGHTS[name],
-        "probe": {"targets": [SERVER4, f"198.51.100.{index}"]},
-    }
+    targets = [SERVER4, f"198.51.100.{index}"]
+    return static_uplink(index, name, weight=WEIGHTS[name], probe={"targets": targets})
 
 
 def config(lan: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -32,11 +32,11 @@ from harness.tunnel_home import (
     OUTSIDE6,
     Counted,
     Home,
-    add_outside,
-    count_at_isps,
-    kill_router_wireguard_go,
+    home_peer,
     leak_attempts,
+    prepare_lab,
     router_config,
+    tunnel_lab,
 )
 
 pytestmark = [
@@ -78,29 +78,22 @@ def lan_sources(lab: Lab) -> dict[str, int]:
     return found
 
 
+def prepare(lab: Lab) -> None:
+    prepare_lab(lab)
+    count_lan_sources(lab)
+    lab.run(lab.clients[0].netns, ["ip", "address", "add", f"{CLIENT6}/64", "dev", "eth0", "nodad"])
+
+
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    with Lab() as lab:
-        for name in NAMES:
-            lab.add_isp(name, address="none")
-        lab.add_client()
-        add_outside(lab)
-        count_at_isps(lab)
-        count_lan_sources(lab)
-        lab.run(lab.clients[0].netns, ["ip", "address", "add", f"{CLIENT6}/64", "dev", "eth0", "nodad"])
-        try:
-            yield lab
-        finally:
-            kill_router_wireguard_go(lab)
+    with tunnel_lab(prepare) as lab:
+        yield lab
 
 
 @pytest.fixture
 def home(lab: Lab, tmp_path: Path) -> Iterator[Home]:
-    h = Home(lab, tmp_path)
-    try:
+    with home_peer(lab, tmp_path) as h:
         yield h
-    finally:
-        h.stop()
 
 
 def start_home6(home: Home, router_public: str) -> None:

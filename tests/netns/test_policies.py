@@ -23,6 +23,7 @@ from uplinkd.lab import NO_REPLY, Lab
 from uplinkd.lab.flows import DEFAULT_PORT
 from uplinkd.lab.launcher import LabDaemon
 
+from harness.lab_config import static_uplink
 from harness.readback import group_members, nexthops, nhid, routes, rules, wait_until
 
 pytestmark = [
@@ -41,18 +42,7 @@ LAN = {"lan0": {"ipv6": {"mode": "translate", "prefix": f"{LAN6}/64"}}}
 
 def uplink(index: int, name: str, **extra: Any) -> dict[str, Any]:
     """ISP number `index` as uplink `name`, static v4 and v6 addresses set by the controller."""
-    return {
-        "match": {"name": name},
-        "address": {
-            "mode": "static",
-            "cidr": f"10.{100 + index}.0.2/24",
-            "gateway": f"10.{100 + index}.0.1",
-            "cidr6": f"2001:db8:{index}::2/64",
-            "gateway6": f"2001:db8:{index}::1",
-        },
-        "table": 100 + index,
-        **extra,
-    }
+    return static_uplink(index, name, **extra)
 
 
 def uplinks(**extra: dict[str, Any]) -> dict[str, Any]:

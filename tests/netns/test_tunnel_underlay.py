@@ -30,11 +30,10 @@ from harness.tunnel_home import (
     SERVER,
     Counted,
     Home,
-    add_outside,
     block_udp,
-    count_at_isps,
-    kill_router_wireguard_go,
+    home_peer,
     router_config,
+    tunnel_lab,
     upstream,
 )
 from harness.tunnel_lab import kill_pid
@@ -49,25 +48,14 @@ PROBE_TARGET = INNER_HOME.split("/")[0]  # home's address inside the tunnel
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    with Lab() as lab:
-        for name in NAMES:
-            lab.add_isp(name, address="none")
-        lab.add_client()
-        add_outside(lab)
-        count_at_isps(lab)
-        try:
-            yield lab
-        finally:
-            kill_router_wireguard_go(lab)
+    with tunnel_lab() as lab:
+        yield lab
 
 
 @pytest.fixture
 def home(lab: Lab, tmp_path: Path) -> Iterator[Home]:
-    h = Home(lab, tmp_path)
-    try:
+    with home_peer(lab, tmp_path) as h:
         yield h
-    finally:
-        h.stop()
 
 
 def start(lab: Lab, home: Home, tmp_path: Path, **tunnel_over: Any) -> LabDaemon:

@@ -33,12 +33,11 @@ from harness.tunnel_home import (
     OUTSIDE4,
     Counted,
     Home,
-    add_outside,
-    count_at_isps,
-    kill_router_wireguard_go,
+    home_peer,
     leak_attempts,
     router_config,
     router_wireguard_go,
+    tunnel_lab,
     upstream,
 )
 
@@ -52,25 +51,14 @@ WAIT = 30.0
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    with Lab() as lab:
-        for name in NAMES:
-            lab.add_isp(name, address="none")
-        lab.add_client()
-        add_outside(lab)
-        count_at_isps(lab)
-        try:
-            yield lab
-        finally:
-            kill_router_wireguard_go(lab)
+    with tunnel_lab() as lab:
+        yield lab
 
 
 @pytest.fixture
 def home(lab: Lab, tmp_path: Path) -> Iterator[Home]:
-    h = Home(lab, tmp_path)
-    try:
+    with home_peer(lab, tmp_path) as h:
         yield h
-    finally:
-        h.stop()
 
 
 @pytest.fixture

@@ -28,10 +28,9 @@ from harness.readback import wait_until
 from harness.tunnel_home import (
     NAMES,
     Home,
-    add_outside,
-    count_at_isps,
-    kill_router_wireguard_go,
+    home_peer,
     router_config,
+    tunnel_lab,
 )
 from harness.vxlan_home import (
     BRIDGE,
@@ -57,25 +56,14 @@ SEGMENT_MTU = TUNNEL_MTU - 50  # auto: - 50 (VXLAN between IPv4 inner addresses)
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    with Lab() as lab:
-        for name in NAMES:
-            lab.add_isp(name, address="none")
-        lab.add_client()
-        add_outside(lab)
-        count_at_isps(lab)
-        try:
-            yield lab
-        finally:
-            kill_router_wireguard_go(lab)
+    with tunnel_lab() as lab:
+        yield lab
 
 
 @pytest.fixture
 def home(lab: Lab, tmp_path: Path) -> Iterator[Home]:
-    h = Home(lab, tmp_path)
-    try:
+    with home_peer(lab, tmp_path) as h:
         yield h
-    finally:
-        h.stop()
 
 
 def status(c: LabDaemon) -> dict[str, Any]:

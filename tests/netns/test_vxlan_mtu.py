@@ -26,7 +26,7 @@ from uplinkd.lab import Lab
 from uplinkd.lab.launcher import LabDaemon
 
 from harness.readback import wait_until
-from harness.tunnel_home import NAMES, Home, kill_router_wireguard_go
+from harness.tunnel_home import NAMES, Home, home_peer, tunnel_lab
 from harness.tunnel_lab import kill_pid
 from harness.vxlan_home import (
     HOME_HOST,
@@ -55,21 +55,14 @@ WAIT = 30.0
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    with Lab() as lab:
-        mtu_lab(lab)
-        try:
-            yield lab
-        finally:
-            kill_router_wireguard_go(lab)
+    with tunnel_lab(mtu_lab) as lab:
+        yield lab
 
 
 @pytest.fixture
 def home(lab: Lab, tmp_path: Path) -> Iterator[Home]:
-    h = Home(lab, tmp_path)
-    try:
+    with home_peer(lab, tmp_path) as h:
         yield h
-    finally:
-        h.stop()
 
 
 def start(lab: Lab, home: Home, tmp_path: Path, **segment: Any) -> tuple[LabDaemon, Segment]:
