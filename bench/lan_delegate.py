@@ -30,6 +30,7 @@ from uplinkd.lab.launcher import LabDaemon
 from uplinkd.lab.pd import PdTimes
 
 import bootstrap  # noqa: F401 - harness on sys.path
+from harness.lab_config import static_uplink
 from harness.readback import wait_until
 from harness.stats import markdown_table, publish, summary
 
@@ -42,17 +43,7 @@ TIMES = PdTimes(t1=2, t2=3, preferred=4, valid=6)
 def config() -> dict[str, Any]:
     return {
         "uplinks": {
-            "wan": {
-                "match": {"name": "wan"},
-                "address": {
-                    "mode": "static",
-                    "cidr": "10.101.0.2/24",
-                    "gateway": "10.101.0.1",
-                    "cidr6": "2001:db8:1::2/64",
-                    "gateway6": "2001:db8:1::1",
-                },
-                "table": 101,
-            }
+            "wan": static_uplink(1, "wan"),
         },
         "lan": {"lan0": {"ipv6": {"mode": "delegate", "uplink": "wan", "subnet": 1}}},
     }

@@ -77,22 +77,6 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
-@pytest.fixture
-def make_controller(lab: Lab, tmp_path: Path) -> Iterator[Any]:
-    started: list[LabDaemon] = []
-
-    def make(cfg: dict[str, Any]) -> LabDaemon:
-        c = LabDaemon(lab.router, cfg, workdir=tmp_path)
-        started.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in started:
-            c.stop()
-
-
 def status(c: LabDaemon) -> dict[str, Any]:
     """`uplinkctl status --json`, asked over the control socket from this process: polling
     the CLI (a Python start-up every 50 ms) loads a small machine enough to drop packets of

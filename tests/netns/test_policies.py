@@ -13,7 +13,6 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -75,22 +74,6 @@ def lab() -> Iterator[Lab]:
             lab.add_client()
             lab.run(f"lan{k}", ["ip", "address", "add", f"{LAN6}1{k}/64", "dev", "eth0", "nodad"])
         yield lab
-
-
-@pytest.fixture
-def make_controller(lab: Lab, tmp_path: Path) -> Iterator[Any]:
-    started: list[LabDaemon] = []
-
-    def make(cfg: dict[str, Any]) -> LabDaemon:
-        c = LabDaemon(lab.router, cfg, workdir=tmp_path)
-        started.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in started:
-            c.stop()
 
 
 def status(c: LabDaemon) -> dict[str, Any]:
