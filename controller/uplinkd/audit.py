@@ -3,7 +3,7 @@
 Two checks, both asking the live kernel rather than trusting the plan:
 
 - with a `full` tunnel: can a LAN source reach an uplink directly, around the tunnel
-  (`uplinkd.tunnels.audit`, by routing);
+  (`tunnel_audit`, by routing);
 - per configured LAN, in IPv6: for a source in each global prefix the LAN interface holds
   (and the mode's own prefix), how the kernel would route a forwarded packet to the internet,
   and then what uplinkd's nft table does with it (`plan.leaks`): a packet that would leave an
@@ -19,13 +19,67 @@ import ipaddress
 
 from uplinkd.config import Config
 from uplinkd.kernel.state import Kernel
-from uplinkd.model import AF_INET6, NFT, NftIpv6, NftState
+from uplinkd.model import AF_INET, AF_INET6, NFT, IPAddress, NftIpv6, NftState
 from uplinkd.plan import Facts
 from uplinkd.plan import desired as plan_desired
 from uplinkd.plan.lan6 import lan_mode
 from uplinkd.plan.leaks import allowed, fate
-from uplinkd.tunnels import AUDIT_DESTINATIONS
-from uplinkd.tunnels import audit as tunnel_audit
+
+# A destination outside every private range, for route lookups only (no packet is sent).
+AUDIT_DESTINATIONS: tuple[tuple[int, IPAddress], ...] = (
+    (AF_INET, ipaddress.ip_address("192.0.2.1")),
+    (AF_INET6, ipaddress.ip_address("2001:db8:ffff::1")),
+)
+
+
+def _delegating(config: Config, lan: str) -> bool:
+    """Whether `lan` is a `delegate` LAN, whose IPv6 leaves by its uplink by choice."""
+    return lan in config.lan and config.lan[lan].ipv6.mode == "delegate"
+
+
+async def tunnel_audit(config: Config) -> tuple[list[str], list[str]]:
+    """With a `full` tunnel configured, can a LAN source reach an uplink
+    directly? For every interface with an address that is neither an uplink nor a tunnel (the
+    LANs), in each family it has an address in, the kernel is asked how it would route a
+    packet forwarded from a host there to the internet: unmarked, and with each policy's mark
+    (what a steering rule would give it). Returns (problems, what was checked):
+    a problem names the interface, the packet, the rule and the uplink it would leave by."""
+    if not any(t.full for t in config.tunnels.values()):
+        return [], ["no tunnel with route 'full' is configured: nothing to audit"]
+    kernel = Kernel(config)
+    try:
+        observed, _ = await kernel.read()
+        intent = plan_desired(config, Facts(observed))
+        uplinks = {s.dev: s.name for s in intent.uplinks if s.dev}
+        tunnel_devs = {t.interface for t in config.tunnels.values()}
+        problems: list[str] = []
+        checked: list[str] = []
+        for link in sorted(observed.links.values(), key=lambda li: li.index):
+            if link.name in uplinks or link.name in tunnel_devs or link.name == "lo":
+                continue
+            for family, dst in AUDIT_DESTINATIONS:
+                addrs = observed.addrs_of(link.index, family)
+                if not addrs or (family == AF_INET6 and _delegating(config, link.name)):
+                    continue  # a delegate LAN's IPv6 goes by its uplink: uplinkd.audit judges it
+                net = addrs[0].network
+                src = next(h for h in (net.network_address + 2, net.network_address + 3) if h != addrs[0].ip)
+                # unmarked, and as each policy's steering rules would mark it
+                for policy, mark in [("", None), *((p, config.policy_mark(p)) for p in config.policies)]:
+                    ex = await kernel.explain(
+                        dst=dst, src=src, iif=link.name, mark=mark, uplinks_by_dev=uplinks
+                    )
+                    what = (
+                        f"{link.name}: {src} → {dst}{' steered to policy ' + policy if policy else ''}: "
+                        f"{ex.type}{' dev ' + ex.dev if ex.dev else ''} ({ex.rule})"
+                    )
+                    if ex.dev in uplinks:
+                        problems.append(f"{what}: leaves by uplink {uplinks[ex.dev]}, around the full tunnel")
+                    else:
+                        checked.append(what)
+        return problems, checked
+    finally:
+        kernel.close()
+
 
 DST6 = next(dst for family, dst in AUDIT_DESTINATIONS if family == AF_INET6)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
@@ -34,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from uplinkd.config import Config, Tunnel
+from uplinkd.config import Tunnel
 from uplinkd.kernel import resolver, wguapi
 from uplinkd.kernel.state import Kernel
 from uplinkd.kernel.wireguard import (
@@ -51,9 +50,8 @@ from uplinkd.kernel.wireguard import (
     private_key_file,
     remove_devices,
 )
-from uplinkd.model import AF_INET, AF_INET6, HealthVerdict, IPAddress, State
-from uplinkd.plan import Facts, Intent
-from uplinkd.plan import desired as plan_desired
+from uplinkd.model import HealthVerdict, State
+from uplinkd.plan import Intent
 from uplinkd.runtime import Runtime
 from uplinkd.tunnel import dns
 from uplinkd.tunnel.health import TunnelHealth, TunnelState, combined, judge
@@ -472,59 +470,3 @@ async def explain_tunnel(
         )
         out.update(encrypted_via=outer.uplink, encrypted_dev=outer.dev, encrypted_rule=outer.rule)
     return out
-
-
-# A destination outside every private range, for route lookups only (no packet is sent).
-AUDIT_DESTINATIONS: tuple[tuple[int, IPAddress], ...] = (
-    (AF_INET, ipaddress.ip_address("192.0.2.1")),
-    (AF_INET6, ipaddress.ip_address("2001:db8:ffff::1")),
-)
-
-
-def _delegating(config: Config, lan: str) -> bool:
-    """Whether `lan` is a `delegate` LAN, whose IPv6 leaves by its uplink by choice."""
-    return lan in config.lan and config.lan[lan].ipv6.mode == "delegate"
-
-
-async def audit(config: Config) -> tuple[list[str], list[str]]:
-    """`uplinkctl audit`: with a `full` tunnel configured, can a LAN source reach an uplink
-    directly? For every interface with an address that is neither an uplink nor a tunnel (the
-    LANs), in each family it has an address in, the kernel is asked how it would route a
-    packet forwarded from a host there to the internet: unmarked, and with each policy's mark
-    (what a steering rule would give it). Returns (problems, what was checked):
-    a problem names the interface, the packet, the rule and the uplink it would leave by."""
-    if not any(t.full for t in config.tunnels.values()):
-        return [], ["no tunnel with route 'full' is configured: nothing to audit"]
-    kernel = Kernel(config)
-    try:
-        observed, _ = await kernel.read()
-        intent = plan_desired(config, Facts(observed))
-        uplinks = {s.dev: s.name for s in intent.uplinks if s.dev}
-        tunnel_devs = {t.interface for t in config.tunnels.values()}
-        problems: list[str] = []
-        checked: list[str] = []
-        for link in sorted(observed.links.values(), key=lambda li: li.index):
-            if link.name in uplinks or link.name in tunnel_devs or link.name == "lo":
-                continue
-            for family, dst in AUDIT_DESTINATIONS:
-                addrs = observed.addrs_of(link.index, family)
-                if not addrs or (family == AF_INET6 and _delegating(config, link.name)):
-                    continue  # a delegate LAN's IPv6 goes by its uplink: uplinkd.audit judges it
-                net = addrs[0].network
-                src = next(h for h in (net.network_address + 2, net.network_address + 3) if h != addrs[0].ip)
-                # unmarked, and as each policy's steering rules would mark it
-                for policy, mark in [("", None), *((p, config.policy_mark(p)) for p in config.policies)]:
-                    ex = await kernel.explain(
-                        dst=dst, src=src, iif=link.name, mark=mark, uplinks_by_dev=uplinks
-                    )
-                    what = (
-                        f"{link.name}: {src} → {dst}{' steered to policy ' + policy if policy else ''}: "
-                        f"{ex.type}{' dev ' + ex.dev if ex.dev else ''} ({ex.rule})"
-                    )
-                    if ex.dev in uplinks:
-                        problems.append(f"{what}: leaves by uplink {uplinks[ex.dev]}, around the full tunnel")
-                    else:
-                        checked.append(what)
-        return problems, checked
-    finally:
-        kernel.close()
