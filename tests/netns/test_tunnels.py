@@ -104,6 +104,22 @@ def explain_lan(daemon: LabDaemon) -> tuple[str, str]:
     return ex.get("tunnel"), ex.get("encrypted_via")
 
 
+def assert_nothing_leaks_while_down(lab: Lab, daemon: LabDaemon, *, audit_names: str) -> None:
+    """Start the daemon with home unreachable: the tunnel is down, `audit` passes and its
+    report names `audit_names`, and the LAN client's leak attempts reach no ISP."""
+    daemon.start()
+    for name in NAMES:
+        wait_up(daemon, name)
+    assert tunnel(daemon)["state"] == "down"
+    audited = daemon.ctl("audit", "--config", str(daemon.config_path), check=False)
+    assert audited.returncode == 0 and audit_names in audited.stdout, audited.stdout + audited.stderr
+    seen = Counted(lab)
+    leak_attempts(lab)
+    for name in NAMES:
+        got = seen[name]
+        assert got["leak4"] == 0 and got["leak6"] == 0, (name, got)
+
+
 def test_flows_inside_the_tunnel_survive_an_underlay_blackhole(
     lab: Lab, home: Home, setup: tuple[LabDaemon, str, dict[str, Any]]
 ) -> None:
@@ -151,17 +167,7 @@ def test_kill_switch_leaks_nothing_v4_or_v6_while_home_is_unreachable(
     lab: Lab, setup: tuple[LabDaemon, str, dict[str, Any]]
 ) -> None:
     daemon, _, _ = setup  # home never starts: the tunnel stays down
-    daemon.start()
-    for name in NAMES:
-        wait_up(daemon, name)
-    assert tunnel(daemon)["state"] == "down"
-    audited = daemon.ctl("audit", "--config", str(daemon.config_path), check=False)
-    assert audited.returncode == 0 and "ok: lan0" in audited.stdout, audited.stdout + audited.stderr
-    seen = Counted(lab)
-    leak_attempts(lab)
-    for name in NAMES:
-        got = seen[name]
-        assert got["leak4"] == 0 and got["leak6"] == 0, (name, got)
+    assert_nothing_leaks_while_down(lab, daemon, audit_names="ok: lan0")
 
 
 def test_a_steering_rule_does_not_take_lan_traffic_around_a_full_tunnel(
@@ -175,17 +181,7 @@ def test_a_steering_rule_does_not_take_lan_traffic_around_a_full_tunnel(
     cfg["policies"] = {"wired": {"tiers": [["wan"]], "table": 160}}
     cfg["rules"] = {"steer": [{"src": ["192.168.50.0/24", LAN_INNER6], "policy": "wired"}]}
     daemon.write_config(cfg)
-    daemon.start()
-    for name in NAMES:
-        wait_up(daemon, name)
-    assert tunnel(daemon)["state"] == "down"
-    audited = daemon.ctl("audit", "--config", str(daemon.config_path), check=False)
-    assert audited.returncode == 0 and "policy wired" in audited.stdout, audited.stdout + audited.stderr
-    seen = Counted(lab)
-    leak_attempts(lab)
-    for name in NAMES:
-        got = seen[name]
-        assert got["leak4"] == 0 and got["leak6"] == 0, (name, got)
+    assert_nothing_leaks_while_down(lab, daemon, audit_names="policy wired")
 
 
 def test_the_tunnel_carries_ipv4_and_refuses_ipv6_around_it(
