@@ -382,21 +382,25 @@ class Kernel:
             kind = op.kind
             try:
                 await kind.write(self.transport, op.verb, op.obj, owner)
-            except NetlinkError as e:
-                if op.verb == "delete" and e.code in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
+            except (NetlinkError, OSError) as e:
+                # OSError: the writes that are files or sockets (/proc/sys, wireguard's UAPI).
+                # A device can vanish or be renamed by udev between reading and writing;
+                # /proc/sys/net/ipv6/conf/<old name> is then ENOENT, like ENODEV on netlink.
+                code = e.code if isinstance(e, NetlinkError) else (e.errno or errno.EIO)
+                if op.verb == "delete" and code in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
                     done.append(op)  # already gone: the kernel did it for us (e.g. unplug)
                     continue
-                if op.verb == "add" and e.code == errno.EEXIST and kind.foreign_keys:
+                if op.verb == "add" and code == errno.EEXIST and kind.foreign_keys:
                     why = f"a {kind.name} uplinkd does not own holds this key; it is left alone"
                     log.warning("refused: %s: %s", op, why)
                     failed.append(OpFailure(op, why, transient=False))
                     continue
-                if op.verb == "add" and e.code == errno.EEXIST:
+                if op.verb == "add" and code == errno.EEXIST:
                     done.append(op)
                     continue
-                text = f"{os.strerror(e.code)} (errno {e.code})"
+                text = f"{os.strerror(code)} (errno {code})"
                 log.warning("failed: %s: %s", op, text)
-                failed.append(OpFailure(op, text, e.code in TRANSIENT))
+                failed.append(OpFailure(op, text, code in TRANSIENT))
             except nft.NftError as e:
                 log.warning("failed: %s: %s", op, e)
                 failed.append(OpFailure(op, str(e), transient=True))
