@@ -78,6 +78,7 @@ def test_a_setting_planned_for_a_device_udev_renamed_fails_that_op_and_the_rest_
     ip(ns, "link", "set", "dev", "usb0", "name", "lte9")  # what udev does after the plan was made
     out = subprocess.run(
         ["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT, str(renamed), str(kept)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
