@@ -181,6 +181,30 @@ def test_translate_restart_makes_no_writes_and_interrupts_no_ipv6_flow(lab: Lab,
     assert report.lost() == 0 and not report.moved() and report.reconnects() == 0
 
 
+def test_translate_drain_and_a_weight_change_move_no_ipv6_connection(lab: Lab, daemon: Any) -> None:
+    """The IPv4 bars for IPv6: draining an uplink sends only new flows elsewhere, and a new
+    weight changes where new flows go; connections already open keep their uplink (the ct
+    mark pins them) and lose nothing."""
+    c = daemon(translate(lab))
+    before = lab.start_flows(tcp=20, udp=30, interval_ms=20, duration=5.0, family=6)
+    time.sleep(1.0)
+    c.ctl("drain", "lte1")
+    assert set(group_members(lab.router, TABLES, v6=True)) == {"wan", "lte2"}
+    after = lab.flows(tcp=15, udp=25, interval_ms=50, duration=1.0, family=6)
+    assert "lte1" not in after.by_uplink() and after.lost() == 0, after.by_uplink()
+    c.config["uplinks"]["wan"]["weight"] = 1
+    c.write_config(c.config)
+    c.ctl("reload")
+    wait_until(lambda: group_members(lab.router, TABLES, v6=True).get("wan") == 1, what="wan's new v6 weight")
+    old = before.result()
+    assert old.by_uplink(at="first").get("lte1", 0) > 0, "no flow started on lte1; the test proves nothing"
+    assert not old.moved(), [old.uplinks_of(f) for f in old.moved()]
+    assert old.lost() == 0 and old.reconnects() == 0
+    c.ctl("undrain", "lte1")
+    assert set(group_members(lab.router, TABLES, v6=True)) == set(NAMES)
+    assert foreign(lab) == NO_LEAK
+
+
 def test_translate_blackhole_breaks_only_that_uplinks_ipv6(lab: Lab, daemon: Any) -> None:
     c = daemon(translate(lab))
     flows = lab.start_flows(tcp=15, udp=30, interval_ms=20, duration=6.0, family=6)
