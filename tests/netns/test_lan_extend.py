@@ -108,11 +108,19 @@ def client_default(lab: Lab) -> list[dict[str, Any]]:
     return list(json.loads(out or "[]"))
 
 
+def ipv6_state(lab: Lab) -> str:
+    """What client, router and ISP hold for IPv6 (addresses, routes, neighbours, rules), for
+    a failure's message."""
+    show = "ip -6 address; ip -6 route show table all; ip -6 neigh; ip -6 rule"
+    roles = (("client", "lan1"), ("router", "router"), ("isp", lab.isp("lte1").netns))
+    outs = [f"--- {what}:\n{lab.run(ns, ['sh', '-c', show], check=False).stdout}" for what, ns in roles]
+    return "\n".join(outs)
+
+
 def sources(lab: Lab) -> set[str]:
     report = lab.flows(tcp=3, udp=3, duration=0.6, family=6)
-    if report.lost():  # say what the client had: its addresses and routes
-        state = lab.run("lan1", ["sh", "-c", "ip -6 address show dev eth0; ip -6 route; ip -6 neigh"]).stdout
-        raise AssertionError(f"{report.lost()} lost: {report.by_uplink()}\nclient:\n{state}")
+    if report.lost():
+        raise AssertionError(f"{report.lost()} lost: {report.by_uplink()}\n{ipv6_state(lab)}")
     return {flow.last_source or "" for flow in report.flows}
 
 
@@ -274,7 +282,8 @@ def test_path_mtu_a_1400_byte_exchange_over_a_1428_byte_uplink(lab: Lab, daemon:
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
         out = lab.run("lan1", [sys.executable, "-c", TRIES, SERVER6], check=False)
         assert out.returncode == 0, out.stderr
-        assert int(out.stdout.strip()) >= 9, out.stdout  # the first ones may teach the path MTU
+        # the first ones may teach the path MTU
+        assert int(out.stdout.strip()) >= 9, f"{out.stdout.strip()} of 12\n{ipv6_state(lab)}"
     finally:
         lab.stop(echo)
     assert isp.foreign_sources() == {"ipv4": 0, "ipv6": 0}
