@@ -839,8 +839,8 @@ def test_plan_strings_are_ip_syntax() -> None:
     assert lines[:5] == [
         "ip link set dev usb0 up",
         "ip link set dev wwan0 up",
-        # usb0 is a dhcp uplink: its IPv6 comes by RA, its router into T_u only
-        "sysctl -w net.ipv6.conf.usb0.accept_ra=2; sysctl -w net.ipv6.conf.usb0.accept_ra_defrtr=0",
+        # usb0 is a dhcp uplink: its IPv6 comes by RA, its router into T_u only (narrowed first)
+        "sysctl -w net.ipv6.conf.usb0.accept_ra_defrtr=0; sysctl -w net.ipv6.conf.usb0.accept_ra=2",
         "ip address add 10.64.0.2/30 dev wwan0",
         "ip address add 100.64.0.10/24 dev usb0",
     ]

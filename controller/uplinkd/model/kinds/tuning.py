@@ -31,9 +31,9 @@ class LinkTuning:
     def __str__(self) -> str:
         name = self.dev or str(self.ifindex)
         parts = [f"ip link set dev {name} mtu {self.mtu}"] if self.mtu is not None else []
-        if self.accept_ra is not None:
-            parts.append(f"sysctl -w net.ipv6.conf.{name}.accept_ra={self.accept_ra}")
         parts += [f"sysctl -w net.ipv6.conf.{name}.{key}={value}" for key, value in self.conf6]
+        if self.accept_ra is not None:  # last: see `write`
+            parts.append(f"sysctl -w net.ipv6.conf.{name}.accept_ra={self.accept_ra}")
         return "; ".join(parts) or f"# nothing to set on {name}"
 
 
@@ -77,10 +77,14 @@ class LinkTunings(Kind[int, LinkTuning]):
     async def write(self, io: Transport, verb: Verb, obj: LinkTuning, owner: Ownership) -> None:
         if obj.mtu is not None:
             await io.link_mtu(index=obj.ifindex, mtu=obj.mtu)
-        if obj.accept_ra is not None:
-            await io.ipv6_conf(dev=obj.dev, key="accept_ra", value=obj.accept_ra)
+        # What to take from an RA (accept_ra_defrtr, accept_ra_pinfo) before accept_ra itself:
+        # an RA that arrives between the writes must meet the narrowed settings. The other
+        # way round, one RA (the ISP's answer to the link coming up) put a SLAAC address and
+        # an on-link route for an extended /64 on the uplink, and the LAN lost its IPv6.
         for key, value in obj.conf6:
             await io.ipv6_conf(dev=obj.dev, key=key, value=value)
+        if obj.accept_ra is not None:
+            await io.ipv6_conf(dev=obj.dev, key="accept_ra", value=obj.accept_ra)
 
 
 KIND = LinkTunings()
