@@ -124,9 +124,6 @@ def sources(lab: Lab) -> set[str]:
     return {flow.last_source or "" for flow in report.flows}
 
 
-# Known flaky in long runs: once (CI, after the LAN-delegate tests) every IPv6 flow from the
-# client's fresh SLAAC address was lost; never seen alone. The failure prints the client's view.
-@pytest.mark.flaky(reruns=2)
 def test_extend_gives_the_lan_the_uplinks_64_by_slaac_and_the_server_sees_it_unchanged(
     lab: Lab, daemon: Any
 ) -> None:
@@ -246,9 +243,6 @@ print(got)
 """
 
 
-# Known flaky: in long runs after other netns tests, about 1 run in 4 gets 0 of 12 exchanges
-# through (never when run alone); the cause is not found yet. A rerun keeps the assertion.
-@pytest.mark.flaky(reruns=2)
 def test_path_mtu_a_1400_byte_exchange_over_a_1428_byte_uplink(lab: Lab, daemon: Any) -> None:
     """The stick's link is 1428 bytes on both ends; the client's LAN link stays at 1500 (as if
     it ignored the RA's MTU). A 1400-byte UDP payload (a 1448-byte packet) each way: the
