@@ -4,8 +4,9 @@
 # stick can be unplugged and plugged into any USB port at any time.
 #
 # Policies: VoIP (the phone, and SIP from any softphone) and the admin's workstation go by the
-# wired ISP only; the guest Wi-Fi goes by the LTE sticks only; everything else is balanced over
-# all three; the router's own updates (root's traffic: nix-daemon, nixos-upgrade) never use LTE.
+# wired ISP only; the guest Wi-Fi's IPv4 goes by the LTE sticks only; everything else is
+# balanced over all three; the router's own updates (root's traffic: nix-daemon,
+# nixos-upgrade) never use LTE.
 #
 # LAN: two ports bridged as br-lan, 192.168.1.0/24, DHCP from networkd, DNS from a local
 # recursive resolver (so names resolve over whichever uplinks are up), and a firewall that lets
@@ -15,8 +16,9 @@
 # IPv6: the LAN gets a /64 of the prefix the fibre ISP delegates by DHCPv6-PD (uplinkd's own
 # client asks for it) and its IPv6 goes out by the fibre only, untranslated; when the
 # delegation ends, the LAN's prefix goes with it. The guest network keeps a stable internal
-# /64 that is prefix-translated to whichever uplink carries a connection, like its IPv4 (its
-# steering rule sends it to the LTE sticks). dnsmasq only advertises (RA, SLAAC) whatever /64
+# /64 that is prefix-translated to whichever uplink carries a connection: its IPv6 is balanced
+# over the fibre and both sticks (each translated to that uplink's /64, the fibre's from its
+# RA), while its IPv4 stays on the sticks. dnsmasq only advertises (RA, SLAAC) whatever /64
 # uplinkd puts on each LAN interface; it follows a new delegated prefix by itself.
 #
 # Import it from your configuration next to your hardware-configuration.nix, with uplinkd's
@@ -124,11 +126,6 @@
       }
       {
         src = [ "192.168.2.0/24" ];
-        policy = "lte";
-      }
-      {
-        # the guest network's IPv6 (translated to the sticks' prefixes)
-        src = [ "2001:db8:ff::/64" ];
         policy = "lte";
       }
       {
