@@ -154,7 +154,8 @@ def describe(advert: Advert) -> str:
         f"{p.prefix} (preferred {p.preferred} s, valid {p.valid} s)" for p in advert.prefixes
     )
     mtu = f", MTU {advert.mtu}" if advert.mtu is not None else ""
-    return f"router {advert.router} for {advert.lifetime} s; prefixes {prefixes or 'none'}{mtu}"
+    managed = ", addresses by DHCPv6 (M flag)" if advert.managed else ""
+    return f"router {advert.router} for {advert.lifetime} s; prefixes {prefixes or 'none'}{mtu}{managed}"
 
 
 # --- kept across restarts ---------------------------------------------------------------------
@@ -193,6 +194,7 @@ def stored(path: Path) -> Advert | None:
             rdnss=tuple(ipaddress.IPv6Address(a) for a in data["rdnss"]),
             rdnss_lifetime=int(data["rdnss_lifetime"]),
             hop_limit=int(data["hop_limit"]),
+            managed=bool(data.get("managed", False)),  # files from before the M flag: not managed
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -207,6 +207,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             d = u["delegated6"]
             left = "for ever" if d["valid_s"] is None else f"valid {d['valid_s']:.0f} s more"
             print(f"ipv6: {u['name']} delegates {d['prefix']} (DHCPv6-PD, {left})")
+        if d := u.get("dhcp6"):
+            left = "for ever" if d["valid_s"] is None else f"valid {d['valid_s']:.0f} s more"
+            print(f"ipv6: {u['name']} has {d['address']} by DHCPv6 ({left})")
         if ra := u.get("ra"):
             heard = ", ".join(f"{p['prefix']} (preferred {p['preferred']} s)" for p in ra["prefixes"])
             heard = heard or "no prefix"

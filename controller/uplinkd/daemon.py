@@ -237,6 +237,7 @@ class Controller:
             bearers=self.rt.bearers,
             adverts=self.rt.adverts,
             delegations=self.rt.delegations,
+            leases6=self.rt.leases6,
             previous={s.name: s.ifindex for s in self.rt.intent.uplinks if s.ifindex is not None}
             if self.rt.intent
             else {},

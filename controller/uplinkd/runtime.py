@@ -18,7 +18,7 @@ from uplinkd import journal
 from uplinkd.config import Config
 from uplinkd.counters import Counters
 from uplinkd.kernel.state import ApplyResult
-from uplinkd.model import Bearer, Delegation, HealthVerdict, Lease, State
+from uplinkd.model import Bearer, Delegation, HealthVerdict, Lease, Lease6, State
 from uplinkd.model.adverts import Advert
 from uplinkd.plan import Intent, Plan, verdicts
 from uplinkd.tunnel.health import TunnelHealth
@@ -52,6 +52,7 @@ class Runtime:
     health: dict[str, HealthVerdict] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
     delegations: dict[str, Delegation] = field(default_factory=dict)  # uplink → its DHCPv6-PD prefix
+    leases6: dict[str, Lease6] = field(default_factory=dict)  # uplink → its DHCPv6 (IA_NA) address
     tunnels: dict[str, TunnelHealth] = field(default_factory=dict)  # tunnel → its worker's last look
     tunnel_probes: dict[str, HealthVerdict] = field(default_factory=dict)  # tunnel → probes' verdict
     bearers: dict[str, Bearer] = field(default_factory=dict)  # modem uplinks' connected bearers
@@ -87,6 +88,9 @@ class Runtime:
 
     def pd_file(self, name: str) -> Path:
         return self.config.control.state_dir / f"{name}.pd.json"
+
+    def na_file(self, name: str) -> Path:
+        return self.config.control.state_dir / f"{name}.na.json"
 
     def verdicts(self) -> dict[str, HealthVerdict]:
         """Verdicts from the probers; an uplink with targets but no verdict yet is unknown,

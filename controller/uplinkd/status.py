@@ -58,6 +58,7 @@ def render(
                 **_metering_json(rt, s),
                 **_modem_json(rt, s.name, (modems or {}).get(s.name)),
                 **_delegation_json(rt, s.name),
+                **_lease6_json(rt, s.name),
                 "ra": _ra_json(rt, s.name),
             }
             for s in ups
@@ -138,6 +139,7 @@ def _ra_json(rt: Runtime, name: str) -> dict[str, Any] | None:
         ],
         "mtu": advert.mtu,
         "rdnss": [str(a) for a in advert.rdnss],
+        "managed": advert.managed,
     }
 
 
@@ -148,6 +150,15 @@ def _delegation_json(rt: Runtime, name: str) -> dict[str, Any]:
         return {}
     left = None if d.valid_until is None else max(0.0, round(d.valid_until - time.time(), 1))
     return {"delegated6": {"prefix": str(d.prefix), "valid_s": left}}
+
+
+def _lease6_json(rt: Runtime, name: str) -> dict[str, Any]:
+    """`dhcp6` for an uplink that holds an address by DHCPv6 (IA_NA): it and its valid time left."""
+    lease = rt.leases6.get(name)
+    if lease is None:
+        return {}
+    left = None if lease.valid_until is None else max(0.0, round(lease.valid_until - time.time(), 1))
+    return {"dhcp6": {"address": str(lease.address.ip), "valid_s": left}}
 
 
 def _lan_json(rt: Runtime, senders: Mapping[str, AdvertSender]) -> list[dict[str, Any]]:

@@ -146,7 +146,7 @@ def test_delegated_64_reaches_the_server_by_its_uplink_and_survives_a_restart(la
     stamps = {}
     for line in c.log_path.read_text().splitlines():
         for what in (
-            "DHCPv6-PD client started",
+            "DHCPv6 client started",
             "delegated prefix 2001:db8:e1::/56",
             "ip address add 2001:db8:e1",
         ):

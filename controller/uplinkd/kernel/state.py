@@ -409,13 +409,17 @@ class Kernel:
         return ApplyResult(tuple(done), tuple(failed))
 
 
+IFA_F_DADFAILED = 0x08
+
+
 def observed_of(snapshot: Snapshot, *, protocol: int) -> Observed:
     """Others' facts in a snapshot: every address, and the default routes others made."""
     addrs: list[Addr] = []
     for msg in snapshot.addrs:
         address = address_of(msg["family"], msg.get("IFA_LOCAL"), msg.get("IFA_ADDRESS"), msg["prefixlen"])
         if address is not None:
-            addrs.append(Addr(msg["index"], address))
+            flags = msg.get("IFA_FLAGS") or msg.get("flags") or 0
+            addrs.append(Addr(msg["index"], address, dadfailed=bool(flags & IFA_F_DADFAILED)))
     gateways = [
         Gateway(r.oif, r.family, ipaddress.ip_address(r.gateway) if r.gateway else None)
         for r in snapshot.routes

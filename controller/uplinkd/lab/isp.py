@@ -170,6 +170,19 @@ class Isp:
         found = [item["counter"] for item in json.loads(out.stdout)["nftables"] if "counter" in item]
         return int(found[0]["packets"])
 
+    def leases6(self) -> list[tuple[int, str]]:
+        """The IPv6 addresses dnsmasq has leased by DHCPv6 (IA_NA): (expiry, address) per
+        line of its lease file after the ``duid`` line."""
+        path = self._workdir / f"isp{self.index}.leases"
+        found: list[tuple[int, str]] = []
+        v6 = False
+        for line in path.read_text().splitlines() if path.exists() else []:
+            words = line.split()
+            v6 = v6 or (bool(words) and words[0] == "duid")
+            if v6 and len(words) >= 3 and words[0].isdigit() and ":" in words[2]:
+                found.append((int(words[0]), words[2]))
+        return found
+
     def leases(self) -> list[DnsmasqLease]:
         """The leases dnsmasq has handed out (its lease file)."""
         path = self._workdir / f"isp{self.index}.leases"
@@ -178,6 +191,8 @@ class Isp:
         leases = []
         for line in path.read_text().splitlines():
             words = line.split()
+            if words[:1] == ["duid"]:
+                break  # the DHCPv6 leases follow: leases6()
             if len(words) >= 4 and words[0].isdigit():
                 leases.append(DnsmasqLease(int(words[0]), words[1], IPv4Address(words[2]), words[3]))
         return leases
@@ -359,10 +374,12 @@ class Isp:
         socket on port 67 owned by this very process."""
         if not pidfile.exists() or pidfile.read_text().strip() != str(pid):
             return False
-        if not self.options.serves_dhcp:
-            return True
-        out = self._runner.run(self.netns, ["ss", "-H", "-u", "-l", "-n", "-p", "sport = :67"])
-        return f"pid={pid}," in out.stdout
+        ports = ([":67"] if self.options.serves_dhcp else []) + ([":547"] if self.options.dhcp6 else [])
+        for port in ports:
+            out = self._runner.run(self.netns, ["ss", "-H", "-u", "-l", "-n", "-p", f"sport = {port}"])
+            if f"pid={pid}," not in out.stdout:
+                return False
+        return True
 
     def _stop_dnsmasq(self) -> None:
         if self._dnsmasq is not None:

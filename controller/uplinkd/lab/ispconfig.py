@@ -21,7 +21,9 @@ DOWN = "down"
 UP = "up"
 TABLE = "lab"
 MIN_LEASE_S = 120
-"""dnsmasq refuses leases shorter than two minutes."""
+"""dnsmasq refuses leases shorter than two minutes (for DHCPv6 too: it raises them to 120 s)."""
+DHCP6_POOL = ("::1000", "::1fff")
+"""The host part of the addresses an ISP with ``dhcp6`` hands out, in its current /64."""
 
 READY_TIMEOUT_S = 5.0
 POLL_S = 0.02
@@ -43,10 +45,17 @@ class IspOptions:
     onlink6: bool = False
     """With ``routed6`` and ``ra``: keep the /64 on-link instead (no route to the router), as
     an Ethernet-style stick does: the ISP finds each address by neighbour discovery."""
+    dhcp6: bool = False
+    """With ``ra``: addresses only by stateful DHCPv6 (IA_NA, ``DHCP6_POOL`` of the /64, for
+    ``lease_seconds``): the RAs set the M flag and advertise the prefix without the A flag, so
+    nobody gets an address by SLAAC (a wired ISP or an LTE router in bridge mode that
+    requires DHCPv6)."""
 
     def __post_init__(self) -> None:
         if self.lease_seconds < MIN_LEASE_S:
             raise ValueError(f"dnsmasq's shortest lease is {MIN_LEASE_S} s")
+        if self.dhcp6 and not self.ra:
+            raise ValueError("dhcp6 needs ra: dnsmasq announces its DHCPv6 service by RA (the M flag)")
 
     @property
     def serves_dhcp(self) -> bool:
@@ -172,11 +181,15 @@ def dnsmasq_argv(
         ]
     if options.ra:
         mtu = f"mtu:{options.ra_mtu}," if options.ra_mtu is not None else ""
-        argv += [
-            "--enable-ra",
-            # the prefixes of the link's addresses: a renumbered one is advertised as it
-            # changes, and the one it replaced as an "old prefix" (lifetime 0) for a while
-            f"--dhcp-range=::,constructor:{DOWN},ra-only,64",
-            f"--ra-param={DOWN},{mtu}10,600",
-        ]
+        # the prefixes of the link's addresses: a renumbered one is advertised as it
+        # changes, and the one it replaced as an "old prefix" (lifetime 0) for a while.
+        # Stateful (no mode keyword): dnsmasq leases addresses of the range by DHCPv6 and its
+        # RAs set the M flag and clear the prefix's A flag (its man page, --enable-ra)
+        first6, last6 = DHCP6_POOL
+        ranged = (
+            f"--dhcp-range={first6},{last6},constructor:{DOWN},64,{options.lease_seconds}"
+            if options.dhcp6
+            else f"--dhcp-range=::,constructor:{DOWN},ra-only,64"
+        )
+        argv += ["--enable-ra", ranged, f"--ra-param={DOWN},{mtu}10,600"]
     return argv

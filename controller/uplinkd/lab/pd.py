@@ -1,4 +1,5 @@
-"""An ISP's DHCPv6 prefix delegation server: ISC Kea (kea-dhcp6) in the ISP's namespace.
+"""An ISP's DHCPv6 prefix delegation server: ISC Kea (kea-dhcp6) in the ISP's namespace;
+optionally also handing out the router's own address (IA_NA) from a range of the link's /64.
 
 Why Kea: dnsmasq (the lab's DHCPv4 and RA server) has no prefix delegation; of the servers
 Debian 12 ships, Kea is ISC's current one and the strictest about RFC 8415 (it checks the
@@ -50,6 +51,7 @@ class PdServer:
         pool: IPv6Network,
         delegated_len: int = 56,
         times: PdTimes = PdTimes(),
+        addresses: tuple[str, str] | None = None,
     ) -> None:
         self.isp = isp
         self.runner = runner
@@ -58,6 +60,7 @@ class PdServer:
         self.pool = pool
         self.delegated_len = delegated_len
         self.times = times
+        self.addresses = addresses  # first and last address of an IA_NA pool, if any
         self.proc: subprocess.Popen[str] | None = None
         self.lease_file = workdir / f"kea-{isp.name}.leases6"
 
@@ -88,6 +91,7 @@ class PdServer:
                         "id": a.index,
                         "subnet": str(a.gateway6.network),
                         "interface": DOWN,
+                        "pools": [{"pool": "-".join(self.addresses)}] if self.addresses else [],
                         "pd-pools": [
                             {
                                 "prefix": str(self.pool.network_address),
@@ -156,6 +160,15 @@ class PdServer:
         head = lines[0].split(",")
         found = [dict(zip(head, line.split(","), strict=False)) for line in lines[1:]]
         return [row for row in found if row.get("lease_type") == "2"]  # IA_PD
+
+    def address_rows(self) -> list[dict[str, str]]:
+        """Every address lease record (IA_NA, lease_type 0) in Kea's memfile, oldest first."""
+        if not self.lease_file.exists():
+            return []
+        lines = self.lease_file.read_text().splitlines()
+        head = lines[0].split(",") if lines else []
+        found = [dict(zip(head, line.split(","), strict=False)) for line in lines[1:]]
+        return [row for row in found if row.get("lease_type") == "0"]
 
     def leases(self) -> list[str]:
         """The prefixes Kea has delegated (each once)."""

@@ -169,11 +169,13 @@ class Lab:
         routed6: bool = False,
         ra_mtu: int | None = None,
         onlink6: bool = False,
+        dhcp6: bool = False,
     ) -> Isp:
         """Add ISP ``isp<N>`` standing for uplink ``name``; plugged in as ``ifname``
         (default: ``name``) unless ``plugged`` is False.  ``routed6``: the ISP routes its /64
         to the router's ``2001:db8:<N>::2`` (as a 3GPP network routes a UE's /64) and does not
-        masquerade IPv6 upstream, so the server sees the router's (translated) sources."""
+        masquerade IPv6 upstream, so the server sees the router's (translated) sources.
+        ``dhcp6`` (with ``ra``): the router's IPv6 address only by DHCPv6 IA_NA, no SLAAC."""
         if any(isp.name == name for isp in self._isps):
             raise LabError(f"there already is an ISP named {name!r}")
         index = len(self._isps) + 1
@@ -187,6 +189,7 @@ class Lab:
             routed6=routed6,
             ra_mtu=ra_mtu,
             onlink6=onlink6,
+            dhcp6=dhcp6,
         )
         netns = self._add_namespace(f"isp{index}", {})
         isp = Isp(
@@ -264,12 +267,15 @@ class Lab:
         delegated_len: int = 56,
         times: PdTimes | None = None,
         via: str | None = None,
+        addresses: tuple[str, str] | None = None,
     ) -> PdServer:
         """Start a DHCPv6-PD server (Kea) at ISP ``name`` delegating /``delegated_len``s of
-        ``pool``, routed to the router; stopped with the lab."""
+        ``pool``, routed to the router (and, with ``addresses``, leasing IA_NA addresses of
+        that range); stopped with the lab."""
         server = PdServer(
             self.isp(name), runner=self._runner, inet_netns=self.inet, workdir=self.workdir,
             pool=IPv6Network(pool), delegated_len=delegated_len, times=times or PdTimes(),
+            addresses=addresses,
         )  # fmt: skip
         server.route(via)
         server.start()

@@ -49,7 +49,7 @@ from uplinkd.model.net import (
     any_net,
     fam,
 )
-from uplinkd.model.observed import Addr, Bearer, BearerIp, Delegation, Gateway, Lease, Link, Observed
+from uplinkd.model.observed import Addr, Bearer, BearerIp, Delegation, Gateway, Lease, Lease6, Link, Observed
 from uplinkd.model.state import KernelState
 from uplinkd.model.uplinks import Health, HealthVerdict, State, UplinkStatus
 
@@ -83,6 +83,7 @@ __all__ = [
     "KernelState",
     "Kind",
     "Lease",
+    "Lease6",
     "Link",
     "LinkTuning",
     "LinkUp",

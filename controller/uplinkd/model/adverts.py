@@ -25,6 +25,7 @@ OPT_MTU = 5
 OPT_RDNSS = 25
 PREFIX_ONLINK = 0x80
 PREFIX_AUTONOMOUS = 0x40
+RA_MANAGED = 0x80  # the M flag: addresses are available by DHCPv6 (RFC 4861 4.2)
 INFINITY = 0xFFFFFFFF
 
 _HEAD = struct.Struct("!BBHBBHII")  # type, code, checksum, hop limit, flags, lifetime, reachable, retrans
@@ -53,6 +54,7 @@ class Advert:
     rdnss: tuple[ipaddress.IPv6Address, ...] = ()
     rdnss_lifetime: int = 0
     hop_limit: int = 0
+    managed: bool = False  # the M flag: the link's addresses come by DHCPv6 (IA_NA)
 
     def usable(self) -> tuple[AdvertPrefix, ...]:
         """The /64s a host may autoconfigure in now (not deprecated)."""
@@ -79,7 +81,7 @@ def decode(data: bytes, source: ipaddress.IPv6Address) -> Advert | None:
     `source`; None if it is not a well-formed RA from a link-local address."""
     if len(data) < _HEAD.size or data[0] != ROUTER_ADVERT or data[1] != 0 or not source.is_link_local:
         return None
-    _, _, _, hop_limit, _, lifetime, _, _ = _HEAD.unpack_from(data)
+    _, _, _, hop_limit, ra_flags, lifetime, _, _ = _HEAD.unpack_from(data)
     options = _options(data[_HEAD.size :])
     if options is None:
         return None
@@ -114,13 +116,15 @@ def decode(data: bytes, source: ipaddress.IPv6Address) -> Advert | None:
         rdnss=tuple(rdnss),
         rdnss_lifetime=rdnss_lifetime,
         hop_limit=hop_limit,
+        managed=bool(ra_flags & RA_MANAGED),
     )
 
 
 def encode_advert(advert: Advert, *, lladdr: bytes | None = None) -> bytes:
     """The ICMPv6 message of `advert` (the kernel fills in the checksum). `advert.router` is
     not in it: the sender's link-local address is the packet's source."""
-    out = bytearray(_HEAD.pack(ROUTER_ADVERT, 0, 0, advert.hop_limit, 0, advert.lifetime, 0, 0))
+    flags = RA_MANAGED if advert.managed else 0
+    out = bytearray(_HEAD.pack(ROUTER_ADVERT, 0, 0, advert.hop_limit, flags, advert.lifetime, 0, 0))
     if lladdr is not None and len(lladdr) == 6:
         out += bytes((OPT_SOURCE_LLADDR, 1)) + lladdr
     if advert.mtu is not None:

@@ -37,6 +37,7 @@ CONF6 = ("accept_ra_defrtr", "accept_ra_pinfo", "proxy_ndp")
 class Addr:
     ifindex: int
     address: IPInterface
+    dadfailed: bool = False  # IFA_F_DADFAILED: another host on the link has this address
 
     @property
     def family(self) -> int:
@@ -66,6 +67,15 @@ class Delegation:
     names that uplink), in force until `valid_until` (wall clock; None: for ever)."""
 
     prefix: ipaddress.IPv6Network
+    valid_until: float | None = None
+
+
+@dataclass(frozen=True)
+class Lease6:
+    """An IPv6 address the router holds for an uplink by DHCPv6 (IA_NA), as a /128, in force
+    until `valid_until` (wall clock; None: for ever)."""
+
+    address: ipaddress.IPv6Interface
     valid_until: float | None = None
 
 
@@ -114,8 +124,12 @@ class Observed:
         return tuple(
             a.address
             for a in self.addrs
-            if a.ifindex == ifindex and a.family == family and _usable(a.address)
+            if a.ifindex == ifindex and a.family == family and _usable(a.address) and not a.dadfailed
         )
+
+    def dad_failed(self, ifindex: int, address: IPInterface) -> bool:
+        """Whether the interface holds this address with duplicate-address detection failed."""
+        return any(a.ifindex == ifindex and a.address == address and a.dadfailed for a in self.addrs)
 
     def has_addr(self, ifindex: int, address: IPInterface) -> bool:
         """Whether the interface holds exactly this address (and prefix)."""

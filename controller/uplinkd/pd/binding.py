@@ -1,8 +1,10 @@
-"""A DHCPv6-PD binding: the delegated prefix, its server and its times, kept in state_dir.
+"""A DHCPv6 binding: the delegated prefix (IA_PD) or the uplink's own address (IA_NA), its
+server and its times, kept in state_dir.
 
 A binding is what the client holds between exchanges. It is written to a JSON file per
-uplink after every Reply, so a restarted controller keeps routing the same prefix to its
-LANs at once (no kernel write) and asks the server to extend it with a Rebind (RFC 8415
+uplink and kind (`<uplink>.pd.json`, `<uplink>.na.json`) after every Reply, so a restarted
+controller keeps routing the same prefix to its LANs, and keeps the same address on the
+uplink, at once (no kernel write) and asks the server to extend it with a Rebind (RFC 8415
 §18.2.2: a client that restarts with valid delegated prefixes rebinds them). A file that
 is missing, mangled or expired is no binding.
 """
@@ -15,9 +17,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from uplinkd.model import Delegation
-from uplinkd.pd.messages import INFINITY, IaPd, IaPrefix
+from uplinkd.model import Delegation, Lease6
+from uplinkd.pd.messages import INFINITY, Ia, IaAddress, IaNa, IaPd, IaPrefix
+
+Kind = Literal["pd", "na"]
+KINDS: tuple[Kind, ...] = ("na", "pd")
 
 # When a server leaves T1/T2 to the client (0): these fractions of the shortest preferred
 # lifetime, the values RFC 8415 §21.21 recommends to servers.
@@ -26,8 +32,9 @@ T1_SHARE, T2_SHARE = 0.5, 0.8
 
 @dataclass(frozen=True)
 class Binding:
-    """One delegated prefix, got at wall-clock time `obtained`; lifetimes and T1/T2 in
-    seconds as the server gave them (INFINITY: for ever)."""
+    """One delegated prefix (`kind` "pd") or one address (`kind` "na": `prefix` is the
+    address as a /128), got at wall-clock time `obtained`; lifetimes and T1/T2 in seconds as
+    the server gave them (INFINITY: for ever)."""
 
     server_id: bytes
     iaid: int
@@ -37,14 +44,26 @@ class Binding:
     t1: int
     t2: int
     obtained: float
+    kind: Kind = "pd"
 
     @classmethod
-    def from_ia(cls, ia: IaPd, *, server_id: bytes, now: float) -> Binding | None:
-        """The binding an IA_PD of a Reply gives: its longest-lived prefix with a valid
-        lifetime, or None (no prefix, a failure status, or T1 > T2: RFC 8415 §21.21 says
-        to discard such an IA_PD)."""
-        usable = [p for p in ia.prefixes if p.valid > 0 and p.preferred <= p.valid]
-        if ia.status not in (None, 0) or not usable or (ia.t1 and ia.t2 and ia.t1 > ia.t2):
+    def from_ia(cls, ia: Ia, *, server_id: bytes, now: float) -> Binding | None:
+        """The binding an IA_PD or IA_NA of a Reply gives: its longest-lived prefix (or
+        address) with a valid lifetime, or None (none, a failure status, or T1 > T2: RFC 8415
+        §21.4 and §21.21 say to discard such an IA)."""
+        if ia.status not in (None, 0) or (ia.t1 and ia.t2 and ia.t1 > ia.t2):
+            return None
+        if isinstance(ia, IaNa):
+            held = [
+                IaPrefix(ipaddress.IPv6Network(a.address), a.preferred, a.valid)
+                for a in ia.addresses
+                if a.status in (None, 0) and _address_usable(a)
+            ]
+            kind: Kind = "na"
+        else:
+            held, kind = list(ia.prefixes), "pd"
+        usable = [p for p in held if p.valid > 0 and p.preferred <= p.valid]
+        if not usable:
             return None
         best: IaPrefix = max(usable, key=lambda p: (p.valid, p.prefix.prefixlen * -1))
         t1, t2 = ia.t1, ia.t2
@@ -53,7 +72,7 @@ class Binding:
             t2 = t2 or max(t1, int(best.preferred * T2_SHARE))
         else:
             t1, t2 = t1 or INFINITY, t2 or INFINITY
-        return cls(server_id, ia.iaid, best.prefix, best.preferred, best.valid, t1, t2, now)
+        return cls(server_id, ia.iaid, best.prefix, best.preferred, best.valid, t1, t2, now, kind)
 
     def _at(self, seconds: int) -> float | None:
         return None if seconds == INFINITY else self.obtained + seconds
@@ -74,12 +93,19 @@ class Binding:
         end = self.expires_at
         return end is not None and now >= end
 
-    def ia(self) -> IaPd:
-        """The IA_PD a Renew or Rebind carries for this binding (lifetimes 0: RFC 8415 §18.2.4)."""
+    def ia(self) -> Ia:
+        """The IA a Renew, Rebind or Decline carries for this binding (lifetimes 0: RFC 8415
+        §18.2.4)."""
+        if self.kind == "na":
+            return IaNa(self.iaid, 0, 0, (IaAddress(self.prefix.network_address, 0, 0),))
         return IaPd(self.iaid, 0, 0, (IaPrefix(self.prefix, 0, 0),))
 
     def delegation(self) -> Delegation:
         return Delegation(self.prefix, self.expires_at)
+
+    def lease6(self) -> Lease6:
+        """An IA_NA binding as the fact the planner reads: the address, as a /128."""
+        return Lease6(ipaddress.IPv6Interface(self.prefix), self.expires_at)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -92,12 +118,16 @@ class Binding:
                 "t1": self.t1,
                 "t2": self.t2,
                 "obtained": self.obtained,
+                "kind": self.kind,
             }
         )
 
     @classmethod
     def from_json(cls, text: str) -> Binding:
         d = json.loads(text)
+        kind = d.get("kind", "pd")  # files from before IA_NA hold a delegation
+        if kind not in KINDS:
+            raise ValueError(f"a binding of kind {kind!r}")
         return cls(
             bytes.fromhex(d["server_id"]),
             int(d["iaid"]),
@@ -107,16 +137,25 @@ class Binding:
             int(d["t1"]),
             int(d["t2"]),
             float(d["obtained"]),
+            kind,
         )
 
 
-def load(path: Path, *, now: float) -> Binding | None:
-    """The binding a previous run left, unless it is missing, mangled or expired."""
+def _address_usable(a: IaAddress) -> bool:
+    """An address a server may assign to an uplink: global unicast (not link-local,
+    multicast, loopback or unspecified)."""
+    ip = a.address
+    return not (ip.is_link_local or ip.is_multicast or ip.is_loopback or ip.is_unspecified)
+
+
+def load(path: Path, *, now: float, kind: Kind = "pd") -> Binding | None:
+    """The binding of `kind` a previous run left, unless it is missing, mangled, of another
+    kind or expired."""
     try:
         binding = Binding.from_json(path.read_text())
     except (OSError, ValueError, TypeError, LookupError):
         return None
-    return None if binding.expired(now) else binding
+    return None if binding.expired(now) or binding.kind != kind else binding
 
 
 def save(path: Path, binding: Binding | None) -> None:

@@ -1,9 +1,11 @@
-"""DHCPv6 messages for prefix delegation (RFC 8415), as values: encoding and decoding.
+"""DHCPv6 messages (RFC 8415), as values: encoding and decoding.
 
 Only what a requesting router needs: the client/server messages of the four-message exchange
-(Solicit, Advertise, Request, Reply) and of keeping a delegation (Renew, Rebind), with the
-options they carry: Client and Server Identifier, IA_PD with its IA Prefixes, Status Code,
-Preference, Elapsed Time and Option Request. Anything else in a message is skipped by its
+(Solicit, Advertise, Request, Reply), of keeping a binding (Renew, Rebind) and of refusing an
+address that duplicate-address detection failed for (Decline), with the options they carry:
+Client and Server Identifier, IA_NA with its IA Addresses (the uplink's own address), IA_PD
+with its IA Prefixes (a delegated prefix), Status Code, Preference, Elapsed Time and Option
+Request. Anything else in a message is skipped by its
 length; a message that does not parse raises `Malformed` and is ignored by the client.
 
 Pure: no sockets, no clock.
@@ -28,11 +30,14 @@ class MessageType(IntEnum):
     REBIND = 6
     REPLY = 7
     RELEASE = 8
+    DECLINE = 9
 
 
 class Option(IntEnum):
     CLIENTID = 1
     SERVERID = 2
+    IA_NA = 3
+    IAADDR = 5
     ORO = 6
     PREFERENCE = 7
     ELAPSED_TIME = 8
@@ -45,6 +50,7 @@ class Option(IntEnum):
 class Status(IntEnum):
     SUCCESS = 0
     UNSPEC_FAIL = 1
+    NO_ADDRS_AVAIL = 2
     NO_BINDING = 3
     NOT_ON_LINK = 4
     USE_MULTICAST = 5
@@ -88,6 +94,39 @@ class IaPd:
 
 
 @dataclass(frozen=True)
+class IaAddress:
+    """One address of an IA_NA with its lifetimes in seconds (INFINITY: for ever); `status`
+    is the IA Address option's own Status Code, if any."""
+
+    address: ipaddress.IPv6Address
+    preferred: int
+    valid: int
+    status: Status | None = None
+
+    def encode(self) -> bytes:
+        return _option(Option.IAADDR, self.address.packed + struct.pack("!II", self.preferred, self.valid))
+
+
+@dataclass(frozen=True)
+class IaNa:
+    """An Identity Association for Non-temporary Addresses: its IAID, T1/T2 (seconds; 0 =
+    the client chooses) and its addresses; `status` is the IA's own Status Code, if any."""
+
+    iaid: int
+    t1: int = 0
+    t2: int = 0
+    addresses: tuple[IaAddress, ...] = ()
+    status: Status | None = None
+
+    def encode(self) -> bytes:
+        body = struct.pack("!III", self.iaid, self.t1, self.t2)
+        return _option(Option.IA_NA, body + b"".join(a.encode() for a in self.addresses))
+
+
+Ia = IaNa | IaPd
+
+
+@dataclass(frozen=True)
 class Message:
     """One DHCPv6 client/server message."""
 
@@ -96,6 +135,7 @@ class Message:
     client_id: bytes | None = None
     server_id: bytes | None = None
     ia_pd: tuple[IaPd, ...] = ()
+    ia_na: tuple[IaNa, ...] = ()
     status: Status | None = None  # the message's top-level Status Code
     preference: int = 0
     elapsed: int | None = None  # hundredths of a second, for client messages
@@ -114,8 +154,8 @@ class Message:
             out += _option(Option.ELAPSED_TIME, struct.pack("!H", min(self.elapsed, 0xFFFF)))
         if self.requested:
             out += _option(Option.ORO, b"".join(struct.pack("!H", code) for code in self.requested))
-        for ia in self.ia_pd:
-            out += ia.encode()
+        out += b"".join(ia.encode() for ia in self.ia_na)
+        out += b"".join(ia.encode() for ia in self.ia_pd)
         return bytes(out)
 
 
@@ -163,6 +203,31 @@ def _ia_prefix(body: bytes) -> IaPrefix:
     return IaPrefix(prefix, preferred, valid)
 
 
+def _ia_address(body: bytes) -> IaAddress:
+    if len(body) < 24:
+        raise Malformed(f"an IA Address option of {len(body)} bytes (needs 24)")
+    preferred, valid = struct.unpack_from("!II", body, 16)
+    status: Status | None = None
+    for code, inner in _options(body[24:]):
+        if code == Option.STATUS_CODE:
+            status = _status(inner)
+    return IaAddress(ipaddress.IPv6Address(body[:16]), preferred, valid, status)
+
+
+def _ia_na(body: bytes) -> IaNa:
+    if len(body) < 12:
+        raise Malformed(f"an IA_NA option of {len(body)} bytes (needs 12)")
+    iaid, t1, t2 = struct.unpack_from("!III", body)
+    addresses: list[IaAddress] = []
+    status: Status | None = None
+    for code, inner in _options(body[12:]):
+        if code == Option.IAADDR:
+            addresses.append(_ia_address(inner))
+        elif code == Option.STATUS_CODE:
+            status = _status(inner)
+    return IaNa(iaid, t1, t2, tuple(addresses), status)
+
+
 def _ia_pd(body: bytes) -> IaPd:
     if len(body) < 12:
         raise Malformed(f"an IA_PD option of {len(body)} bytes (needs 12)")
@@ -188,6 +253,7 @@ def decode(data: bytes) -> Message:
         raise Malformed(f"message type {head >> 24} is not one a client handles") from None
     fields: dict[str, object] = {}
     ia_pd: list[IaPd] = []
+    ia_na: list[IaNa] = []
     other: dict[int, bytes] = {}
     for code, body in _options(data[4:]):
         if code == Option.CLIENTID:
@@ -196,6 +262,8 @@ def decode(data: bytes) -> Message:
             fields["server_id"] = body
         elif code == Option.IA_PD:
             ia_pd.append(_ia_pd(body))
+        elif code == Option.IA_NA:
+            ia_na.append(_ia_na(body))
         elif code == Option.STATUS_CODE:
             fields["status"] = _status(body)
         elif code == Option.PREFERENCE and len(body) == 1:
@@ -206,7 +274,7 @@ def decode(data: bytes) -> Message:
             fields["elapsed"] = struct.unpack("!H", body)[0]
         else:
             other[code] = body
-    return Message(kind, head & 0xFFFFFF, ia_pd=tuple(ia_pd), other=other, **fields)  # type: ignore[arg-type]
+    return Message(kind, head & 0xFFFFFF, ia_pd=tuple(ia_pd), ia_na=tuple(ia_na), other=other, **fields)  # type: ignore[arg-type]
 
 
 def duid_uuid(uuid_bytes: bytes) -> bytes:

@@ -20,6 +20,7 @@ from uplinkd.model import (
     IPAddress,
     IPInterface,
     Lease,
+    Lease6,
     Observed,
     UplinkStatus,
 )
@@ -51,11 +52,14 @@ class Facts:
     bearers: Mapping[str, Bearer] = field(default_factory=dict)
     # uplink → the prefix delegated over it by DHCPv6-PD (for `delegate` LANs)
     delegations: Mapping[str, Delegation] = field(default_factory=dict)
+    # uplink → the address it holds by DHCPv6 IA_NA (dhcp uplinks whose ISP hands out addresses)
+    leases6: Mapping[str, Lease6] = field(default_factory=dict)
     # uplink → the last router advertisement heard on it (dhcp and extended uplinks)
     adverts: Mapping[str, Advert] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("health", "leases", "previous", "tunnels", "bearers", "delegations", "adverts"):
+        maps = ("health", "leases", "previous", "tunnels", "bearers", "delegations", "leases6", "adverts")
+        for name in maps:
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         object.__setattr__(self, "drained", frozenset(self.drained))
         object.__setattr__(self, "spent", frozenset(self.spent))

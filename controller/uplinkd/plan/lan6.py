@@ -97,7 +97,8 @@ def topic(lan: str) -> str:
 
 
 def uplink_prefixes(survey: Survey) -> dict[str, tuple[ipaddress.IPv6Network, ...]]:
-    """Uplink name → the global IPv6 prefixes its usable addresses are in (sorted)."""
+    """Uplink name → the global IPv6 prefixes its usable addresses are in (sorted); an
+    address the uplink holds alone (a DHCPv6 IA_NA /128) is its own /128."""
     found: dict[str, tuple[ipaddress.IPv6Network, ...]] = {}
     for name, ways in survey.ways.items():
         way = ways.get(AF_INET6)
@@ -106,11 +107,22 @@ def uplink_prefixes(survey: Survey) -> dict[str, tuple[ipaddress.IPv6Network, ..
         nets = {
             ipaddress.IPv6Network(a.network)
             for a in way.addresses
-            if isinstance(a, ipaddress.IPv6Interface) and not a.ip.is_link_local and a.network.prefixlen < 128
+            if isinstance(a, ipaddress.IPv6Interface) and not a.ip.is_link_local
         }
         if nets:
             found[name] = tuple(sorted(nets))
     return found
+
+
+def outer_of(prefixes: tuple[ipaddress.IPv6Network, ...]) -> ipaddress.IPv6Network | None:
+    """What a translated LAN's sources become out of an uplink: its /64 (the interface ID
+    kept), else the one address it holds by DHCPv6 (a /128: every LAN host behind it, the
+    ports told apart by conntrack)."""
+    for length in (PREFIX_LEN, 128):
+        found = next((p for p in prefixes if p.prefixlen == length), None)
+        if found is not None:
+            return found
+    return None
 
 
 def translations(
@@ -139,7 +151,7 @@ def translations(
             status = by_name.get(name)
             if status is None or status.dev is None:
                 continue
-            outer = next((p for p in prefixes.get(name, ()) if p.prefixlen == PREFIX_LEN), None)
+            outer = outer_of(prefixes.get(name, ()))
             if outer is None:
                 continue
             found.append(NftTranslation(lan, str(v6.prefix), status.dev, str(outer)))
@@ -147,7 +159,7 @@ def translations(
         reasons[topic(lan)] = (
             f"translate {v6.prefix} via " + ", ".join(via)
             if via
-            else f"translate {v6.prefix}: no uplink has an IPv6 /64 yet"
+            else f"translate {v6.prefix}: no uplink has an IPv6 /64 or address yet"
         )
     return tuple(sorted(found)), reasons
 

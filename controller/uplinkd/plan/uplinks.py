@@ -25,6 +25,7 @@ from uplinkd.model import (
     HealthVerdict,
     IPInterface,
     Lease,
+    Lease6,
     Link,
     LinkUp,
     Nexthop,
@@ -267,15 +268,18 @@ def _why_not_ready(
 
 
 def owned_addresses(
-    uplink: Uplink, lease: Lease | None, bearer: Bearer | None = None
+    uplink: Uplink, lease: Lease | None, bearer: Bearer | None = None, lease6: Lease6 | None = None
 ) -> tuple[IPInterface, ...]:
+    """The addresses the controller puts on an uplink: static ones, a modem bearer's, a DHCP
+    lease's and the DHCPv6 (IA_NA) address (a /128; the kernel does duplicate-address
+    detection on it, and the DHCPv6 client declines it if that fails)."""
     addr = uplink.address
     if addr.mode == "modem":
         return modem_addresses(bearer)
     if addr.mode == "static":
         return (addr.cidr,) + ((addr.cidr6,) if addr.cidr6 is not None else ())
-    if addr.mode == "dhcp" and lease is not None:
-        return (lease.address,)
+    if addr.mode == "dhcp":
+        return tuple(a.address for a in (lease, lease6) if a is not None)
     return ()
 
 
@@ -316,7 +320,9 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
         bearer = facts.bearers.get(status.name)
         objects += [
             StaticAddr(status.ifindex, a, dev=dev)
-            for a in owned_addresses(uplink, facts.leases.get(status.name), bearer)
+            for a in owned_addresses(
+                uplink, facts.leases.get(status.name), bearer, facts.leases6.get(status.name)
+            )
         ]
         tunings = modem_tuning(status.ifindex, dev, bearer) if uplink.address.mode == "modem" else ()
         accept_ra, conf6 = extend.tuning(config, status)
