@@ -214,3 +214,25 @@ def test_the_address_goes_when_its_lease_runs_out(lab: Lab, daemon: Callable[[di
     print(f"address gone {time.monotonic() - gone:.2f} s after the server stopped (valid {times.valid} s)")
     assert "dhcp6" not in c.uplink("wan")
     assert any(a["prefixlen"] == 64 for a in globals6(lab))  # SLAAC from the RA stays
+
+
+@pytest.mark.parametrize("lab", ["kea"], indirect=True)
+def test_an_address_another_host_holds_is_declined(lab: Lab, daemon: Callable[[dict[str, Any]], LabDaemon]) -> None:
+    """Kea's only address is already in use on the link (by the ISP itself): the kernel's
+    duplicate-address detection fails on it, the client declines it to Kea (RFC 8415 §18.2.8),
+    and the address leaves the uplink without ever getting a source rule."""
+    taken = str(PREFIX.network_address + 0x3000)
+    isp = lab.isp("wan")
+    lab.run(isp.netns, ["ip", "-6", "address", "add", f"{taken}/128", "dev", "down", "nodad"])
+    lab.run("router", ["sysctl", "-qw", "net.ipv6.conf.wan.accept_dad=1"])  # the lab turns DAD off
+    server = lab.serve_pd("wan", pool="2001:db8:e9::/48", addresses=(taken, taken))
+    c = daemon(config(dhcp6="always"))
+    wait_until(
+        lambda: any(row.get("address") == taken and row.get("state") == "1" for row in server.address_rows()),
+        timeout=WAIT,
+        what="Kea recording the address as declined",
+    )
+    wait_until(lambda: taken not in json.dumps(globals6(lab)), what="the declined address off wan")
+    assert f"from {taken}" not in rules6(lab)
+    assert "dhcp6" not in c.uplink("wan")
+    assert f"duplicate-address detection failed for {taken} on wan; declining it" in c.log()
