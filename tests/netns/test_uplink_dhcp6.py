@@ -86,7 +86,9 @@ def daemon(make_controller: Callable[[dict[str, Any]], LabDaemon]) -> Callable[[
 
 def globals6(lab: Lab, dev: str = "wan") -> list[dict[str, Any]]:
     out = lab.run("router", ["ip", "-6", "-json", "address", "show", "dev", dev, "scope", "global"]).stdout
-    return [info for entry in json.loads(out or "[]") for info in entry.get("addr_info", []) if "local" in info]
+    return [
+        info for entry in json.loads(out or "[]") for info in entry.get("addr_info", []) if "local" in info
+    ]
 
 
 def dhcp6_address(lab: Lab) -> str | None:
@@ -116,7 +118,9 @@ def test_an_isp_that_gives_ipv6_only_by_dhcpv6_gives_the_uplink_its_address(
     assert address in {a for _, a in lab.isp("wan").leases6()}
     assert lab.run("router", ["sysctl", "-n", "net.ipv6.conf.wan.accept_ra"]).stdout.strip() == "2"
     # used like a SLAAC address: its source rule at P+20, the RA's router in T_u, never in main
-    wait_until(lambda: f"10020:\tfrom {address} lookup {TABLE} proto 77" in rules6(lab), what="its source rule")
+    wait_until(
+        lambda: f"10020:\tfrom {address} lookup {TABLE} proto 77" in rules6(lab), what="its source rule"
+    )
     assert "default via fe80:" in route6(lab, TABLE)
     assert lab.run("router", ["ip", "-6", "route", "show", "default", "table", "main"]).stdout.strip() == ""
     wan = c.uplink("wan")
@@ -183,7 +187,9 @@ def test_a_translated_lan_reaches_the_server_behind_the_dhcpv6_address(
 
 
 @pytest.mark.parametrize("lab", ["kea"], indirect=True)
-def test_the_address_goes_when_its_lease_runs_out(lab: Lab, daemon: Callable[[dict[str, Any]], LabDaemon]) -> None:
+def test_the_address_goes_when_its_lease_runs_out(
+    lab: Lab, daemon: Callable[[dict[str, Any]], LabDaemon]
+) -> None:
     """With `dhcp6 = "always"` the client asks whatever the RA says; here the ISP's server is
     ISC Kea (dnsmasq's shortest lease is two minutes) beside dnsmasq's RAs (SLAAC, no M flag).
     Renewed while Kea answers; when Kea stops, the address and its rule go at the valid
@@ -217,7 +223,9 @@ def test_the_address_goes_when_its_lease_runs_out(lab: Lab, daemon: Callable[[di
 
 
 @pytest.mark.parametrize("lab", ["kea"], indirect=True)
-def test_an_address_another_host_holds_is_declined(lab: Lab, daemon: Callable[[dict[str, Any]], LabDaemon]) -> None:
+def test_an_address_another_host_holds_is_declined(
+    lab: Lab, daemon: Callable[[dict[str, Any]], LabDaemon]
+) -> None:
     """Kea's only address is already in use on the link (by the ISP itself): the kernel's
     duplicate-address detection fails on it, the client declines it to Kea (RFC 8415 §18.2.8),
     and the address leaves the uplink without ever getting a source rule."""

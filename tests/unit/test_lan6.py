@@ -280,7 +280,8 @@ def test_translate_without_an_ipv6_uplink_says_so() -> None:
     bare = Facts(Observed(links={4: Link(index=4, name="lan0", up=True, carrier=True)}))
     i = plan.desired(cfg, bare)
     assert table(i).ipv6 == NftIpv6()
-    assert i.reasons["lan lan0 ipv6"] == "translate 2001:db8:ff::/64: no uplink has an IPv6 /64 or address yet"
+    why = "translate 2001:db8:ff::/64: no uplink has an IPv6 /64 or address yet"
+    assert i.reasons["lan lan0 ipv6"] == why
 
 
 # --- the nft table's IPv6 part -------------------------------------------------------------------
