@@ -42,7 +42,13 @@ let
       )
     )
   );
-  pdNames = lib.filter (n: n != null) (map (n: helpers.ifnameOf n uplinks.${n}) delegating);
+  # ... and `dhcp` uplinks that may ask for their own address by DHCPv6 (address.dhcp6).
+  dhcp6Uplinks = lib.filter (
+    n: uplinks.${n}.address.mode == "dhcp" && uplinks.${n}.address.dhcp6 != "never"
+  ) (lib.attrNames uplinks);
+  pdNames = lib.filter (n: n != null) (
+    map (n: helpers.ifnameOf n uplinks.${n}) (lib.unique (delegating ++ dhcp6Uplinks))
+  );
   # Uplinks whose /64 a LAN extends (lan.<if>.ipv6 = { mode = "extend"; uplink = ...; }).
   extendedUplinks = lib.unique (
     lib.filter (u: u != null && uplinks ? ${u}) (
@@ -153,7 +159,7 @@ in
       lib.mkDefault "loose"
     );
     # DHCP replies to the controller's client; harmless when it reads a packet socket.
-    # DHCPv6 replies to the DHCPv6-PD client (unicast to its link-local address, port 546).
+    # DHCPv6 replies to the DHCPv6 client (unicast to its link-local address, port 546).
     networking.firewall.interfaces = lib.genAttrs (lib.unique (dhcpNames ++ pdNames)) (name: {
       allowedUDPPorts =
         lib.optional (lib.elem name dhcpNames) 68 ++ lib.optional (lib.elem name pdNames) 546;

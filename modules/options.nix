@@ -206,6 +206,22 @@ let
         default = null;
         description = "Mode `dhcp`: the host name sent to the DHCP server.";
       };
+      dhcp6 = mkOption {
+        type = types.nullOr (
+          types.enum [
+            "auto"
+            "always"
+            "never"
+          ]
+        );
+        default = null;
+        description = ''
+          Mode `dhcp`: whether the uplink gets its own IPv6 address by DHCPv6 (IA_NA), as ISPs
+          that give no SLAAC require. `auto` (or null): when the router's RA sets the M
+          ("managed") flag; `always`; `never` (SLAAC only). The address goes on the uplink as a
+          /128 and is used like a SLAAC one (source rule, probes, `translate` LANs).
+        '';
+      };
     };
   };
 

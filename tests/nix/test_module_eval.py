@@ -274,6 +274,7 @@ TYPE_CASES: list[tuple[str, Any]] = [
     ("control.resync_interval", 0),
     ("lan.lan0.ipv6", {"mode": "delegate", "uplink": "wan", "subnet": 65536}),
     ("lan.lan0.ipv6", {"mode": "nat66"}),
+    ("uplinks.wan.address", {"mode": "dhcp", "dhcp6": "sometimes"}),
 ]
 
 
@@ -428,12 +429,27 @@ def test_tunnel_keys_reach_the_service_as_credentials_not_in_the_config() -> Non
 
 def test_a_delegating_uplink_gets_the_dhcpv6_client_port_open() -> None:
     """examples/home-router.nix delegates the fibre's prefix to br-lan: the fibre's interface
-    opens 546 (DHCPv6 replies to the controller's PD client) beside 68 (DHCPv4); the sticks,
-    which delegate nothing, only 68."""
+    opens 546 (DHCPv6 replies to the controller's client) beside 68 (DHCPv4); the sticks,
+    which delegate nothing, too: they are `dhcp` uplinks whose router may ask for DHCPv6
+    addresses (address.dhcp6 unset: auto, by the RA's M flag)."""
     got = evaluate(REPO / "examples" / "home-router.nix", show=("networking.firewall.interfaces",))["config"]
     opened = {i: c["allowedUDPPorts"] for i, c in got["networking.firewall.interfaces"].items()}
     assert opened["enp1s0"] == [68, 546]
-    assert opened["lte1"] == [68] and opened["lte2"] == [68]
+    assert opened["lte1"] == [68, 546] and opened["lte2"] == [68, 546]
+
+
+def test_an_uplink_that_never_asks_dhcpv6_keeps_546_closed(tmp_path: Path) -> None:
+    """`address.dhcp6 = "never"` and no `delegate` LAN: no DHCPv6 client on that uplink, so
+    only DHCPv4's port opens."""
+    settings = {
+        "uplinks": {
+            "wan": {"match": {"name": "eth1"}, "address": {"mode": "dhcp", "dhcp6": "never"}, "table": 101},
+            "lte1": {"match": {"name": "lte1"}, "address": {"mode": "dhcp"}, "table": 102},
+        }
+    }
+    got = evaluate(settings_module(settings, tmp_path), show=("networking.firewall.interfaces",))["config"]
+    opened = {i: c["allowedUDPPorts"] for i, c in got["networking.firewall.interfaces"].items()}
+    assert opened == {"eth1": [68], "lte1": [68, 546]}
 
 
 def test_home_endpoint_and_portable_router_are_both_ends_of_one_segment() -> None:

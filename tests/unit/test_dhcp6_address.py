@@ -226,7 +226,7 @@ def test_dhcp6_decides_whether_the_uplink_asks_for_an_address() -> None:
         router=ROUTER, lifetime=600, prefixes=(AdvertPrefix(ipaddress.IPv6Network("2001:db8:1::/64"), 9, 9),)
     )
     auto = parse(uplink({"mode": "dhcp"}))
-    assert auto.uplinks["wan"].address.dhcp6 == "auto"  # type: ignore[union-attr]
+    assert auto.uplinks["wan"].address.dhcp6 is None  # type: ignore[union-attr]  # unset: auto
     assert wants_address(auto, "wan", managed) and not wants_address(auto, "wan", slaac)
     assert not wants_address(auto, "wan", None)
     assert wants_address(parse(uplink({"mode": "dhcp", "dhcp6": "always"})), "wan", None)

@@ -232,10 +232,10 @@ class DhcpAddress(Section):
 
     mode: Literal["dhcp"]
     hostname: Text | None = Field(default=None, description="sent in DHCP option 12; at most 63 characters")
-    dhcp6: Literal["auto", "always", "never"] = Field(
-        default="auto",
-        description="the uplink's own IPv6 address by DHCPv6 (IA_NA): 'auto' = when the router's RA "
-        "sets the M (managed) flag, 'always', or 'never' (SLAAC only)",
+    dhcp6: Literal["auto", "always", "never"] | None = Field(
+        default=None,
+        description="the uplink's own IPv6 address by DHCPv6 (IA_NA): 'auto' (null means it) = when "
+        "the router's RA sets the M (managed) flag, 'always', or 'never' (SLAAC only)",
     )
 
     @field_validator("hostname")

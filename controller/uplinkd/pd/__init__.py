@@ -53,9 +53,11 @@ def wants_address(config: Config, name: str, advert: Advert | None) -> bool:
 
 
 def dhcp6_of(config: Config, name: str) -> str:
-    """Uplink `name`'s `address.dhcp6`; "never" for an uplink not in mode `dhcp`."""
+    """Uplink `name`'s `address.dhcp6` (unset: "auto"); "never" for an uplink not in mode `dhcp`."""
     uplink = config.uplinks.get(name)
-    return uplink.address.dhcp6 if uplink is not None and isinstance(uplink.address, DhcpAddress) else "never"
+    if uplink is None or not isinstance(uplink.address, DhcpAddress):
+        return "never"
+    return uplink.address.dhcp6 or "auto"
 
 
 def duid(state_dir: Path) -> bytes:

@@ -334,7 +334,8 @@ class PdClient:
             offered = [
                 ia
                 for kind in sorted(self.kinds)
-                if adv is not None and offers(adv, iaid=self.iaid, kind=kind)
+                if adv is not None
+                and offers(adv, iaid=self.iaid, kind=kind)
                 and (ia := ia_of(adv, iaid=self.iaid, kind=kind)) is not None
             ]
             if adv is None or not offered:
@@ -467,5 +468,8 @@ class PdClient:
             self._take(got, "extended")
             solicit = outcome != "bound"
             if outcome == "refused":
-                log.info("%s: the server refused to extend %s; asking anew", self.name, ", ".join(
-                    str(b.prefix) for b in held.values()))
+                log.info(
+                    "%s: the server refused to extend %s; asking anew",
+                    self.name,
+                    ", ".join(str(b.prefix) for b in held.values()),
+                )

@@ -234,9 +234,7 @@ def underlay_moved(
     return tuple(ops.values())
 
 
-def nft_peers(
-    config: Config, facts: Facts, survey: Survey
-) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
+def nft_peers(config: Config, facts: Facts, survey: Survey) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
     """For the nft table: each peer endpoint and the uplink interfaces its tunnel's underlay
     uses now (in the endpoint's family); see `NftState.tunnel_peers`."""
     found: dict[tuple[str, int], set[str]] = {}
