@@ -117,11 +117,12 @@ def uplink_json(s: UplinkStatus, age: float) -> dict[str, Any]:
 
 
 def _prefixes6(s: UplinkStatus) -> list[str]:
-    """The uplink's global IPv6 prefixes (what a LAN's IPv6 may be translated to)."""
+    """The uplink's global IPv6 prefixes (what a LAN's IPv6 may be translated to); a DHCPv6
+    address is its own /128."""
     nets = {
         str(a.network)
         for a in s.addresses
-        if isinstance(a, ipaddress.IPv6Interface) and not a.ip.is_link_local and a.network.prefixlen < 128
+        if isinstance(a, ipaddress.IPv6Interface) and not a.ip.is_link_local
     }
     return sorted(nets)
 

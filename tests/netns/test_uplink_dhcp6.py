@@ -125,7 +125,7 @@ def test_an_isp_that_gives_ipv6_only_by_dhcpv6_gives_the_uplink_its_address(
     assert lab.run("router", ["ip", "-6", "route", "show", "default", "table", "main"]).stdout.strip() == ""
     wan = c.uplink("wan")
     assert wan["dhcp6"]["address"] == address and 0 < wan["dhcp6"]["valid_s"] <= 120, wan
-    assert wan["ra"]["managed"] is True
+    assert wan["ra"]["managed"] is True and wan["prefixes6"] == [f"{address}/128"]
     assert f"ipv6: wan has {address} by DHCPv6" in c.ctl("status").stdout
     # the probes (IPv6 only) and the router's own flows leave from it; the server sees it
     assert c.uplink("wan")["state"] == "up"
@@ -244,3 +244,48 @@ def test_an_address_another_host_holds_is_declined(
     assert f"from {taken}" not in rules6(lab)
     assert "dhcp6" not in c.uplink("wan")
     assert f"duplicate-address detection failed for {taken} on wan; declining it" in c.log()
+
+
+@pytest.mark.parametrize("lab", ["kea"], indirect=True)
+def test_one_client_asks_for_the_address_and_a_delegated_prefix_in_one_exchange(
+    lab: Lab, daemon: Callable[[dict[str, Any]], LabDaemon]
+) -> None:
+    """A `delegate` LAN on an uplink that also asks for its own address: one DHCPv6 client, one
+    Solicit carrying IA_NA and IA_PD (RFC 8415 §6.6); Kea grants both to the same DUID. The
+    uplink gets its /128, the LAN its /64 of the delegation, both reach the server, and a
+    restart writes nothing."""
+    pool = (str(PREFIX.network_address + 0x2000), str(PREFIX.network_address + 0x20FF))
+    out = lab.run("router", ["ip", "-6", "-o", "address", "show", "dev", "wan", "scope", "link"]).stdout
+    server = lab.serve_pd("wan", pool="2001:db8:e9::/48", addresses=pool, via=out.split()[3].split("/")[0])
+    cfg = config(dhcp6="always")
+    cfg["lan"] = {"lan0": {"ipv6": {"mode": "delegate", "uplink": "wan", "subnet": 1}}}
+    c = daemon(cfg)
+    lan64 = IPv6Network("2001:db8:e9:1::/64")
+    wait_until(
+        lambda: (
+            f"{lan64.network_address + 1}/64"
+            in lab.run("router", ["ip", "-6", "address", "show", "dev", "lan0"]).stdout
+        ),
+        timeout=WAIT,
+        what="the delegated /64 on lan0",
+    )
+    address = wait_until(lambda: c.uplink("wan").get("dhcp6", {}).get("address"), what="the address too")
+    assert "DHCPv6 client started on wan for an address (IA_NA) and a delegated prefix (IA_PD)" in c.log()
+    assert c.log().count("DHCPv6 client started") == 1
+    duids = {row["duid"] for row in server.rows() + server.address_rows()}
+    assert len(duids) == 1 and server.leases() == ["2001:db8:e9::/56"]
+    assert {row["address"] for row in server.address_rows()} == {address}
+    host = str(lan64.network_address + 0x11)
+    lab.run("lan1", ["ip", "address", "add", f"{host}/64", "dev", "eth0", "nodad"])
+    ping = ["ping", "-6", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", "-I", host, SERVER6]
+    assert lab.run("lan1", ping, check=False).returncode == 0
+    report = lab.flows(client="router", tcp=2, udp=2, interval_ms=50, duration=0.6, family=6)
+    assert report.lost() == 0 and {f.last_source for f in report.flows} <= {address} | {
+        a["local"] for a in globals6(lab) if a["prefixlen"] == 64
+    }
+    assert lab.isp("wan").foreign_sources() == {"ipv4": 0, "ipv6": 0}
+    assert c.stop() == 0
+    writes = len(c.writes())
+    c.start()
+    c.wait_state("wan", "up", "degraded", timeout=WAIT)
+    assert c.status()["writes"] == 0, c.writes()[writes:]
