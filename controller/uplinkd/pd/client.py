@@ -343,6 +343,10 @@ class PdClient:
                 await asyncio.sleep(SOLICIT[0])
                 continue
             server = adv.server_id
+            log.debug(
+                "%s: taking the Advertise of server %s (preference %d) on %s",
+                self.name, (server or b"").hex(), adv.preference, self.dev,
+            )  # fmt: skip
             reply = await self._exchange(
                 sock,
                 index,
