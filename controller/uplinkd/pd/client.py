@@ -397,16 +397,16 @@ class PdClient:
             until=None,
         )
 
-    async def _sleep_until(self, when: float | None) -> bool:
-        """Wait until `when` (None: for ever); False if an address was declined first."""
+    async def _sleep_until(self, when: float | None) -> ipaddress.IPv6Address | None:
+        """Wait until `when` (None: for ever); the address to decline if one came first."""
         waiter = asyncio.ensure_future(self._declined.get())
         try:
             while when is None or (left := when - time.time()) > 0:
                 step = 60.0 if when is None else min(left, 60.0)
                 done, _ = await asyncio.wait({waiter}, timeout=step)
                 if done:
-                    return False
-            return True
+                    return waiter.result()
+            return None
         finally:
             waiter.cancel()
 
@@ -450,17 +450,20 @@ class PdClient:
         while True:
             if solicit or not self.current:
                 self._take(await self._acquire(sock, index), "bound")
+                solicit = False
             held = dict(self.current)
             renew_at = min((b.renew_at for b in held.values() if b.renew_at is not None), default=None)
-            if not await self._sleep_until(renew_at):
+            failed = await self._sleep_until(renew_at)
+            if failed is not None:
                 declined = self.current.get("na")
-                if declined is not None:
-                    log.warning(
-                        "%s: duplicate-address detection failed for %s on %s; declining it",
-                        self.name, declined.prefix.network_address, self.dev,
-                    )  # fmt: skip
-                    self._hold("na", None, "declined: another host on the link has it")
-                    await self._decline(sock, index, declined)
+                if declined is None or declined.prefix.network_address != failed:
+                    continue  # an address no longer held: nothing to decline
+                log.warning(
+                    "%s: duplicate-address detection failed for %s on %s; declining it",
+                    self.name, failed, self.dev,
+                )  # fmt: skip
+                self._hold("na", None, "declined: another host on the link has it")
+                await self._decline(sock, index, declined)
                 solicit = True
                 continue
             rebind_at = min((b.rebind_at for b in held.values() if b.rebind_at is not None), default=None)
