@@ -273,6 +273,24 @@ let
         default = { };
         description = "Health checks for this uplink; what is unset here comes from the top-level `probe`.";
       };
+      families = mkOption {
+        type = types.listOf (
+          types.enum [
+            "ipv4"
+            "ipv6"
+          ]
+        );
+        default = [
+          "ipv4"
+          "ipv6"
+        ];
+        example = [ "ipv6" ];
+        description = ''
+          Address families the uplink carries. `[ "ipv6" ]`: an IPv6-only ISP (no DHCPv4 client
+          on a `dhcp` uplink, only `cidr6` for a `static` one, IPv4 refused in its table, probed
+          on its IPv6 targets; IPv4 goes by the other uplinks).
+        '';
+      };
     }
     // meteringOptions;
   };

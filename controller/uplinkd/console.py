@@ -100,7 +100,7 @@ def render(
                 age(u.get("since_s") or 0),
                 u.get("dev") or "-",
                 str(u.get("weight") or "-"),
-                "yes" if u.get("in_group") else "no",
+                _group(u),
                 f"{rtt:.1f} ms" if rtt is not None else "-",
                 f"{loss:.0f}%" if loss is not None else "-",
                 sparkline(list(samples.rtt.get(u["name"], ())), glyphs=glyphs),
@@ -117,6 +117,14 @@ def render(
             when = datetime.datetime.fromtimestamp(e["at"]).strftime("%H:%M:%S")
             lines.append(f"  {when}  {e['uplink']}: {e['from'] or '-'} → {e['to']} ({e['reason']})")
     return "\n".join(lines)
+
+
+def _group(u: Mapping[str, Any]) -> str:
+    """In the balance group: yes, no, or the one family whose group holds it ("ipv6 only")."""
+    if not u.get("in_group"):
+        return "no"
+    groups = list(u.get("groups") or ())
+    return f"{groups[0]} only" if len(groups) == 1 else "yes"
 
 
 def watch(

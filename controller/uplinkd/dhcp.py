@@ -287,9 +287,10 @@ class DhcpWorkers(WorkerKind[DhcpSpec, DhcpClient]):
     def wanted(self, intent: Intent, running: Mapping[str, DhcpSpec]) -> dict[str, DhcpSpec]:
         wanted: dict[str, DhcpSpec] = {}
         for s in intent.uplinks:
-            addr = self.rt.config.uplinks[s.name].address
-            if addr.mode != "dhcp":
-                continue
+            uplink = self.rt.config.uplinks[s.name]
+            addr = uplink.address
+            if addr.mode != "dhcp" or "ipv4" not in uplink.families:
+                continue  # an IPv6-only uplink (`families`) asks for no DHCPv4 lease
             if s.dev is None:
                 # a stick that is not plugged in has no lease in force (its file stays, so a
                 # replug asks for the same address again)

@@ -25,15 +25,16 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from uplinkd.config import Probe, parse_target
 from uplinkd.health import RoundResult, Tracker, after_round, after_traffic, next_round
-from uplinkd.model import Bearer, Health, HealthVerdict, IPAddress
+from uplinkd.model import AF_INET, AF_INET6, Bearer, Health, HealthVerdict, IPAddress
 from uplinkd.plan import Intent
+from uplinkd.runtime import Runtime
 from uplinkd.workers import WorkerKind
 
 log = logging.getLogger("uplinkd.probes")
@@ -45,6 +46,7 @@ ICMP6_ECHO, ICMP6_ECHOREPLY = 128, 129
 PAYLOAD = 8  # bytes of echo payload: a sequence stamp, no more (every byte is paid for on LTE)
 IP_HEADER = {4: 20, 6: 40}
 TCP_PROBE_PACKETS = (60, 60, 52, 40)  # SYN, SYN-ACK, ACK, RST (we close with linger 0)
+FAMILY_OF_VERSION = {4: AF_INET, 6: AF_INET6}
 
 
 def _bind(sock: socket.socket, *, dev: str, mark: int) -> None:
@@ -171,12 +173,24 @@ async def _unanswered_on_error(
         return None, 0
 
 
-async def probe_round(probe: Probe, *, dev: str, mark: int) -> RoundResult:
-    """Ask every target once, all at the same time."""
+def round_targets(probe: Probe, families: Collection[int] | None) -> list[tuple[IPAddress, int | None]]:
+    """The targets a round asks: those of the families the uplink routes in now (an IPv6-only
+    uplink is judged on its IPv6 targets, not failed for IPv4 ones it cannot reach); all of
+    them when none is of those families (then the round fails: no target can say it works)."""
+    parsed = [parse_target(probe.method, text) for text in probe.targets]
+    if families is None:
+        return parsed
+    mine = [(addr, port) for addr, port in parsed if FAMILY_OF_VERSION[addr.version] in families]
+    return mine or parsed
+
+
+async def probe_round(
+    probe: Probe, *, dev: str, mark: int, families: Collection[int] | None = None
+) -> RoundResult:
+    """Ask every target (of `families`, see `round_targets`) once, all at the same time."""
     started = time.monotonic()
     jobs = []
-    for text in probe.targets:
-        addr, port = parse_target(probe.method, text)
+    for addr, port in round_targets(probe, families):
         if probe.method == "icmp":
             jobs.append(icmp_probe(addr, dev=dev, mark=mark, timeout=probe.timeout))
         elif probe.method == "tcp":
@@ -225,6 +239,9 @@ class Prober:
         self.probe = probe
         self.on_verdict = on_verdict
         self.on_round: Callable[[str, RoundResult], None] | None = None  # every round, for counters
+        # the families the uplink routes in now, kept current by its worker kind (not part of
+        # the spec: a dual-stack uplink whose RA comes late keeps its health history)
+        self.families: Callable[[], Collection[int] | None] = lambda: None
         # an uplink that was in service when the daemon started stays up until probes disagree
         self.tracker = (
             Tracker(health=Health.UP, reason="in service when uplinkd started; probing")
@@ -254,7 +271,7 @@ class Prober:
                     self.tracker, now=now, tx=counters[0], rx=counters[1], probe=probe
                 )
             if now >= next_round(self.tracker, now=now, probe=probe):
-                result = await probe_round(probe, dev=self.dev, mark=self.mark)
+                result = await probe_round(probe, dev=self.dev, mark=self.mark, families=self.families())
                 self._bytes.append((result.started, result.bytes))
                 if self.on_round is not None:
                     self.on_round(self.name, result)
@@ -307,12 +324,17 @@ class ProbeWorkers(WorkerKind[ProbeSpec, Prober]):
     after_writes = True  # a probe sent before its uplink's route exists is lost
     needs_our_routes = True  # without our rules every probe fails: every uplink would be "down"
 
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        self.families: dict[str, tuple[int, ...]] = {}  # uplink → families it routes in now
+
     def wanted(self, intent: Intent, running: Mapping[str, ProbeSpec]) -> dict[str, ProbeSpec]:
         wanted: dict[str, ProbeSpec] = {}
         for s in intent.uplinks:
             probe = effective_probe(self.rt.config.uplinks[s.name].probe, self.rt.bearers.get(s.name))
             if s.ready and s.dev is not None and probe.targets:
                 wanted[s.name] = ProbeSpec(s.dev, s.mark, probe)
+                self.families[s.name] = s.families
         for name, tunnel in self.rt.config.tunnels.items():
             # through the tunnel: bound to its interface, unmarked (no uplink's rule takes it);
             # once the worker has seen the device. Its health there starts afresh on a new underlay.
@@ -337,9 +359,11 @@ class ProbeWorkers(WorkerKind[ProbeSpec, Prober]):
             adopted=adopted,
         )
         prober.on_round = self.rt.counters.probe_round
+        prober.families = lambda: self.families.get(name)
         return prober
 
     def stopped(self, name: str) -> None:
+        self.families.pop(name, None)
         if name.startswith(TUNNEL_PREFIX):
             self.rt.tunnel_probes.pop(name.removeprefix(TUNNEL_PREFIX), None)
         else:
@@ -360,3 +384,4 @@ class ProbeWorkers(WorkerKind[ProbeSpec, Prober]):
         self.rt.health[name] = verdict
         if old is None or (old.health, old.weight_factor) != (verdict.health, verdict.weight_factor):
             self.rt.wake.set()
+

@@ -11,9 +11,10 @@ from typing import Any
 
 from uplinkd import __version__
 from uplinkd.advertiser import AdvertSender
-from uplinkd.model import FAMILIES, VXLAN, NftState, UplinkStatus
+from uplinkd.model import FAMILIES, GROUPS, VXLAN, NexthopGroup, NftState, UplinkStatus
 from uplinkd.modem import ModemWatcher
-from uplinkd.plan import lan6, policies
+from uplinkd.plan import group_id, lan6, nexthop_id, policies
+from uplinkd.plan.balance import FAMILY_NAMES
 from uplinkd.probes import TUNNEL_PREFIX, Prober
 from uplinkd.runtime import Runtime
 from uplinkd.usage import month_of, read_bytes
@@ -60,6 +61,7 @@ def render(
                 **_delegation_json(rt, s.name),
                 **_lease6_json(rt, s.name),
                 "ra": _ra_json(rt, s.name),
+                **_families_json(rt, s),
             }
             for s in ups
         ],
@@ -113,6 +115,22 @@ def uplink_json(s: UplinkStatus, age: float) -> dict[str, Any]:
         "in_group": s.in_group,
         "drained": s.drained,
         "also_matches": list(s.also_matches),
+    }
+
+
+def _families_json(rt: Runtime, s: UplinkStatus) -> dict[str, Any]:
+    """The families the uplink is configured to carry, those it routes in now, and those
+    whose balance group holds it (an IPv6-only uplink: ["ipv6"] in all three)."""
+    groups: list[str] = []
+    for family in FAMILIES:
+        group = rt.intent.kernel[GROUPS].get(group_id(rt.config, family)) if rt.intent else None
+        nhid = nexthop_id(rt.config, s.table, family)
+        if isinstance(group, NexthopGroup) and any(m.id == nhid for m in group.members):
+            groups.append(FAMILY_NAMES[family])
+    return {
+        "families": list(rt.config.uplinks[s.name].families) if s.name in rt.config.uplinks else [],
+        "routes": [FAMILY_NAMES[f] for f in s.families],
+        "groups": groups,
     }
 
 

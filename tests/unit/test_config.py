@@ -303,7 +303,71 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     (
         "static-missing-cidr",
         one(address={"mode": "static"}),
-        "uplinks.a.address.cidr: is required; add it",
+        "uplinks.a.address.cidr: missing; a static uplink that carries IPv4 needs its IPv4 address, "
+        'e.g. "10.64.0.2/30" (or set families = ["ipv6"] for an IPv6-only uplink)',
+    ),
+    (
+        "families-empty",
+        one(families=[]),
+        'uplinks.a.families: [] carries nothing; list "ipv4", "ipv6" or both',
+    ),
+    (
+        "families-twice",
+        one(families=["ipv6", "ipv6"]),
+        "uplinks.a.families: 'ipv6' is listed twice; list each family once",
+    ),
+    (
+        "families-unknown",
+        one(families=["ip6"]),
+        "uplinks.a.families.0: 'ip6' is not allowed; use 'ipv4' or 'ipv6'",
+    ),
+    (
+        "ipv6-only-static-with-ipv4",
+        one(address={"mode": "static", "cidr": "10.0.0.2/24", "cidr6": "2001:db8::2/64"}, families=["ipv6"]),
+        'uplinks.a.address.cidr: an IPv4 address on an uplink whose families leave out "ipv4"; '
+        'remove cidr and gateway, or add "ipv4" to families',
+    ),
+    (
+        "ipv6-only-static-without-cidr6",
+        one(address={"mode": "static"}, families=["ipv6"]),
+        "uplinks.a.address.cidr6: missing; a static IPv6-only uplink needs its IPv6 address, "
+        'e.g. "2001:db8::2/64"',
+    ),
+    (
+        "ipv4-only-static-with-cidr6",
+        one(address={"mode": "static", "cidr": "10.0.0.2/24", "cidr6": "2001:db8::2/64"}, families=["ipv4"]),
+        'uplinks.a.address.cidr6: an IPv6 address on an uplink whose families leave out "ipv6"; '
+        'remove cidr6 and gateway6, or add "ipv6" to families',
+    ),
+    (
+        "static-gateway-without-cidr",
+        one(address={"mode": "static", "gateway": "10.0.0.1", "cidr6": "2001:db8::2/64"}, families=["ipv6"]),
+        "uplinks.a.address.gateway: 10.0.0.1 is given without cidr; give the uplink's IPv4 address in cidr "
+        "too, or remove gateway",
+    ),
+    (
+        "ipv6-only-probed-on-ipv4",
+        one(address={"mode": "dhcp"}, families=["ipv6"], probe={"targets": ["192.0.2.1"]}),
+        "uplinks.a.probe.targets: none is an IPv6 address, and this uplink carries only ipv6 (families); "
+        "add an IPv6 target (the top-level probe's targets are an uplink's unless it names its own)",
+    ),
+    (
+        "extend-over-ipv4-only",
+        {
+            **one(address={"mode": "dhcp"}, families=["ipv4"]),
+            "lan": {"lan0": {"ipv6": {"mode": "extend", "uplink": "a"}}},
+        },
+        "lan.lan0.ipv6.uplink: 'a' carries no IPv6 (its families leave out \"ipv6\"); name an uplink "
+        'that carries IPv6, or add "ipv6" to uplinks.a.families',
+    ),
+    (
+        "translate-over-ipv4-only",
+        {
+            **one(address={"mode": "dhcp"}, families=["ipv4"]),
+            "lan": {"lan0": {"ipv6": {"mode": "translate", "prefix": "2001:db8:ff::/64", "uplinks": ["a"]}}},
+        },
+        "lan.lan0.ipv6.uplinks: 'a' carries no IPv6 (its families leave out \"ipv6\"); remove it, "
+        'or add "ipv6" to uplinks.a.families',
     ),
     (
         "static-bad-gateway",

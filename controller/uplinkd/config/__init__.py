@@ -23,6 +23,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 
 from uplinkd.config import document, ifname
 from uplinkd.config.errors import ConfigError, describe
+from uplinkd.config.families import FAMILIES, Family, check_list, lan_problems, uplink_problems
 from uplinkd.config.fields import Flag, Float, Int, Section, Text, byte_amount, check_range, ranged, shown
 from uplinkd.config.lan import Lan, LanIpv6
 from uplinkd.config.lan import cross_check as lan_cross_check
@@ -209,16 +210,24 @@ class ExternalAddress(Section):
 
 
 class StaticAddress(Section):
-    """The controller puts this address on the interface. gateway null = point-to-point."""
+    """The controller puts these addresses on the interface. gateway null = point-to-point.
+    `cidr` is required unless the uplink's families leave out IPv4 (then `cidr6` is)."""
 
     mode: Literal["static"]
-    cidr: V4Interface
+    cidr: V4Interface | None = None
     gateway: V4Address | None = None
     cidr6: V6Interface | None = None
     gateway6: V6Address | None = None
 
     @model_validator(mode="after")
     def _gateway_on_link(self) -> StaticAddress:
+        if self.cidr is None:
+            if self.gateway is not None:
+                raise ValueError(
+                    f"gateway: {self.gateway} is given without cidr; give the uplink's IPv4 address "
+                    "in cidr too, or remove gateway"
+                )
+            return self
         if self.gateway is not None and self.gateway not in self.cidr.network:
             raise ValueError(
                 f"gateway: {self.gateway} is outside {self.cidr.network}; "
@@ -228,7 +237,8 @@ class StaticAddress(Section):
 
 
 class DhcpAddress(Section):
-    """The controller runs a DHCPv4 client on the interface; the lease goes into T_u only."""
+    """The controller runs a DHCPv4 client on the interface (unless the uplink's families leave
+    out IPv4); the lease goes into T_u only. IPv6 comes by router advertisement."""
 
     mode: Literal["dhcp"]
     hostname: Text | None = Field(default=None, description="sent in DHCP option 12; at most 63 characters")
@@ -260,6 +270,12 @@ class Uplink(Section):
         default=None, description="fwmark value under kernel.mark_mask; default: table mod 256"
     )
     probe: Probe = Field(default_factory=Probe, description="health checks; defaults from top-level probe")
+    families: tuple[Family, ...] = Field(
+        default=FAMILIES,
+        description='address families the uplink carries: "ipv4", "ipv6" or both. ["ipv6"]: an '
+        "IPv6-only ISP (no DHCPv4 client, static needs only cidr6, IPv4 refused in its table, "
+        "probed on its IPv6 targets)",
+    )
     metered: Flag = Field(
         default=False,
         description="paid by volume: in the default policy only when no unmetered uplink is healthy",
@@ -277,6 +293,19 @@ class Uplink(Section):
     @classmethod
     def _table(cls, v: int) -> int:
         return _check_table(v)
+
+    @field_validator("families")
+    @classmethod
+    def _families(cls, v: tuple[Family, ...]) -> tuple[Family, ...]:
+        check_list(v)
+        return v
+
+    @model_validator(mode="after")
+    def _fits_families(self) -> Uplink:
+        problems = uplink_problems(self.address, self.families, self.probe)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     _weight = ranged("weight", low=1, high=256, use="a whole number from 1 to 256")
 
@@ -474,6 +503,7 @@ class Config(Section):
             policy_slots=self.kernel.policy_bits >> self.kernel.policy_shift,
         )
         problems += lan_cross_check(self.lan, dict(self.uplinks), set(exact_names), self.tunnels)
+        problems += lan_problems(self.lan, self.uplinks)
         for lan_name, lan in self.lan.items():
             extended = self.uplinks.get(lan.ipv6.uplink or "") if lan.ipv6.mode == "extend" else None
             if extended is not None and extended.address.mode == "external":

@@ -91,7 +91,7 @@ def describe(error: ValidationError) -> list[str]:
             for line in text.splitlines():
                 if not where:
                     lines.append(line)
-                elif re.match(r"[a-z_]+: ", line):
+                elif re.match(r"[a-z_][a-z0-9_.]*: ", line):
                     lines.append(f"{where}.{line}")
                 else:
                     lines.append(f"{where}: {line}")

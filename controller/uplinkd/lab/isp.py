@@ -202,10 +202,11 @@ class Isp:
     def setup(self, *, inet_netns: str, inet_bridge: str) -> None:
         """Create the namespace's upstream, routes and nft table (the namespace exists)."""
         a = self.addresses
+        v4 = self.options.ipv4
         self._runner.sysctl(
             self.netns,
             {
-                "net.ipv4.ip_forward": 1,
+                "net.ipv4.ip_forward": 1 if v4 else 0,
                 "net.ipv6.conf.all.forwarding": 1,
                 "net.ipv6.conf.all.accept_dad": 0,
                 "net.ipv6.conf.default.accept_dad": 0,
@@ -223,7 +224,7 @@ class Isp:
             self.netns,
             [
                 "link set dev lo up",
-                f"address add {a.upstream4} dev {UP}",
+                *([f"address add {a.upstream4} dev {UP}"] if v4 else []),
                 f"address add {a.upstream6} dev {UP} nodad",
                 f"link set dev {UP} up",
                 # Anything not for the lab's own addresses ends here.
@@ -232,7 +233,7 @@ class Isp:
             ],
         )
         self._inet = inet_netns
-        self._runner.nft(self.netns, base_ruleset(a, routed6=self.options.routed6))
+        self._runner.nft(self.netns, base_ruleset(a, routed6=self.options.routed6, ipv4=v4))
         self._apply_rate(UP)
         # The server reaches the ISP's /64 through the ISP (for sources it passes unchanged).
         self._runner.ip(
@@ -252,7 +253,7 @@ class Isp:
         self._runner.ip_batch(
             self.netns,
             [
-                f"address add {a.gateway4} dev {DOWN}",
+                *([f"address add {a.gateway4} dev {DOWN}"] if self.options.ipv4 else []),
                 f"address add {self._own6(self._prefix6)} dev {DOWN} nodad",
                 f"link set dev {DOWN} {'up' if self._carrier else 'down'}",
             ],
@@ -260,7 +261,7 @@ class Isp:
         router_side = [f"link set dev {ifname} up"]
         if self.options.address == "static":
             router_side += [
-                f"address add {a.router4} dev {ifname}",
+                *([f"address add {a.router4} dev {ifname}"] if self.options.ipv4 else []),
                 f"address add {a.router6} dev {ifname} nodad",
             ]
         self._runner.ip_batch(router_netns, router_side)

@@ -50,6 +50,10 @@ class IspOptions:
     ``lease_seconds``): the RAs set the M flag and advertise the prefix without the A flag, so
     nobody gets an address by SLAAC (a wired ISP or an LTE router in bridge mode that
     requires DHCPv6)."""
+    ipv4: bool = True
+    """False: an IPv6-only ISP, as strict as a real one: no IPv4 address on either of its
+    links, no DHCPv4 server, IPv4 forwarding off, and every IPv4 packet from the router side
+    counted as foreign (``foreign_sources()["ipv4"]``) and dropped."""
 
     def __post_init__(self) -> None:
         if self.lease_seconds < MIN_LEASE_S:
@@ -59,7 +63,7 @@ class IspOptions:
 
     @property
     def serves_dhcp(self) -> bool:
-        return self.address == "dhcp" and self.dhcp == "serve"
+        return self.address == "dhcp" and self.dhcp == "serve" and self.ipv4
 
     @property
     def runs_dnsmasq(self) -> bool:
@@ -86,17 +90,20 @@ class DnsmasqLease:
 ND_TYPES = "{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert }"
 
 
-def base_ruleset(addresses: IspAddresses | None = None, *, routed6: bool = False) -> str:
+def base_ruleset(addresses: IspAddresses | None = None, *, routed6: bool = False, ipv4: bool = True) -> str:
     """The ISP's nft table: counters of packets from the router side whose source is not the
     ISP's own (what a carrier resets sessions for), an (initially empty) fault chain, and
-    masquerade upstream (IPv4 only with ``routed6``).
+    masquerade upstream (IPv4 only with ``routed6``). Without ``ipv4`` (an IPv6-only ISP) no
+    IPv4 source is the ISP's own: every IPv4 packet from the router side (but DHCP's 0.0.0.0)
+    is counted foreign, and dropped.
 
     The fault chain hooks prerouting at raw priority, before conntrack, so dropped packets
     leave no connection state behind; the counters come before it.
     """
     counting = ""
+    drop4 = "" if ipv4 else f'        iifname "{DOWN}" meta nfproto ipv4 drop\n'
     if addresses is not None:
-        mine4 = f"{addresses.gateway4.network}, 0.0.0.0"
+        mine4 = f"{addresses.gateway4.network}, 0.0.0.0" if ipv4 else "0.0.0.0"
         mine6 = f"{addresses.gateway6.network}, fe80::/10, ::/128"
         counting = f"""\
     counter foreign4 {{
@@ -110,7 +117,7 @@ def base_ruleset(addresses: IspAddresses | None = None, *, routed6: bool = False
         type filter hook prerouting priority raw - 10; policy accept;
         iifname "{DOWN}" ip saddr != {{ {mine4} }} counter name "foreign4"
         iifname "{DOWN}" ip6 saddr != @mine6 counter name "foreign6"
-    }}
+{drop4}    }}
     counter forwarded6 {{
     }}
     chain forwarded {{

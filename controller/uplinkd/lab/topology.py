@@ -170,12 +170,15 @@ class Lab:
         ra_mtu: int | None = None,
         onlink6: bool = False,
         dhcp6: bool = False,
+        ipv4: bool = True,
     ) -> Isp:
         """Add ISP ``isp<N>`` standing for uplink ``name``; plugged in as ``ifname``
         (default: ``name``) unless ``plugged`` is False.  ``routed6``: the ISP routes its /64
         to the router's ``2001:db8:<N>::2`` (as a 3GPP network routes a UE's /64) and does not
         masquerade IPv6 upstream, so the server sees the router's (translated) sources.
-        ``dhcp6`` (with ``ra``): the router's IPv6 address only by DHCPv6 IA_NA, no SLAAC."""
+        ``dhcp6`` (with ``ra``): the router's IPv6 address only by DHCPv6 IA_NA, no SLAAC.
+        ``ipv4=False``: an IPv6-only ISP (no IPv4 anywhere on it, IPv4 from the router counted
+        as foreign and dropped; see ``IspOptions.ipv4``)."""
         if any(isp.name == name for isp in self._isps):
             raise LabError(f"there already is an ISP named {name!r}")
         index = len(self._isps) + 1
@@ -190,6 +193,7 @@ class Lab:
             ra_mtu=ra_mtu,
             onlink6=onlink6,
             dhcp6=dhcp6,
+            ipv4=ipv4,
         )
         netns = self._add_namespace(f"isp{index}", {})
         isp = Isp(

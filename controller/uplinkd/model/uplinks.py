@@ -49,6 +49,7 @@ class UplinkStatus:
     gateway4: IPAddress | None = None
     gateway6: IPAddress | None = None
     pointopoint: bool = False
+    families: tuple[int, ...] = ()  # the families it can route in now (AF_INET, AF_INET6)
     link_ready: bool = False  # up with carrier
     table: int = 0
     mark: int = 0

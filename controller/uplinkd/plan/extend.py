@@ -53,6 +53,8 @@ def extended(config: Config) -> dict[str, str]:
 def by_ra(config: Config, name: str) -> bool:
     """Whether the controller handles `name`'s IPv6 router advertisements itself."""
     uplink = config.uplinks[name]
+    if "ipv6" not in uplink.families:
+        return False
     return uplink.address.mode == "dhcp" or (uplink.address.mode != "external" and name in extended(config))
 
 

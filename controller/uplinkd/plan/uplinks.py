@@ -124,13 +124,32 @@ def unclaimed_matches(
 def ways(
     uplink: Uplink, link: Link, observed: Observed, lease: Lease | None, bearer: Bearer | None = None
 ) -> dict[int, Way]:
-    """Per family, the addresses and gateway the uplink can use (only families that work)."""
+    """Per family, the addresses and gateway the uplink can use (only families that work and
+    that it carries: `families`)."""
+    carried = carried_families(uplink)
+    if AF_INET not in carried:
+        lease = None  # a lease kept from before `families` left out IPv4 is not waited for
+    return {f: way for f, way in _ways(uplink, link, observed, lease, bearer).items() if f in carried}
+
+
+def carried_families(uplink: Uplink) -> tuple[int, ...]:
+    """The address families (AF_INET, AF_INET6) the uplink is configured to carry."""
+    return tuple(f for f in FAMILIES if _FAMILY_NAME[f] in uplink.families)
+
+
+_FAMILY_NAME = {AF_INET: "ipv4", AF_INET6: "ipv6"}
+
+
+def _ways(
+    uplink: Uplink, link: Link, observed: Observed, lease: Lease | None, bearer: Bearer | None
+) -> dict[int, Way]:
     found: dict[int, Way] = {}
     addr = uplink.address
     if addr.mode == "modem":
         return modem_ways(bearer, link, observed)
     if addr.mode == "static":
-        found[AF_INET] = Way((addr.cidr,), addr.gateway)
+        if addr.cidr is not None:
+            found[AF_INET] = Way((addr.cidr,), addr.gateway)
         if addr.cidr6 is not None:
             found[AF_INET6] = Way((addr.cidr6,), addr.gateway6)
         return found
@@ -208,7 +227,7 @@ def survey(config: Config, facts: Facts) -> Survey:
         found = ways(uplink, link, facts.observed, lease, facts.bearers.get(name))
         way6 = extend.way6(config, name, link, facts, found)  # the RA's router, an extended /64
         found.pop(AF_INET6, None)
-        if way6 is not None:
+        if way6 is not None and AF_INET6 in carried_families(uplink):
             found[AF_INET6] = way6
         seen = facts.observed.addrs_of(link.index, AF_INET) + facts.observed.addrs_of(link.index, AF_INET6)
         status = replace(
@@ -216,6 +235,7 @@ def survey(config: Config, facts: Facts) -> Survey:
             addresses=tuple(a for way in found.values() for a in way.addresses) or seen,
             gateway4=found[AF_INET].gateway if AF_INET in found else None,
             gateway6=found[AF_INET6].gateway if AF_INET6 in found else None,
+            families=tuple(f for f in FAMILIES if f in found),
         )
         if not found:
             state, reason = _why_not_ready(uplink, lease, status, facts.observed)
@@ -249,8 +269,12 @@ def _why_not_ready(
     uplink: Uplink, lease: Lease | None, status: UplinkStatus, observed: Observed
 ) -> tuple[State, str]:
     """State and reason of an uplink with carrier but no way out."""
+    if uplink.address.mode == "dhcp" and "ipv4" not in uplink.families:
+        if not status.addresses:
+            return status.state, "no address: waiting for an IPv6 router advertisement (families: ipv6)"
+        return State.ADDRESSED, "no default gateway learned: no router advertisement names a router"
     if uplink.address.mode == "dhcp" and lease is None:
-        return status.state, "waiting for a DHCP lease"
+        return status.state, "waiting for a DHCP lease"  # or an RA: either makes it ready
     if (
         lease is not None
         and status.ifindex is not None
@@ -277,9 +301,10 @@ def owned_addresses(
     if addr.mode == "modem":
         return modem_addresses(bearer)
     if addr.mode == "static":
-        return (addr.cidr,) + ((addr.cidr6,) if addr.cidr6 is not None else ())
+        return tuple(a for a in (addr.cidr, addr.cidr6) if a is not None)
     if addr.mode == "dhcp":
-        return tuple(a.address for a in (lease, lease6) if a is not None)
+        kept = (lease if "ipv4" in uplink.families else None, lease6 if "ipv6" in uplink.families else None)
+        return tuple(a.address for a in kept if a is not None)
     return ()
 
 
@@ -305,9 +330,14 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                 )
             )
             way = survey.ways.get(status.name, {}).get(family)
+            key = RouteKey(family, status.table, str(any_net(family)))
+            if family not in carried_families(uplink):
+                # a family the uplink does not carry is refused there, not rebalanced: a packet
+                # marked for it (a reply to something that came in by it) never leaves elsewhere
+                objects.append(Route(key, type="unreachable"))
+                continue
             if way is None:
                 continue
-            key = RouteKey(family, status.table, str(any_net(family)))
             objects.append(Route(key, oif=status.ifindex, gateway=way.gateway, dev=dev))
             nhid = nexthop_id(config, status.table, family)
             objects.append(Nexthop(nhid, family, status.ifindex, way.gateway, dev=dev))
