@@ -3,9 +3,10 @@ the others"), with real packets.
 
 ``lte1`` is an LTE network that gives no IPv4 at all (``ipv4=False``: no IPv4 address on its
 side, no DHCPv4 server, IPv4 from the router dropped and counted) and IPv6 by RA, routing
-the /64 to the router's link-local address; the uplink is `dhcp` with ``families =
-["ipv6"]``. ``wan`` is dual-stack with static addresses. The LAN is `translate`: its internal
-/64 leaves each uplink translated to that uplink's /64.
+the /64 to the router's link-local address (the uplink is `dhcp` with ``families =
+["ipv6"]``: no DHCPv4 client), or statically (`static` with only ``cidr6``). ``wan`` is
+dual-stack with static addresses. The LAN is `translate`: its internal /64 leaves each
+uplink translated to that uplink's /64.
 """
 
 from __future__ import annotations
@@ -37,13 +38,19 @@ WAIT = 30.0
 NO_LEAK = {"ipv4": 0, "ipv6": 0}
 
 
-def config() -> dict[str, Any]:
+LTE_ADDRESS = {
+    "ra": {"mode": "dhcp"},  # IPv6 by RA/SLAAC; no DHCPv4 client (families)
+    "static": {"mode": "static", "cidr6": "2001:db8:2::2/64", "gateway6": "2001:db8:2::1"},
+}
+
+
+def config(how: str) -> dict[str, Any]:
     return {
         "uplinks": {
             "wan": static_uplink(1, "wan"),
             "lte1": {
                 "match": {"name": "lte1"},
-                "address": {"mode": "dhcp"},
+                "address": LTE_ADDRESS[how],
                 "table": 102,
                 "families": ["ipv6"],
             },
@@ -55,19 +62,29 @@ def config() -> dict[str, Any]:
     }
 
 
+@pytest.fixture(params=["ra", "static"])
+def how(request: pytest.FixtureRequest) -> str:
+    """How lte1 gets its IPv6: by RA (SLAAC, the /64 routed to its link-local address) or
+    statically (2001:db8:2::2, the /64 routed to it)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def lab() -> Iterator[Lab]:
+def lab(how: str) -> Iterator[Lab]:
     with Lab() as lab:
         lab.add_isp("wan", address="none", routed6=True)
-        lab.add_isp("lte1", address="dhcp", ra=True, routed6=True, ipv4=False)
+        if how == "ra":
+            lab.add_isp("lte1", address="dhcp", ra=True, routed6=True, ipv4=False)
+        else:
+            lab.add_isp("lte1", address="static", routed6=True, ipv4=False)
         lab.add_client()
         lab.run("lan1", ["ip", "address", "add", "2001:db8:ff::11/64", "dev", "eth0", "nodad"])
         yield lab
 
 
 @pytest.fixture
-def daemon(lab: Lab, tmp_path: Path) -> Iterator[LabDaemon]:
-    c = LabDaemon(lab.router, config(), workdir=tmp_path)
+def daemon(lab: Lab, how: str, tmp_path: Path) -> Iterator[LabDaemon]:
+    c = LabDaemon(lab.router, config(how), workdir=tmp_path)
     try:
         c.start()
         wait_until(lambda: set(group_members(lab.router, TABLES, v6=True)) == {"wan", "lte1"},
@@ -93,7 +110,9 @@ def uplink(status: dict[str, Any], name: str) -> dict[str, Any]:
     return next(u for u in status["uplinks"] if u["name"] == name)
 
 
-def test_ipv4_leaves_only_by_the_ipv4_uplink_and_ipv6_uses_both(lab: Lab, daemon: LabDaemon) -> None:
+def test_ipv4_leaves_only_by_the_ipv4_uplink_and_ipv6_uses_both(
+    lab: Lab, how: str, daemon: LabDaemon
+) -> None:
     lte = uplink(daemon.status(), "lte1")
     assert lte["state"] in ("up", "degraded") and lte["gateway4"] is None, lte
     assert (lte["families"], lte["routes"], lte["groups"]) == (["ipv6"], ["ipv6"], ["ipv6"]), lte
@@ -104,9 +123,9 @@ def test_ipv4_leaves_only_by_the_ipv4_uplink_and_ipv6_uses_both(lab: Lab, daemon
     (v4,) = routes(lab.router, 102)
     assert v4["type"] == "unreachable", v4
     (v6,) = routes(lab.router, 102, "-6")
-    assert v6["dev"] == "lte1" and v6["gateway"].startswith("fe80:"), v6
-    # no DHCPv4 client on lte1: its ISP never heard a DISCOVER (dnsmasq serves no DHCP there)
-    assert lab.isp("lte1").leases() == []
+    gateway = "fe80:" if how == "ra" else "2001:db8:2::1"
+    assert v6["dev"] == "lte1" and v6["gateway"].startswith(gateway), v6
+    assert "DHCP client started on lte1" not in daemon.log()  # families: no DHCPv4 asked for
 
     four = lab.flows(tcp=10, udp=10, interval_ms=50, duration=1.0, family=4)
     assert four.by_uplink() == {"wan": 20} and four.lost() == 0, four.by_uplink()
