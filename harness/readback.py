@@ -80,3 +80,38 @@ def conntrack_marks(netns: str) -> list[int]:
             if word.startswith("mark="):
                 marks.append(int(word[5:]))
     return marks
+
+
+SEND_UDP6 = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+for _ in range(3):
+    s.sendto(b"x", (sys.argv[3], int(sys.argv[4])))
+"""
+"""A client's few UDP packets from one source address and port (a flow `explain` can be asked
+about), no answer awaited."""
+
+
+def udp6_flow(netns: str, *, src: str, sport: int, dst: str, dport: int) -> None:
+    subprocess.run(
+        ["ip", "netns", "exec", netns, "python3", "-c", SEND_UDP6, src, str(sport), dst, str(dport)],
+        check=True, timeout=10,
+    )  # fmt: skip
+
+
+def ct_udp6(netns: str, sport: int) -> dict[str, Any] | None:
+    """The conntrack entry of the IPv6 UDP flow from `sport`: its mark and the reply tuple's
+    destination (the source its packets left with, after any translation); None if none."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns, "conntrack", "-L", "-f", "ipv6", "-p", "udp", "--sport", str(sport),
+         "-o", "extended"],
+        capture_output=True, text=True, check=False, timeout=10,
+    ).stdout  # fmt: skip
+    lines = [line for line in out.splitlines() if "udp" in line]
+    if len(lines) != 1:
+        return None
+    words = lines[0].split()
+    dsts = [w.removeprefix("dst=") for w in words if w.startswith("dst=")]
+    mark = next((int(w.removeprefix("mark=")) for w in words if w.startswith("mark=")), 0)
+    return {"mark": mark, "reply_dst": dsts[1] if len(dsts) > 1 else None}

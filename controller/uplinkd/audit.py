@@ -138,10 +138,16 @@ async def lan_audit(config: Config) -> tuple[list[str], list[str]]:
                         checked.append(
                             f"{where}: {fated.how}" + (f", leaves by {uplink}" if fated.leaves else "")
                         )
-                    else:
+                    elif fated.leaves:
                         problems.append(
                             f"{where}: leaves by uplink {uplink} with source {fated.source} ({fated.how}); "
                             f"mode {mode} does not allow that: remove the stray route, rule or prefix"
+                        )
+                    else:  # an extended /64 routed to another uplink: its IPv6 goes nowhere
+                        problems.append(
+                            f"{where}: routed to uplink {uplink} ({fated.how}), not to "
+                            f"{cfg.ipv6.uplink}; mode {mode} sends this prefix only by {cfg.ipv6.uplink}: "
+                            "remove the stray route or rule"
                         )
         return problems, checked
     finally:

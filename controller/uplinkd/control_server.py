@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import ipaddress
 import logging
 import os
 import socket
@@ -27,7 +28,8 @@ from typing import Any, Protocol
 from uplinkd import control
 from uplinkd.instance import SetupError, usable_dir, why
 from uplinkd.kernel.state import ApplyResult, Kernel
-from uplinkd.plan import Intent, Plan, policies
+from uplinkd.model import NFT, NftIpv6, NftState
+from uplinkd.plan import Intent, Plan, leaks, policies
 from uplinkd.runtime import Runtime
 from uplinkd.tunnels import explain_tunnel
 
@@ -322,7 +324,26 @@ async def handle(daemon: Daemon, line: bytes) -> bytes:
             daemon.kernel, rt.config.tunnels, replace(explanation, steer=steer).as_dict(), by_dev,
             health=rt.tunnels,
         )  # fmt: skip
+    explained["lan6"] = _lan6(rt, req, explanation.dev, by_dev)
     return control.reply(True, explained)
+
+
+def _lan6(
+    rt: Runtime, req: control.Explain, dev: str | None, by_dev: Mapping[str, str]
+) -> dict[str, Any] | None:
+    """A configured LAN's IPv6 routed out of an uplink: what uplinkd's nft table does with it
+    (the source it leaves with, or what drops it) and whether the LAN's mode allows it."""
+    if (
+        not isinstance(req.src, ipaddress.IPv6Address)
+        or req.iif not in rt.config.lan
+        or dev not in by_dev
+        or rt.intent is None
+    ):
+        return None
+    tables = [t for t in rt.intent.kernel[NFT].values() if isinstance(t, NftState)]
+    nft = tables[0].ipv6 if tables else NftIpv6()
+    out = dev or ""
+    return leaks.explained(rt.config, nft, lan=req.iif or "", src=req.src, dev=out, uplink=by_dev[out])
 
 
 def _steering(rt: Runtime, req: control.Explain, by_dev: Mapping[str, str]) -> dict[str, Any]:

@@ -465,6 +465,26 @@ def test_the_audit_follows_a_packet_through_the_tables_ipv6_part() -> None:
     assert leaks.allowed(cfg, v6, lan="lanp", uplink="wan", fated=delegated)
 
 
+def test_the_audit_lets_an_extended_64_leave_by_its_own_uplink_only() -> None:
+    """lte1's /64 (2001:db8:2::/64) extended to lanx: out of lte1 untranslated it is allowed;
+    routed to wan it is a problem even though the guard drops it there (black-holed); a stray
+    prefix on the LAN leaving by lte1 is one too."""
+    s = state()
+    v6 = NftIpv6(s.ipv6.prefixes, (), (), ())
+    addr = ipaddress.IPv6Address
+    cfg = parse({"uplinks": uplinks(), "lan": {"lanx": {"ipv6": {"mode": "extend", "uplink": "lte1"}}}})
+    own = leaks.fate(v6, lan="lanx", src=addr("2001:db8:2::11"), dev="lte1")
+    assert own == leaks.Fate(True, addr("2001:db8:2::11"), "untranslated")
+    assert leaks.allowed(cfg, v6, lan="lanx", uplink="lte1", fated=own)
+    elsewhere = leaks.fate(v6, lan="lanx", src=addr("2001:db8:2::11"), dev="wan")
+    assert not elsewhere.leaves
+    assert not leaks.allowed(cfg, v6, lan="lanx", uplink="wan", fated=elsewhere)
+    stray = leaks.fate(v6, lan="lanx", src=addr("2001:db8:99::11"), dev="lte1")
+    assert stray.leaves and not leaks.allowed(cfg, v6, lan="lanx", uplink="lte1", fated=stray)
+    translated = leaks.Fate(True, addr("2001:db8:2::11"), "translated to 2001:db8:2::11")
+    assert not leaks.allowed(cfg, v6, lan="lanx", uplink="lte1", fated=translated)
+
+
 def test_an_unnumbered_wan_gets_its_ras_router_in_its_table_for_the_delegated_lan() -> None:
     ups = uplinks()
     for key in ("cidr6", "gateway6"):

@@ -9,6 +9,9 @@ uplink with that source:
 - `off`, `tunnel`: never.
 - `translate`: translated from its internal prefix, by an uplink it lists (default: all).
 - `delegate`: untranslated, from its delegated /64, by the uplink that delegated it.
+- `extend`: untranslated, from the extended /64 (its uplink's own prefix in the table), by
+  the extended uplink only. Routed to any other uplink is wrong even where the guard drops it
+  there: the LAN's IPv6 would be black-holed, so the audit names that path too.
 
 A path that leaves and is not allowed is a leak: an admin's stray prefix on a LAN, a route
 or rule that sends a delegated prefix elsewhere, a table edited by hand.
@@ -64,10 +67,15 @@ def fate(nft: NftIpv6, *, lan: str, src: ipaddress.IPv6Address, dev: str) -> Fat
 def allowed(config: Config, nft: NftIpv6, *, lan: str, uplink: str, fated: Fate) -> bool:
     """Whether the mode of `lan` lets this packet leave `uplink` as `fated`."""
     cfg = config.lan.get(lan)
+    if cfg is not None and mode_of(cfg, config.tunnels) == "extend" and uplink != cfg.ipv6.uplink:
+        return False  # to another uplink: leaked or, dropped by the guard, black-holed
     if cfg is None or not fated.leaves:
         return not fated.leaves
     v6 = cfg.ipv6
     mode = mode_of(cfg, config.tunnels)
+    if mode == "extend":  # by its own uplink (checked above), untranslated, from that uplink's /64
+        mine = [_net(p.prefix) for p in nft.prefixes]  # the guard drops another uplink's on this one
+        return fated.how == "untranslated" and any(fated.source in n for n in mine)
     if mode == "translate":
         wanted = v6.uplinks if v6.uplinks is not None else tuple(config.uplinks)
         return fated.how.startswith("translated") and uplink in wanted
@@ -75,3 +83,21 @@ def allowed(config: Config, nft: NftIpv6, *, lan: str, uplink: str, fated: Fate)
         mine = [_net(d.prefix) for d in nft.delegated if d.lan == lan]
         return uplink == v6.uplink and fated.how == "untranslated" and any(fated.source in n for n in mine)
     return False
+
+
+def explained(
+    config: Config, nft: NftIpv6, *, lan: str, src: ipaddress.IPv6Address, dev: str, uplink: str
+) -> dict[str, object]:
+    """For `uplinkctl explain`: what uplinkd's table does with a LAN's IPv6 packet routed out
+    of an uplink: the source it leaves with (translated or not), or what drops it, and whether
+    the LAN's mode allows that path (as `uplinkctl audit` judges it)."""
+    fated = fate(nft, lan=lan, src=src, dev=dev)
+    cfg = config.lan.get(lan)
+    return {
+        "lan": lan,
+        "mode": mode_of(cfg, config.tunnels) if cfg is not None else None,
+        "leaves": fated.leaves,
+        "source": str(fated.source) if fated.leaves else None,
+        "how": fated.how,
+        "allowed": allowed(config, nft, lan=lan, uplink=uplink, fated=fated),
+    }
