@@ -379,6 +379,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if lan6:  # a LAN's IPv6 through uplinkd's table: the source it leaves with, and the audit's word
         fate = f"leaves as {lan6['source']} ({lan6['how']})" if lan6["leaves"] else lan6["how"]
         rows.append((f"lan {lan6['mode']}", fate + ("" if lan6["allowed"] else "; NOT ALLOWED by the mode")))
+    if ex.get("note"):
+        rows.append(("note", ex["note"]))
     if ex.get("error"):
         rows.append(("error", ex["error"]))
     print(_table(rows))

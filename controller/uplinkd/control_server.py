@@ -325,7 +325,18 @@ async def handle(daemon: Daemon, line: bytes) -> bytes:
             health=rt.tunnels,
         )  # fmt: skip
     explained["lan6"] = _lan6(rt, req, explanation.dev, by_dev)
+    groups = {rt.config.balance.table, *(p.table for p in rt.config.policies.values())}
+    if req.iif is not None and mark is None and explanation.table in groups:
+        explained["note"] = MULTIPATH_NOTE
     return control.reply(True, explained)
+
+
+MULTIPATH_NOTE = (
+    "a new forwarded connection: the group member a real packet gets follows the packet's own "
+    "flow hash when it carries one (IPv6 from Linux hosts, a NIC's receive hash), which this "
+    "lookup cannot see; the connection then stays on the uplink its first packet took (ask with "
+    "--mark for that)"
+)
 
 
 def _lan6(

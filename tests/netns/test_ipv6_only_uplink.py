@@ -189,11 +189,13 @@ def test_explain_of_translated_lan_ipv6_matches_what_the_kernel_does(lab: Lab, d
     for sport in range(41000, 41012):
         new = explain(sport)
         assert new["rule"] == "10030: from all lookup 200" and new["uplink"] in prefixes, new
+        assert "flow hash" in new["note"], new  # it says so
         udp6_flow(lab.netns("lan1"), src="2001:db8:ff::11", sport=sport, dst=SERVER6, dport=9)
         entry = wait_until(lambda p=sport: ct_udp6(lab.router, p), what="the flow's conntrack entry")
         uplink = marks[entry["mark"]]
         pinned = explain(sport, "--mark", hex(entry["mark"]))
         lan6 = pinned["lan6"]
+        assert "note" not in pinned, pinned
         table = 101 if uplink == "wan" else 102
         rule = f"10010: from all fwmark {hex(entry['mark'])}/0xff00 lookup {table}"
         assert (pinned["rule"], pinned["uplink"]) == (rule, uplink), pinned
