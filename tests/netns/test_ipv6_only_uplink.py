@@ -76,7 +76,7 @@ def lab(how: str) -> Iterator[Lab]:
         if how == "ra":
             lab.add_isp("lte1", address="dhcp", ra=True, routed6=True, ipv4=False)
         else:
-            lab.add_isp("lte1", address="static", routed6=True, ipv4=False)
+            lab.add_isp("lte1", address="none", routed6=True, ipv4=False)  # uplinkd adds 2001:db8:2::2
         lab.add_client()
         lab.run("lan1", ["ip", "address", "add", "2001:db8:ff::11/64", "dev", "eth0", "nodad"])
         yield lab
@@ -132,6 +132,12 @@ def test_ipv4_leaves_only_by_the_ipv4_uplink_and_ipv6_uses_both(
     six = lab.flows(tcp=20, udp=20, interval_ms=50, duration=1.0, family=6)
     assert set(six.by_uplink()) == {"wan", "lte1"} and six.lost() == 0, six.by_uplink()
     assert foreign(lab) == {"wan": NO_LEAK, "lte1": NO_LEAK}
+
+    # a restart adopts all of it (lte1's refused IPv4 too): not one kernel write
+    assert daemon.stop() == 0
+    daemon.start()
+    status = daemon.status()
+    assert status["passes"] >= 1 and status["writes"] == 0, (status["passes"], status["writes"], daemon.log()[-6000:])
 
 
 def test_losing_the_ipv4_uplink_refuses_ipv4_and_ipv6_goes_on(lab: Lab, daemon: LabDaemon) -> None:

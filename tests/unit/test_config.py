@@ -307,6 +307,12 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         'e.g. "10.64.0.2/30" (or set families = ["ipv6"] for an IPv6-only uplink)',
     ),
     (
+        "modem-asked-for-what-it-does-not-carry",
+        one(address={"mode": "modem", "ip_type": "ipv4"}, families=["ipv6"]),
+        "uplinks.a.address.ip_type: 'ipv4' asks the modem for the one family this uplink does not carry "
+        "(families: ipv6); ask for 'ipv6' or 'ipv4v6'",
+    ),
+    (
         "families-empty",
         one(families=[]),
         'uplinks.a.families: [] carries nothing; list "ipv4", "ipv6" or both',

@@ -71,6 +71,12 @@ def uplink_problems(address: _Address, families: Sequence[Family], probe: Probe)
                 "address.cidr6: missing; a static IPv6-only uplink needs its IPv6 address, "
                 'e.g. "2001:db8::2/64"'
             )
+    ip_type = getattr(address, "ip_type", None) if address.mode == "modem" else None
+    if ip_type in FAMILIES and ip_type not in families:
+        problems.append(
+            f"address.ip_type: {ip_type!r} asks the modem for the one family this uplink does not carry "
+            f"(families: {', '.join(families)}); ask for {' or '.join(repr(f) for f in families)} or 'ipv4v6'"
+        )
     if probe.targets and len(families) < len(FAMILIES):
         wanted = VERSION[families[0]]
         usable = [t for t in probe.targets if _version(probe.method, t) == wanted]
