@@ -167,10 +167,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 _age(u["since_s"]),
                 u["dev"] or "-",
                 ",".join(u["addresses"]) or "-",
-                u["gateway4"] or ("dev" if u["state"] in ("up", "down", "degraded", "probing") else "-"),
+                u["gateway4"]
+                or u["gateway6"]  # an IPv6-only uplink's router
+                or ("dev" if u["state"] in ("up", "down", "degraded", "probing") else "-"),
                 str(u["table"]),
                 str(u["weight"] or "-"),
-                "yes" if u["in_group"] else "no",
+                console.group_text(u),
                 u["reason"],
             )
         )
@@ -375,12 +377,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         rows.append(("tunnel", ex["tunnel"]))
         via = ex.get("encrypted_via") or ex.get("encrypted_dev") or "none (unreachable)"
         rows.append(("encrypted via", via))
-    lan6 = ex.get("lan6")
-    if lan6:  # a LAN's IPv6 through uplinkd's table: the source it leaves with, and the audit's word
-        fate = f"leaves as {lan6['source']} ({lan6['how']})" if lan6["leaves"] else lan6["how"]
-        rows.append((f"lan {lan6['mode']}", fate + ("" if lan6["allowed"] else "; NOT ALLOWED by the mode")))
-    if ex.get("note"):
-        rows.append(("note", ex["note"]))
+    rows += console.explain_rows(ex)
     if ex.get("error"):
         rows.append(("error", ex["error"]))
     print(_table(rows))

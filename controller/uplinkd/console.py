@@ -100,7 +100,7 @@ def render(
                 age(u.get("since_s") or 0),
                 u.get("dev") or "-",
                 str(u.get("weight") or "-"),
-                _group(u),
+                group_text(u),
                 f"{rtt:.1f} ms" if rtt is not None else "-",
                 f"{loss:.0f}%" if loss is not None else "-",
                 sparkline(list(samples.rtt.get(u["name"], ())), glyphs=glyphs),
@@ -119,7 +119,20 @@ def render(
     return "\n".join(lines)
 
 
-def _group(u: Mapping[str, Any]) -> str:
+def explain_rows(ex: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """`explain`'s rows about a LAN's IPv6 through uplinkd's table (the source it leaves with,
+    and the audit's word on it) and its note on multipath choices."""
+    rows: list[tuple[str, str]] = []
+    lan6 = ex.get("lan6")
+    if lan6:
+        fate = f"leaves as {lan6['source']} ({lan6['how']})" if lan6["leaves"] else str(lan6["how"])
+        rows.append((f"lan {lan6['mode']}", fate + ("" if lan6["allowed"] else "; NOT ALLOWED by the mode")))
+    if ex.get("note"):
+        rows.append(("note", str(ex["note"])))
+    return rows
+
+
+def group_text(u: Mapping[str, Any]) -> str:
     """In the balance group: yes, no, or the one family whose group holds it ("ipv6 only")."""
     if not u.get("in_group"):
         return "no"
