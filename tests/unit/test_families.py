@@ -18,6 +18,7 @@ from uplinkd.model import (
     Gateway,
     Health,
     HealthVerdict,
+    Lease,
     Link,
     Observed,
     RouteKey,
@@ -158,3 +159,13 @@ def test_probes_ask_the_targets_of_the_families_the_uplink_routes() -> None:
     only4 = probe.model_copy(update={"targets": ("192.0.2.1",)})
     # no target of its family: all are asked (and fail), the uplink cannot prove it works
     assert len(round_targets(only4, (AF_INET6,))) == 1
+
+
+def test_a_lease_kept_from_before_families_left_out_ipv4_is_neither_used_nor_waited_for() -> None:
+    old = Lease(ipaddress.IPv4Interface("10.102.0.50/24"), ipaddress.IPv4Address("10.102.0.1"))
+    f = facts()
+    kept = Facts(f.observed, health=f.health, adverts=f.adverts, leases={"lte1": old})
+    i = plan.desired(config(V6_ONLY), kept)
+    lte = status(i, "lte1")
+    assert (lte.state, lte.families) == (State.UP, (AF_INET6,))
+    assert old.address not in lte.addresses
