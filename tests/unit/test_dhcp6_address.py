@@ -233,6 +233,9 @@ def test_dhcp6_decides_whether_the_uplink_asks_for_an_address() -> None:
     assert not wants_address(parse(uplink({"mode": "dhcp", "dhcp6": "never"})), "wan", managed)
     static = parse(uplink({"mode": "static", "cidr": "10.0.0.2/24"}))
     assert not wants_address(static, "wan", managed) and not wants_address(static, "lte9", managed)
+    ipv4_only = uplink({"mode": "dhcp", "dhcp6": "always"})
+    ipv4_only["uplinks"]["wan"]["families"] = ["ipv4"]
+    assert not wants_address(parse(ipv4_only), "wan", managed)  # no IPv6 on it at all
 
 
 @pytest.mark.parametrize(

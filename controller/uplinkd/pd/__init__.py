@@ -53,9 +53,10 @@ def wants_address(config: Config, name: str, advert: Advert | None) -> bool:
 
 
 def dhcp6_of(config: Config, name: str) -> str:
-    """Uplink `name`'s `address.dhcp6` (unset: "auto"); "never" for an uplink not in mode `dhcp`."""
+    """Uplink `name`'s `address.dhcp6` (unset: "auto"); "never" for an uplink not in mode `dhcp`
+    or one whose `families` leave out IPv6."""
     uplink = config.uplinks.get(name)
-    if uplink is None or not isinstance(uplink.address, DhcpAddress):
+    if uplink is None or not isinstance(uplink.address, DhcpAddress) or "ipv6" not in uplink.families:
         return "never"
     return uplink.address.dhcp6 or "auto"
 
