@@ -71,6 +71,7 @@
       nixosConfigurations = {
         home-router = exampleSystem "home-router";
         portable-router = exampleSystem "portable-router";
+        lte-router = exampleSystem "lte-router";
       };
 
       # `nix flake check`: the package (with its unit tests) and the NixOS VM tests, which

@@ -243,7 +243,7 @@ def test_flake_outputs_have_the_expected_structure() -> None:
     assert names == {
         "checks": ["aarch64-linux", "x86_64-linux"],
         "devShells": ["aarch64-linux", "x86_64-linux"],
-        "nixosConfigurations": ["home-router", "portable-router"],
+        "nixosConfigurations": ["home-router", "lte-router", "portable-router"],
         "packages": ["aarch64-linux", "x86_64-linux"],
     }
 
