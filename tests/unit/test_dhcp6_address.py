@@ -37,6 +37,7 @@ from uplinkd.pd import wants_address
 from uplinkd.pd.binding import Binding
 from uplinkd.pd.client import dad_state
 from uplinkd.pd.messages import (
+    INFINITY,
     IaAddress,
     IaNa,
     IaPd,
@@ -47,7 +48,7 @@ from uplinkd.pd.messages import (
     Status,
     decode,
 )
-from uplinkd.pd.replies import bindings_of, outcome_of, pure_rank
+from uplinkd.pd.replies import bindings_of, ended_of, outcome_of, pure_rank
 from uplinkd.plan import Facts
 
 ip6 = ipaddress.IPv6Address
@@ -188,6 +189,51 @@ def test_a_renew_is_bound_only_when_every_held_binding_is_extended() -> None:
     # an IA asked for but never held may stay unanswered (an ISP that delegates nothing)
     got = bindings_of(reply(na=(NA,)), iaid=7, kinds=BOTH, now=10.0)
     assert outcome_of(reply(na=(NA,)), {"na": na}, got) == "bound"
+
+
+def test_a_reply_ending_a_held_binding_is_told_from_a_refusal() -> None:
+    """Valid lifetime 0 or NotOnLink ends the binding now (RFC 8415 §18.2.10.1); NoBinding or
+    an IA left out leaves it in force until its own lifetime while the client asks anew."""
+    na = Binding.from_ia(NA, server_id=SERVER, now=0.0)
+    pd = Binding.from_ia(PD, server_id=SERVER, now=0.0)
+    assert na is not None and pd is not None
+    held = {"na": na, "pd": pd}
+    zero = reply(na=(IaNa(7, 0, 0, (IaAddress(ADDRESS, 0, 0),)),), pd=(PD,))
+    assert ended_of(zero, held, iaid=7) == {"na"}
+    moved = reply(na=(IaNa(7, 0, 0, (IaAddress(ADDRESS, 0, 0, Status.NOT_ON_LINK),)),))
+    assert ended_of(moved, held, iaid=7) == {"na"}
+    assert ended_of(reply(na=(IaNa(7, status=Status.NOT_ON_LINK),)), held, iaid=7) == {"na"}
+    gone = IaPd(7, 0, 0, (IaPrefix(pd.prefix, 0, 0),))
+    assert ended_of(reply(na=(NA,), pd=(gone,)), held, iaid=7) == {"pd"}
+    assert ended_of(reply(pd=(IaPd(7, status=Status.NO_BINDING),)), held, iaid=7) == set()
+    other = IaNa(7, 0, 0, (IaAddress(ip6("2001:db8:1::99"), 0, 0),))  # not the one held
+    assert ended_of(reply(na=(other,)), held, iaid=7) == set()
+    assert ended_of(None, held, iaid=7) == set()
+
+
+@pytest.mark.parametrize(
+    ("t1", "t2", "preferred", "valid", "want"),
+    [
+        (0, 0, 120, 180, (60, 96)),  # the client's choice: 0.5 and 0.8 of preferred
+        (0, 0, 0, 3600, (1800, 2880)),  # deprecated: from the valid lifetime, not every second
+        (INFINITY, INFINITY, 1800, 3600, (INFINITY, INFINITY)),  # "do not renew": it runs out
+        (7200, 9000, 1800, 3600, (1800, 2880)),  # a finite T1/T2 beyond the lease: within it
+        (0, 0, INFINITY, INFINITY, (INFINITY, INFINITY)),
+        (100, 200, 1800, 3600, (100, 200)),  # the server's, when they fit
+    ],
+)
+def test_renew_and_rebind_times_fall_within_the_valid_lifetime(
+    t1: int, t2: int, preferred: int, valid: int, want: tuple[int, int]
+) -> None:
+    b = Binding.from_ia(IaNa(7, t1, t2, (IaAddress(ADDRESS, preferred, valid),)), server_id=SERVER, now=0.0)
+    assert b is not None and (b.t1, b.t2) == want
+
+
+def test_a_preferred_address_is_held_before_a_deprecated_one_the_server_still_lists() -> None:
+    new = ip6("2001:db8:1::5678")
+    ia = IaNa(7, 0, 0, (IaAddress(ADDRESS, 0, 3600), IaAddress(new, 1800, 3600)))
+    b = Binding.from_ia(ia, server_id=SERVER, now=0.0)
+    assert b is not None and b.prefix.network_address == new
 
 
 IF_INET6 = """\

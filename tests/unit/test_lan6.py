@@ -465,6 +465,18 @@ def test_the_audit_follows_a_packet_through_the_tables_ipv6_part() -> None:
     assert leaks.allowed(cfg, v6, lan="lanp", uplink="wan", fated=delegated)
 
 
+def test_the_audit_translates_to_an_uplinks_one_dhcpv6_address_n_to_1() -> None:
+    """An uplink with only a DHCPv6 /128: every LAN host leaves with that one address (nft's
+    `snat ip6 prefix to <addr>/128` keeps no interface ID), and that is the uplink's own."""
+    addr = ipaddress.IPv6Address
+    v6 = NftIpv6(
+        (NftPrefix("wan", "2001:db8:1::5/128"),),
+        (NftTranslation("lan0", "fd00:1::/64", "wan", "2001:db8:1::5/128"),),
+    )
+    fated = leaks.fate(v6, lan="lan0", src=addr("fd00:1::1234:5678:9abc:def0"), dev="wan")
+    assert fated == leaks.Fate(True, addr("2001:db8:1::5"), "translated to 2001:db8:1::5")
+
+
 def test_the_audit_lets_an_extended_64_leave_by_its_own_uplink_only() -> None:
     """lte1's /64 (2001:db8:2::/64) extended to lanx: out of lte1 untranslated it is allowed;
     routed to wan it is a problem even though the guard drops it there (black-holed); a stray

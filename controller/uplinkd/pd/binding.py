@@ -30,6 +30,27 @@ KINDS: tuple[Kind, ...] = ("na", "pd")
 T1_SHARE, T2_SHARE = 0.5, 0.8
 
 
+def _timers(t1: int, t2: int, *, preferred: int, valid: int) -> tuple[int, int]:
+    """T1 and T2 for a binding: the server's, or (0) the client's choice of 0.5 and 0.8 of the
+    preferred lifetime (of the valid one for a deprecated binding, whose preferred lifetime is
+    0: a Rebind every second otherwise); a finite one never past the valid lifetime (a
+    server's T1 of a day for an hour's lease would let the binding lapse before anyone asked).
+    An infinite T1 is the server's "do not renew": the binding then runs out and the client
+    asks anew."""
+    base = preferred if preferred > 0 else valid
+    if base == INFINITY:
+        t1, t2 = t1 or INFINITY, t2 or INFINITY
+    else:
+        t1 = t1 or max(1, int(base * T1_SHARE))
+        t2 = t2 or max(t1, int(base * T2_SHARE))
+    if valid != INFINITY:
+        if valid <= t1 < INFINITY:
+            t1 = max(1, int(valid * T1_SHARE))
+        if valid <= t2 < INFINITY:
+            t2 = max(t1, int(valid * T2_SHARE))
+    return t1, min(max(t1, t2), INFINITY)
+
+
 @dataclass(frozen=True)
 class Binding:
     """One delegated prefix (`kind` "pd") or one address (`kind` "na": `prefix` is the
@@ -65,13 +86,10 @@ class Binding:
         usable = [p for p in held if p.valid > 0 and p.preferred <= p.valid]
         if not usable:
             return None
-        best: IaPrefix = max(usable, key=lambda p: (p.valid, p.prefix.prefixlen * -1))
-        t1, t2 = ia.t1, ia.t2
-        if best.preferred != INFINITY:
-            t1 = t1 or max(1, int(best.preferred * T1_SHARE))
-            t2 = t2 or max(t1, int(best.preferred * T2_SHARE))
-        else:
-            t1, t2 = t1 or INFINITY, t2 or INFINITY
+        # a preferred one before a deprecated one (a server renumbering lists both), then the
+        # longest-lived, then the shortest prefix
+        best: IaPrefix = max(usable, key=lambda p: (p.preferred > 0, p.valid, p.prefix.prefixlen * -1))
+        t1, t2 = _timers(ia.t1, ia.t2, preferred=best.preferred, valid=best.valid)
         return cls(server_id, ia.iaid, best.prefix, best.preferred, best.valid, t1, t2, now, kind)
 
     def _at(self, seconds: int) -> float | None:

@@ -59,7 +59,7 @@ from uplinkd.pd.messages import (
     Option,
     decode,
 )
-from uplinkd.pd.replies import bindings_of, empty_ia, ia_of, offers, outcome_of, pure_rank
+from uplinkd.pd.replies import bindings_of, empty_ia, ended_of, ia_of, offers, outcome_of, pure_rank
 
 log = logging.getLogger("uplinkd.pd")
 
@@ -383,6 +383,8 @@ class PdClient:
             until=until,
         )
         got = bindings_of(reply, iaid=self.iaid, kinds=self.kinds, now=time.time()) if reply else {}
+        for ended in ended_of(reply, held, iaid=self.iaid) - set(got):
+            self._hold(ended, None, "ended by the server (valid lifetime 0, or not on this link)")
         return outcome_of(reply, held, got), got
 
     async def _decline(self, sock: socket.socket, index: int, held: Binding) -> None:
@@ -452,8 +454,10 @@ class PdClient:
                 self._take(await self._acquire(sock, index), "bound")
                 solicit = False
             held = dict(self.current)
-            renew_at = min((b.renew_at for b in held.values() if b.renew_at is not None), default=None)
-            failed = await self._sleep_until(renew_at)
+            # wake to renew, or when a binding runs out first (its expiry timer drops it; an
+            # infinite T1 with a finite lifetime must not leave the client asleep for ever)
+            wakes = [t for b in held.values() for t in (b.renew_at, b.expires_at) if t is not None]
+            failed = await self._sleep_until(min(wakes, default=None))
             if failed is not None:
                 declined = self.current.get("na")
                 if declined is None or declined.prefix.network_address != failed:
@@ -465,6 +469,12 @@ class PdClient:
                 self._hold("na", None, "declined: another host on the link has it")
                 await self._decline(sock, index, declined)
                 solicit = True
+                continue
+            for kind, binding in held.items():
+                if binding.expired(time.time()) and kind in self.current:
+                    self._hold(kind, None, "its valid lifetime ran out")
+            if any(kind not in self.current for kind in held):
+                solicit = True  # one ran out before it could be renewed: ask anew
                 continue
             rebind_at = min((b.rebind_at for b in held.values() if b.rebind_at is not None), default=None)
             outcome, got = await self._extend(sock, index, MessageType.RENEW, held, rebind_at)

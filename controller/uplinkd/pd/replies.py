@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from uplinkd.pd.binding import Binding, Kind
-from uplinkd.pd.messages import Ia, IaNa, IaPd, Message
+from uplinkd.pd.messages import Ia, IaNa, IaPd, Message, Status
 
 
 def pure_rank(msg: Message, *, iaid: int, kinds: frozenset[Kind]) -> int | None:
@@ -52,6 +52,28 @@ def outcome_of(reply: Message | None, held: Mapping[Kind, Binding], got: Mapping
     if reply.status not in (None, 0) or any(kind not in got for kind in held):
         return "refused"
     return "bound"
+
+
+def ended_of(reply: Message | None, held: Mapping[Kind, Binding], *, iaid: int) -> set[Kind]:
+    """The held bindings a Reply ends now (RFC 8415 §18.2.10.1): it lists the held address or
+    prefix with a valid lifetime of 0, or says NotOnLink (the uplink was moved to another
+    network). Not a plain refusal (NoBinding, or an IA left out): the binding then stays in
+    force until its own valid lifetime while the client asks anew."""
+    if reply is None:
+        return set()
+    ended: set[Kind] = set()
+    for kind, binding in held.items():
+        ia = ia_of(reply, iaid=iaid, kind=kind)
+        if ia is None:
+            continue
+        if isinstance(ia, IaNa):
+            mine = binding.prefix.network_address
+            listed = [(a.valid, a.status) for a in ia.addresses if a.address == mine]
+        else:
+            listed = [(p.valid, None) for p in ia.prefixes if p.prefix == binding.prefix]
+        if ia.status == Status.NOT_ON_LINK or any(v == 0 or st == Status.NOT_ON_LINK for v, st in listed):
+            ended.add(kind)
+    return ended
 
 
 def empty_ia(kind: Kind, iaid: int) -> Ia:

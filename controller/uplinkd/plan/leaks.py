@@ -52,8 +52,9 @@ def fate(nft: NftIpv6, *, lan: str, src: ipaddress.IPv6Address, dev: str) -> Fat
     out, how = src, "untranslated"
     for t in nft.translations:
         if t.lan == lan and t.ifname == dev and src in _net(t.inner):
-            iid = int(src) & ((1 << IID_BITS) - 1)
-            out = ipaddress.IPv6Address(int(_net(t.outer).network_address) | iid)
+            outer = _net(t.outer)  # a /64, or an uplink's one DHCPv6 address (/128: N:1)
+            bits = min(IID_BITS, 128 - outer.prefixlen)
+            out = ipaddress.IPv6Address(int(outer.network_address) | (int(src) & ((1 << bits) - 1)))
             how = f"translated to {out}"
             break
     if out.is_link_local or any(p.ifname == dev and out in _net(p.prefix) for p in nft.prefixes):
