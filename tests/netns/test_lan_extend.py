@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from pathlib import Path
 from typing import Any
@@ -71,21 +71,18 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def daemon(lab: Lab, tmp_path: Path) -> Iterator[Any]:
-    started: list[LabDaemon] = []
+def daemon(
+    lab: Lab, make_controller: Callable[[dict[str, Any]], LabDaemon]
+) -> Callable[[dict[str, Any]], LabDaemon]:
+    """A started daemon for a config, stopped at the end (conftest's `make_controller`)."""
 
     def make(cfg: dict[str, Any]) -> LabDaemon:
-        c = LabDaemon(lab.router, cfg, workdir=tmp_path)
-        started.append(c)
+        c = make_controller(cfg)
         c.start()
         c.wait_state("lte1", "up", "degraded", timeout=WAIT)  # a loaded machine may lose a probe
         return c
 
-    try:
-        yield make
-    finally:
-        for c in started:
-            c.stop()
+    return make
 
 
 def addresses(lab: Lab, role: str, dev: str) -> list[dict[str, Any]]:

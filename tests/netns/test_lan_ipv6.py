@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv6Address, IPv6Network
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,22 +66,19 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def daemon(lab: Lab, tmp_path: Path) -> Iterator[Any]:
-    started: list[LabDaemon] = []
+def daemon(
+    lab: Lab, make_controller: Callable[[dict[str, Any]], LabDaemon]
+) -> Callable[[dict[str, Any]], LabDaemon]:
+    """A started daemon for a config, stopped at the end (conftest's `make_controller`)."""
 
     def make(cfg: dict[str, Any]) -> LabDaemon:
-        c = LabDaemon(lab.router, cfg, workdir=tmp_path)
-        started.append(c)
+        c = make_controller(cfg)
         c.start()
         wait_until(lambda: len(group_members(lab.router, TABLES, v6=True)) == 3, what="a v6 group of three")
         wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="a v4 group of three")
         return c
 
-    try:
-        yield make
-    finally:
-        for c in started:
-            c.stop()
+    return make
 
 
 def ping6(lab: Lab, source: str | None = None) -> bool:
