@@ -22,6 +22,7 @@ from typing import Any
 from uplinkd.lab import Lab
 from uplinkd.tunnel.wireguard import PrivateKey
 
+from harness.lab_config import static_uplink
 from harness.readback import wait_until
 from harness.tunnel_lab import kill_pid, new_key, write_key
 
@@ -39,19 +40,7 @@ def upstream(index: int) -> str:
 
 
 def uplink(index: int, *, v6: bool = False) -> dict[str, Any]:
-    address: dict[str, Any] = {
-        "mode": "static",
-        "cidr": f"10.{100 + index}.0.2/24",
-        "gateway": f"10.{100 + index}.0.1",
-    }
-    if v6:
-        address.update(cidr6=f"2001:db8:{index}::2/64", gateway6=f"2001:db8:{index}::1")
-    return {
-        "match": {"name": NAMES[index - 1]},
-        "address": address,
-        "table": 100 + index,
-        "probe": {"targets": [SERVER, upstream(index)]},
-    }
+    return static_uplink(index, NAMES[index - 1], v6=v6, probe={"targets": [SERVER, upstream(index)]})
 
 
 class Home:
