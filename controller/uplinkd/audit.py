@@ -19,7 +19,7 @@ import ipaddress
 
 from uplinkd.config import Config
 from uplinkd.kernel.state import Kernel
-from uplinkd.model import AF_INET, AF_INET6, NFT, IPAddress, NftIpv6, NftState
+from uplinkd.model import AF_INET, AF_INET6, NFT, IPAddress, KernelState, NftIpv6, NftState, Observed
 from uplinkd.plan import Facts
 from uplinkd.plan import desired as plan_desired
 from uplinkd.plan.lan6 import lan_mode
@@ -30,6 +30,18 @@ AUDIT_DESTINATIONS: tuple[tuple[int, IPAddress], ...] = (
     (AF_INET, ipaddress.ip_address("192.0.2.1")),
     (AF_INET6, ipaddress.ip_address("2001:db8:ffff::1")),
 )
+
+
+async def _survey(kernel: Kernel, config: Config) -> tuple[Observed, KernelState, dict[str, str]]:
+    """What the kernel holds, and the uplinks' devices → names as the controller plans them."""
+    observed, actual = await kernel.read()
+    intent = plan_desired(config, Facts(observed))
+    return observed, actual, {s.dev: s.name for s in intent.uplinks if s.dev}
+
+
+def _marks(config: Config) -> list[tuple[str, int | None]]:
+    """A LAN packet unmarked, and as each policy's steering rules would mark it."""
+    return [("", None), *((p, config.policy_mark(p)) for p in config.policies)]
 
 
 def _delegating(config: Config, lan: str) -> bool:
@@ -48,9 +60,7 @@ async def tunnel_audit(config: Config) -> tuple[list[str], list[str]]:
         return [], ["no tunnel with route 'full' is configured: nothing to audit"]
     kernel = Kernel(config)
     try:
-        observed, _ = await kernel.read()
-        intent = plan_desired(config, Facts(observed))
-        uplinks = {s.dev: s.name for s in intent.uplinks if s.dev}
+        observed, _, uplinks = await _survey(kernel, config)
         tunnel_devs = {t.interface for t in config.tunnels.values()}
         problems: list[str] = []
         checked: list[str] = []
@@ -63,8 +73,7 @@ async def tunnel_audit(config: Config) -> tuple[list[str], list[str]]:
                     continue  # a delegate LAN's IPv6 goes by its uplink: uplinkd.audit judges it
                 net = addrs[0].network
                 src = next(h for h in (net.network_address + 2, net.network_address + 3) if h != addrs[0].ip)
-                # unmarked, and as each policy's steering rules would mark it
-                for policy, mark in [("", None), *((p, config.policy_mark(p)) for p in config.policies)]:
+                for policy, mark in _marks(config):
                     ex = await kernel.explain(
                         dst=dst, src=src, iif=link.name, mark=mark, uplinks_by_dev=uplinks
                     )
@@ -100,9 +109,7 @@ async def lan_audit(config: Config) -> tuple[list[str], list[str]]:
         return [], ["lan: no LAN configured: no LAN IPv6 to audit"]
     kernel = Kernel(config)
     try:
-        observed, actual = await kernel.read()
-        intent = plan_desired(config, Facts(observed))
-        uplinks = {s.dev: s.name for s in intent.uplinks if s.dev}
+        observed, actual, uplinks = await _survey(kernel, config)
         tables = [t for t in actual[NFT].values() if isinstance(t, NftState)]
         nft = tables[0].ipv6 if tables else NftIpv6()
         problems: list[str] = []
@@ -121,10 +128,8 @@ async def lan_audit(config: Config) -> tuple[list[str], list[str]]:
                 nets.append(cfg.ipv6.prefix)
             if not nets:
                 checked.append(f"{lan} (ipv6 {mode}): no global IPv6 prefix on it")
-            marks = [("", None), *((p, config.policy_mark(p)) for p in config.policies)]
             for src in _samples(nets, {a.ip for a in addrs}):
-                # unmarked, and as each policy's steering rules would mark it
-                for policy, mark in marks:
+                for policy, mark in _marks(config):
                     ex = await kernel.explain(dst=DST6, src=src, iif=lan, mark=mark, uplinks_by_dev=uplinks)
                     route = ex.type + (f" dev {ex.dev}" if ex.dev else "")
                     steered = f" steered to policy {policy}" if policy else ""
