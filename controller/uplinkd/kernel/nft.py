@@ -11,13 +11,15 @@ What the table does, for uplink `u` with mark `M_u` under the mask:
   (prerouting) gets `ct mark M_u` (map `remember`: interface → chain `remember_<M_u>`).
 - restore: every later packet of a marked connection gets `meta mark M_u` before routing
   (prerouting for forwarded traffic, the `route` output hook for the router's own), so the
-  `fwmark M_u lookup T_u` rule keeps the connection on its uplink for life (map `restore`:
-  ct mark → chain `restore_<M_u>`, one lookup whatever the number of uplinks).
+  `fwmark M_u lookup T_u` rule keeps the connection on its uplink for life. A packet whose
+  meta mark is 0 (every packet from the wire) gets the ct mark's bits in one statement; one
+  that already carries other bits goes through map `restore` (ct mark → chain
+  `restore_<M_u>`, one lookup whatever the number of uplinks), which keeps them.
 - masquerade IPv4 out of every uplink (IPv6 is translated only where a LAN asks for it, see
   `nft6`), and clamp the MSS of TCP SYNs to the route's MTU.
 
-An established forwarded packet meets two of the table's filter chains: prerouting (one map
-lookup, then the mark written) and postrouting (after source NAT: the SYN test and the IPv6
+An established forwarded packet meets two of the table's filter chains: prerouting (its mark
+written, and out) and postrouting (after source NAT: the SYN test and the IPv6
 guard's entry, which an IPv4 packet fails at once); a forward chain exists only for `off`,
 `tunnel` and `delegate` LANs. Each base chain costs every packet a hook call whatever its
 rules, so the SYN clamp and the guard share one, and remembering outbound connections costs
@@ -65,7 +67,7 @@ def render(state: NftState) -> str:
     """The whole table as an nft script (one atomic transaction).
 
     Per packet it costs a constant, whatever the number of uplinks: an established packet
-    passes two filter chains (prerouting: a map lookup keyed by the ct mark; postrouting: a
+    passes two filter chains (prerouting: the ct mark copied to the meta mark; postrouting: a
     failed SYN test and a failed IPv6 test, or the guard's map for IPv6); the per-uplink work
     is one rule in a chain of its own, reached through a map."""
     mask = state.mask
@@ -94,10 +96,13 @@ def render(state: NftState) -> str:
         + _steer_chains(state)
         + f"\tmap restore {{\n\t\ttype mark : verdict\n{items(restore)}\t}}\n"
         f"\tmap remember {{\n\t\ttype ifname : verdict\n{items(remember)}\t}}\n"
-        # A marked connection's packet: its mark restored, and out. A new one's first
-        # packet from an uplink: the connection remembers it.
+        # A marked connection's packet: its mark restored, and out (straight from the ct
+        # mark when no other bit of the meta mark is set, as on every packet from the wire;
+        # through the map otherwise, which keeps those bits). A new one's first packet from
+        # an uplink: the connection remembers it.
         f"\tchain prerouting {{\n"
         f"\t\ttype filter hook prerouting priority mangle; policy accept;\n"
+        f"\t\tmeta mark 0 ct mark & {mask:#x} != 0 meta mark set ct mark & {mask:#x} return\n"
         f"\t\tct mark & {mask:#x} vmap @restore\n"
         f"\t\tct state new ct mark & {mask:#x} == 0 iifname vmap @remember\n"
         + _steer_jump(state, local=False)
