@@ -74,10 +74,18 @@ in
       # Hash on the 5-tuple, so the flows of one client spread over the uplinks.
       "net.ipv4.fib_multipath_hash_policy" = 1;
       "net.ipv6.fib_multipath_hash_policy" = 1;
-      # Loose reverse-path filtering: with ECMP and per-uplink tables the reverse route of a
-      # packet that arrived on one uplink may well point out of another.
-      "net.ipv4.conf.all.rp_filter" = 2;
-      "net.ipv4.conf.default.rp_filter" = 2;
+      # No reverse-path check by the kernel. Strict mode breaks multi-uplink routing (the
+      # reverse route of a packet from one uplink may point out of another), and loose mode,
+      # once policy rules exist, walks every rule band again for each packet's source (with
+      # accept_local the kernel skips that walk: bench/forwarding.py measured it at 4-8 % of
+      # forwarding). What loose mode caught, a packet from outside claiming one of the
+      # router's own addresses, the controller's nft table drops for every connection.
+      # systemd's 50-default.conf sets rp_filter = 2 on each interface by a glob; the glob
+      # here comes later and wins.
+      "net.ipv4.conf.all.rp_filter" = 0;
+      "net.ipv4.conf.default.rp_filter" = 0;
+      "net.ipv4.conf.*.rp_filter" = 0;
+      "net.ipv4.conf.all.accept_local" = true;
       # A DHCP lease that moves within its subnet: the new address is added before the old
       # (primary) one goes, and must survive it (systemd's own defaults say the same; the
       # controller cannot set it per interface under ProtectKernelTunables).

@@ -96,7 +96,9 @@ in
             # networkd leaves them to the controller's DHCP client
             router.succeed(f"networkctl list {uplink} --no-legend | grep -q unmanaged")
         router.succeed("test $(sysctl -n net.ipv4.fib_multipath_hash_policy) = 1")
-        router.succeed("test $(sysctl -n net.ipv4.conf.all.rp_filter) = 2")
+        router.succeed("test $(sysctl -n net.ipv4.conf.all.rp_filter) = 0")
+        router.succeed("test $(sysctl -n net.ipv4.conf.isp1.rp_filter) = 0")  # systemd's glob lost
+        router.succeed("test $(sysctl -n net.ipv4.conf.all.accept_local) = 1")
         client.wait_until_succeeds("ping -c1 -W1 ${lab.server}", timeout=30)
 
     with subtest("new connections use both uplinks"):

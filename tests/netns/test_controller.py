@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from uplinkd.lab import Lab
+from uplinkd.lab.addresses import SERVER4
 from uplinkd.lab.launcher import LabDaemon
 
 from harness.readback import (
@@ -567,3 +568,50 @@ def test_a_failed_nft_load_shows_in_each_uplinks_status(lab: Lab, tmp_path: Path
         assert "Operation not supported" in wan["reason"]
         assert any("nft" in f["op"] for f in c.status()["failures"])
     assert nft_tables(lab.router) == []  # nothing of ours got in
+
+
+SPOOF_SEND = r"""
+import socket, sys
+source, server, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((source, 0))
+for i in range(20):
+    s.sendto(b"x", (server, port))
+"""
+
+
+def test_a_lan_packet_claiming_the_routers_own_address_is_dropped(lab: Lab, controller: LabDaemon) -> None:
+    """The router runs with rp_filter 0 and accept_local 1 (the kernel's per-packet source
+    check walks every rule band once policy rules exist), so uplinkd's table does what loose
+    mode did: a LAN host sending from the router's own uplink address reaches nobody, while
+    the same datagrams from its own address reach the server (counted in the server's
+    namespace)."""
+    controller.start()
+    wait_until(lambda: len(group_members(lab.router, TABLES)) == 3, what="three uplinks in the group")
+    client = lab.clients[0]
+    server = str(SERVER4.ip)
+    counting = (
+        "table inet spoofcheck {\n chain pre {\n  type filter hook prerouting priority -300; policy accept;\n"
+        "  udp dport 40001 counter\n  udp dport 40002 counter\n }\n}\n"
+    )
+    lab.run("inet", ["nft", "-f", "-"], input=counting)
+    # The client takes the router's wan address as a second address of its own; ARP keeps
+    # using its first (arp_announce 2), so only the datagrams carry the claim.
+    lab.run(client.name, ["sysctl", "-qw", "net.ipv4.conf.eth0.arp_announce=2"])
+    lab.run(client.name, ["ip", "address", "add", "10.101.0.2/32", "dev", "eth0"])
+    own = str(client.addresses.host4.ip)
+    lab.run(client.name, [sys.executable, "-c", SPOOF_SEND, "10.101.0.2", server, "40001"])
+    lab.run(client.name, [sys.executable, "-c", SPOOF_SEND, own, server, "40002"])
+
+    def counts() -> list[int]:
+        chain = lab.run("inet", ["nft", "-j", "list", "chain", "inet", "spoofcheck", "pre"]).stdout
+        listing = json.loads(chain)
+        return [
+            next(e["counter"]["packets"] for e in item["rule"]["expr"] if "counter" in e)
+            for item in listing["nftables"]
+            if "rule" in item
+        ]
+
+    wait_until(lambda: counts()[1] == 20, what="the client's own datagrams at the server")
+    assert counts() == [0, 20]
+    assert lab.run("router", ["sysctl", "-n", "net.ipv4.conf.all.accept_local"]).stdout.strip() == "1"

@@ -84,7 +84,9 @@ def test_router_forwards_over_nixos_own_default(path: Path, tmp_path: Path) -> N
     result = evaluate(combined(tmp_path, system(path)), show=("boot.kernel.sysctl",))
     sysctl = result["config"]["boot.kernel.sysctl"]
     assert sysctl["net.ipv4.conf.all.forwarding"] is True
-    assert sysctl["net.ipv4.conf.all.rp_filter"] == 2
+    assert sysctl["net.ipv4.conf.all.rp_filter"] == 0
+    assert sysctl["net.ipv4.conf.*.rp_filter"] == 0  # after systemd's own glob, so it wins
+    assert sysctl["net.ipv4.conf.all.accept_local"] is True
     assert sysctl["net.ipv4.fib_multipath_hash_policy"] == 1
     assert sysctl["net.ipv4.conf.all.promote_secondaries"] is True
 

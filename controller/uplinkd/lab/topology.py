@@ -69,8 +69,11 @@ ROUTER_SYSCTLS: dict[str, str | int] = {
     "net.ipv6.conf.all.forwarding": 1,
     "net.ipv4.fib_multipath_hash_policy": 1,  # L4: flows of one host spread over uplinks
     "net.ipv6.fib_multipath_hash_policy": 1,
-    "net.ipv4.conf.all.rp_filter": 2,
-    "net.ipv4.conf.default.rp_filter": 2,
+    # As the NixOS module: no per-packet reverse-path walk by the kernel (accept_local lets it
+    # skip the walk); uplinkd's nft table drops spoofed own addresses per connection.
+    "net.ipv4.conf.all.rp_filter": 0,
+    "net.ipv4.conf.default.rp_filter": 0,
+    "net.ipv4.conf.all.accept_local": 1,
     "net.ipv6.conf.all.accept_dad": 0,
     "net.ipv6.conf.default.accept_dad": 0,
     # A static IPv6 address survives carrier loss, as IPv4 ones do (an address manager

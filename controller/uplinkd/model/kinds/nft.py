@@ -80,7 +80,8 @@ class NftIpv6:
 # Bumped when the rendered table changes shape, so a table an older version loaded is replaced
 # (v2: the masquerade is IPv4 only; the IPv6 part; v3: delegated LAN prefixes; v4: outbound
 # connections remembered in a nat chain, one filter chain after routing instead of forward,
-# postrouting and ipv6_guard; v5: the mark restored straight from the ct mark).
+# postrouting and ipv6_guard; v5: the mark restored straight from the ct mark, and new
+# connections from outside with a source of the router's own dropped here, not by rp_filter).
 TABLE_VERSION = 5
 
 
