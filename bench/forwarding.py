@@ -29,7 +29,12 @@ schedstat: the whole path runs in softirq, in their contexts), which holds up be
 other work takes CPU away from the runs. Reported per variant: medians, and the ratios to
 ``bare`` of the same round (throughput; bare's CPU per packet over the variant's), median
 over the rounds. ``--base DIR`` adds ``uplinkd@base`` and ``nft_only@base``, run from
-another checkout, to compare two versions in one run.
+another checkout, to compare two versions in one run. A variant named with ``~loose``
+(``uplinkd~loose``, ``uplinkd@base~loose``) runs with the router's reverse-path settings of
+before uplinkd checked sources itself: ``rp_filter=2`` and no ``accept_local``.
+
+Every lab's bridges skip the inet hooks (``bridge-nf-call-*=0``), as on a router without
+br_netfilter; ``--br-netfilter`` leaves the kernel's setting.
 
 Prints JSON on stdout (also written to bench/results/forwarding.json) and a table.
 Needs root, iperf3 and ethtool (scripts/setup.sh installs them).
@@ -130,6 +135,15 @@ def offloads(lab: Lab, *, on: bool) -> None:
             lab.run(ns, argv)
 
 
+def plain_bridges(lab: Lab) -> None:
+    """Bridged frames skip the inet hooks, as on a router without br_netfilter (NixOS's
+    default). This machine's kernel has br_netfilter built in, which would run every table's
+    prerouting chains (and conntrack) for each frame the LAN bridge forwards as well."""
+    for ns in lab.namespaces:
+        for key in ("iptables", "ip6tables", "arptables"):
+            lab.run(ns, ["sysctl", "-qw", f"net.bridge.bridge-nf-call-{key}=0"])
+
+
 def cpu_ns(pid: int) -> int:
     """CPU time a thread has run, in ns (schedstat; softirq work done in its context included)."""
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
@@ -207,8 +221,11 @@ def render_with(tree: Path | None, n: int) -> str:
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
 
 
-def build(variant: str, n: int, stack: ExitStack, workdir: Path, base: Path | None) -> Router:
-    kind, _, other = variant.partition("@")
+def build(
+    variant: str, n: int, stack: ExitStack, workdir: Path, base: Path | None, *, br_netfilter: bool = False
+) -> Router:
+    built, _, how = variant.partition("~")
+    kind, _, other = built.partition("@")
     tree = base if other else None
     lab = stack.enter_context(Lab())
     by_hand = kind in ("bare", "nft_only")
@@ -216,6 +233,8 @@ def build(variant: str, n: int, stack: ExitStack, workdir: Path, base: Path | No
         # bare and nft_only: the lab puts 10.<100+i>.0.2 on; uplinkd: the controller does
         lab.add_isp(name, address="static" if by_hand else "none")
     lab.add_client()
+    if not br_netfilter:
+        plain_bridges(lab)
     if by_hand:
         lab.run("router", ["ip", "route", "add", "default", "via", str(lab.isps[0].addresses.gateway4.ip)])
     if kind == "bare":
@@ -237,13 +256,26 @@ def build(variant: str, n: int, stack: ExitStack, workdir: Path, base: Path | No
             c.stop()  # fail static: the rules, routes and group stay
             lab.run("router", ["nft", "delete", "table", "inet", "uplinkd"])
             masquerade(lab)
+    if how == "loose":
+        loose_rp_filter(lab)
     return Router(variant, lab, start_iperf_server(lab))
 
 
+def loose_rp_filter(lab: Lab) -> None:
+    """The router's reverse-path settings before uplinkd's own check: loose mode, no
+    accept_local, so the kernel checks every packet's source by walking the rule bands."""
+    links = [link["ifname"] for link in json.loads(lab.run("router", ["ip", "-json", "link", "show"]).stdout)]
+    for conf in ("all", "default", *links):
+        lab.run("router", ["sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=2"])
+    lab.run("router", ["sysctl", "-qw", "net.ipv4.conf.all.accept_local=0"])
+
+
 @contextmanager
-def routers(n: int, variants: Sequence[str], base: Path | None) -> Iterator[list[Router]]:
+def routers(
+    n: int, variants: Sequence[str], base: Path | None, *, br_netfilter: bool
+) -> Iterator[list[Router]]:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="uplinkd-fwd-") as tmp:
-        yield [build(v, n, stack, Path(tmp), base) for v in variants]
+        yield [build(v, n, stack, Path(tmp), base, br_netfilter=br_netfilter) for v in variants]
 
 
 def rotated(items: Sequence[Router], k: int) -> list[Router]:
@@ -330,6 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "too, as variants uplinkd@base and nft_only@base (before/after in one run)",
     )
     parser.add_argument("--variants", help="a subset, comma-separated (bare is always run)")
+    parser.add_argument(
+        "--br-netfilter",
+        action="store_true",
+        help="leave bridged frames crossing the inet hooks where the kernel has br_netfilter "
+        "(by default the labs turn that off, as a router without br_netfilter has it)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -347,8 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = [*VARIANTS, *(("uplinkd@base", "nft_only@base") if args.base else ())]
     if args.variants:
         wanted = {"bare", *args.variants.split(",")}
-        if not wanted <= set(variants):
-            parser.error(f"--variants: choose from {', '.join(variants)}")
+        known = {*variants, *(f"{v}~loose" for v in variants if v.startswith("uplinkd"))}
+        if not wanted <= known:
+            parser.error(f"--variants: choose from {', '.join(sorted(known))}")
+        variants = [*variants, *sorted(wanted - set(variants))]
         variants = [v for v in variants if v in wanted]
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -362,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds": args.seconds,
             "streams": 1,
             "affinity": "client CPU 0, server CPU 1",
+            "bridged_frames_cross_inet_hooks": args.br_netfilter,
         },
         "variants": variants,
         "base": str(args.base) if args.base else None,
@@ -369,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     for n in sizes:
         log(f"{n} uplinks: building {len(variants)} labs")
-        with routers(n, variants, args.base) as rs:
+        with routers(n, variants, args.base, br_netfilter=args.br_netfilter) as rs:
             modes: list[tuple[str, bool, int]] = [("per_packet", False, args.rounds)]
             if n in bulk_sizes:
                 modes.append(("bulk", True, args.bulk_rounds))
