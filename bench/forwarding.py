@@ -69,6 +69,7 @@ from uplinkd.model import NftState, NftUplink
 import bootstrap  # noqa: F401 - harness on sys.path
 from harness.readback import group_members, wait_until
 from harness.stats import publish
+from harness.vxlan_home import plain_bridges
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("bare", "uplinkd", "nft_only", "bands_only")
@@ -133,15 +134,6 @@ def offloads(lab: Lab, *, on: bool) -> None:
             if not on:
                 argv += ["gro", "off"]  # veth GRO is off by default; bulk leaves it so
             lab.run(ns, argv)
-
-
-def plain_bridges(lab: Lab) -> None:
-    """Bridged frames skip the inet hooks, as on a router without br_netfilter (NixOS's
-    default). This machine's kernel has br_netfilter built in, which would run every table's
-    prerouting chains (and conntrack) for each frame the LAN bridge forwards as well."""
-    for ns in lab.namespaces:
-        for key in ("iptables", "ip6tables", "arptables"):
-            lab.run(ns, ["sysctl", "-qw", f"net.bridge.bridge-nf-call-{key}=0"])
 
 
 def cpu_ns(pid: int) -> int:
@@ -234,7 +226,9 @@ def build(
         lab.add_isp(name, address="static" if by_hand else "none")
     lab.add_client()
     if not br_netfilter:
-        plain_bridges(lab)
+        # as on a router without br_netfilter, which this machine's kernel has built in: the
+        # LAN bridge's frames would cross every inet hook (uplinkd's chains, conntrack) too
+        plain_bridges(*lab.namespaces)
     if by_hand:
         lab.run("router", ["ip", "route", "add", "default", "via", str(lab.isps[0].addresses.gateway4.ip)])
     if kind == "bare":

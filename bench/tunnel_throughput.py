@@ -62,6 +62,7 @@ from harness.tunnel_home import (
     kill_router_wireguard_go,
     router_config,
 )
+from harness.vxlan_home import plain_bridges
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tunnel_throughput.json"
 PORT = 5201
@@ -184,6 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lab.add_isp(name, address="none")
         lab.add_client()
         add_outside(lab)
+        plain_bridges(*lab.namespaces)  # as bench/forwarding.py: no br_netfilter on the bridges
         server = lab.popen("inet", ["iperf3", "-s", "-B", OUTSIDE4, "-p", str(PORT)])
         home = Home(lab, Path(tmp))
         cfg, public = router_config(Path(tmp), home)
