@@ -28,6 +28,7 @@ from uplinkd.lab.launcher import LabDaemon
 
 from harness.readback import wait_until
 from harness.tunnel_home import (
+    HOME_PORT,
     LAN_INNER6,
     NAMES,
     OUTSIDE4,
@@ -204,6 +205,38 @@ def test_the_tunnel_carries_ipv4_and_refuses_ipv6_around_it(
     for name in NAMES:
         got = seen[name]
         assert got["leak4"] == 0 and got["leak6"] == 0, (name, got)
+
+
+def test_the_tunnels_own_packets_leave_with_only_the_tunnels_mark(
+    lab: Lab, home: Home, setup: tuple[LabDaemon, str, dict[str, Any]]
+) -> None:
+    """The encrypted packets are routed by the tunnel's `fwmark T/T` rule, so the output hook
+    leaves their mark as the socket set it: restoring the uplink's bits from the ct mark would
+    change it and make the kernel route each packet a second time. Counted after uplinkd's
+    output chain, on their way to home."""
+    daemon, router_public, _ = setup
+    home.start(router_public)
+    daemon.start()
+    for name in NAMES:
+        wait_up(daemon, name)
+    wait_tunnel(daemon, "up")
+    t = 1 << 31  # the only tunnel's default mark
+    counting = (
+        "table inet markcheck {\n chain out {\n  type filter hook output priority 0; policy accept;\n"
+        f"  udp dport {HOME_PORT} meta mark {t:#x} counter\n"
+        f"  udp dport {HOME_PORT} meta mark != {t:#x} counter\n }}\n}}\n"
+    )
+    lab.run("router", ["nft", "-f", "-"], input=counting)
+    ping = ["ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", OUTSIDE4]
+    ok = lab.run(lab.clients[0].netns, ping, check=False)
+    assert ok.returncode == 0, ok.stdout
+    listing = json.loads(lab.run("router", ["nft", "-j", "list", "chain", "inet", "markcheck", "out"]).stdout)
+    own, other = (
+        next(e["counter"]["packets"] for e in item["rule"]["expr"] if "counter" in e)
+        for item in listing["nftables"]
+        if "rule" in item
+    )
+    assert own >= 5 and other == 0, (own, other)
 
 
 def test_restart_writes_nothing_and_flush_removes_only_the_tunnel(

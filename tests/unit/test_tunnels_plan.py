@@ -261,6 +261,8 @@ def test_nft_table_carries_the_tunnel_and_reads_back() -> None:
     text = knft.render(state)
     assert 'ip saddr 198.51.100.100 udp sport 51820 iifname != { "wan" } drop' in text
     assert 'oifname "wg0" tcp option maxseg size set rt mtu' in text
+    assert state.tunnel_marks == (1 << 31,)  # its packets keep that mark in the output hook
+    assert "meta mark & 0x80000000 == 0x80000000 return" in text
     plain = NftState("uplinkd", 0xFF00, (NftUplink("wan", 0x6500),))
     assert "tunnel" not in knft.render(plain)
 

@@ -11,7 +11,8 @@ What the table does, for uplink `u` with mark `M_u` under the mask:
   (prerouting) gets `ct mark M_u` (map `remember`: interface → chain `remember_<M_u>`).
 - restore: every later packet of a marked connection gets `meta mark M_u` before routing
   (prerouting for forwarded traffic, the `route` output hook for the router's own), so the
-  `fwmark M_u lookup T_u` rule keeps the connection on its uplink for life. A packet whose
+  `fwmark M_u lookup T_u` rule keeps the connection on its uplink for life (a tunnel's own
+  encrypted packets excepted: the tunnel's `fwmark T/T` rule routes them). A packet whose
   meta mark is 0 (every packet from the wire) gets the ct mark's bits in one statement; one
   that already carries other bits goes through map `restore` (ct mark → chain
   `restore_<M_u>`, one lookup whatever the number of uplinks), which keeps them.
@@ -109,10 +110,13 @@ def render(state: NftState) -> str:
         + _spoof_rule()
         + f"\t\tct state new ct mark & {mask:#x} == 0 iifname vmap @remember\n"
         + _steer_jump(state, local=False)
-        + f"\t}}\n"
-        f"\tchain output {{\n"
-        f"\t\ttype route hook output priority mangle; policy accept;\n"
-        f"\t\tct mark & {mask:#x} vmap @restore\n"
+        + "\t}\n"
+        # The router's own: the same restore, except for a tunnel's encrypted packets, which
+        # the tunnel's fwmark rule routes (a changed mark would route each one again).
+        "\tchain output {\n"
+        "\t\ttype route hook output priority mangle; policy accept;\n"
+        + "".join(f"\t\tmeta mark & {m:#x} == {m:#x} return\n" for m in state.tunnel_marks)
+        + f"\t\tct mark & {mask:#x} vmap @restore\n"
         + _steer_jump(state, local=True)
         + f"\t}}\n"
         # A nat chain sees only a connection's first packet: remembering costs established
@@ -157,6 +161,21 @@ def _spoof_rule() -> str:
 
 
 _TUNNEL_MSS = re.compile(r'oifname "([^"]+)" tcp option maxseg size set rt mtu comment "tunnel"')
+# nft lists `meta mark & T == T` as written, unless T's bits are a prefix of the 32 (bit 31,
+# the first tunnel's default): then as `meta mark T/<prefix length>`
+_TUNNEL_MARK = re.compile(r"^\s*meta mark & (0x[0-9a-f]+) == (0x[0-9a-f]+) return$", re.MULTILINE)
+_TUNNEL_MARK_PREFIX = re.compile(r"^\s*meta mark (0x[0-9a-f]+)/(\d+) return$", re.MULTILINE)
+
+
+def _tunnel_marks(text: str) -> tuple[int, ...]:
+    marks = {int(m, 16) for m, again in _TUNNEL_MARK.findall(text) if int(m, 16) == int(again, 16)}
+    for value, length in _TUNNEL_MARK_PREFIX.findall(text):
+        n = int(length)
+        if int(value, 16) == (0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF:
+            marks.add(int(value, 16))
+    return tuple(sorted(marks))
+
+
 _TUNNEL_PEER = re.compile(r"ip6? saddr (\S+) udp sport (\d+) notrack")
 _TUNNEL_DROP = re.compile(r'ip6? saddr (\S+) udp sport (\d+) iifname != (\{[^}]*\}|"[^"]+") drop')
 
@@ -333,6 +352,7 @@ def read(table: str, mask: int, *, trusted: dict[str, str], policy_mask: int = 0
         ipv6=nft6.read(text),
         tunnel_ifnames=tunnel_ifnames,
         tunnel_peers=peers,
+        tunnel_marks=_tunnel_marks(text),
         policy_mask=policy_mask if found.group(2) else 0,
         steer_digest=found.group(2) or "",
     )

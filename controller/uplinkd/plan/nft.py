@@ -64,6 +64,7 @@ def contribute(config: Config, facts: Facts, survey: Survey) -> Contribution:
                 ipv6=lan6.nft_part(config, survey, facts),
                 tunnel_ifnames=clamped(config),
                 tunnel_peers=tunnels.nft_peers(config, facts, survey),
+                tunnel_marks=tuple(sorted({t.mark for t in config.tunnels.values()})),
                 policy_mask=config.kernel.policy_bits if steer else 0,
                 steer=steer,
             ),

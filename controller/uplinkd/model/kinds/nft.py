@@ -80,8 +80,9 @@ class NftIpv6:
 # Bumped when the rendered table changes shape, so a table an older version loaded is replaced
 # (v2: the masquerade is IPv4 only; the IPv6 part; v3: delegated LAN prefixes; v4: outbound
 # connections remembered in a nat chain, one filter chain after routing instead of forward,
-# postrouting and ipv6_guard; v5: the mark restored straight from the ct mark, and new
-# connections from outside with a source of the router's own dropped here, not by rp_filter).
+# postrouting and ipv6_guard; v5: the mark restored straight from the ct mark, new
+# connections from outside with a source of the router's own dropped here, not by rp_filter,
+# and the tunnels' own packets keep their mark in the output hook).
 TABLE_VERSION = 5
 
 
@@ -126,6 +127,10 @@ class NftState:
     # would learn that uplink's address and interface as its source again)
     tunnel_ifnames: tuple[str, ...] = ()
     tunnel_peers: tuple[tuple[str, int, tuple[str, ...]], ...] = ()
+    # the tunnels' own fwmarks, sorted: their encrypted packets are routed by the P+5 rule
+    # (`fwmark T/T`), so the output hook leaves their mark alone (restoring the uplink's bits
+    # would change the mark and make the kernel route each packet a second time)
+    tunnel_marks: tuple[int, ...] = ()
     policy_mask: int = 0
     steer: tuple[NftSteer, ...] = field(default=(), compare=False)
     steer_digest: str = ""  # derived from `steer` when that is given
@@ -149,6 +154,8 @@ class NftState:
                 + "|"
                 + ",".join(f"{a}:{p}@{'+'.join(i)}" for a, p, i in self.tunnel_peers)
             )
+        if self.tunnel_marks:
+            text += "|marks " + ",".join(f"{m:#x}" for m in self.tunnel_marks)
         if self.steer_digest:  # no steering: the same digest as without policies
             text += f"|{self.policy_mask}|{self.steer_digest}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
