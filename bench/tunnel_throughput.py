@@ -7,7 +7,7 @@ between the same namespaces.
 One lab (router with uplinks wan and lte1, a LAN client; "home" a wireguard-go peer in the
 lab's internet namespace, see harness/tunnel_home.py), and iperf3 (one TCP stream) from the
 LAN client to an address on the lab's internet, through the tunnel, up and down (`-R`). The
-router takes turns between two set-ups, in the same namespaces, with the same key, peer,
+router takes turns between four set-ups, in the same namespaces, with the same key, peer,
 MTU (1440) and path:
 
 - ``uplinkd``: the real daemon with a full tunnel home over [wan, lte1] (wireguard-go here:
@@ -19,12 +19,15 @@ MTU (1440) and path:
   machine where the tunnel is CPU-bound;
 - ``plain``: what wg-quick would set up: `wireguard-go` with a fwmark, `ip rule fwmark M
   lookup 300` with wan's default route there, `default dev wgp0` in main; no nft table; then
-  removed again.
+  removed again;
+- ``plain_ct``: ``plain`` plus the least firewall a router has, one forward chain with
+  `ct state established,related accept`: conntrack's own cost, which ``plain`` does not pay
+  and uplinkd (pinning, masquerade) cannot do without.
 
 Rounds alternate the order (forward in even rounds, reversed in odd ones), so drift in the
 machine's load (it is shared) hits all alike. Reported: per set-up and direction the median
-and spread of the runs, the ratio to plain of each round with its median and spread (goal
-for uplinkd: ≥ 0.95), and the CPU time the daemon used while measured.
+and spread of the runs, the ratio to plain (goal for uplinkd: ≥ 0.95) and to plain_ct of
+each round with its median and spread, and the CPU time the daemon used while measured.
 
 Prints JSON on stdout (also written to bench/results/tunnel_throughput.json) and a table.
 Needs root, wireguard-go and iperf3.
@@ -71,7 +74,12 @@ PLAIN_IF = "wgp0"
 PLAIN_MARK = 0x1234
 PLAIN_TABLE = 300
 WAN_ADDR, WAN_GW = "10.101.0.2/24", "10.101.0.1"
-SETUPS = ("uplinkd", "uplinkd_stopped", "plain")
+SETUPS = ("uplinkd", "uplinkd_stopped", "plain", "plain_ct")
+BASELINES = ("plain", "plain_ct")
+FIREWALL = (
+    "table inet bench_fw {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n"
+    "\t\tct state established,related accept\n\t}\n}\n"
+)
 DIRECTIONS = ("up", "down")
 
 
@@ -165,8 +173,12 @@ def with_uplinkd(lab: Lab, daemon: LabDaemon, args: argparse.Namespace, *, stopp
         daemon.stop()
 
 
-def with_plain(lab: Lab, plain: Plain, home: Home, args: argparse.Namespace) -> dict[str, float]:
+def with_plain(
+    lab: Lab, plain: Plain, home: Home, args: argparse.Namespace, *, conntrack: bool = False
+) -> dict[str, float]:
     plain.up()
+    if conntrack:
+        lab.run("router", ["nft", "-f", "-"], input=FIREWALL)
     try:
         ping = ["ping", "-n", "-c", "1", "-W", "1", OUTSIDE4]
         wait_until(
@@ -175,6 +187,8 @@ def with_plain(lab: Lab, plain: Plain, home: Home, args: argparse.Namespace) -> 
         )  # fmt: skip
         return measure(lab, args)
     finally:
+        if conntrack:
+            lab.run("router", ["nft", "delete", "table", "inet", "bench_fw"], check=False)
         plain.down()
 
 
@@ -197,8 +211,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for r in range(args.rounds):
                 order = SETUPS if r % 2 == 0 else tuple(reversed(SETUPS))
                 for setup in order:
-                    if setup == "plain":
-                        got = with_plain(lab, plain, home, args)
+                    if setup in BASELINES:
+                        got = with_plain(lab, plain, home, args, conntrack=setup == "plain_ct")
                     else:
                         got = with_uplinkd(lab, daemon, args, stopped=setup == "uplinkd_stopped")
                     runs.append({"round": r, "setup": setup, **{d: round(v, 2) for d, v in got.items()}})
@@ -228,13 +242,14 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, An
     for row in runs:
         for d in DIRECTIONS:
             by[row["setup"]][d].append(row[d])
-    compared = [s for s in SETUPS if s != "plain"]
-    ratios: dict[str, dict[str, list[float]]] = {s: {d: [] for d in DIRECTIONS} for s in compared}
+    compared = [s for s in SETUPS if s not in BASELINES]
+    ratios = {b: {s: {d: [] for d in DIRECTIONS} for s in compared} for b in BASELINES}
     for r in range(args.rounds):
         one = {row["setup"]: row for row in runs if row["round"] == r}
-        for s in compared:
-            for d in DIRECTIONS:
-                ratios[s][d].append(one[s][d] / one["plain"][d])
+        for b in BASELINES:
+            for s in compared:
+                for d in DIRECTIONS:
+                    ratios[b][s][d].append(one[s][d] / one[b][d])
     daemon_cpu = [row["daemon_cpu_s"] for row in runs if row["setup"] == "uplinkd"]
     return {
         "benchmark": "tunnel_throughput",
@@ -248,7 +263,12 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, An
             "load_average_at_end": os.getloadavg()[0],
         },
         "mbit_s": {s: {d: spread(v, 1) for d, v in dirs.items()} for s, dirs in by.items()},
-        "ratio_to_plain": {s: {d: spread(v, 3) for d, v in dirs.items()} for s, dirs in ratios.items()},
+        "ratio_to_plain": {
+            s: {d: spread(v, 3) for d, v in dirs.items()} for s, dirs in ratios["plain"].items()
+        },
+        "ratio_to_plain_ct": {
+            s: {d: spread(v, 3) for d, v in dirs.items()} for s, dirs in ratios["plain_ct"].items()
+        },
         "daemon_cpu_s_per_uplinkd_run": spread(daemon_cpu, 2),
         "goal": {"ratio_at_least": 0.95},
         "runs": runs,
@@ -260,14 +280,15 @@ def table(results: dict[str, Any]) -> str:
         return f"{q['median']:.{digits}f} ({q['min']:.{digits}f}-{q['max']:.{digits}f})"
 
     rows = [[
-        "direction", "plain Mbit/s", "uplinkd Mbit/s", "uplinkd_stopped Mbit/s",
-        "uplinkd / plain", "uplinkd_stopped / plain",
+        "direction", "plain Mbit/s", "plain_ct Mbit/s", "uplinkd Mbit/s", "uplinkd_stopped Mbit/s",
+        "uplinkd / plain", "uplinkd / plain_ct", "uplinkd_stopped / plain",
     ]]  # fmt: skip
     for d in DIRECTIONS:
-        mbit, ratio = results["mbit_s"], results["ratio_to_plain"]
+        mbit, ratio, ratio_ct = results["mbit_s"], results["ratio_to_plain"], results["ratio_to_plain_ct"]
         rows.append([
-            d, cell(mbit["plain"][d], 0), cell(mbit["uplinkd"][d], 0), cell(mbit["uplinkd_stopped"][d], 0),
-            cell(ratio["uplinkd"][d], 3), cell(ratio["uplinkd_stopped"][d], 3),
+            d, cell(mbit["plain"][d], 0), cell(mbit["plain_ct"][d], 0), cell(mbit["uplinkd"][d], 0),
+            cell(mbit["uplinkd_stopped"][d], 0), cell(ratio["uplinkd"][d], 3),
+            cell(ratio_ct["uplinkd"][d], 3), cell(ratio["uplinkd_stopped"][d], 3),
         ])  # fmt: skip
     return markdown_table(rows) + "\nmedian (min-max) over the rounds"
 
