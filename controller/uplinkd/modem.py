@@ -289,7 +289,7 @@ class ModemWatcher:
         )
         if state == STATE_LOCKED or unwrap(modem, "UnlockRequired", 0) in (LOCK_SIM_PIN, LOCK_SIM_PUK):
             self._bearer(None, "SIM locked")
-            return await self._unlock(modem, iccid or path)
+            return await self._unlock(path, modem, iccid or path)
         bearer = None
         for bearer_path in unwrap(modem, "Bearers", []):
             props = await self._props(bearer_path, BEARER)
@@ -356,7 +356,7 @@ class ModemWatcher:
             return wait
         return 0.0  # look at the new bearer now
 
-    async def _unlock(self, modem: Mapping[str, Any], sim: str) -> float | None:
+    async def _unlock(self, path: str, modem: Mapping[str, Any], sim: str) -> float | None:
         sim_path = unwrap(modem, "Sim", "/")
         retries = unwrap(modem, "UnlockRetries", {}).get(LOCK_SIM_PIN)
         left = f" ({retries} attempts left)" if retries is not None else ""
@@ -389,7 +389,9 @@ class ModemWatcher:
                 raise
             if e.name == WRONG_PIN:
                 self._remember_refused(digest)
-            return await self._unlock(modem, sim)
+                # the SIM counted the attempt: say how many are left now, not before
+                modem = await self._props(path, MODEM)
+            return await self._unlock(path, modem, sim)
         return 0.0
 
     def _refused(self) -> set[str]:
