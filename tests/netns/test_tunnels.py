@@ -97,6 +97,16 @@ def wait_up(c: LabDaemon, name: str) -> None:
     wait_until(up, timeout=WAIT, what=f"uplink {name} up")
 
 
+def tunnel_running(home: Home, setup: tuple[LabDaemon, str, dict[str, Any]]) -> dict[str, Any]:
+    """Home answering, the daemon started, both uplinks and the tunnel up: the tunnel's status."""
+    daemon, router_public, _ = setup
+    home.start(router_public)
+    daemon.start()
+    for name in NAMES:
+        wait_up(daemon, name)
+    return wait_tunnel(daemon, "up")
+
+
 def explain_lan(daemon: LabDaemon) -> tuple[str, str]:
     """`uplinkctl explain` for a LAN client's packet to the server: its tunnel, and the
     uplink the tunnel's encrypted packets leave by."""
@@ -124,12 +134,8 @@ def assert_nothing_leaks_while_down(lab: Lab, daemon: LabDaemon, *, audit_names:
 def test_flows_inside_the_tunnel_survive_an_underlay_blackhole(
     lab: Lab, home: Home, setup: tuple[LabDaemon, str, dict[str, Any]]
 ) -> None:
-    daemon, router_public, _ = setup
-    home.start(router_public)
-    daemon.start()
-    for name in NAMES:
-        wait_up(daemon, name)
-    t = wait_tunnel(daemon, "up")
+    daemon = setup[0]
+    t = tunnel_running(home, setup)
     assert t["underlay4"] == "wan"
     # the preference list: the encrypted packets leave by wan only, and reach home from
     # wan's ISP (no loop: a packet looping into the tunnel would never reach an ISP)
@@ -190,12 +196,7 @@ def test_the_tunnel_carries_ipv4_and_refuses_ipv6_around_it(
 ) -> None:
     """Up, IPv4-only tunnel, wan has native IPv6: LAN IPv4 reaches OUTSIDE through the
     tunnel (never in clear at an ISP), LAN IPv6 goes nowhere."""
-    daemon, router_public, _ = setup
-    home.start(router_public)
-    daemon.start()
-    for name in NAMES:
-        wait_up(daemon, name)
-    wait_tunnel(daemon, "up")
+    tunnel_running(home, setup)
     seen = Counted(lab)
     client = lab.clients[0].netns
     ping = ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", OUTSIDE4]
@@ -214,12 +215,7 @@ def test_the_tunnels_own_packets_leave_with_only_the_tunnels_mark(
     leaves their mark as the socket set it: restoring the uplink's bits from the ct mark would
     change it and make the kernel route each packet a second time. Counted after uplinkd's
     output chain, on their way to home."""
-    daemon, router_public, _ = setup
-    home.start(router_public)
-    daemon.start()
-    for name in NAMES:
-        wait_up(daemon, name)
-    wait_tunnel(daemon, "up")
+    tunnel_running(home, setup)
     t = 1 << 31  # the only tunnel's default mark
     counting = (
         "table inet markcheck {\n chain out {\n  type filter hook output priority 0; policy accept;\n"
@@ -242,12 +238,8 @@ def test_the_tunnels_own_packets_leave_with_only_the_tunnels_mark(
 def test_restart_writes_nothing_and_flush_removes_only_the_tunnel(
     lab: Lab, home: Home, setup: tuple[LabDaemon, str, dict[str, Any]]
 ) -> None:
-    daemon, router_public, _ = setup
-    home.start(router_public)
-    daemon.start()
-    for name in NAMES:
-        wait_up(daemon, name)
-    ifname = wait_tunnel(daemon, "up")["interface"]
+    daemon = setup[0]
+    ifname = tunnel_running(home, setup)["interface"]
     # mtu auto: the uplinks' 1500 minus WireGuard over IPv4 (the endpoint's family)
     assert json.loads(lab.run("router", ["ip", "-j", "link", "show", ifname]).stdout)[0]["mtu"] == 1440
     handshake = home.handshake()
