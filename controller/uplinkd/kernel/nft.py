@@ -17,7 +17,7 @@ What the table does, for uplink `u` with mark `M_u` under the mask:
   that already carries other bits goes through map `restore` (ct mark → chain
   `restore_<M_u>`, one lookup whatever the number of uplinks), which keeps them.
 - spoofing: a packet from outside with one of the router's own IPv4 addresses as its source
-  is dropped, unless conntrack has validated it (`_spoof_rule`).
+  is dropped, unless conntrack has validated it (`SPOOF_RULE`).
 - masquerade IPv4 out of every uplink (IPv6 is translated only where a LAN asks for it, see
   `nft6`), and clamp the MSS of TCP SYNs to the route's MTU.
 
@@ -107,7 +107,7 @@ def render(state: NftState) -> str:
         f"\t\ttype filter hook prerouting priority mangle; policy accept;\n"
         f"\t\tmeta mark 0 ct mark & {mask:#x} != 0 meta mark set ct mark & {mask:#x} return\n"
         f"\t\tct mark & {mask:#x} vmap @restore\n"
-        + _spoof_rule()
+        + SPOOF_RULE
         + f"\t\tct state new ct mark & {mask:#x} == 0 iifname vmap @remember\n"
         + _steer_jump(state, local=False)
         + "\t}\n"
@@ -150,14 +150,12 @@ def render(state: NftState) -> str:
     )
 
 
-def _spoof_rule() -> str:
-    """Drop what arrives from outside claiming one of the router's own IPv4 addresses.
-
-    The kernel's reverse-path check does this per packet, but once policy rules exist it
-    costs a walk of every rule band (see docs/design.md, "Forwarding cost"), so the router
-    runs with rp_filter 0 and accept_local 1 and the check is made here, for packets
-    conntrack has not validated (new, invalid, untracked)."""
-    return '\t\tct state new,invalid,untracked meta nfproto ipv4 iif != "lo" fib saddr type local drop\n'
+# Drop what arrives from outside claiming one of the router's own IPv4 addresses. The
+# kernel's reverse-path check did this per packet, but once policy rules exist it walks every
+# rule band for it (docs/design.md, "The source check is the nft table's"), so the router runs
+# with rp_filter 0 and accept_local 1 and the check is here, for packets conntrack has not
+# validated (new, invalid, untracked).
+SPOOF_RULE = '\t\tct state new,invalid,untracked meta nfproto ipv4 iif != "lo" fib saddr type local drop\n'
 
 
 _TUNNEL_MSS = re.compile(r'oifname "([^"]+)" tcp option maxseg size set rt mtu comment "tunnel"')

@@ -70,7 +70,7 @@ ROUTER_SYSCTLS: dict[str, str | int] = {
     "net.ipv4.fib_multipath_hash_policy": 1,  # L4: flows of one host spread over uplinks
     "net.ipv6.fib_multipath_hash_policy": 1,
     # As the NixOS module: no per-packet reverse-path walk by the kernel (accept_local lets it
-    # skip the walk); uplinkd's nft table drops spoofed own addresses per connection.
+    # skip the walk); uplinkd's nft table drops spoofed own addresses instead.
     "net.ipv4.conf.all.rp_filter": 0,
     "net.ipv4.conf.default.rp_filter": 0,
     "net.ipv4.conf.all.accept_local": 1,
