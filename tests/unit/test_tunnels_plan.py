@@ -267,6 +267,20 @@ def test_nft_table_carries_the_tunnel_and_reads_back() -> None:
     assert "tunnel" not in knft.render(plain)
 
 
+@pytest.mark.parametrize(
+    ("line", "marks"),
+    [
+        ("meta mark & 0x40000000 == 0x40000000 return", (0x40000000,)),
+        ("meta mark 0x80000000/1 return", (0x80000000,)),  # how nft lists bit 31
+        ("meta mark 0xc0000000/2 return", (0xC0000000,)),
+        ("meta mark & 0x00001234 == 0x00001234 return", (0x1234,)),
+        ("meta mark & 0x00000030 == 0x00000010 return", ()),  # not a tunnel's rule
+    ],
+)
+def test_tunnel_marks_read_back_in_both_forms_nft_lists_them(line: str, marks: tuple[int, ...]) -> None:
+    assert knft._tunnel_marks(f"\tchain output {{\n\t\t{line}\n\t}}\n") == marks
+
+
 def test_mtu_auto_follows_the_smallest_carrying_uplink() -> None:
     obs = observed()
     links = dict(obs.links)
