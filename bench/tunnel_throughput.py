@@ -263,11 +263,9 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, An
             "load_average_at_end": os.getloadavg()[0],
         },
         "mbit_s": {s: {d: spread(v, 1) for d, v in dirs.items()} for s, dirs in by.items()},
-        "ratio_to_plain": {
-            s: {d: spread(v, 3) for d, v in dirs.items()} for s, dirs in ratios["plain"].items()
-        },
-        "ratio_to_plain_ct": {
-            s: {d: spread(v, 3) for d, v in dirs.items()} for s, dirs in ratios["plain_ct"].items()
+        **{
+            f"ratio_to_{b}": {s: {d: spread(v, 3) for d, v in dirs.items()} for s, dirs in by_setup.items()}
+            for b, by_setup in ratios.items()
         },
         "daemon_cpu_s_per_uplinkd_run": spread(daemon_cpu, 2),
         "goal": {"ratio_at_least": 0.95},
