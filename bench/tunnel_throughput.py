@@ -7,7 +7,7 @@ between the same namespaces.
 One lab (router with uplinks wan and lte1, a LAN client; "home" a wireguard-go peer in the
 lab's internet namespace, see harness/tunnel_home.py), and iperf3 (one TCP stream) from the
 LAN client to an address on the lab's internet, through the tunnel, up and down (`-R`). The
-router takes turns between four set-ups, in the same namespaces, with the same key, peer,
+router takes turns between five set-ups, in the same namespaces, with the same key, peer,
 MTU (1440) and path:
 
 - ``uplinkd``: the real daemon with a full tunnel home over [wan, lte1] (wireguard-go here:
@@ -19,10 +19,17 @@ MTU (1440) and path:
   machine where the tunnel is CPU-bound;
 - ``plain``: what wg-quick would set up: `wireguard-go` with a fwmark, `ip rule fwmark M
   lookup 300` with wan's default route there, `default dev wgp0` in main; no nft table; then
-  removed again;
+  removed again. Its wireguard-go runs in a session of its own, as uplinkd's does and as
+  any service's does (systemd starts each in one);
 - ``plain_ct``: ``plain`` plus the least firewall a router has, one forward chain with
   `ct state established,related accept`: conntrack's own cost, which ``plain`` does not pay
-  and uplinkd (pinning, masquerade) cannot do without.
+  and uplinkd (pinning, masquerade) cannot do without;
+- ``plain_same_session``: ``plain`` with its wireguard-go in this benchmark's session, beside
+  the iperf3 client and server and the home peer. With the scheduler's autogroups
+  (``kernel.sched_autogroup_enabled``, on in Debian's kernels) CPU is shared fairly between
+  sessions first and between threads only within one, so on a small machine that also runs
+  both ends of the traffic this placement alone changes the result: it is reported to show by
+  how much, not compared against.
 
 Rounds alternate the order (forward in even rounds, reversed in odd ones), so drift in the
 machine's load (it is shared) hits all alike. Reported: per set-up and direction the median
@@ -74,7 +81,7 @@ PLAIN_IF = "wgp0"
 PLAIN_MARK = 0x1234
 PLAIN_TABLE = 300
 WAN_ADDR, WAN_GW = "10.101.0.2/24", "10.101.0.1"
-SETUPS = ("uplinkd", "uplinkd_stopped", "plain", "plain_ct")
+SETUPS = ("uplinkd", "uplinkd_stopped", "plain", "plain_ct", "plain_same_session")
 BASELINES = ("plain", "plain_ct")
 FIREWALL = (
     "table inet bench_fw {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n"
@@ -112,12 +119,15 @@ class Plain:
     def ip(self, *args: str, check: bool = True) -> None:
         self.lab.run("router", ["ip", *args], check=check)
 
-    def up(self) -> None:
+    def up(self, *, own_session: bool = True) -> None:
         have = self.lab.run("router", ["ip", "-4", "address", "show", "dev", "wan"]).stdout
         if WAN_ADDR.partition("/")[0] not in have:
             self.ip("address", "add", WAN_ADDR, "dev", "wan")
             self.added_address = True
-        self.lab.popen("router", ["wireguard-go", "-f", PLAIN_IF])
+        # setsid(1) execs in place (a popen'd child leads no process group), as uplinkd's
+        # tunnel worker starts its wireguard-go with start_new_session
+        session = ["setsid"] if own_session else []
+        self.lab.popen("router", [*session, "wireguard-go", "-f", PLAIN_IF])
         sock = Path(f"/var/run/wireguard/{PLAIN_IF}.sock")
         wait_until(sock.exists, timeout=10, what="the plain tunnel's wireguard-go socket")
         self.lab.run("router", [
@@ -174,9 +184,9 @@ def with_uplinkd(lab: Lab, daemon: LabDaemon, args: argparse.Namespace, *, stopp
 
 
 def with_plain(
-    lab: Lab, plain: Plain, home: Home, args: argparse.Namespace, *, conntrack: bool = False
+    lab: Lab, plain: Plain, args: argparse.Namespace, *, conntrack: bool = False, own_session: bool = True
 ) -> dict[str, float]:
-    plain.up()
+    plain.up(own_session=own_session)
     if conntrack:
         lab.run("router", ["nft", "-f", "-"], input=FIREWALL)
     try:
@@ -211,8 +221,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for r in range(args.rounds):
                 order = SETUPS if r % 2 == 0 else tuple(reversed(SETUPS))
                 for setup in order:
-                    if setup in BASELINES:
-                        got = with_plain(lab, plain, home, args, conntrack=setup == "plain_ct")
+                    if setup.startswith("plain"):
+                        alone = setup != "plain_same_session"
+                        got = with_plain(lab, plain, args, conntrack=setup == "plain_ct", own_session=alone)
                     else:
                         got = with_uplinkd(lab, daemon, args, stopped=setup == "uplinkd_stopped")
                     runs.append({"round": r, "setup": setup, **{d: round(v, 2) for d, v in got.items()}})
@@ -279,7 +290,7 @@ def table(results: dict[str, Any]) -> str:
 
     rows = [[
         "direction", "plain Mbit/s", "plain_ct Mbit/s", "uplinkd Mbit/s", "uplinkd_stopped Mbit/s",
-        "uplinkd / plain", "uplinkd / plain_ct", "uplinkd_stopped / plain",
+        "uplinkd / plain", "uplinkd / plain_ct", "uplinkd_stopped / plain", "plain_same_session / plain",
     ]]  # fmt: skip
     for d in DIRECTIONS:
         mbit, ratio, ratio_ct = results["mbit_s"], results["ratio_to_plain"], results["ratio_to_plain_ct"]
@@ -287,6 +298,7 @@ def table(results: dict[str, Any]) -> str:
             d, cell(mbit["plain"][d], 0), cell(mbit["plain_ct"][d], 0), cell(mbit["uplinkd"][d], 0),
             cell(mbit["uplinkd_stopped"][d], 0), cell(ratio["uplinkd"][d], 3),
             cell(ratio_ct["uplinkd"][d], 3), cell(ratio["uplinkd_stopped"][d], 3),
+            cell(ratio["plain_same_session"][d], 3),
         ])  # fmt: skip
     return markdown_table(rows) + "\nmedian (min-max) over the rounds"
 
