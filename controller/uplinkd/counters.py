@@ -147,8 +147,11 @@ class Counters:
 
     def as_json(self, *, marks: Mapping[int, str]) -> dict[str, Any]:
         """The `counters` object of `status --json` (fields are only ever added); `marks`
-        names the uplink of each ct mark."""
-        conntrack_flushed = {marks[m]: n for m, n in self.conntrack_flushed.items() if m in marks}
+        names the uplink of each ct mark (a flushed mark may name it with a tunnel's bits)."""
+        conntrack_flushed: dict[str, int] = {}
+        for m, n in self.conntrack_flushed.items():
+            if m in marks:
+                conntrack_flushed[marks[m]] = conntrack_flushed.get(marks[m], 0) + n
         uplinks = sorted(
             {*self.probe_rounds, *self.failovers, *conntrack_flushed, *(k[0] for k in self.transitions)}
         )

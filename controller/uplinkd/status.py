@@ -11,6 +11,7 @@ from typing import Any
 
 from uplinkd import __version__
 from uplinkd.advertiser import AdvertSender
+from uplinkd.config import Config
 from uplinkd.model import FAMILIES, GROUPS, VXLAN, NexthopGroup, NftState, UplinkStatus
 from uplinkd.modem import ModemWatcher
 from uplinkd.plan import group_id, lan6, nexthop_id, policies
@@ -83,8 +84,15 @@ def render(
         ],
         "passes": rt.passes,
         "writes": rt.writes,
-        "counters": rt.counters.as_json(marks={rt.config.mark_of(n): n for n in rt.config.uplinks}),
+        "counters": rt.counters.as_json(marks=flush_marks(rt.config)),
     }
+
+
+def flush_marks(config: Config) -> dict[int, str]:
+    """The ct marks conntrack flushes use, by uplink: its own, and with each tunnel's bits
+    (a tunnel leaving a healthy uplink flushes only its flow there)."""
+    own = {config.mark_of(n): n for n in config.uplinks}
+    return own | {m | t.mark: n for m, n in own.items() for t in config.tunnels.values()}
 
 
 def _nft_trouble(rt: Runtime, s: UplinkStatus, reason: str) -> str:

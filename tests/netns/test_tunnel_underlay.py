@@ -213,6 +213,36 @@ def test_fail_back_to_the_preferred_uplink(lab: Lab, home: Home, tmp_path: Path,
         daemon.stop()
 
 
+def test_fail_back_moves_only_the_tunnels_flow_off_the_healthy_uplink(
+    lab: Lab, home: Home, tmp_path: Path
+) -> None:
+    """A split tunnel (only home's inner prefix through it): LAN flows outside the tunnel
+    started while wan was dead ride lte1. wan returns, the tunnel fails back to wan and its
+    own conntrack entry on lte1 is deleted, but lte1 stays healthy and carries on every LAN
+    flow it carried: none moves, none reconnects. (Deleting all of lte1's entries, as before,
+    sends each flow's next packet through the balance group afresh: about half move to wan.)"""
+    daemon = start(lab, home, tmp_path, route=["10.99.0.0/24"], fail_back="immediate")
+    try:
+        wait_tunnel(daemon, "up")
+        lab.isp("wan").blackhole()
+        wait_until(lambda: uplink_state(daemon, "wan") == "down", timeout=WAIT, what="wan down")
+        wait_until(lambda: tunnel(daemon)["underlay4"] == "lte1", timeout=WAIT, what="the tunnel on lte1")
+        run = lab.start_flows(tcp=10, udp=10, duration=14.0)
+        lab.isp("wan").blackhole(False)
+        wait_up(daemon, "wan")
+        wait_until(lambda: tunnel(daemon)["underlay4"] == "wan", timeout=5, what="back on wan at once")
+        wait_until(lambda: home.endpoint().startswith(upstream(1) + ":"), timeout=WAIT, what="home sees wan")
+        report = run.result()
+        assert report.by_uplink(at="first") == {"lte1": 20}, report.by_uplink(at="first")
+        assert report.by_uplink(at="last") == {"lte1": 20}, [report.uplinks_of(f) for f in report.moved()]
+        assert report.reconnects() == 0 and not report.moved()
+        # the tunnel's own entry on lte1 was what went (counted under lte1)
+        flushed = status(daemon)["counters"]["uplinks"]["lte1"]["conntrack_flushed"]
+        assert flushed >= 1, flushed
+    finally:
+        daemon.stop()
+
+
 # --- an endpoint given as a DNS name ----------------------------------------------------------
 
 RESOLVER = "198.51.100.53"  # a dnsmasq on the lab's internet: the only name server asked

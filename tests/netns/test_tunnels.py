@@ -213,26 +213,30 @@ def test_the_tunnels_own_packets_leave_with_only_the_tunnels_mark(
 ) -> None:
     """The encrypted packets are routed by the tunnel's `fwmark T/T` rule, so the output hook
     leaves their mark as the socket set it: restoring the uplink's bits from the ct mark would
-    change it and make the kernel route each packet a second time. Counted after uplinkd's
-    output chain, on their way to home."""
+    change it and make the kernel route each packet a second time. Their connection carries
+    the tunnel's bits and wan's in its ct mark (a move off a healthy uplink deletes just that
+    entry). Counted after uplinkd's output chain, on their way to home."""
     tunnel_running(home, setup)
     t = 1 << 31  # the only tunnel's default mark
+    wan = 101 << 8  # wan's uplink mark (table 101)
     counting = (
         "table inet markcheck {\n chain out {\n  type filter hook output priority 0; policy accept;\n"
         f"  udp dport {HOME_PORT} meta mark {t:#x} counter\n"
-        f"  udp dport {HOME_PORT} meta mark != {t:#x} counter\n }}\n}}\n"
+        f"  udp dport {HOME_PORT} meta mark != {t:#x} counter\n"
+        f"  udp dport {HOME_PORT} ct mark & {t | 0xFF00:#x} == {t | wan:#x} counter\n }}\n}}\n"
     )
     lab.run("router", ["nft", "-f", "-"], input=counting)
     ping = ["ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", OUTSIDE4]
     ok = lab.run(lab.clients[0].netns, ping, check=False)
     assert ok.returncode == 0, ok.stdout
     listing = json.loads(lab.run("router", ["nft", "-j", "list", "chain", "inet", "markcheck", "out"]).stdout)
-    own, other = (
+    own, other, ct_marked = (
         next(e["counter"]["packets"] for e in item["rule"]["expr"] if "counter" in e)
         for item in listing["nftables"]
         if "rule" in item
     )
     assert own >= 5 and other == 0, (own, other)
+    assert ct_marked == own, (ct_marked, own)
 
 
 def test_restart_writes_nothing_and_flush_removes_only_the_tunnel(

@@ -253,6 +253,19 @@ def test_an_underlay_change_flushes_the_uplink_left() -> None:
     assert [f.mark for f in flushes] == [101 << 8]
 
 
+def test_leaving_a_healthy_uplink_flushes_only_the_tunnels_flow_there() -> None:
+    cfg = config()  # underlay [wan, lte1], fail-back immediate
+    on_lte1, back_on_wan = intent(cfg, wan=DOWN), intent(cfg)
+    p = step(KernelState(), back_on_wan, before=on_lte1, mask=0xFF00, config=cfg)
+    flushes = [op.obj for op in p.ops if isinstance(op.obj, ConntrackFlush)]
+    t = cfg.tunnels["home"].mark
+    assert [(f.uplink, f.mark, f.mask) for f in flushes] == [("lte1", (102 << 8) | t, 0xFF00 | t)]
+    # without the config (no tunnel marks known) the whole uplink is flushed, as before
+    p = step(KernelState(), back_on_wan, before=on_lte1, mask=0xFF00)
+    flushes = [op.obj for op in p.ops if isinstance(op.obj, ConntrackFlush)]
+    assert [(f.mark, f.mask) for f in flushes] == [(102 << 8, 0xFF00)]
+
+
 def test_nft_table_carries_the_tunnel_and_reads_back() -> None:
     i = intent(config())
     state = next(o for o in i.kernel if isinstance(o, NftState))
@@ -262,7 +275,7 @@ def test_nft_table_carries_the_tunnel_and_reads_back() -> None:
     assert 'ip saddr 198.51.100.100 udp sport 51820 iifname != { "wan" } drop' in text
     assert 'oifname "wg0" tcp option maxseg size set rt mtu' in text
     assert state.tunnel_marks == (1 << 31,)  # its packets keep that mark in the output hook
-    assert "meta mark & 0x80000000 == 0x80000000 return" in text
+    assert "meta mark & 0x80000000 == 0x80000000 ct mark set ct mark | 0x80000000 return" in text
     plain = NftState("uplinkd", 0xFF00, (NftUplink("wan", 0x6500),))
     assert "tunnel" not in knft.render(plain)
 
@@ -270,11 +283,13 @@ def test_nft_table_carries_the_tunnel_and_reads_back() -> None:
 @pytest.mark.parametrize(
     ("line", "marks"),
     [
-        ("meta mark & 0x40000000 == 0x40000000 return", (0x40000000,)),
-        ("meta mark 0x80000000/1 return", (0x80000000,)),  # how nft lists bit 31
-        ("meta mark 0xc0000000/2 return", (0xC0000000,)),
-        ("meta mark & 0x00001234 == 0x00001234 return", (0x1234,)),
-        ("meta mark & 0x00000030 == 0x00000010 return", ()),  # not a tunnel's rule
+        ("meta mark & 0x40000000 == 0x40000000 ct mark set ct mark | 0x40000000 return", (0x40000000,)),
+        ("meta mark 0x80000000/1 ct mark set ct mark | 0x80000000 return", (0x80000000,)),  # bit 31
+        ("meta mark 0xc0000000/2 ct mark set ct mark | 0xc0000000 return", (0xC0000000,)),
+        ("meta mark & 0x00001234 == 0x00001234 ct mark set ct mark | 0x00001234 return", (0x1234,)),
+        ("meta mark & 0x00000030 == 0x00000010 ct mark set ct mark | 0x00000030 return", ()),  # not one
+        ("meta mark & 0x40000000 == 0x40000000 ct mark set ct mark | 0x00000040 return", ()),  # other bits
+        ("meta mark & 0x40000000 == 0x40000000 return", ()),  # a table before v6: loaded again
     ],
 )
 def test_tunnel_marks_read_back_in_both_forms_nft_lists_them(line: str, marks: tuple[int, ...]) -> None:

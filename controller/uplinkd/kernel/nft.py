@@ -112,10 +112,15 @@ def render(state: NftState) -> str:
         + _steer_jump(state, local=False)
         + "\t}\n"
         # The router's own: the same restore, except for a tunnel's encrypted packets, which
-        # the tunnel's fwmark rule routes (a changed mark would route each one again).
+        # the tunnel's fwmark rule routes (a changed mark would route each one again). Their
+        # connection gets the tunnel's bits in its ct mark, beside the uplink's that `pin`
+        # gives it: when the tunnel leaves a healthy uplink, only its own flow is flushed.
         "\tchain output {\n"
         "\t\ttype route hook output priority mangle; policy accept;\n"
-        + "".join(f"\t\tmeta mark & {m:#x} == {m:#x} return\n" for m in state.tunnel_marks)
+        + "".join(
+            f"\t\tmeta mark & {m:#x} == {m:#x} ct mark set ct mark | {m:#x} return\n"
+            for m in state.tunnel_marks
+        )
         + f"\t\tct mark & {mask:#x} vmap @restore\n"
         + _steer_jump(state, local=True)
         + f"\t}}\n"
@@ -161,15 +166,20 @@ SPOOF_RULE = '\t\tct state new,invalid,untracked meta nfproto ipv4 iif != "lo" f
 _TUNNEL_MSS = re.compile(r'oifname "([^"]+)" tcp option maxseg size set rt mtu comment "tunnel"')
 # nft lists `meta mark & T == T` as written, unless T's bits are a prefix of the 32 (bit 31,
 # the first tunnel's default): then as `meta mark T/<prefix length>`
-_TUNNEL_MARK = re.compile(r"^\s*meta mark & (0x[0-9a-f]+) == (0x[0-9a-f]+) return$", re.MULTILINE)
-_TUNNEL_MARK_PREFIX = re.compile(r"^\s*meta mark (0x[0-9a-f]+)/(\d+) return$", re.MULTILINE)
+_SET_CT = r" ct mark set ct mark \| (0x[0-9a-f]+) return$"
+_TUNNEL_MARK = re.compile(r"^\s*meta mark & (0x[0-9a-f]+) == (0x[0-9a-f]+)" + _SET_CT, re.MULTILINE)
+_TUNNEL_MARK_PREFIX = re.compile(r"^\s*meta mark (0x[0-9a-f]+)/(\d+)" + _SET_CT, re.MULTILINE)
 
 
 def _tunnel_marks(text: str) -> tuple[int, ...]:
-    marks = {int(m, 16) for m, again in _TUNNEL_MARK.findall(text) if int(m, 16) == int(again, 16)}
-    for value, length in _TUNNEL_MARK_PREFIX.findall(text):
+    marks = {
+        int(m, 16)
+        for m, again, ct in _TUNNEL_MARK.findall(text)
+        if int(m, 16) == int(again, 16) == int(ct, 16)
+    }
+    for value, length, ct in _TUNNEL_MARK_PREFIX.findall(text):
         n = int(length)
-        if int(value, 16) == (0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF:
+        if int(value, 16) == (0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF == int(ct, 16):
             marks.add(int(value, 16))
     return tuple(sorted(marks))
 

@@ -49,9 +49,14 @@ def step(
     if before is None:
         return plan
     flushes = failover(before.uplinks, intent.uplinks, mask=mask)
-    moved = underlay_moved(before.reasons, intent.reasons, intent.uplinks, mask=mask)
+    tunnel_marks = {name: t.mark for name, t in config.tunnels.items()} if config is not None else None
+    moved = underlay_moved(
+        before.reasons, intent.reasons, intent.uplinks, mask=mask, tunnel_marks=tunnel_marks
+    )
     recovered = policies.recoveries(config, before.reasons, intent.reasons) if config is not None else ()
     done = {(getattr(op.obj, "mark", None), getattr(op.obj, "mask", None)) for op in flushes}
+    failed = {getattr(op.obj, "uplink", None) for op in flushes}
+    moved = tuple(op for op in moved if getattr(op.obj, "uplink", None) not in failed)  # flushed whole
     for op in moved + recovered:  # one flush per (mark, mask): the first reason found is kept
         key = (getattr(op.obj, "mark", None), getattr(op.obj, "mask", None))
         if key not in done:

@@ -17,7 +17,9 @@ Per tunnel and family, with P = rules.priority:
   of the old uplink nor a source address WireGuard remembers can keep the packets on a dead
   uplink. When the carrying uplink fails, its conntrack entries (ct mark M_u, which the nft
   table gave the tunnel's flow when it left by u) are flushed with the others, so the next
-  packet is routed and masqueraded afresh through the new choice.
+  packet is routed and masqueraded afresh through the new choice. When the tunnel leaves an
+  uplink that stays healthy, only the tunnel's own flow is flushed: the output hook adds the
+  tunnel's bits T to its ct mark, and the flush matches M_u | T.
 - T_route holds, while the tunnel is up, `default dev wg` (route `full`, for each family the
   tunnel carries) or the route's prefixes `dev wg`; while it is down, or for a family a full
   tunnel does not carry, `unreachable` for the same destinations when the kill switch is on
@@ -212,25 +214,34 @@ def _probe_routes(tunnel: Tunnel, family: int, ifindex: int) -> list[Route]:
 
 
 def underlay_moved(
-    before: Mapping[str, str], after: Mapping[str, str], uplinks: Sequence[UplinkStatus], *, mask: int
+    before: Mapping[str, str],
+    after: Mapping[str, str],
+    uplinks: Sequence[UplinkStatus],
+    *,
+    mask: int,
+    tunnel_marks: Mapping[str, int] | None = None,
 ) -> tuple[Op, ...]:
     """Conntrack flushes for uplinks a tunnel's underlay just left (`before`/`after`: the
-    passes' reasons). The tunnel's UDP flow is ct-marked with the uplink it left by; deleted,
-    its next packet is routed and masqueraded afresh through the new underlay (a policy
-    underlay: when its tier changes, the uplinks that left it). This holds even
-    when the old uplink stays in a balance group as the last resort of another family (where
-    the uplinks' own failover keeps its connections)."""
+    passes' reasons). The tunnel's UDP flow is ct-marked with the uplink it left by, and
+    with the tunnel's own bits (`tunnel_marks`, by tunnel name; the nft output hook adds
+    them); deleted, its next packet is routed and masqueraded afresh through the new
+    underlay (a policy underlay: when its tier changes, the uplinks that left it). Only
+    the tunnel's flow is deleted, so the uplink's other connections (a split tunnel's LAN
+    flows, the router's own) stay where they are; without the tunnel's mark, all of the
+    uplink's. This holds even when the old uplink stays in a balance group as the last
+    resort of another family (where the uplinks' own failover keeps its connections)."""
     marks = {s.name: s.mark for s in uplinks}
-    ops: dict[int, Op] = {}
+    ops: dict[tuple[int, int], Op] = {}
     for topic, old in before.items():
         if not topic.startswith("tunnel ") or " underlay " not in topic or old.startswith("balance"):
             continue  # a balance group is resilient: the tunnel's flow keeps its bucket
+        tunnel_mark = (tunnel_marks or {}).get(topic[len("tunnel ") : topic.index(" underlay ")], 0)
         new = after.get(topic) or ""
         left = set(uplinks_of(old)) - set(uplinks_of(new))
         for name in sorted(left & set(marks)):
-            mark = marks[name]
+            key = (marks[name] | tunnel_mark, mask | tunnel_mark)
             why = f"a tunnel's underlay left it ({topic}: {new or 'none'})"
-            ops.setdefault(mark, Op("delete", ConntrackFlush(name, mark, mask, why)))
+            ops.setdefault(key, Op("delete", ConntrackFlush(name, *key, why)))
     return tuple(ops.values())
 
 

@@ -16,7 +16,8 @@ from uplinkd.model.kinds.io import Transport
 
 @dataclass(frozen=True)
 class ConntrackFlush:
-    """Delete the connections pinned to one uplink (its ct mark), and only those."""
+    """Delete the connections pinned to one uplink (its ct mark), and only those; with a
+    tunnel's bits in `mark` and `mask`, only that tunnel's own flow on the uplink."""
 
     uplink: str
     mark: int

@@ -82,8 +82,9 @@ class NftIpv6:
 # connections remembered in a nat chain, one filter chain after routing instead of forward,
 # postrouting and ipv6_guard; v5: the mark restored straight from the ct mark, new
 # connections from outside with a source of the router's own dropped here, not by rp_filter,
-# and the tunnels' own packets keep their mark in the output hook).
-TABLE_VERSION = 5
+# and the tunnels' own packets keep their mark in the output hook; v6: the tunnels' own
+# connections carry the tunnel's bits in their ct mark).
+TABLE_VERSION = 6
 
 
 @dataclass(frozen=True)
