@@ -3,9 +3,13 @@ text, VXLAN link changes, and the MTU arithmetic. No kernel, no root."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import ipaddress
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from pyroute2.netlink.generic.wireguard import wgmsg
@@ -357,3 +361,32 @@ def test_a_kernel_device_split_over_two_messages_is_read_whole() -> None:
     one, two = reading.stats
     assert (one.last_handshake, one.rx_bytes, one.tx_bytes) == (1700000000.25, 148, 92)
     assert two.last_handshake is None
+
+
+def test_a_reply_that_trickles_in_is_given_up_after_the_timeout(tmp_path: Path) -> None:
+    """A userspace WireGuard that answers one line every 50 ms and never ends its reply:
+    the request gives up after its timeout in all, not a timeout per line (which would
+    wait as long as lines keep coming), and says why."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        with contextlib.suppress(ConnectionError):
+            for i in range(200):  # 10 s: far longer than the timeout
+                writer.write(f"tx_bytes={i}\n".encode())
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        writer.close()
+
+    async def ask() -> tuple[float, str]:
+        server = await asyncio.start_unix_server(trickle, path=str(tmp_path / "wg9.sock"))
+        async with server:
+            started = time.monotonic()
+            with pytest.raises(wguapi.WgUapiError) as e:
+                await wguapi.get("wg9", socket_dir=tmp_path, timeout=0.3)
+            took = time.monotonic() - started
+            await asyncio.sleep(0.2)  # the server's side sees the connection closed and ends
+            return took, str(e.value)
+
+    took, message = asyncio.run(ask())
+    assert took < 2.0, took
+    assert "no reply within 0.3 s" in message, message

@@ -52,29 +52,35 @@ def socket_path(ifname: str, *, socket_dir: Path = SOCKET_DIR) -> Path:
 
 
 async def _request(path: Path, text: str, *, timeout: float) -> list[tuple[str, str]]:
+    """One exchange: connecting, then the request and its whole reply, each within
+    `timeout` s. One deadline for the reply, not a wait_for per line: wait_for runs each
+    line through a task of its own, ~45 event-loop turns for the reply the tunnel worker
+    asks for every second."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(path))
     except (OSError, TimeoutError) as e:
-        raise WgUapiError(f"{path}: {e}") from None
+        raise WgUapiError(f"{path}: {str(e) or f'no connection within {timeout:g} s'}") from None
     try:
-        writer.write(text.encode())
-        await writer.drain()
-        lines: list[tuple[str, str]] = []
-        size = 0
-        while True:
-            raw = await asyncio.wait_for(reader.readline(), timeout)
-            size += len(raw)
-            if not raw or size > MAX_REPLY:
-                raise WgUapiError(f"{path}: the reply ended early or is too large")
-            line = raw.decode().rstrip("\n")
-            if not line:
-                break
-            key, sep, value = line.partition("=")
-            if not sep:
-                raise WgUapiError(f"{path}: malformed reply line {line!r}")
-            lines.append((key, value))
+        async with asyncio.timeout(timeout):
+            writer.write(text.encode())
+            await writer.drain()
+            lines: list[tuple[str, str]] = []
+            size = 0
+            while True:
+                raw = await reader.readline()
+                size += len(raw)
+                if not raw or size > MAX_REPLY:
+                    raise WgUapiError(f"{path}: the reply ended early or is too large")
+                line = raw.decode().rstrip("\n")
+                if not line:
+                    break
+                key, sep, value = line.partition("=")
+                if not sep:
+                    raise WgUapiError(f"{path}: malformed reply line {line!r}")
+                lines.append((key, value))
     except (OSError, TimeoutError, UnicodeDecodeError) as e:
-        raise WgUapiError(f"{path}: {e}") from None
+        raise WgUapiError(f"{path}: {str(e) or f'no reply within {timeout:g} s'}") from None
     finally:
         writer.close()
         with contextlib.suppress(OSError):
