@@ -62,14 +62,22 @@ def _host(lab: Lab, role: str, *, bridge_ns: str, bridge: str, port: str, addres
 class Segment:
     """Both ends' bridges and hosts; the home end's VXLAN interface."""
 
-    def __init__(self, lab: Lab, home: Home, *, home_mtu: int) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        home: Home,
+        *,
+        home_mtu: int,
+        inner: tuple[str, str] = (INNER_HOME.split("/")[0], INNER_ROUTER.split("/")[0]),
+    ) -> None:
+        """`inner`: home's and the router's tunnel addresses the segment runs between."""
         self.lab = lab
         ip(lab.router, "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0")
         ip(lab.router, "link", "set", BRIDGE, "up")
         self.router_host = _host(
             lab, "l2host", bridge_ns=lab.router, bridge=BRIDGE, port="l2p", address=ROUTER_HOST
         )
-        local, remote = INNER_HOME.split("/")[0], INNER_ROUTER.split("/")[0]
+        local, remote = inner
         ns = lab.inet
         ip(ns, "link", "add", "brhome", "type", "bridge", "forward_delay", "0")
         ip(ns, "link", "add", "vxh", "mtu", str(home_mtu), "type", "vxlan", "id", str(VNI), "local", local,

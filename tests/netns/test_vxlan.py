@@ -143,6 +143,58 @@ def test_hosts_on_both_ends_of_the_segment_reach_each_other_at_l2(
         daemon.stop()
 
 
+ROUTER6, HOME6 = "fd99::2", "fd99::1"  # the tunnel's IPv6 inner addresses (/64)
+
+
+def test_a_segment_between_the_tunnels_ipv6_addresses(lab: Lab, home: Home, tmp_path: Path) -> None:
+    """The same segment over the tunnel's IPv6 inner addresses: local is the tunnel's IPv6
+    address (the remote's family), MTU auto = tunnel - 70 (VXLAN over IPv6), and hosts at
+    both ends reach each other at L2 (ARP, ping, TCP both ways at that MTU)."""
+    cfg, router_public = router_config(tmp_path, home, addresses=["10.99.0.2/24", f"{ROUTER6}/64"])
+    cfg["tunnels"]["home"]["peers"][0]["allowed_ips"].append("::/0")  # home's IPv6 comes back
+    cfg["vxlan"] = {"home": vxlan_config(remotes=[HOME6])}
+    vx = cfg["vxlan"]["home"]["interface"]
+    home.start(router_public)
+    home.run("ip", "-6", "address", "add", f"{HOME6}/64", "dev", home.ifname, "nodad")
+    peer = home.run("wg", "show", home.ifname, "peers").split()[0]
+    allowed = f"10.99.0.2/32,192.168.50.0/24,fd50::/64,{ROUTER6}/128"
+    home.run("wg", "set", home.ifname, "peer", peer, "allowed-ips", allowed)
+    ip(lab.inet, "link", "set", home.ifname, "mtu", str(TUNNEL_MTU))
+    segment_mtu = TUNNEL_MTU - 70
+    seg = Segment(lab, home, home_mtu=segment_mtu, inner=(HOME6, ROUTER6))
+    daemon = LabDaemon(lab.router, cfg, workdir=tmp_path)
+    daemon.start()
+    try:
+        wait_until(lambda: status(daemon)["tunnels"][0]["state"] == "up", timeout=WAIT, what="tunnel up")
+        shown = wait_until(
+            lambda: d if (d := link(lab.router, vx)).get("master") == BRIDGE else None,
+            timeout=WAIT,
+            what="the VXLAN interface in its bridge",
+        )
+        info = shown["linkinfo"]["info_data"]
+        assert (info["id"], info["local6"], info["port"]) == (42, ROUTER6, 4789), info
+        assert shown["mtu"] == segment_mtu
+        fdb = json.loads(exec_in(lab.router, "bridge", "-j", "fdb", "show", "dev", vx).stdout)
+        assert {(e["mac"], e.get("dst")) for e in fdb if "dst" in e} == {("00:00:00:00:00:00", HOME6)}
+        home_ip, router_ip = HOME_HOST.split("/")[0], ROUTER_HOST.split("/")[0]
+        # the router's IPv6 inner address may still be tentative (DAD): the first pings may go
+        ping = ["ping", "-n", "-c", "1", "-W", "1", home_ip]
+        wait_until(
+            lambda: exec_in(seg.router_host, *ping, check=False).returncode == 0,
+            timeout=WAIT, what="a ping across the IPv6 segment",
+        )  # fmt: skip
+        neigh = json.loads(ip(seg.router_host, "-j", "neigh", "show", home_ip))
+        assert neigh and neigh[0]["lladdr"] == link(seg.home_host, "eth0")["address"]
+        back = exec_in(seg.home_host, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", router_ip, check=False)
+        assert back.returncode == 0, back.stdout
+        seg.set_host_mtu(segment_mtu)
+        size = 5_000_000
+        assert bulk(seg.router_host, seg.home_host, home_ip, size=size) == size
+        assert bulk(seg.home_host, seg.router_host, router_ip, size=size) == size
+    finally:
+        daemon.stop()
+
+
 def test_restart_writes_nothing_and_flush_removes_the_segment_and_nothing_else(
     lab: Lab, home: Home, tmp_path: Path
 ) -> None:
