@@ -25,7 +25,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import os
 import socket
 import time
 from collections.abc import Mapping
@@ -49,6 +48,7 @@ from uplinkd.kernel.wireguard import (
     preshared_key_file,
     private_key_file,
     remove_devices,
+    start_wireguard_go,
 )
 from uplinkd.model import HealthVerdict, State
 from uplinkd.plan import Intent
@@ -329,24 +329,10 @@ class TunnelWorker:
     async def _start(self, ifname: str) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         logfile = self.log_dir / f"{ifname}.wireguard-go.log"
-        with open(logfile, "ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                WIREGUARD_GO, "-f", ifname,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-                env={**os.environ, "LOG_LEVEL": "error"}, start_new_session=True,
-            )  # fmt: skip
+        self.proc = await start_wireguard_go(ifname, log_file=logfile, timeout=START_TIMEOUT_S)
         log.info(
             "%s: started %s %s (pid %d; log %s)", self.name, WIREGUARD_GO, ifname, self.proc.pid, logfile
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.returncode is not None:
-                raise WgError(f"{WIREGUARD_GO} {ifname} exited {self.proc.returncode}; see {logfile}")
-            with contextlib.suppress(WgError):
-                if await self.backend.read(ifname) is not None:
-                    return
-            await asyncio.sleep(0.02)
-        raise WgError(f"{WIREGUARD_GO} {ifname}: no answer after {START_TIMEOUT_S} s; see {logfile}")
 
     def _record(self, health: TunnelHealth) -> None:
         """Keep the worker's latest look; a pass is needed when what planning reads changed

@@ -100,7 +100,8 @@ async def tunnel(pair: Pair, tmp_path: Path, pids: list[int]) -> AsyncIterator[T
     procs = []
     try:
         for ns, ifname in ((pair.a, wg_a), (pair.b, wg_b)):
-            proc = await start_wireguard_go(ifname, wrapper=("ip", "netns", "exec", ns))
+            log_file = tmp_path / f"{ifname}.log"
+            proc = await start_wireguard_go(ifname, log_file=log_file, wrapper=("ip", "netns", "exec", ns))
             procs.append(proc)
             pids.append(proc.pid)
         key_a = private_key_file(write_key(tmp_path / "a.key", new_key()))

@@ -15,6 +15,7 @@ import pytest
 from pyroute2.netlink.generic.wireguard import wgmsg
 
 from uplinkd.kernel import wggenl, wguapi
+from uplinkd.kernel import wireguard as kwireguard
 from uplinkd.tunnel import mtu
 from uplinkd.tunnel.vxlan import FdbEntry, VxlanLink, link_changes, needs_recreate
 from uplinkd.tunnel.wireguard import (
@@ -390,3 +391,27 @@ def test_a_reply_that_trickles_in_is_given_up_after_the_timeout(tmp_path: Path) 
     took, message = asyncio.run(ask())
     assert took < 2.0, took
     assert "no reply within 0.3 s" in message, message
+
+
+def test_a_wireguard_go_that_exits_or_stays_silent_is_an_error_naming_its_log(tmp_path: Path) -> None:
+    """`start_wireguard_go` with a program that exits at once, and with one that never opens
+    its socket (stopped after the timeout, not left behind): both a WgError naming the log."""
+    log_file = tmp_path / "wgx0.log"
+    with pytest.raises(kwireguard.WgError, match=r"false wgx0 exited 1; see "):
+        asyncio.run(
+            kwireguard.start_wireguard_go("wgx0", log_file=log_file, program="false", socket_dir=tmp_path)
+        )
+    silent = ("sh", "-c", "exec sleep 29.71", "sh")  # what it would run comes after: ignored
+    with pytest.raises(kwireguard.WgError, match=r"no answer on .* after 0.3 s; see ") as e:
+        asyncio.run(
+            kwireguard.start_wireguard_go(
+                "wgx0", log_file=log_file, wrapper=silent, socket_dir=tmp_path, timeout=0.3
+            )
+        )
+    assert str(log_file) in str(e.value)
+    sleeping = [
+        p for p in Path("/proc").iterdir()
+        if p.name.isdigit() and (p / "cmdline").exists()
+        and (p / "cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"29.71"]
+    ]  # fmt: skip
+    assert not sleeping, "the silent program was left running"

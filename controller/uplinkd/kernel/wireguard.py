@@ -237,6 +237,7 @@ async def apply(backend: WgBackend, desired: WgDevice) -> WgUpdate:
 async def start_wireguard_go(
     ifname: str,
     *,
+    log_file: Path,
     program: str = WIREGUARD_GO,
     wrapper: Sequence[str] = (),
     socket_dir: Path = wguapi.SOCKET_DIR,
@@ -244,25 +245,29 @@ async def start_wireguard_go(
 ) -> asyncio.subprocess.Process:
     """Start `wireguard-go -f ifname` (foreground: the process is the device; it ends when
     the interface is deleted or it is sent SIGTERM, which removes the interface and its socket)
-    and wait until its socket answers. The caller owns the process: a supervisor worker waits
-    on it, restarts it, and reads `proc.stdout` (its messages, stderr included; errors only,
-    LOG_LEVEL=error) to log them: unread, a full pipe would stall it. `wrapper` is prepended
-    to the command line and must exec it (tests pass `ip netns exec NS`). Raises WgError if
-    it exits or stays silent for `timeout` s."""
+    and wait until its socket answers. Its messages (errors only, LOG_LEVEL=error) are
+    appended to `log_file`.
+
+    It runs in a session of its own, as systemd starts a service: it outlives the daemon
+    (fail static), no terminal signal meant for the daemon reaches it, and with the
+    scheduler's autogroups its CPU is shared with other sessions as one (bench/README.md,
+    tunnel throughput). The caller owns the process. `wrapper` is prepended to the command
+    line and must exec it (tests pass `ip netns exec NS`). Raises WgError if it exits or
+    stays silent for `timeout` s (then it is stopped)."""
     if len(ifname) > 15 or not ifname or "/" in ifname:
         raise WgError(f"interface name {ifname!r}: 1-15 characters, no '/'")
-    proc = await asyncio.create_subprocess_exec(
-        *wrapper, program, "-f", ifname,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "LOG_LEVEL": "error"},
-    )  # fmt: skip
+    with open(log_file, "ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *wrapper, program, "-f", ifname,
+            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+            env={**os.environ, "LOG_LEVEL": "error"}, start_new_session=True,
+        )  # fmt: skip
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     path = wguapi.socket_path(ifname, socket_dir=socket_dir)
     while True:
         if proc.returncode is not None:
-            err = (await proc.stdout.read()).decode(errors="replace").strip() if proc.stdout else ""
-            raise WgError(f"{program} {ifname} exited {proc.returncode}: {err or 'no message'}")
+            raise WgError(f"{program} {ifname} exited {proc.returncode}; see {log_file}")
         if path.exists():
             try:
                 await wguapi.get(ifname, socket_dir=socket_dir, timeout=1.0)
@@ -271,7 +276,7 @@ async def start_wireguard_go(
                 pass
         if loop.time() > deadline:
             await stop_wireguard_go(proc)
-            raise WgError(f"{program} {ifname}: no answer on {path} after {timeout} s")
+            raise WgError(f"{program} {ifname}: no answer on {path} after {timeout:g} s; see {log_file}")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), 0.02)
 
