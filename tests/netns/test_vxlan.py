@@ -92,6 +92,26 @@ def start(lab: Lab, home: Home, tmp_path: Path, **segment: Any) -> tuple[LabDaem
     return daemon, seg, cfg["vxlan"]["home"]["interface"]
 
 
+def reach_across(seg: Segment, *, mtu: int, size: int) -> None:
+    """The hosts at both ends reach each other at L2: the router-side host learns the home
+    host's MAC (ARP) from a ping across, a ping comes back the other way, and `size` bytes of
+    TCP cross each way with both hosts at `mtu`. The first pings may be lost while the path
+    settles (an IPv6 inner address of the tunnel may still be in duplicate address detection)."""
+    home_ip, router_ip = HOME_HOST.split("/")[0], ROUTER_HOST.split("/")[0]
+    ping = ["ping", "-n", "-c", "1", "-W", "1", home_ip]
+    wait_until(
+        lambda: exec_in(seg.router_host, *ping, check=False).returncode == 0,
+        timeout=WAIT, what="a ping across the segment",
+    )  # fmt: skip
+    neigh = json.loads(ip(seg.router_host, "-j", "neigh", "show", home_ip))
+    assert neigh and neigh[0]["lladdr"] == link(seg.home_host, "eth0")["address"]
+    back = exec_in(seg.home_host, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", router_ip, check=False)
+    assert back.returncode == 0, back.stdout
+    seg.set_host_mtu(mtu)
+    assert bulk(seg.router_host, seg.home_host, home_ip, size=size) == size
+    assert bulk(seg.home_host, seg.router_host, router_ip, size=size) == size
+
+
 def test_hosts_on_both_ends_of_the_segment_reach_each_other_at_l2(
     lab: Lab, home: Home, tmp_path: Path
 ) -> None:
@@ -109,19 +129,7 @@ def test_hosts_on_both_ends_of_the_segment_reach_each_other_at_l2(
         fdb = json.loads(exec_in(lab.router, "bridge", "-j", "fdb", "show", "dev", vx).stdout)
         assert {(e["mac"], e.get("dst")) for e in fdb if "dst" in e} == {("00:00:00:00:00:00", "10.99.0.1")}
 
-        # ARP: the router-side host learns the home host's MAC across the segment
-        home_ip, router_ip = HOME_HOST.split("/")[0], ROUTER_HOST.split("/")[0]
-        ping = exec_in(seg.router_host, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", home_ip, check=False)
-        assert ping.returncode == 0, ping.stdout
-        neigh = json.loads(ip(seg.router_host, "-j", "neigh", "show", home_ip))
-        assert neigh and neigh[0]["lladdr"] == link(seg.home_host, "eth0")["address"]
-        # the other way, too, and a TCP bulk transfer each way at the segment's MTU
-        back = exec_in(seg.home_host, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", router_ip, check=False)
-        assert back.returncode == 0, back.stdout
-        seg.set_host_mtu(SEGMENT_MTU)
-        size = 20_000_000
-        assert bulk(seg.router_host, seg.home_host, home_ip, size=size) == size
-        assert bulk(seg.home_host, seg.router_host, router_ip, size=size) == size
+        reach_across(seg, mtu=SEGMENT_MTU, size=20_000_000)
 
         # TCP MSS is clamped on the tunnel, the segment and its bridge (what is routed onto it)
         table = exec_in(lab.router, "nft", "list", "table", "inet", "uplinkd").stdout
@@ -176,21 +184,7 @@ def test_a_segment_between_the_tunnels_ipv6_addresses(lab: Lab, home: Home, tmp_
         assert shown["mtu"] == segment_mtu
         fdb = json.loads(exec_in(lab.router, "bridge", "-j", "fdb", "show", "dev", vx).stdout)
         assert {(e["mac"], e.get("dst")) for e in fdb if "dst" in e} == {("00:00:00:00:00:00", HOME6)}
-        home_ip, router_ip = HOME_HOST.split("/")[0], ROUTER_HOST.split("/")[0]
-        # the router's IPv6 inner address may still be tentative (DAD): the first pings may go
-        ping = ["ping", "-n", "-c", "1", "-W", "1", home_ip]
-        wait_until(
-            lambda: exec_in(seg.router_host, *ping, check=False).returncode == 0,
-            timeout=WAIT, what="a ping across the IPv6 segment",
-        )  # fmt: skip
-        neigh = json.loads(ip(seg.router_host, "-j", "neigh", "show", home_ip))
-        assert neigh and neigh[0]["lladdr"] == link(seg.home_host, "eth0")["address"]
-        back = exec_in(seg.home_host, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", router_ip, check=False)
-        assert back.returncode == 0, back.stdout
-        seg.set_host_mtu(segment_mtu)
-        size = 5_000_000
-        assert bulk(seg.router_host, seg.home_host, home_ip, size=size) == size
-        assert bulk(seg.home_host, seg.router_host, router_ip, size=size) == size
+        reach_across(seg, mtu=segment_mtu, size=5_000_000)
     finally:
         daemon.stop()
 
