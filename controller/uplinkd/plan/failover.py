@@ -54,15 +54,20 @@ def step(
         before.reasons, intent.reasons, intent.uplinks, mask=mask, tunnel_marks=tunnel_marks
     )
     recovered = policies.recoveries(config, before.reasons, intent.reasons) if config is not None else ()
-    done = {(getattr(op.obj, "mark", None), getattr(op.obj, "mask", None)) for op in flushes}
-    failed = {getattr(op.obj, "uplink", None) for op in flushes}
-    moved = tuple(op for op in moved if getattr(op.obj, "uplink", None) not in failed)  # flushed whole
-    for op in moved + recovered:  # one flush per (mark, mask): the first reason found is kept
-        key = (getattr(op.obj, "mark", None), getattr(op.obj, "mask", None))
-        if key not in done:
-            done.add(key)
+    for op in moved + recovered:  # the first reason found for a set of entries is kept
+        if isinstance(op.obj, ConntrackFlush) and not any(
+            isinstance(o.obj, ConntrackFlush) and covers(o.obj, op.obj) for o in flushes
+        ):
             flushes += (op,)
     return plan + Plan(flushes)
+
+
+def covers(a: ConntrackFlush, b: ConntrackFlush) -> bool:
+    """Whether flush `a` deletes every entry `b` would: `a` tests a subset of `b`'s bits, and
+    `b`'s mark agrees with `a`'s on them. So the same (mark, mask) twice is flushed once, and a
+    failed uplink's whole flush makes a tunnel's narrower flush on it (`M_u|T` under
+    `MASK|T`) needless."""
+    return a.mask & b.mask == a.mask and b.mark & a.mask == a.mark
 
 
 def adopt(config: Config, actual: KernelState) -> frozenset[str]:
